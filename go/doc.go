@@ -1,0 +1,3 @@
+// Package autostandby binds libautostandby, the Rust idle-detection and standby engine,
+// for Go hosts such as hypeman.
+package autostandby

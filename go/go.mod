@@ -1,0 +1,3 @@
+module github.com/libautostandby/libautostandby/go
+
+go 1.26

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the build, the tests and the demo need, skipping what is already there.
+# Safe to run repeatedly. Needs root for apt-get.
+set -euo pipefail
+
+packages=(
+  build-essential pkg-config   # cc, make, and the C tests
+  iproute2 nftables conntrack  # namespaces, veth, nft rules, the conntrack CLI (bench peer)
+  valgrind                     # the C leak check
+  qemu-system-x86 qemu-utils   # the end-to-end VM (TCG)
+  busybox-static cpio          # the guest's initramfs
+  socat                        # QMP from shell scripts
+)
+
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: missing Debian packages: ${missing[*]}; run as root (or install them) and retry" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+for tool in cargo go; do
+  command -v "$tool" >/dev/null || { echo "install-deps: '$tool' is not on PATH" >&2; exit 1; }
+done
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt

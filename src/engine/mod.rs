@@ -1,0 +1,543 @@
+//! The idle-timer state machine: pure and deterministic.
+//!
+//! No I/O, no threads, no clock reads: every input carries `now` (milliseconds since the
+//! Unix epoch on the host's wall clock) and the engine answers with decisions for the
+//! host, requests for the observer, status, and its next deadline.
+//!
+//! CONTRACT: the public names and signatures in this file are what the controller, the C
+//! ABI and the Go bindings are written against. Add to them freely; do not rename or
+//! remove without updating every user.
+
+use std::net::IpAddr;
+
+use crate::flow::{Flow, FlowEvent, TcpState, Tuple};
+use crate::policy::{Policy, PolicyError};
+
+/// A host-chosen instance identifier.
+pub type InstanceKey = u64;
+
+/// Milliseconds since the Unix epoch, on the host's wall clock.
+pub type UnixMillis = u64;
+
+/// Lifecycle state of an instance as the host reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(u32)]
+pub enum Lifecycle {
+    /// Any state that is neither running nor in standby (created, initializing, paused, ...).
+    #[default]
+    Other = 0,
+    /// Running: eligible for idle tracking.
+    Running = 1,
+    /// In Standby: a target for `Wake` when its policy asks for it.
+    Standby = 2,
+    /// Stopped.
+    Stopped = 3,
+}
+
+/// The idle countdown as the host persists it across restarts of the controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Runtime {
+    /// When the instance last became idle (no qualifying flow), if it is idle.
+    pub idle_since: Option<UnixMillis>,
+    /// When inbound activity was last observed.
+    pub last_inbound_activity_at: Option<UnixMillis>,
+}
+
+/// Everything the engine knows about an instance, supplied at register and update.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct InstanceSpec {
+    /// The guest's addresses (IPv4 and/or IPv6); empty means `missing_ip`.
+    pub addresses: Vec<IpAddr>,
+    /// `None` means no policy is configured (`policy_missing`).
+    pub policy: Option<Policy>,
+    /// Lifecycle state.
+    pub lifecycle: Lifecycle,
+    /// Whether the instance has networking.
+    pub network_enabled: bool,
+    /// Whether the instance has a vGPU (never put into Standby).
+    pub has_vgpu: bool,
+    /// The persisted countdown, as last written through `PersistRuntime`.
+    pub runtime: Runtime,
+}
+
+/// What the host should do. Taken with [`Engine::drain_decisions`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Put the instance into Standby. The host calls [`Engine::begin_standby`] right
+    /// before snapshotting and [`Engine::report_standby`] afterwards.
+    Standby {
+        /// The instance.
+        key: InstanceKey,
+    },
+    /// Restore the instance: a qualifying flow arrived while it was in Standby.
+    Wake {
+        /// The instance.
+        key: InstanceKey,
+        /// IP protocol of the flow that woke it.
+        protocol: u8,
+        /// Original tuple of that flow.
+        flow: Tuple,
+    },
+    /// Persist this countdown for the instance (`None` deletes it). Coalesced latest-wins.
+    PersistRuntime {
+        /// The instance.
+        key: InstanceKey,
+        /// The value to store.
+        runtime: Option<Runtime>,
+    },
+}
+
+/// What the engine asks of the observer. Taken with [`Engine::drain_requests`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObserverRequest {
+    /// Run a resync of this scope: `begin_resync`, `resync_flow` for each entry of a dump
+    /// of the scope's addresses, then `finish_resync` (or `fail_resync`).
+    Resync(ResyncScope),
+    /// Confirm that an instance is idle right before its standby: a resync scoped to it.
+    Confirm(InstanceKey),
+}
+
+/// Which instances a resync covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResyncScope {
+    /// Every registered instance.
+    All,
+    /// These instances only.
+    Instances(Vec<InstanceKey>),
+}
+
+/// Handle for a resync in progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ResyncId(pub u64);
+
+/// How the host's standby attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum StandbyOutcome {
+    /// The instance is in Standby.
+    Success = 0,
+    /// The attempt failed; retried with a bounded backoff.
+    Failed = 1,
+    /// The instance no longer exists; its state is dropped.
+    NotFound = 2,
+}
+
+/// Answer of [`Engine::begin_standby`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BeginStandby {
+    /// Still idle: snapshot now. The standby is marked executing.
+    Proceed,
+    /// Activity, a hold or a refresh cancelled it: do not snapshot. No report is needed.
+    Cancelled(Reason),
+}
+
+/// Health of the conntrack observer, as the controller reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObserverHealth {
+    /// Events are flowing and the last resync succeeded.
+    Healthy,
+    /// The observer is down; the text says why.
+    Failed(String),
+}
+
+/// Status of an instance (hypeman's values, same strings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Status {
+    /// `unsupported`
+    Unsupported = 0,
+    /// `disabled`
+    Disabled = 1,
+    /// `ineligible`
+    Ineligible = 2,
+    /// `active`
+    Active = 3,
+    /// `idle_countdown`
+    IdleCountdown = 4,
+    /// `ready_for_standby`
+    ReadyForStandby = 5,
+    /// `standby_requested`
+    StandbyRequested = 6,
+    /// `error`
+    Error = 7,
+}
+
+/// Why an instance has its status (hypeman's values first, then ours).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Reason {
+    /// `unsupported_platform`
+    UnsupportedPlatform = 0,
+    /// `policy_missing`
+    PolicyMissing = 1,
+    /// `policy_disabled`
+    PolicyDisabled = 2,
+    /// `instance_not_running`
+    InstanceNotRunning = 3,
+    /// `network_disabled`
+    NetworkDisabled = 4,
+    /// `missing_ip`
+    MissingIp = 5,
+    /// `has_vgpu`
+    HasVgpu = 6,
+    /// `active_inbound_connections`
+    ActiveInboundConnections = 7,
+    /// `idle_timeout_not_elapsed`
+    IdleTimeoutNotElapsed = 8,
+    /// `observer_error`
+    ObserverError = 9,
+    /// `ready_for_standby`
+    ReadyForStandby = 10,
+    /// `standby_held`: a hold keeps the instance awake until `hold_until`.
+    StandbyHeld = 11,
+    /// `min_uptime_not_elapsed`: started or restored too recently.
+    MinUptimeNotElapsed = 12,
+    /// `resync_pending`: events were lost; no standby until a resync has run.
+    ResyncPending = 13,
+}
+
+impl Status {
+    /// The wire string, identical to hypeman's.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unsupported => "unsupported",
+            Self::Disabled => "disabled",
+            Self::Ineligible => "ineligible",
+            Self::Active => "active",
+            Self::IdleCountdown => "idle_countdown",
+            Self::ReadyForStandby => "ready_for_standby",
+            Self::StandbyRequested => "standby_requested",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl Reason {
+    /// The wire string (hypeman's where hypeman has the reason).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnsupportedPlatform => "unsupported_platform",
+            Self::PolicyMissing => "policy_missing",
+            Self::PolicyDisabled => "policy_disabled",
+            Self::InstanceNotRunning => "instance_not_running",
+            Self::NetworkDisabled => "network_disabled",
+            Self::MissingIp => "missing_ip",
+            Self::HasVgpu => "has_vgpu",
+            Self::ActiveInboundConnections => "active_inbound_connections",
+            Self::IdleTimeoutNotElapsed => "idle_timeout_not_elapsed",
+            Self::ObserverError => "observer_error",
+            Self::ReadyForStandby => "ready_for_standby",
+            Self::StandbyHeld => "standby_held",
+            Self::MinUptimeNotElapsed => "min_uptime_not_elapsed",
+            Self::ResyncPending => "resync_pending",
+        }
+    }
+}
+
+/// A point-in-time view of one instance (hypeman's `StatusSnapshot`, plus ours).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusSnapshot {
+    /// A policy is configured.
+    pub configured: bool,
+    /// The policy is enabled.
+    pub enabled: bool,
+    /// The instance passes every eligibility check.
+    pub eligible: bool,
+    /// Status.
+    pub status: Status,
+    /// Reason for the status.
+    pub reason: Reason,
+    /// Qualifying inbound flows now live.
+    pub active_inbound: u32,
+    /// The policy's idle timeout (0 when unconfigured).
+    pub idle_timeout_ms: u64,
+    /// Start of the current idle period.
+    pub idle_since: Option<UnixMillis>,
+    /// Last inbound activity.
+    pub last_inbound_activity_at: Option<UnixMillis>,
+    /// When standby is due.
+    pub next_standby_at: Option<UnixMillis>,
+    /// Hold deadline, only while in the future.
+    pub hold_until: Option<UnixMillis>,
+    /// `max(0, next_standby_at - now)` when a deadline exists.
+    pub countdown_remaining_ms: Option<u64>,
+}
+
+/// One flow keeping an instance awake, for explanations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeptAwakeBy {
+    /// IP protocol.
+    pub protocol: u8,
+    /// Original tuple (client to guest, or to the host address under DNAT).
+    pub orig: Tuple,
+    /// Reply tuple.
+    pub reply: Tuple,
+    /// TCP state, when known.
+    pub tcp_state: Option<TcpState>,
+    /// When the engine first saw the flow.
+    pub first_seen: UnixMillis,
+    /// `now - first_seen`.
+    pub age_ms: u64,
+}
+
+/// Engine-wide counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Registered instances.
+    pub instances: u64,
+    /// Flows tracked (all instances).
+    pub tracked_flows: u64,
+    /// Flow events applied.
+    pub flow_events: u64,
+    /// Flow events for no registered address.
+    pub flow_events_unmatched: u64,
+    /// `Standby` decisions emitted.
+    pub standby_decisions: u64,
+    /// `Wake` decisions emitted.
+    pub wake_decisions: u64,
+    /// Standbys currently emitted or executing and not yet reported.
+    pub standby_in_flight: u64,
+    /// Standbys due but waiting for a free slot.
+    pub standby_queued: u64,
+    /// Resyncs completed.
+    pub resyncs: u64,
+}
+
+/// Tunables. `Default` gives hypeman's defaults where hypeman has one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Standby decisions outstanding at once (default 16).
+    pub max_concurrent_standbys: u32,
+    /// Ask the observer to confirm idleness right before each standby (kernel mode).
+    pub confirm_before_standby: bool,
+    /// First retry delay after a failed standby (doubled per failure, capped by the
+    /// instance's idle timeout).
+    pub standby_retry_initial_ms: u64,
+    /// How long a DESTROY tombstone keeps a dump from resurrecting a flow.
+    pub tombstone_ttl_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_standbys: 16,
+            confirm_before_standby: false,
+            standby_retry_initial_ms: 1_000,
+            tombstone_ttl_ms: 60_000,
+        }
+    }
+}
+
+/// Errors from engine calls. No call that fails changes any state.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// No instance has this key.
+    #[error("instance {0} is not registered")]
+    NotFound(InstanceKey),
+    /// The key is already registered.
+    #[error("instance {0} is already registered")]
+    AlreadyRegistered(InstanceKey),
+    /// Another instance already owns this address.
+    #[error("address {addr} already belongs to instance {owner}")]
+    AddressInUse {
+        /// The contested address.
+        addr: IpAddr,
+        /// Its current owner.
+        owner: InstanceKey,
+    },
+    /// The policy is invalid.
+    #[error("invalid policy: {0}")]
+    InvalidPolicy(#[from] PolicyError),
+    /// A standby is executing for this instance (hypeman's `ErrStandbyInProgress`).
+    #[error("standby in progress")]
+    StandbyInProgress,
+    /// `begin_standby`/`report_standby` for an instance with no outstanding standby.
+    #[error("instance {0} has no outstanding standby")]
+    NoStandbyOutstanding(InstanceKey),
+    /// Unknown resync handle.
+    #[error("unknown resync {0:?}")]
+    UnknownResync(ResyncId),
+}
+
+/// The state machine. See the module docs.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+}
+
+impl Engine {
+    /// A new engine with no instances.
+    pub fn new(config: EngineConfig) -> Self {
+        Self { config }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Registers an instance. Live flows already known clear a persisted countdown; none
+    /// resumes it.
+    pub fn register(
+        &mut self,
+        key: InstanceKey,
+        spec: InstanceSpec,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
+        let _ = (key, spec, now);
+        todo!("engine: register")
+    }
+
+    /// Replaces an instance's spec (policy, addresses, lifecycle, runtime) and re-evaluates.
+    pub fn update(
+        &mut self,
+        key: InstanceKey,
+        spec: InstanceSpec,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
+        let _ = (key, spec, now);
+        todo!("engine: update")
+    }
+
+    /// Forgets an instance. Nothing is persisted.
+    pub fn unregister(&mut self, key: InstanceKey, now: UnixMillis) -> Result<(), EngineError> {
+        let _ = (key, now);
+        todo!("engine: unregister")
+    }
+
+    /// Applies one flow event. O(1): found through the address index.
+    pub fn on_flow_event(&mut self, event: &FlowEvent, now: UnixMillis) {
+        let _ = (event, now);
+        todo!("engine: on_flow_event")
+    }
+
+    /// Reports that events were lost for `scope`: no standby there until a resync
+    /// finishes. Queues one coalesced `ObserverRequest::Resync`.
+    pub fn events_lost(&mut self, scope: ResyncScope, now: UnixMillis) {
+        let _ = (scope, now);
+        todo!("engine: events_lost")
+    }
+
+    /// Starts a resync (a dump) of `scope`. Events keep flowing while it runs.
+    pub fn begin_resync(&mut self, scope: ResyncScope, now: UnixMillis) -> ResyncId {
+        let _ = (scope, now);
+        todo!("engine: begin_resync")
+    }
+
+    /// One entry of the dump for resync `id`. Entries destroyed since it began are ignored.
+    pub fn resync_flow(&mut self, id: ResyncId, flow: &Flow) -> Result<(), EngineError> {
+        let _ = (id, flow);
+        todo!("engine: resync_flow")
+    }
+
+    /// Ends resync `id`: flows of the scope neither dumped nor touched by an event since
+    /// it began are removed.
+    pub fn finish_resync(&mut self, id: ResyncId, now: UnixMillis) -> Result<(), EngineError> {
+        let _ = (id, now);
+        todo!("engine: finish_resync")
+    }
+
+    /// Abandons resync `id` (the dump failed); the scope stays awake and pending.
+    pub fn fail_resync(&mut self, id: ResyncId, now: UnixMillis) -> Result<(), EngineError> {
+        let _ = (id, now);
+        todo!("engine: fail_resync")
+    }
+
+    /// Records the observer's health; while failed, no instance is put into Standby.
+    pub fn set_observer_health(&mut self, health: ObserverHealth, now: UnixMillis) {
+        let _ = (health, now);
+        todo!("engine: set_observer_health")
+    }
+
+    /// Places a hold (last write wins, in memory): no standby before `now + idle_timeout`.
+    pub fn hold(
+        &mut self,
+        key: InstanceKey,
+        now: UnixMillis,
+    ) -> Result<StatusSnapshot, EngineError> {
+        let _ = (key, now);
+        todo!("engine: hold")
+    }
+
+    /// The host's last "still idle?" check right before it snapshots.
+    pub fn begin_standby(
+        &mut self,
+        key: InstanceKey,
+        now: UnixMillis,
+    ) -> Result<BeginStandby, EngineError> {
+        let _ = (key, now);
+        todo!("engine: begin_standby")
+    }
+
+    /// The host's report on a standby it began.
+    pub fn report_standby(
+        &mut self,
+        key: InstanceKey,
+        outcome: StandbyOutcome,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
+        let _ = (key, outcome, now);
+        todo!("engine: report_standby")
+    }
+
+    /// Fires every deadline at or before `now`.
+    pub fn tick(&mut self, now: UnixMillis) {
+        let _ = now;
+        todo!("engine: tick")
+    }
+
+    /// The earliest pending deadline, if any.
+    pub fn next_deadline(&self) -> Option<UnixMillis> {
+        todo!("engine: next_deadline")
+    }
+
+    /// Moves pending decisions into `out`, oldest first.
+    pub fn drain_decisions(&mut self, out: &mut Vec<Decision>) {
+        let _ = out;
+        todo!("engine: drain_decisions")
+    }
+
+    /// Moves pending observer requests into `out`.
+    pub fn drain_requests(&mut self, out: &mut Vec<ObserverRequest>) {
+        let _ = out;
+        todo!("engine: drain_requests")
+    }
+
+    /// Status of one instance.
+    pub fn status(&self, key: InstanceKey, now: UnixMillis) -> Result<StatusSnapshot, EngineError> {
+        let _ = (key, now);
+        todo!("engine: status")
+    }
+
+    /// Appends the flows keeping `key` awake to `out`.
+    pub fn explain(
+        &self,
+        key: InstanceKey,
+        now: UnixMillis,
+        out: &mut Vec<KeptAwakeBy>,
+    ) -> Result<(), EngineError> {
+        let _ = (key, now, out);
+        todo!("engine: explain")
+    }
+
+    /// Every registered address (for the observer's kernel filters).
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        todo!("engine: addresses")
+    }
+
+    /// Bumped whenever the set returned by [`Engine::addresses`] changes.
+    pub fn addresses_generation(&self) -> u64 {
+        todo!("engine: addresses_generation")
+    }
+
+    /// Addresses of the instances in `scope` (for filtered dumps).
+    pub fn scope_addresses(&self, scope: &ResyncScope) -> Vec<IpAddr> {
+        let _ = scope;
+        todo!("engine: scope_addresses")
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EngineStats {
+        todo!("engine: stats")
+    }
+}
