@@ -177,10 +177,7 @@ func (q *QMP) execLocked(ctx context.Context, command string, args any, out any,
 	for {
 		m, err := q.read()
 		if err != nil {
-			if ctx.Err() != nil {
-				err = ctx.Err()
-			}
-			return nil, fmt.Errorf("qmp %s: %w", command, err)
+			return nil, fmt.Errorf("qmp %s: %w", command, contextCause(ctx, err))
 		}
 		if m.Event != "" {
 			if len(q.events) < maxEvents {
@@ -257,3 +254,18 @@ func (q *QMP) QueryMigrate(ctx context.Context) (MigrationInfo, error) {
 
 // errEOF is what a read returns once QEMU has closed the socket (after "quit").
 var errEOF = io.EOF
+
+// contextCause reports a read cut short by ctx (through the socket deadline) as ctx's
+// error, so callers can test it with errors.Is.
+func contextCause(ctx context.Context, err error) error {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		return context.DeadlineExceeded
+	}
+	return err
+}
