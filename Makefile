@@ -33,7 +33,9 @@ test: deps header-check lint test-rust
 test-rust: deps
 	$(CARGO) test --all-targets
 
+# The end-to-end tests: a real QEMU guest (TCG) in a network namespace, real conntrack.
 e2e: deps
+	bash tests/e2e/run.sh
 
 demo: deps
 	$(CARGO) run --release --example engine_demo

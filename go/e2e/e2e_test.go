@@ -1,0 +1,391 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	autostandby "github.com/libautostandby/libautostandby/go"
+	"github.com/libautostandby/libautostandby/go/e2e/qemu"
+	"github.com/libautostandby/libautostandby/go/e2e/qemustore"
+)
+
+const (
+	instanceID  = "e2e-vm"
+	idleTimeout = 3 * time.Second
+	// standbySlack is how long after the idle timeout a standby may take to happen.
+	standbySlack = 5 * time.Second
+)
+
+var (
+	harness qemu.Harness
+	guest   *qemu.VM
+)
+
+// TestMain boots the guest once; each test starts from a running guest, restoring it
+// when the previous test left it in Standby.
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	var err error
+	harness, err = qemu.HarnessFromEnv()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	guest = qemu.NewVM(harness.Config("guest"))
+	defer guest.Kill()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	if err := guest.Boot(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: boot:", err)
+		return 1
+	}
+	if err := qemu.WaitHTTP(ctx, harness.GuestHTTP()); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: the guest did not come up:", err)
+		return 1
+	}
+	fmt.Printf("e2e: guest booted and serving HTTP in %v\n", time.Since(start).Round(time.Millisecond))
+	return m.Run()
+}
+
+// fixture is one controller in kernel mode over a store holding the guest.
+type fixture struct {
+	t       *testing.T
+	store   *qemustore.Store
+	records chan qemustore.Record
+	inst    autostandby.Instance
+	ctrl    *autostandby.Controller
+	stop    func()
+}
+
+func newFixture(t *testing.T, policy autostandby.Policy) *fixture {
+	t.Helper()
+	ensureRunning(t)
+	f := &fixture{t: t, records: make(chan qemustore.Record, 64)}
+	f.store = qemustore.New(f.records)
+	f.inst = autostandby.Instance{
+		ID: instanceID, Name: "e2e", NetworkEnabled: true, IP: harness.GuestIP, AutoStandby: &policy,
+	}
+	f.store.Add(f.inst, guest)
+	f.start()
+	t.Cleanup(f.shutdown)
+	return f
+}
+
+// start runs a new controller over the fixture's store.
+func (f *fixture) start() {
+	f.t.Helper()
+	log := slog.New(slog.NewTextHandler(testWriter{f.t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ctrl, err := autostandby.NewController(f.store,
+		autostandby.SourceOptions{Mode: autostandby.SourceKernel, EnableConntrackEvents: true},
+		autostandby.ControllerOptions{Log: log, LogDrainInterval: 100 * time.Millisecond})
+	if err != nil {
+		f.t.Fatalf("NewController (kernel mode): %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ctrl.Run(ctx) }()
+	f.ctrl = ctrl
+	f.stop = func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				f.t.Errorf("controller Run: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			f.t.Errorf("controller Run did not return within 30 s of cancellation")
+		}
+		ctrl.Close()
+	}
+	// Wait until the controller has registered the instance.
+	f.waitStatus(10*time.Second, func(s autostandby.StatusSnapshot) bool {
+		return s.Status != autostandby.StatusUnsupported && s.TrackingMode != ""
+	})
+}
+
+func (f *fixture) shutdown() {
+	if f.stop != nil {
+		f.stop()
+		f.stop = nil
+	}
+}
+
+func (f *fixture) describe() autostandby.StatusSnapshot {
+	inst, ok := f.store.Instance(instanceID)
+	if !ok {
+		f.t.Fatalf("instance %s vanished from the store", instanceID)
+	}
+	return f.ctrl.Describe(inst)
+}
+
+func (f *fixture) waitStatus(within time.Duration, ok func(autostandby.StatusSnapshot) bool) autostandby.StatusSnapshot {
+	f.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		s := f.describe()
+		if ok(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("status not reached within %v; last: %s/%s, %d active flows", within, s.Status, s.Reason, s.ActiveInboundCount)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitRecord waits for the store to record an operation of kind.
+func (f *fixture) waitRecord(kind qemustore.OpKind, within time.Duration) qemustore.Record {
+	f.t.Helper()
+	timeout := time.After(within)
+	for {
+		select {
+		case r := <-f.records:
+			if r.Kind != kind {
+				continue
+			}
+			if r.Err != nil {
+				f.t.Fatalf("%s failed: %v", kind, r.Err)
+			}
+			return r
+		case <-timeout:
+			f.t.Fatalf("no %s within %v (guest %s, status %+v)", kind, within, guest.State(), f.describe())
+		}
+	}
+}
+
+// assertRunningFor checks the guest stays Running, with its flow counted, for d.
+func (f *fixture) assertRunningFor(d time.Duration) {
+	f.t.Helper()
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		if st := guest.State(); st != qemu.StateRunning {
+			f.t.Fatalf("guest is %s while a connection is open", st)
+		}
+		select {
+		case r := <-f.records:
+			if r.Kind == qemustore.OpStandbyStarted || r.Kind == qemustore.OpStandby {
+				f.t.Fatalf("standby while a connection is open: %+v", r)
+			}
+		default:
+		}
+		if s := f.describe(); s.Status != autostandby.StatusActive || s.ActiveInboundCount < 1 {
+			f.t.Fatalf("status %s/%s with %d active flows while a connection is open", s.Status, s.Reason, s.ActiveInboundCount)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// assertStandbyAfterClose waits for the standby that must follow the last close.
+func (f *fixture) assertStandbyAfterClose(closedAt time.Time) qemustore.Record {
+	f.t.Helper()
+	r := f.waitRecord(qemustore.OpStandby, idleTimeout+standbySlack+30*time.Second)
+	if took := r.At.Sub(closedAt); took > idleTimeout+standbySlack {
+		f.t.Fatalf("standby came %v after the connection closed, want within %v", took.Round(time.Millisecond), idleTimeout+standbySlack)
+	}
+	if st, err := os.Stat(guest.Config().SnapshotPath()); err != nil || st.Size() == 0 {
+		f.t.Fatalf("snapshot file after standby: %v", err)
+	}
+	if guest.State() != qemu.StateStandby {
+		f.t.Fatalf("guest is %s after the standby", guest.State())
+	}
+	f.t.Logf("standby %v after close: took %v, snapshot %.1f MiB",
+		r.At.Sub(closedAt).Round(time.Millisecond), r.Duration.Round(time.Millisecond), float64(r.SnapshotSize)/(1<<20))
+	return r
+}
+
+// ensureRunning restores the guest if a previous test left it in Standby.
+func ensureRunning(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	switch guest.State() {
+	case qemu.StateRunning:
+	case qemu.StateStandby:
+		if _, err := guest.Restore(ctx); err != nil {
+			t.Fatalf("restore: %v", err)
+		}
+	default:
+		t.Fatalf("the guest is %s; an earlier test broke it", guest.State())
+	}
+	if err := qemu.WaitHTTP(ctx, harness.GuestHTTP()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// dial opens a TCP connection to the guest's HTTP port.
+func dial(t *testing.T, timeout time.Duration) net.Conn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", harness.GuestHTTP(), timeout)
+	if err != nil {
+		t.Fatalf("connect to the guest: %v", err)
+	}
+	return conn
+}
+
+// get sends a request on conn, checks the answer and closes it.
+func get(t *testing.T, conn net.Conn) {
+	t.Helper()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := qemu.HTTPGet(conn); err != nil {
+		t.Fatalf("HTTP on the open connection: %v", err)
+	}
+	conn.Close()
+}
+
+func policy(wake bool) autostandby.Policy {
+	return autostandby.Policy{Enabled: true, IdleTimeout: idleTimeout.String(), WakeOnTraffic: wake}
+}
+
+// Test 1: an open connection keeps the guest running; after it closes the guest goes
+// into Standby within the idle timeout plus slack, and answers again after a restore.
+func TestIdleConnectionKeepsRunningThenStandby(t *testing.T) {
+	f := newFixture(t, policy(false))
+	conn := dial(t, 5*time.Second)
+	f.waitStatus(5*time.Second, func(s autostandby.StatusSnapshot) bool { return s.ActiveInboundCount >= 1 })
+	f.assertRunningFor(8 * time.Second)
+	get(t, conn) // the connection is still alive after idling
+	closed := time.Now()
+	f.assertStandbyAfterClose(closed)
+
+	f.shutdown()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := f.store.RestoreInstance(ctx, instanceID); err != nil {
+		t.Fatal(err)
+	}
+	r := f.waitRecord(qemustore.OpRestore, 5*time.Second)
+	if err := qemu.WaitHTTP(ctx, harness.GuestHTTP()); err != nil {
+		t.Fatalf("after restore: %v", err)
+	}
+	t.Logf("restore took %v; the guest answers HTTP again", r.Duration.Round(time.Millisecond))
+}
+
+// nft runs an nft command in the test's namespace.
+func nft(t *testing.T, args ...string) {
+	t.Helper()
+	out, err := exec.Command("nft", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// Test 2: a connection whose SYN-ACKs are dropped stays in SYN_SENT and keeps the guest
+// running past the idle timeout; once they pass, it completes, closes, and the guest
+// goes into Standby.
+func TestHalfOpenConnectionKeepsRunning(t *testing.T) {
+	f := newFixture(t, policy(false))
+	// Before conntrack (priority -300 < -200), so conntrack never sees the SYN-ACK.
+	nft(t, "add", "table", "inet", "as_vm_halfopen")
+	t.Cleanup(func() { exec.Command("nft", "delete", "table", "inet", "as_vm_halfopen").Run() })
+	nft(t, "add", "chain", "inet", "as_vm_halfopen", "pre", "{ type filter hook prerouting priority -300; policy accept; }")
+	nft(t, "add", "rule", "inet", "as_vm_halfopen", "pre", "ip", "saddr", harness.GuestIP,
+		"tcp", "flags", "&", "(syn|ack)", "==", "syn|ack", "drop")
+
+	type dialed struct {
+		conn net.Conn
+		err  error
+		at   time.Time
+	}
+	result := make(chan dialed, 1)
+	go func() {
+		c, err := net.DialTimeout("tcp", harness.GuestHTTP(), 60*time.Second)
+		result <- dialed{c, err, time.Now()}
+	}()
+	s := f.waitStatus(5*time.Second, func(s autostandby.StatusSnapshot) bool { return s.ActiveInboundCount >= 1 })
+	for _, fl := range s.KeptAwakeBy {
+		t.Logf("kept awake by %s %s -> %s (%s)", fl.Protocol, fl.Client, fl.Destination, fl.TCPState)
+		if fl.TCPState != "" && fl.TCPState != "SYN_SENT" {
+			t.Fatalf("the half-open flow is %s, want SYN_SENT", fl.TCPState)
+		}
+	}
+	f.assertRunningFor(idleTimeout + 3*time.Second)
+	select {
+	case d := <-result:
+		t.Fatalf("the connection completed while SYN-ACKs were dropped: %v", d.err)
+	default:
+	}
+
+	released := time.Now()
+	nft(t, "delete", "table", "inet", "as_vm_halfopen")
+	var d dialed
+	select {
+	case d = <-result:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the connection did not complete after the SYN-ACKs were let through")
+	}
+	if d.err != nil {
+		t.Fatalf("connect after the rule was removed: %v", d.err)
+	}
+	t.Logf("connection completed %v after the rule was removed", d.at.Sub(released).Round(time.Millisecond))
+	get(t, d.conn)
+	f.assertStandbyAfterClose(time.Now())
+}
+
+// Test 3: with the guest in Standby and wake_on_traffic on, a client's connection wakes
+// it: the library emits Wake, the store restores the guest, and the connection succeeds
+// within 5 s of its first SYN.
+func TestWakeOnTraffic(t *testing.T) {
+	f := newFixture(t, policy(true))
+	// No connection: the guest goes into Standby one idle timeout after registration.
+	f.waitRecord(qemustore.OpStandby, idleTimeout+standbySlack+30*time.Second)
+	f.waitStatus(5*time.Second, func(s autostandby.StatusSnapshot) bool { return s.Reason == autostandby.ReasonInstanceNotRunning })
+
+	firstSYN := time.Now()
+	conn, err := net.DialTimeout("tcp", harness.GuestHTTP(), 10*time.Second)
+	connected := time.Now()
+	if err != nil {
+		t.Fatalf("connect to the guest in Standby: %v", err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := qemu.HTTPGet(conn); err != nil {
+		t.Fatalf("HTTP after the wake: %v", err)
+	}
+	firstByte := time.Now()
+	wake := f.waitRecord(qemustore.OpRestoreStarted, time.Second)
+	restored := f.waitRecord(qemustore.OpRestore, time.Second)
+	if took := connected.Sub(firstSYN); took > 5*time.Second {
+		t.Fatalf("the connection took %v after its first SYN, want within 5 s", took)
+	}
+	fmt.Printf("e2e: wake on traffic: first SYN -> Wake %v, restore %v, connected %v, first byte %v\n",
+		wake.At.Sub(firstSYN).Round(time.Millisecond), restored.Duration.Round(time.Millisecond),
+		connected.Sub(firstSYN).Round(time.Millisecond), firstByte.Sub(firstSYN).Round(time.Millisecond))
+}
+
+// Test 4: a controller restarted while a connection is open seeds the flow from the
+// conntrack dump, keeps the guest running, and stands it by after the connection closes.
+func TestRestartWithOpenConnection(t *testing.T) {
+	f := newFixture(t, policy(false))
+	conn := dial(t, 5*time.Second)
+	f.waitStatus(5*time.Second, func(s autostandby.StatusSnapshot) bool { return s.ActiveInboundCount >= 1 })
+
+	f.shutdown()
+	f.start()
+	s := f.waitStatus(5*time.Second, func(s autostandby.StatusSnapshot) bool { return s.ActiveInboundCount >= 1 })
+	if s.Status != autostandby.StatusActive {
+		t.Fatalf("after the restart: %s/%s, want active", s.Status, s.Reason)
+	}
+	f.assertRunningFor(idleTimeout + 3*time.Second)
+	get(t, conn)
+	f.assertStandbyAfterClose(time.Now())
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
