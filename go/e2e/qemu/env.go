@@ -54,7 +54,7 @@ func (h Harness) Config(name string) Config {
 		Dir:    h.RunDir,
 		Kernel: filepath.Join(h.GuestDir, "vmlinuz"),
 		Initrd: filepath.Join(h.GuestDir, "initramfs.cpio.gz"),
-		Append: fmt.Sprintf("console=ttyS0 quiet panic=-1 as_ip=%s/%s as_gw=%s", h.GuestIP, h.Prefix, h.HostIP),
+		Append: fmt.Sprintf("console=ttyS0 quiet panic=-1 init_on_free=1 as_ip=%s/%s as_gw=%s", h.GuestIP, h.Prefix, h.HostIP),
 		Tap:    h.Tap,
 		MAC:    "52:54:00:12:34:56",
 	}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# make demo: installs what is missing, builds the library and the demo, boots the guest
+# in a throwaway network namespace and runs the Go controller against it, narrating.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
+if [[ $(id -u) -ne 0 ]]; then
+  echo "demo: please run as root (sudo make demo): it creates a network namespace, a TAP device" >&2
+  echo "      and nft rules, runs QEMU, and installs missing Debian packages with apt-get" >&2
+  exit 1
+fi
+bash scripts/install-deps.sh
+echo "demo: preparing the guest (Debian cloud kernel + busybox initramfs, cached in build/e2e)"
+bash tests/e2e/guest.sh >/dev/null
+echo "demo: building libautostandby (release) and the demo"
+cargo build --release --lib --quiet
+mkdir -p build/e2e/bin
+(cd go && go build -tags e2e -o "$root/build/e2e/bin/demo" ./e2e/cmd/demo)
+exec bash tests/e2e/vm.sh run "$root/build/e2e/bin/demo"
