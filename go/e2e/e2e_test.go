@@ -52,6 +52,10 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: boot:", err)
 		return 1
 	}
+	if err := guest.WaitBooted(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
 	if err := qemu.WaitHTTP(ctx, harness.GuestHTTP()); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: the guest did not come up:", err)
 		return 1
@@ -80,6 +84,10 @@ func newFixture(t *testing.T, policy autostandby.Policy) *fixture {
 	}
 	f.store.Add(f.inst, guest)
 	f.start()
+	// No flow may be live at the start: a leftover one would keep the guest awake.
+	f.waitStatus(5*time.Second, func(s autostandby.StatusSnapshot) bool {
+		return s.Status == autostandby.StatusIdleCountdown && s.ActiveInboundCount == 0
+	})
 	t.Cleanup(f.shutdown)
 	return f
 }

@@ -89,7 +89,7 @@ qemu_cmd() {
   echo qemu-system-x86_64 -accel tcg -machine pc -cpu qemu64 -m 128M -smp 1 \
     -nodefaults -no-user-config -display none -no-reboot \
     -kernel "$guest_dir/vmlinuz" -initrd "$guest_dir/initramfs.cpio.gz" \
-    -append "\"console=ttyS0 quiet panic=-1 as_ip=$guest_ip/$prefix as_gw=$host_ip\"" \
+    -append "\"console=ttyS0 quiet panic=-1 init_on_free=1 as_ip=$guest_ip/$prefix as_gw=$host_ip\"" \
     -netdev tap,id=n0,ifname=tap0,script=no,downscript=no \
     -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56 \
     -serial "file:$p.serial" -qmp "unix:$p.qmp,server=on,wait=off" -pidfile "$p.pid"
@@ -97,7 +97,7 @@ qemu_cmd() {
 
 # http_get: one HTTP request to the guest from the bridge side; prints the body.
 http_get() {
-  ip netns exec "$ns" timeout 1 bash -c \
+  ip netns exec "$ns" timeout 5 bash -c \
     "exec 3<>/dev/tcp/$guest_ip/80 && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && cat <&3" 2>/dev/null
 }
 
@@ -112,14 +112,17 @@ case "$cmd" in
     deadline=$((SECONDS + 60))
     while ((SECONDS < deadline)); do
       kill -0 "$qemu" 2>/dev/null || { cat "$run_dir/boot.serial" >&2 || true; die "QEMU exited during boot"; }
-      body=$(http_get || true)
-      [[ "$body" == *"e2e guest"* ]] && break
-      sleep 0.1
+      # Probe only once the guest says it is ready: an unanswered SYN would leave a
+      # SYN_SENT conntrack entry behind for two minutes.
+      if grep -q "guest: ready" "$run_dir/boot.serial" 2>/dev/null; then
+        body=$(http_get || true)
+        [[ "$body" == *"e2e guest"* ]] && break
+      fi
+      sleep 0.05
     done
     end=$(date +%s.%N)
     [[ "$body" == *"e2e guest"* ]] || { cat "$run_dir/boot.serial" >&2; die "the guest did not answer HTTP within 60 s"; }
     printf 'vm: boot to first HTTP answer: %.2f s (kernel %s)\n' "$(echo "$end - $start" | bc -l)" "$(cat "$guest_dir/kernel-package")"
-    grep -q "guest: ready" "$run_dir/boot.serial" || die "the guest's serial console has no ready line"
     ip netns exec "$ns" conntrack -L -d "$guest_ip" 2>/dev/null | grep -q "dport=80" \
       || die "conntrack in $ns does not track the guest's flows"
     log "conntrack in $ns tracks the guest's HTTP flow"

@@ -79,14 +79,17 @@ func HTTPGet(conn net.Conn) (string, error) {
 	return line, nil
 }
 
-// WaitHTTP retries an HTTP GET to addr until the guest answers or ctx ends.
+// WaitHTTP retries an HTTP GET to addr until the guest answers or ctx ends. Each attempt
+// waits up to 5 s for its connection, so TCP's own SYN retransmission carries it over
+// the last moments of a boot: an attempt given up in SYN_SENT would leave a conntrack
+// entry that counts as inbound activity for two minutes.
 func WaitHTTP(ctx context.Context, addr string) error {
 	var last error
 	for {
-		d := net.Dialer{Timeout: time.Second}
+		d := net.Dialer{Timeout: 5 * time.Second}
 		conn, err := d.DialContext(ctx, "tcp", addr)
 		if err == nil {
-			conn.SetDeadline(time.Now().Add(2 * time.Second))
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
 			_, err = HTTPGet(conn)
 			conn.Close()
 			if err == nil {

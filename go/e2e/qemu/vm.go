@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -194,12 +195,37 @@ func (v *VM) Boot(ctx context.Context) error {
 	if v.proc != nil {
 		return errors.New("qemu: the VM is already running")
 	}
+	// A fresh serial log, so WaitBooted sees this boot's marker only.
+	os.Remove(v.cfg.SerialPath())
 	p, err := v.start(ctx, nil, nil)
 	if err != nil {
 		return err
 	}
 	v.proc, v.state = p, StateRunning
 	return nil
+}
+
+// readyMarker is the line the guest's init prints once its HTTP responder listens.
+const readyMarker = "guest: ready"
+
+// WaitBooted waits until the guest's serial console shows that it finished booting
+// (network configured, HTTP responder started), so that nothing has to probe the guest's
+// network while it boots.
+func (v *VM) WaitBooted(ctx context.Context) error {
+	for {
+		b, _ := os.ReadFile(v.cfg.SerialPath())
+		if bytes.Contains(b, []byte(readyMarker)) {
+			return nil
+		}
+		if v.State() != StateRunning {
+			return fmt.Errorf("qemu: the guest stopped while booting; %s", v.stderrTail())
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("qemu: waiting for %q on the serial console: %w", readyMarker, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // StandbyResult describes one standby.
@@ -270,7 +296,10 @@ func (v *VM) resumeAfter(ctx context.Context, cause error) error {
 	if v.proc == nil {
 		return cause
 	}
-	if err := v.proc.qmp.Execute(context.WithoutCancel(ctx), "cont", nil, nil); err != nil {
+	// Resume even when ctx is what ended the standby, but do not wait forever.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := v.proc.qmp.Execute(rctx, "cont", nil, nil); err != nil {
 		return fmt.Errorf("%w (and resuming the guest failed: %v)", cause, err)
 	}
 	return cause

@@ -25,6 +25,9 @@ func TestStandbyRestoreRealVM(t *testing.T) {
 	if err := vm.Boot(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if err := vm.WaitBooted(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if err := WaitHTTP(ctx, h.GuestHTTP()); err != nil {
 		t.Fatal(err)
 	}

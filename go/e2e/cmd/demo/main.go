@@ -108,6 +108,9 @@ func run(ctx context.Context) error {
 	if err := d.guest.Boot(bootCtx); err != nil {
 		return err
 	}
+	if err := d.guest.WaitBooted(bootCtx); err != nil {
+		return err
+	}
 	if err := qemu.WaitHTTP(bootCtx, h.GuestHTTP()); err != nil {
 		return err
 	}
