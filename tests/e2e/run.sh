@@ -11,7 +11,7 @@ bin="$root/build/e2e/bin"
 mkdir -p "$bin"
 echo "e2e: building libautostandby.a and the test binaries"
 cargo build --release --lib --quiet
-(cd go && go test -c -tags e2e -o "$bin/qemu.test" ./e2e/qemu && go test -c -tags e2e -o "$bin/e2e.test" ./e2e)
+(cd go && go vet -tags e2e ./e2e/... && go test -c -tags e2e -o "$bin/qemu.test" ./e2e/qemu && go test -c -tags e2e -o "$bin/e2e.test" ./e2e)
 bash tests/e2e/guest.sh >/dev/null
 
 start=$SECONDS
