@@ -148,7 +148,7 @@ func (f *fixture) waitStatus(within time.Duration, ok func(autostandby.StatusSna
 			return s
 		}
 		if time.Now().After(deadline) {
-			f.t.Fatalf("status not reached within %v; last: %s/%s, %d active flows", within, s.Status, s.Reason, s.ActiveInboundCount)
+			f.t.Fatalf("status not reached within %v; last: %s/%s, %d active flows%s", within, s.Status, s.Reason, s.ActiveInboundCount, flows(s))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -190,7 +190,7 @@ func (f *fixture) assertRunningFor(d time.Duration) {
 		default:
 		}
 		if s := f.describe(); s.Status != autostandby.StatusActive || s.ActiveInboundCount < 1 {
-			f.t.Fatalf("status %s/%s with %d active flows while a connection is open", s.Status, s.Reason, s.ActiveInboundCount)
+			f.t.Fatalf("status %s/%s with %d active flows while a connection is open%s", s.Status, s.Reason, s.ActiveInboundCount, flows(s))
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
@@ -389,6 +389,15 @@ func TestRestartWithOpenConnection(t *testing.T) {
 	f.assertRunningFor(idleTimeout + 3*time.Second)
 	get(t, conn)
 	f.assertStandbyAfterClose(time.Now())
+}
+
+// flows lists the flows keeping an instance awake, for failure messages.
+func flows(s autostandby.StatusSnapshot) string {
+	var b strings.Builder
+	for _, fl := range s.KeptAwakeBy {
+		fmt.Fprintf(&b, "; %s %s -> %s %s", fl.Protocol, fl.Client, fl.Destination, fl.TCPState)
+	}
+	return b.String()
 }
 
 type testWriter struct{ t *testing.T }
