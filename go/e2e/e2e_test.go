@@ -60,7 +60,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: the guest did not come up:", err)
 		return 1
 	}
-	fmt.Printf("e2e: guest booted and serving HTTP in %v\n", time.Since(start).Round(time.Millisecond))
+	fmt.Printf("e2e: guest booted and serving HTTP in %v (library build %s)\n", time.Since(start).Round(time.Millisecond), qemu.LibraryBuild)
 	return m.Run()
 }
 

@@ -16,5 +16,7 @@ bash tests/e2e/guest.sh >/dev/null
 echo "demo: building libautostandby (release) and the demo"
 cargo build --release --lib --quiet
 mkdir -p build/e2e/bin
-(cd go && go build -tags e2e -o "$root/build/e2e/bin/demo" ./e2e/cmd/demo)
+# Go does not notice a rebuilt archive by itself: see go/e2e/qemu/build.go.
+ldflags="-X github.com/libautostandby/libautostandby/go/e2e/qemu.LibraryBuild=$(sha256sum target/release/libautostandby.a | cut -c1-16)"
+(cd go && go build -tags e2e -ldflags "$ldflags" -o "$root/build/e2e/bin/demo" ./e2e/cmd/demo)
 exec bash tests/e2e/vm.sh run "$root/build/e2e/bin/demo"

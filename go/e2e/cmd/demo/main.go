@@ -138,13 +138,13 @@ func run(ctx context.Context) error {
 	go func() { runDone <- d.ctrl.Run(runCtx) }()
 	defer func() { stopRun(); <-runDone }()
 
+	d.say("controller started in kernel mode, watching conntrack in %s", h.Namespace)
 	// The client opens its connection at once, before the first countdown ends.
 	d.say("client connects to %s and keeps the connection open for %v", h.GuestHTTP(), holdOpen)
 	conn, err := net.DialTimeout("tcp", h.GuestHTTP(), 5*time.Second)
 	if err != nil {
 		return err
 	}
-	d.say("controller started in kernel mode, watching conntrack")
 	narrCtx, stopNarr := context.WithCancel(ctx)
 	defer stopNarr()
 	go d.narrate(narrCtx)
