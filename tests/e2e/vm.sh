@@ -61,7 +61,23 @@ trap teardown EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# remove_stale: namespaces of earlier harness runs that were killed outright (SIGKILL
+# skips the trap). Only as-vm-<pid> names whose harness process is gone are touched.
+remove_stale() {
+  local name pid
+  for name in $(ip netns list | awk '{print $1}' | grep -E '^as-vm-[0-9]+$' || true); do
+    pid=${name#as-vm-}
+    [[ -d /proc/$pid ]] && continue
+    log "removing stale namespace $name"
+    pids=$(ip netns pids "$name" 2>/dev/null || true)
+    [[ -z "$pids" ]] || kill -9 $pids 2>/dev/null || true
+    ip netns del "$name" 2>/dev/null || true
+    rm -rf "$root/build/e2e/run/$name"
+  done
+}
+
 setup() {
+  remove_stale
   mkdir -p "$run_dir"
   ip netns add "$ns"
   ip -n "$ns" link set lo up
