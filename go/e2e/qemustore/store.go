@@ -36,7 +36,16 @@ type Record struct {
 	Err          error
 }
 
-// Store holds instances, each backed by a qemu.VM. Safe for concurrent use.
+// Machine is what the store needs from a guest; *qemu.VM implements it.
+type Machine interface {
+	State() qemu.State
+	Standby(ctx context.Context) (qemu.StandbyResult, error)
+	Restore(ctx context.Context) (qemu.RestoreResult, error)
+}
+
+var _ Machine = (*qemu.VM)(nil)
+
+// Store holds instances, each backed by a Machine (a QEMU guest). Safe for concurrent use.
 type Store struct {
 	mu        sync.Mutex
 	instances map[string]*entry
@@ -47,7 +56,7 @@ type Store struct {
 
 type entry struct {
 	inst autostandby.Instance
-	vm   *qemu.VM
+	vm   Machine
 	op   sync.Mutex // one standby or restore at a time per VM
 }
 
@@ -68,7 +77,7 @@ var (
 )
 
 // Add registers inst, backed by vm. Its State follows the VM's from then on.
-func (s *Store) Add(inst autostandby.Instance, vm *qemu.VM) {
+func (s *Store) Add(inst autostandby.Instance, vm Machine) {
 	s.mu.Lock()
 	inst.State = stateOf(vm.State())
 	s.instances[inst.ID] = &entry{inst: inst, vm: vm}
