@@ -441,10 +441,8 @@ mod tests {
         let bytes = build_flow_message(&flow_v4(), wire::IPCTNL_MSG_CT_NEW, 0);
         for cut in 0..bytes.len() {
             let part = &bytes[..cut];
-            for m in messages(part) {
-                if let Ok(m) = m {
-                    let _ = parse_conntrack(&m);
-                }
+            for m in messages(part).flatten() {
+                let _ = parse_conntrack(&m);
             }
         }
         // A header claiming more than the datagram holds.

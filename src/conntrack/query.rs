@@ -48,6 +48,17 @@ pub struct DumpStats {
     pub kernel_filtered: bool,
 }
 
+impl DumpStats {
+    fn add(&mut self, o: &DumpStats) {
+        self.flows += o.flows;
+        self.received += o.received;
+        self.malformed += o.malformed;
+        self.walks += o.walks;
+        self.recvs += o.recvs;
+        self.kernel_filtered |= o.kernel_filtered;
+    }
+}
+
 /// A ctnetlink socket for dumps. Use one dump at a time.
 #[derive(Debug)]
 pub struct QuerySocket {
@@ -196,9 +207,13 @@ impl QuerySocket {
     /// filtered in the kernel (`CTA_FILTER`) when the start-up probe says it works, else
     /// in userspace. Each flow is reported once.
     ///
-    /// In the kernel this is one walk per address for the reply source (the guest, with
-    /// or without DNAT) and one for the original destination; above
-    /// [`MAX_FILTERED_WALKS`] walks, full dumps per family are used instead.
+    /// IPv4 addresses are filtered in the kernel: one walk per address for the reply
+    /// source (the guest, with or without DNAT) and one for the original destination;
+    /// above [`MAX_FILTERED_WALKS`] walks, one full dump with a userspace filter is used
+    /// instead. IPv6 addresses always use a full IPv6 dump filtered in userspace: on
+    /// Linux 6.18 the kernel's IPv6 `CTA_FILTER` address match is inverted (asking for
+    /// an address returns every other flow and not the flow itself), so trusting it
+    /// could report a busy guest idle.
     pub fn dump_addresses(
         &mut self,
         addrs: &[IpAddr],
@@ -207,18 +222,31 @@ impl QuerySocket {
         let mut set: Vec<IpAddr> = addrs.iter().map(|a| a.to_canonical()).collect();
         set.sort_unstable();
         set.dedup();
-        if set.is_empty() {
-            return Ok(DumpStats::default());
-        }
-        if self.filter == FilterSupport::Kernel && set.len() * 2 <= MAX_FILTERED_WALKS {
-            match self.dump_addresses_kernel(&set, on_flow)? {
-                Some(stats) => return Ok(stats),
-                // The kernel ignored the filter: what was delivered was correct (checked
-                // in userspace) but may be incomplete; run the fallback in full.
-                None => self.filter = FilterSupport::Userspace,
+        // IpAddr orders every V4 before every V6.
+        let split = set.partition_point(IpAddr::is_ipv4);
+        let (v4, v6) = set.split_at(split);
+        let mut total = DumpStats::default();
+        if !v4.is_empty() {
+            let mut done = false;
+            if self.filter == FilterSupport::Kernel && v4.len() * 2 <= MAX_FILTERED_WALKS {
+                match self.dump_addresses_kernel(v4, on_flow)? {
+                    Some(stats) => {
+                        total.add(&stats);
+                        done = true;
+                    }
+                    // The kernel ignored the filter: what was delivered was correct
+                    // (checked in userspace) but may be incomplete; run the fallback.
+                    None => self.filter = FilterSupport::Userspace,
+                }
+            }
+            if !done {
+                total.add(&self.dump_family_userspace(Family::V4, v4, on_flow)?);
             }
         }
-        self.dump_addresses_userspace(&set, on_flow)
+        if !v6.is_empty() {
+            total.add(&self.dump_family_userspace(Family::V6, v6, on_flow)?);
+        }
+        Ok(total)
     }
 
     fn dump_addresses_kernel(
@@ -254,11 +282,7 @@ impl QuerySocket {
                     flows += 1;
                     on_flow(f);
                 })?;
-                total.flows += flows;
-                total.received += stats.received;
-                total.malformed += stats.malformed;
-                total.walks += stats.walks;
-                total.recvs += stats.recvs;
+                total.add(&DumpStats { flows, ..stats });
                 if ignored {
                     return Ok(None);
                 }
@@ -267,37 +291,24 @@ impl QuerySocket {
         Ok(Some(total))
     }
 
-    fn dump_addresses_userspace(
+    fn dump_family_userspace(
         &mut self,
+        family: Family,
         set: &[IpAddr],
         on_flow: &mut dyn FnMut(&Flow),
     ) -> Result<DumpStats, ConntrackError> {
-        let mut total = DumpStats::default();
-        for family in [Family::V4, Family::V6] {
-            let wanted = set.iter().any(|a| match family {
-                Family::V4 => a.is_ipv4(),
-                Family::V6 => a.is_ipv6(),
-            });
-            if !wanted {
-                continue;
+        let req = request::dump(family, self.next_seq());
+        let mut flows = 0;
+        let mut stats = self.run_dump(&req, &mut |ct, _| {
+            let f = &ct.flow;
+            if set.binary_search(&f.reply.src).is_ok() || set.binary_search(&f.orig.dst).is_ok() {
+                flows += 1;
+                on_flow(f);
             }
-            let req = request::dump(family, self.next_seq());
-            let mut flows = 0;
-            let stats = self.run_dump(&req, &mut |ct, _| {
-                let f = &ct.flow;
-                if set.binary_search(&f.reply.src).is_ok() || set.binary_search(&f.orig.dst).is_ok()
-                {
-                    flows += 1;
-                    on_flow(f);
-                }
-            })?;
-            total.flows += flows;
-            total.received += stats.received;
-            total.malformed += stats.malformed;
-            total.walks += stats.walks;
-            total.recvs += stats.recvs;
-        }
-        Ok(total)
+        })?;
+        stats.flows = flows;
+        stats.kernel_filtered = false;
+        Ok(stats)
     }
 
     /// Sends a request that the kernel acknowledges (create, update, delete) and waits
