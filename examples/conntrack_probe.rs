@@ -6,7 +6,8 @@
 //! - `dump [REPEAT]`: dumps and classifies the IPv4 table, prints entries and seconds;
 //! - `filtered ADDR [REPEAT]`: the kernel-filtered dump of one address;
 //! - `events --expect-new N [--filter ADDR]... [--idle-ms MS]`: reads events until N NEW
-//!   were seen (or the stream is idle), prints counts, loss and CPU per event;
+//!   were seen (or the stream is idle, or `--max-ms` passed), prints counts, loss and
+//!   CPU per event;
 //! - `load --server-netns PATH --to ADDR:PORT[,ADDR:PORT] --count N --conc C`: runs
 //!   servers in the given namespace and N short connections from this one;
 //! - `capture OUT`: writes captured events and dump entries as a corpus of
@@ -149,7 +150,8 @@ fn events(args: &[String]) -> Result<(), ConntrackError> {
     let mut first: Option<Instant> = None;
     let cpu0 = thread_cpu_ns();
     let mut last = Instant::now();
-    while new < expect {
+    let began = Instant::now();
+    while new < expect && began.elapsed() < max {
         if !ev.wait_readable(Duration::from_millis(100))? {
             if first.is_some() && last.elapsed() > idle {
                 break;
