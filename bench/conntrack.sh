@@ -91,13 +91,15 @@ echo "targets: ours <= 0.6x conntrack -L, <= 0.4x vishvananda, peak RSS <= 10 MB
 echo
 echo "== 2. filtered dump of one address among $N foreign entries"
 filt=$(inb "$PROBE" filtered 10.231.0.2 "$REPEAT")
+filt1=$(inb "$PROBE" filtered 10.231.0.2 "$REPEAT" --reply-only)
 full=$(inb "$PROBE" dump "$REPEAT")
 fs=$(echo "$filt" | field seconds)
 us=$(echo "$full" | field seconds)
 printf '| dump | entries returned | best seconds of %s |\n|---|---|---|\n' "$REPEAT"
-printf '| kernel CTA_FILTER (reply-source + original-destination walks) | %s | %.4f |\n' "$(echo "$filt" | field entries)" "$fs"
+printf '| kernel CTA_FILTER, reply source only (1 walk) | %s | %.4f |\n' "$(echo "$filt1" | field entries)" "$(echo "$filt1" | field seconds)"
+printf '| kernel CTA_FILTER, reply source + original destination (2 walks, default) | %s | %.4f |\n' "$(echo "$filt" | field entries)" "$fs"
 printf '| full dump + userspace filter | (%s read) | %.4f |\n' "$(echo "$full" | field entries)" "$us"
-printf 'filtered/full: %.3f; target <= 0.100 s\n' "$(echo "$fs/$us" | bc -l)"
+printf 'filtered (default)/full: %.3f; target <= 0.100 s\n' "$(echo "$fs/$us" | bc -l)"
 inb conntrack -F >/dev/null 2>&1 || true
 
 echo
@@ -107,11 +109,14 @@ run_events() { # label, expected NEW, extra observer args...
   local fifo out line
   fifo=$(mktemp -u); mkfifo "$fifo"
   out=$(mktemp)
-  inb taskset -c 0 "$PROBE" events --expect-new "$expect" --idle-ms 2000 --max-ms 60000 "$@" >"$fifo" &
+  inb "$PROBE" events --expect-new "$expect" --idle-ms 2000 --max-ms 60000 "$@" >"$fifo" &
   pids+=($!)
   exec 3<"$fifo"
   read -r line <&3  # "ready": subscribed before the load starts
-  ip netns exec "$A" taskset -c 1 "$PROBE" load --server-netns "/run/netns/$B" \
+  label="$label, effective rcvbuf $(echo "$line" | field rcvbuf)"
+  # The load generator runs at the lowest priority so that, on a busy 2-core machine,
+  # it does not starve the observer it is measuring.
+  ip netns exec "$A" nice -n 19 "$PROBE" load --server-netns "/run/netns/$B" \
     --to 10.231.0.2:80,10.231.0.3:80 --count "$CONNS" --conc "$CONC" >"$out.load"
   cat <&3 >"$out"
   exec 3<&-

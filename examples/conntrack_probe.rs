@@ -4,7 +4,7 @@
 //! - `insert COUNT`: fills the current namespace's table with COUNT established TCP
 //!   entries from 10.200.0.0/16 to 10.250.0.1:80, through batched ctnetlink requests;
 //! - `dump [REPEAT]`: dumps and classifies the IPv4 table, prints entries and seconds;
-//! - `filtered ADDR [REPEAT]`: the kernel-filtered dump of one address;
+//! - `filtered ADDR [REPEAT] [--reply-only]`: the kernel-filtered dump of one address;
 //! - `events --expect-new N [--filter ADDR]... [--idle-ms MS]`: reads events until N NEW
 //!   were seen (or the stream is idle, or `--max-ms` passed), prints counts, loss and
 //!   CPU per event;
@@ -42,10 +42,15 @@ fn main() -> Result<(), ConntrackError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("insert") => insert(args.get(1).and_then(|v| v.parse().ok()).unwrap_or(200_000)),
-        Some("dump") => dump(None, args.get(1).and_then(|v| v.parse().ok()).unwrap_or(1)),
+        Some("dump") => dump(
+            None,
+            args.get(1).and_then(|v| v.parse().ok()).unwrap_or(1),
+            false,
+        ),
         Some("filtered") => dump(
             Some(args.get(1).expect("address").parse().expect("address")),
             args.get(2).and_then(|v| v.parse().ok()).unwrap_or(1),
+            args.iter().any(|a| a == "--reply-only"),
         ),
         Some("events") => events(&args),
         Some("load") => load(&args),
@@ -96,8 +101,9 @@ fn insert(count: u32) -> Result<(), ConntrackError> {
     Ok(())
 }
 
-fn dump(filter: Option<IpAddr>, repeat: u32) -> Result<(), ConntrackError> {
+fn dump(filter: Option<IpAddr>, repeat: u32, reply_only: bool) -> Result<(), ConntrackError> {
     let mut q = QuerySocket::open(&ObserverConfig::default())?;
+    q.set_match_orig_destination(!reply_only);
     let mut best = f64::MAX;
     let (mut live, mut finished, mut total) = (0u64, 0u64, 0u64);
     for _ in 0..repeat.max(1) {
@@ -129,6 +135,11 @@ fn events(args: &[String]) -> Result<(), ConntrackError> {
         arg_after(args, "--idle-ms")
             .and_then(|v| v.parse().ok())
             .unwrap_or(3000),
+    );
+    let max = Duration::from_millis(
+        arg_after(args, "--max-ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(120_000),
     );
     let filters: Vec<IpAddr> = args
         .windows(2)

@@ -66,6 +66,7 @@ pub struct QuerySocket {
     buf: Vec<u8>,
     seq: u32,
     filter: FilterSupport,
+    match_orig_destination: bool,
 }
 
 impl QuerySocket {
@@ -77,6 +78,7 @@ impl QuerySocket {
             buf: vec![0; DUMP_BUF_BYTES],
             seq: 0,
             filter: FilterSupport::Kernel,
+            match_orig_destination: true,
         };
         me.filter = me.probe_filter()?;
         Ok(me)
@@ -85,6 +87,15 @@ impl QuerySocket {
     /// What the probe (and later dumps) found about kernel-side filtering.
     pub fn filter_support(&self) -> FilterSupport {
         self.filter
+    }
+
+    /// Whether [`QuerySocket::dump_addresses`] also matches the original destination
+    /// (default `true`, as the engine counts such flows). With `false` only the reply
+    /// source is matched: one kernel walk per address instead of two. The reply source
+    /// is the guest whether or not DNAT is in front of it; what the original-destination
+    /// walk adds are flows dialled to the address but answered by another host.
+    pub fn set_match_orig_destination(&mut self, on: bool) {
+        self.match_orig_destination = on;
     }
 
     /// Forces userspace filtering (for comparisons and tests).
@@ -208,7 +219,8 @@ impl QuerySocket {
     /// in userspace. Each flow is reported once.
     ///
     /// IPv4 addresses are filtered in the kernel: one walk per address for the reply
-    /// source (the guest, with or without DNAT) and one for the original destination;
+    /// source (the guest, with or without DNAT) and one for the original destination
+    /// (see [`QuerySocket::set_match_orig_destination`]);
     /// above [`MAX_FILTERED_WALKS`] walks, one full dump with a userspace filter is used
     /// instead. IPv6 addresses always use a full IPv6 dump filtered in userspace: on
     /// Linux 6.18 the kernel's IPv6 `CTA_FILTER` address match is inverted (asking for
@@ -259,7 +271,12 @@ impl QuerySocket {
             ..DumpStats::default()
         };
         let mut ignored = false;
-        for side in [AddressMatch::ReplySource, AddressMatch::OrigDestination] {
+        let sides: &[AddressMatch] = if self.match_orig_destination {
+            &[AddressMatch::ReplySource, AddressMatch::OrigDestination]
+        } else {
+            &[AddressMatch::ReplySource]
+        };
+        for &side in sides {
             for &addr in set {
                 let req = request::filtered_dump(addr, side, self.next_seq());
                 let mut flows = 0;
@@ -299,9 +316,12 @@ impl QuerySocket {
     ) -> Result<DumpStats, ConntrackError> {
         let req = request::dump(family, self.next_seq());
         let mut flows = 0;
+        let orig_too = self.match_orig_destination;
         let mut stats = self.run_dump(&req, &mut |ct, _| {
             let f = &ct.flow;
-            if set.binary_search(&f.reply.src).is_ok() || set.binary_search(&f.orig.dst).is_ok() {
+            if set.binary_search(&f.reply.src).is_ok()
+                || (orig_too && set.binary_search(&f.orig.dst).is_ok())
+            {
                 flows += 1;
                 on_flow(f);
             }
