@@ -7,7 +7,7 @@
 #   3. events from CONNS short TCP connections at concurrency CONC between two
 #      namespaces: NEW seen, CPU per event, and what the BPF filter saves;
 #   4. the parser micro-benchmark (criterion, counting allocator).
-# Knobs: N (200000), REPEAT (3), CONNS (30000), CONC (8).
+# Knobs: N (200000), REPEAT (3), CONNS (30000), CONC (8), SECTIONS ("1 2 3 4").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || { echo "bench/conntrack.sh: needs root (namespaces, ctnetlink)" >&2; exit 1; }
@@ -15,6 +15,8 @@ N=${N:-200000}
 REPEAT=${REPEAT:-3}
 CONNS=${CONNS:-30000}
 CONC=${CONC:-8}
+SECTIONS=${SECTIONS:-1 2 3 4}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 TIME=/usr/bin/time
 [[ -x $TIME ]] || { echo "bench/conntrack.sh: /usr/bin/time missing (scripts/install-deps.sh installs it)" >&2; exit 1; }
 
@@ -72,6 +74,7 @@ measure() {
   echo "$(printf '%s\n' "${secs[@]}" | median) $(printf '%s\n' "${cpus[@]}" | median) $(printf '%s\n' "${rss[@]}" | sort -n | tail -1)"
 }
 
+if want 1 || want 2; then
 echo
 echo "== 1. dump and classify $N entries"
 inb "$PROBE" insert "$N"
@@ -86,8 +89,10 @@ row() { printf '| %s | %s | %.3f | %.2f | %.3f | %.2f | %.1f |\n' "$1" "$2" "$3"
 row "ours (zero-copy)" "$entries" "$ours_s" "$ours_c" "$ours_kb"
 row "conntrack -L >/dev/null" "$entries" "$ct_s" "$ct_c" "$ct_kb"
 row "Go vishvananda/netlink v1.3.1" "$gentries" "$go_s" "$go_c" "$go_kb"
+fi
 echo "targets: ours <= 0.6x conntrack -L, <= 0.4x vishvananda, peak RSS <= 10 MB"
 
+if want 2; then
 echo
 echo "== 2. filtered dump of one address among $N foreign entries"
 filt=$(inb "$PROBE" filtered 10.231.0.2 "$REPEAT")
@@ -100,8 +105,10 @@ printf '| kernel CTA_FILTER, reply source only (1 walk) | %s | %.4f |\n' "$(echo
 printf '| kernel CTA_FILTER, reply source + original destination (2 walks, default) | %s | %.4f |\n' "$(echo "$filt" | field entries)" "$fs"
 printf '| full dump + userspace filter | (%s read) | %.4f |\n' "$(echo "$full" | field entries)" "$us"
 printf 'filtered (default)/full: %.3f; target <= 0.100 s\n' "$(echo "$fs/$us" | bc -l)"
+fi
 inb conntrack -F >/dev/null 2>&1 || true
 
+if want 3; then
 echo
 echo "== 3. events: $CONNS short TCP connections at concurrency $CONC"
 run_events() { # label, expected NEW, extra observer args...
@@ -139,7 +146,10 @@ run_events "BPF filter: one of the two servers" "$half" --filter 10.231.0.2
 run_events "BPF filter: foreign address only" 1 --filter 10.231.0.9
 echo "targets: every NEW seen with the default configuration; <= 1500 ns CPU per event;"
 echo "with the filter, foreign events are never read (events read = 0 for a foreign-only filter)"
+fi
 
+if want 4; then
 echo
 echo "== 4. parser (criterion; no root needed)"
 cargo bench --bench conntrack_parse -- --warm-up-time 1 --measurement-time 3 2>/dev/null | sed -n '/^parser,/,$p'
+fi

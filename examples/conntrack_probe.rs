@@ -5,7 +5,8 @@
 //!   entries from 10.200.0.0/16 to 10.250.0.1:80, through batched ctnetlink requests;
 //! - `dump [REPEAT]`: dumps and classifies the IPv4 table, prints entries and seconds;
 //! - `filtered ADDR [REPEAT] [--reply-only]`: the kernel-filtered dump of one address;
-//! - `events --expect-new N [--filter ADDR]... [--idle-ms MS]`: reads events until N NEW
+//! - `events --expect-new N [--filter ADDR]... [--idle-ms MS] [--linger-us US]`: reads
+//!   events (lingering US after each wake-up, default 2000) until N NEW
 //!   were seen (or the stream is idle, or `--max-ms` passed), prints counts, loss and
 //!   CPU per event;
 //! - `load --server-netns PATH --to ADDR:PORT[,ADDR:PORT] --count N --conc C`: runs
@@ -141,6 +142,11 @@ fn events(args: &[String]) -> Result<(), ConntrackError> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(120_000),
     );
+    let linger = Duration::from_micros(
+        arg_after(args, "--linger-us")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000),
+    );
     let filters: Vec<IpAddr> = args
         .windows(2)
         .filter(|w| w[0] == "--filter")
@@ -163,7 +169,7 @@ fn events(args: &[String]) -> Result<(), ConntrackError> {
     let mut last = Instant::now();
     let began = Instant::now();
     while new < expect && began.elapsed() < max {
-        if !ev.wait_readable(Duration::from_millis(100))? {
+        if !ev.wait_batch(Duration::from_millis(100), linger)? {
             if first.is_some() && last.elapsed() > idle {
                 break;
             }

@@ -404,12 +404,15 @@ fn a_dnat_port_forward_is_attributed_to_the_guest() {
     // Asked by the dialled address, the original-destination walk finds it; the reply
     // source alone does not.
     let mut by_dialled = Vec::new();
-    let st = q.dump_addresses(&[ip(DNAT_ADDR)], &mut |f| by_dialled.push(*f)).unwrap();
+    let st = q
+        .dump_addresses(&[ip(DNAT_ADDR)], &mut |f| by_dialled.push(*f))
+        .unwrap();
     assert!(st.kernel_filtered);
     assert_eq!(by_dialled, dumped);
     q.set_match_orig_destination(false);
     let mut reply_only = 0;
-    q.dump_addresses(&[ip(DNAT_ADDR)], &mut |_| reply_only += 1).unwrap();
+    q.dump_addresses(&[ip(DNAT_ADDR)], &mut |_| reply_only += 1)
+        .unwrap();
     assert_eq!(reply_only, 0);
 }
 

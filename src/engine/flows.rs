@@ -292,10 +292,13 @@ impl FlowTable {
         }
         self.heads[inst] = idx;
         self.recs.push(rec);
-        self.place(Slot {
-            tag: (h >> 32) as u32,
-            rec: idx,
-        }, h);
+        self.place(
+            Slot {
+                tag: (h >> 32) as u32,
+                rec: idx,
+            },
+            h,
+        );
         idx
     }
 

@@ -23,7 +23,10 @@ pub(crate) enum Phase {
 impl Phase {
     /// Holds one of the `max_concurrent_standbys` slots.
     pub(crate) fn holds_slot(self) -> bool {
-        matches!(self, Self::Emitted | Self::EmittedCancelled | Self::Executing)
+        matches!(
+            self,
+            Self::Emitted | Self::EmittedCancelled | Self::Executing
+        )
     }
 
     /// Counts as "standby requested" for status.

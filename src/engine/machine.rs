@@ -179,7 +179,11 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn do_unregister(&mut self, key: InstanceKey, now: UnixMillis) -> Result<(), EngineError> {
+    pub(crate) fn do_unregister(
+        &mut self,
+        key: InstanceKey,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
         self.see(now);
         let slot = self.slot(key)?;
         self.remove_instance(slot, now);
@@ -220,7 +224,8 @@ impl Engine {
                 other.persist_epoch = epoch;
             }
         }
-        self.requests.retain(|r| *r != ObserverRequest::Confirm(key));
+        self.requests
+            .retain(|r| *r != ObserverRequest::Confirm(key));
         if inst.phase == Phase::Queued {
             self.queued -= 1;
         }
@@ -243,7 +248,9 @@ impl Engine {
             inst.retry_at = None;
             inst.failures = 0;
             inst.confirm_failed = false;
-            let reason = inst.ineligible_reason().unwrap_or(Reason::InstanceNotRunning);
+            let reason = inst
+                .ineligible_reason()
+                .unwrap_or(Reason::InstanceNotRunning);
             self.cancel_standby(slot, reason);
             if had {
                 self.persist(slot);
@@ -286,7 +293,13 @@ impl Engine {
             None => (*self.by_addr.get(&odst)?, true),
         };
         let osrc = addr_bits(flow.orig.src);
-        if self.inst(slot).spec.addresses.iter().any(|a| addr_bits(*a) == osrc) {
+        if self
+            .inst(slot)
+            .spec
+            .addresses
+            .iter()
+            .any(|a| addr_bits(*a) == osrc)
+        {
             return None;
         }
         Some((slot, guest_is_orig_dst))
@@ -473,7 +486,11 @@ impl Engine {
         let mut i = self.flows.head(slot);
         while i != NIL {
             let r = *self.flows.rec(i);
-            let c = Self::counts(self.inst(slot).spec.policy.as_ref(), &r, self.flows.shape(r.shape));
+            let c = Self::counts(
+                self.inst(slot).spec.policy.as_ref(),
+                &r,
+                self.flows.shape(r.shape),
+            );
             let rm = self.flows.rec_mut(i);
             if c {
                 rm.flags |= F_COUNTED;
@@ -532,7 +549,12 @@ impl Engine {
         self.decisions.push(Decision::Wake {
             key,
             protocol: flow.protocol,
-            flow: Tuple::new(flow.orig.src, flow.orig.src_port, flow.orig.dst, flow.orig.dst_port),
+            flow: Tuple::new(
+                flow.orig.src,
+                flow.orig.src_port,
+                flow.orig.dst,
+                flow.orig.dst_port,
+            ),
         });
     }
 
@@ -698,7 +720,9 @@ impl Engine {
     fn free_slot(&mut self, now: UnixMillis) {
         self.in_flight -= 1;
         while self.in_flight < self.config.max_concurrent_standbys.max(1) {
-            let Some((slot, ticket)) = self.queue.pop_front() else { break };
+            let Some((slot, ticket)) = self.queue.pop_front() else {
+                break;
+            };
             let valid = self.insts[slot as usize]
                 .as_ref()
                 .is_some_and(|i| i.phase == Phase::Queued && i.ticket == ticket);
@@ -885,7 +909,11 @@ impl Engine {
 
     fn scope_slots(&self, scope: &ResyncScope) -> Vec<(u32, InstanceKey)> {
         match scope {
-            ResyncScope::All => self.live_slots().into_iter().map(|s| (s, self.inst(s).key)).collect(),
+            ResyncScope::All => self
+                .live_slots()
+                .into_iter()
+                .map(|s| (s, self.inst(s).key))
+                .collect(),
             ResyncScope::Instances(keys) => {
                 let mut v: Vec<(u32, InstanceKey)> = keys
                     .iter()
@@ -919,7 +947,8 @@ impl Engine {
         if scope == ResyncScope::All {
             if !self.all_resync_requested {
                 self.all_resync_requested = true;
-                self.requests.push(ObserverRequest::Resync(ResyncScope::All));
+                self.requests
+                    .push(ObserverRequest::Resync(ResyncScope::All));
             }
         } else {
             self.queue_resync(fresh);
@@ -995,7 +1024,11 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn do_finish_resync(&mut self, id: ResyncId, now: UnixMillis) -> Result<(), EngineError> {
+    pub(crate) fn do_finish_resync(
+        &mut self,
+        id: ResyncId,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
         self.see(now);
         let r = self.take_resync(id)?;
         let members = self.resync_members(&r);
@@ -1038,7 +1071,11 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn do_fail_resync(&mut self, id: ResyncId, now: UnixMillis) -> Result<(), EngineError> {
+    pub(crate) fn do_fail_resync(
+        &mut self,
+        id: ResyncId,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
         self.see(now);
         let r = self.take_resync(id)?;
         let members = self.resync_members(&r);
@@ -1067,8 +1104,12 @@ impl Engine {
         }
         if r.scope.is_none() && self.all_lost_seq.is_some() {
             self.all_resync_requested = true;
-            if !self.requests.contains(&ObserverRequest::Resync(ResyncScope::All)) {
-                self.requests.push(ObserverRequest::Resync(ResyncScope::All));
+            if !self
+                .requests
+                .contains(&ObserverRequest::Resync(ResyncScope::All))
+            {
+                self.requests
+                    .push(ObserverRequest::Resync(ResyncScope::All));
             }
         } else {
             self.queue_resync(again);

@@ -14,11 +14,11 @@ use std::net::IpAddr;
 use crate::flow::{Flow, FlowEvent, TcpState, Tuple};
 use crate::policy::{Policy, PolicyError};
 
-mod machine;
 mod deadlines;
 mod fasthash;
 mod flows;
 mod instance;
+mod machine;
 mod status;
 
 #[cfg(test)]
