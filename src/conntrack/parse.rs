@@ -227,6 +227,7 @@ fn ip(kind: u16, p: &[u8]) -> Result<IpAddr, ParseError> {
     Err(ParseError::BadAttribute(kind))
 }
 
+#[inline]
 fn parse_tuple(nest: &[u8]) -> Result<TupleParts, ParseError> {
     let mut t = TupleParts::default();
     for a in attrs(nest) {
@@ -262,23 +263,24 @@ fn parse_tuple(nest: &[u8]) -> Result<TupleParts, ParseError> {
     Ok(t)
 }
 
+#[inline]
 fn parse_tcp_state(nest: &[u8]) -> Result<Option<TcpState>, ParseError> {
-    let mut state = None;
     for a in attrs(nest) {
         let (kind, payload) = a?;
         if kind == cta::PROTOINFO_TCP {
             for a in attrs(payload) {
                 let (kind, p) = a?;
                 if kind == cta::PROTOINFO_TCP_STATE {
-                    match p {
-                        [s] => state = Some(TcpState(*s)),
-                        _ => return Err(ParseError::BadAttribute(kind)),
-                    }
+                    // The state comes first; window scales and flags are not needed.
+                    return match p {
+                        [s] => Ok(Some(TcpState(*s))),
+                        _ => Err(ParseError::BadAttribute(kind)),
+                    };
                 }
             }
         }
     }
-    Ok(state)
+    Ok(None)
 }
 
 /// Reads the flow out of a ctnetlink conntrack message (event or dump entry).
