@@ -174,17 +174,25 @@ fn a_flow_from_before_the_observer_is_found_by_a_dump() {
     assert_eq!(found[0].tcp_state, Some(TcpState::ESTABLISHED));
     drop(c);
     drop(_s);
-    // After the close, a reconcile dump no longer reports it live.
-    std::thread::sleep(Duration::from_millis(200));
-    let mut after = Vec::new();
-    q.dump_addresses(&[ip(SERVER)], &mut |f| after.push(*f))
-        .unwrap();
-    assert!(
-        after
+    // After the close, a reconcile dump no longer reports it live (retried: the FIN
+    // exchange may still be in flight on a loaded machine).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut after = Vec::new();
+        q.dump_addresses(&[ip(SERVER)], &mut |f| after.push(*f))
+            .unwrap();
+        if after
             .iter()
-            .all(|f| f.tcp_state.is_some_and(TcpState::is_finished)),
-        "{after:?}"
-    );
+            .all(|f| f.tcp_state.is_some_and(TcpState::is_finished))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still live: {after:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -300,11 +308,14 @@ fn the_bpf_filter_drops_foreign_events_in_the_kernel() {
         mine.iter().all(|e| e.flow.reply.src == ip(SERVER)),
         "foreign event passed the filter"
     );
-    let ours_total = everything
-        .iter()
-        .filter(|e| e.flow.reply.src == ip(SERVER))
-        .count();
-    assert_eq!(mine.len(), ours_total);
+    // DESTROYs come late (garbage collection), so the two sockets may stop reading on
+    // either side of one: compare everything before them.
+    let live = |evs: &[FlowEvent], addr: &str| {
+        evs.iter()
+            .filter(|e| e.kind != EventKind::Destroy && e.flow.reply.src == ip(addr))
+            .count()
+    };
+    assert_eq!(live(&mine, SERVER), live(&everything, SERVER));
     // Nothing foreign was queued, read or parsed: the socket's message counter equals
     // the events for our address.
     let s = filtered.stats();
