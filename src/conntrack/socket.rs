@@ -286,3 +286,49 @@ pub fn recv_blocking(sock: &Socket, buf: &mut [u8]) -> Result<usize, ConntrackEr
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixDatagram;
+
+    #[test]
+    fn recvmmsg_reads_a_batch_and_flags_truncated_datagrams() {
+        let (tx, rx) = UnixDatagram::pair().unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let mut bufs = MmsgBuffers::new(4);
+        assert_eq!(bufs.recv(rx.as_raw_fd()).unwrap(), MmsgResult::Empty);
+        for i in 0..6u8 {
+            tx.send(&[i; 100]).unwrap();
+        }
+        tx.send(&vec![9u8; SLOT_BYTES + 100]).unwrap();
+        assert_eq!(bufs.recv(rx.as_raw_fd()).unwrap(), MmsgResult::Received(4));
+        for i in 0..4 {
+            let (d, truncated) = bufs.datagram(i);
+            assert_eq!(d, &[i as u8; 100][..]);
+            assert!(!truncated);
+        }
+        assert_eq!(bufs.recv(rx.as_raw_fd()).unwrap(), MmsgResult::Received(3));
+        assert_eq!(bufs.datagram(1).0, &[5u8; 100][..]);
+        let (big, truncated) = bufs.datagram(2);
+        assert!(
+            truncated,
+            "a datagram larger than a slot is reported truncated"
+        );
+        assert_eq!(big.len(), SLOT_BYTES);
+        assert_eq!(bufs.recv(rx.as_raw_fd()).unwrap(), MmsgResult::Empty);
+    }
+
+    #[test]
+    fn a_bad_descriptor_is_an_io_error_not_a_panic() {
+        let mut bufs = MmsgBuffers::new(1);
+        let err = bufs.recv(-1).unwrap_err();
+        assert!(
+            matches!(err, ConntrackError::Io { op: "recvmmsg", .. }),
+            "{err}"
+        );
+        assert!(socket_drops(-1).is_err());
+        assert!(attach_filter(-1, &[]).is_err());
+    }
+}
