@@ -4,7 +4,7 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-rust demo bench e2e lint header-check clean
+.PHONY: all deps build test test-rust demo bench bench-engine e2e lint header-check clean
 
 all: build
 
@@ -38,7 +38,11 @@ e2e: deps
 demo: deps
 	$(CARGO) run --release --example engine_demo
 
-bench: deps
+bench: deps bench-engine
+
+# Engine throughput, allocations per event and bytes per flow (10k instances, 1M flows).
+bench-engine: deps
+	$(CARGO) bench --bench engine
 
 clean:
 	$(CARGO) clean

@@ -327,7 +327,7 @@ impl Engine {
             return false;
         };
         let probe = Self::probe(flow);
-        let h = probe.hash();
+        let h = probe.hash32();
         let tcp = flow.protocol == proto::TCP;
         match self.flows.find(&probe, h) {
             Some(idx) => {
@@ -394,6 +394,7 @@ impl Engine {
                     next: NIL,
                     first_seen_s: u32::try_from(now / 1000).unwrap_or(u32::MAX),
                     touch: self.touch_seq,
+                    hash: h,
                     sport: probe.sport,
                     dport: probe.dport,
                     rsport: flow.reply.src_port,
@@ -431,7 +432,7 @@ impl Engine {
     }
 
     fn remove_probe(&mut self, p: &Probe, at: UnixMillis) {
-        if let Some(idx) = self.flows.find(p, p.hash()) {
+        if let Some(idx) = self.flows.find(p, p.hash32()) {
             self.remove_flow(idx, at);
         }
     }
