@@ -1,14 +1,14 @@
 //! Compact storage of every tracked flow, for all instances in one table.
 //!
-//! Records live in one dense `Vec` (removal swaps the last record in), found through an
-//! open-addressing index of `(hash tag, record)` pairs with linear probing and
-//! backward-shift deletion. Each record is on an intrusive doubly linked list of its
+//! Records live in one `Vec` (freed records are reused through a free list), found
+//! through an open-addressing index of `(32-bit hash, record)` pairs, at most half full,
+//! with linear probing and backward-shift deletion. Each record is on an intrusive doubly linked list of its
 //! instance, so per-instance work (recount, explain, unregister, resync sweep) touches
 //! only that instance's flows.
 //!
 //! The parts of a flow shared by many flows (instance, guest-side addresses, NAT shape)
 //! are interned in a small refcounted "shape" table; a record keeps the client address,
-//! the ports, identity and state: 56 bytes.
+//! the ports, identity, state and hash: 60 bytes.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -172,6 +172,8 @@ pub(crate) struct FlowTable {
     shapes: Vec<ShapeEntry>,
     shape_free: Vec<u32>,
     shape_index: FastMap<ShapeKey, u32>,
+    /// Per instance: the shape it used last (a hint, checked before use).
+    last_shape: Vec<u32>,
     heads: Vec<u32>,
 }
 
@@ -186,6 +188,7 @@ impl Default for FlowTable {
             shapes: Vec::new(),
             shape_free: Vec::new(),
             shape_index: FastMap::default(),
+            last_shape: Vec::new(),
             heads: Vec::new(),
         }
     }
@@ -226,8 +229,8 @@ impl FlowTable {
     pub(crate) fn reserve(&mut self, additional: usize) {
         let need = self.len() + additional;
         self.recs.reserve(need.saturating_sub(self.recs.len()));
-        if need * 4 > self.slots.len() * 3 {
-            self.rehash((need * 4 / 3 + 1).next_power_of_two());
+        if need * 2 > self.slots.len() {
+            self.rehash((need * 2).next_power_of_two());
         }
     }
 
@@ -257,8 +260,50 @@ impl FlowTable {
         }
     }
 
+    /// Loads the home slot of hash `h` so a later [`FlowTable::find`] hits the cache.
+    /// Returns the record found there (or [`NIL`]), which callers may warm in turn.
+    #[inline]
+    pub(crate) fn warm_slot(&self, h: u32) -> u32 {
+        std::hint::black_box(self.slots[h as usize & self.mask]).rec
+    }
+
+    /// Loads record `i` and, for a removal to come, its list neighbours.
+    #[inline]
+    pub(crate) fn warm_rec(&self, i: u32, neighbours: bool) {
+        let Some(r) = self.recs.get(i as usize) else { return };
+        let r = std::hint::black_box(*r);
+        if neighbours {
+            if let Some(p) = self.recs.get(r.prev as usize) {
+                std::hint::black_box(p.id);
+            }
+            if let Some(n) = self.recs.get(r.next as usize) {
+                std::hint::black_box(n.id);
+            }
+        }
+    }
+
     /// Interns `key`, taking a reference.
     pub(crate) fn intern_shape(&mut self, key: ShapeKey) -> u32 {
+        // Most flows of an instance share one shape: try the instance's last one first.
+        let inst = key.inst as usize;
+        if let Some(&s) = self.last_shape.get(inst)
+            && s != NIL
+        {
+            let e = &mut self.shapes[s as usize];
+            if e.refs > 0 && e.key == key {
+                e.refs += 1;
+                return s;
+            }
+        }
+        if inst >= self.last_shape.len() {
+            self.last_shape.resize(inst + 1, NIL);
+        }
+        let s = self.intern_slow(key);
+        self.last_shape[inst] = s;
+        s
+    }
+
+    fn intern_slow(&mut self, key: ShapeKey) -> u32 {
         if let Some(&s) = self.shape_index.get(&key) {
             self.shapes[s as usize].refs += 1;
             return s;
@@ -291,7 +336,8 @@ impl FlowTable {
     /// Inserts `rec` (whose `shape` reference the caller took) with hash `h`, at the
     /// head of its instance's list. Returns its index.
     pub(crate) fn insert(&mut self, mut rec: FlowRec, h: u32) -> u32 {
-        if (self.len() + 1) * 4 > self.slots.len() * 3 {
+        // At most half full: linear probing stays short, misses included.
+        if (self.len() + 1) * 2 > self.slots.len() {
             self.rehash(self.slots.len() * 2);
         }
         let inst = self.shapes[rec.shape as usize].key.inst as usize;
@@ -422,6 +468,7 @@ impl FlowTable {
             + self.slots.capacity() * size_of::<Slot>()
             + self.shapes.capacity() * size_of::<ShapeEntry>()
             + self.heads.capacity() * 4
+            + self.last_shape.capacity() * 4
     }
 }
 

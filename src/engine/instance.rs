@@ -39,6 +39,9 @@ impl Phase {
 #[derive(Debug)]
 pub(crate) struct Inst {
     pub key: InstanceKey,
+    /// The first two addresses as [`super::flows::addr_bits`] (0 when absent), for the
+    /// per-event "is the client the guest itself?" check without touching `spec`.
+    pub addr_bits: [u128; 2],
     pub spec: InstanceSpec,
     /// When the engine saw the instance become Running.
     pub running_since: Option<UnixMillis>,
@@ -79,8 +82,13 @@ impl Inst {
     pub(crate) fn new(key: InstanceKey, spec: InstanceSpec, now: UnixMillis) -> Self {
         let running_since = (spec.lifecycle == Lifecycle::Running).then_some(now);
         let persisted = normalise_runtime(spec.runtime);
+        let mut addr_bits = [0u128; 2];
+        for (b, a) in addr_bits.iter_mut().zip(&spec.addresses) {
+            *b = super::flows::addr_bits(*a);
+        }
         Self {
             key,
+            addr_bits,
             spec,
             running_since,
             flows: 0,
@@ -101,6 +109,23 @@ impl Inst {
             wake_sent: false,
             persist_idx: u32::MAX,
             persist_epoch: u64::MAX,
+        }
+    }
+
+    /// Whether `bits` is one of the instance's addresses.
+    #[inline]
+    pub(crate) fn owns(&self, bits: u128) -> bool {
+        self.addr_bits[0] == bits
+            || self.addr_bits[1] == bits
+            || (self.spec.addresses.len() > 2
+                && self.spec.addresses.iter().any(|a| super::flows::addr_bits(*a) == bits))
+    }
+
+    /// Refreshes [`Inst::addr_bits`] after `spec.addresses` changed.
+    pub(crate) fn sync_addr_bits(&mut self) {
+        self.addr_bits = [0; 2];
+        for (b, a) in self.addr_bits.iter_mut().zip(&self.spec.addresses) {
+            *b = super::flows::addr_bits(*a);
         }
     }
 

@@ -159,6 +159,7 @@ impl Engine {
             let runtime = inst.spec.runtime;
             inst.spec = spec;
             inst.spec.runtime = runtime;
+            inst.sync_addr_bits();
         }
 
         if !removed.is_empty() {
@@ -285,11 +286,16 @@ impl Engine {
             Some(&s) => (s, rsrc == odst),
             None => (*self.by_addr.get(&odst)?, true),
         };
-        let osrc = addr_bits(flow.orig.src);
-        if self.inst(slot).spec.addresses.iter().any(|a| addr_bits(*a) == osrc) {
+        if self.inst(slot).owns(addr_bits(flow.orig.src)) {
             return None;
         }
         Some((slot, guest_is_orig_dst))
+    }
+
+    /// The identity of a flow as the flow table keys it.
+    #[inline]
+    pub(crate) fn probe_of_flow(flow: &Flow) -> Probe {
+        Self::probe(flow)
     }
 
     #[inline]

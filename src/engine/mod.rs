@@ -489,6 +489,26 @@ impl Engine {
         }
     }
 
+    /// Applies a batch of flow events, in order, all at `now`. Same effect as calling
+    /// [`Engine::on_flow_event`] for each, but faster: the table lines each event needs
+    /// are loaded for a group of events before any of them is applied, so the memory
+    /// latencies overlap instead of adding up.
+    pub fn on_flow_events(&mut self, events: &[FlowEvent], now: UnixMillis) {
+        const GROUP: usize = 16;
+        let mut hints = [u32::MAX; GROUP];
+        for group in events.chunks(GROUP) {
+            for (e, hint) in group.iter().zip(hints.iter_mut()) {
+                *hint = self.flows.warm_slot(Engine::probe_of_flow(&e.flow).hash32());
+            }
+            for (e, hint) in group.iter().zip(hints.iter()) {
+                self.flows.warm_rec(*hint, e.kind == crate::flow::EventKind::Destroy);
+            }
+            for e in group {
+                self.on_flow_event(e, now);
+            }
+        }
+    }
+
     /// Reports that events were lost for `scope`: no standby there until a resync
     /// finishes. Queues one coalesced `ObserverRequest::Resync`.
     pub fn events_lost(&mut self, scope: ResyncScope, now: UnixMillis) {
