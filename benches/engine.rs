@@ -107,7 +107,10 @@ fn ring() -> Vec<FlowEvent> {
             let other = CHURN + x % (FLOWS - CHURN);
             v.push(ev(EventKind::Destroy, flow(i, old, None)));
             v.push(ev(EventKind::New, flow(i, new, Some(TcpState::SYN_SENT))));
-            v.push(ev(EventKind::Update, flow(i, new, Some(TcpState::ESTABLISHED))));
+            v.push(ev(
+                EventKind::Update,
+                flow(i, new, Some(TcpState::ESTABLISHED)),
+            ));
             v.push(ev(EventKind::Update, flow(other, 0, None)));
         }
     }
@@ -124,7 +127,10 @@ fn build_engine() -> (Engine, u64) {
     drop(sink);
     let before = LIVE.load(Relaxed);
     for n in 0..FLOWS {
-        e.on_flow_event(&ev(EventKind::New, flow(n, 0, Some(TcpState::ESTABLISHED))), T0 + 1);
+        e.on_flow_event(
+            &ev(EventKind::New, flow(n, 0, Some(TcpState::ESTABLISHED))),
+            T0 + 1,
+        );
     }
     let mut sink: Vec<Decision> = Vec::new();
     e.drain_decisions(&mut sink);

@@ -56,7 +56,8 @@ impl Demo {
                     Some(rt) => format!(
                         "PersistRuntime(vm {key}: idle_since={}, last_inbound={})",
                         rt.idle_since.map_or("-".into(), |t| self.at(t)),
-                        rt.last_inbound_activity_at.map_or("-".into(), |t| self.at(t)),
+                        rt.last_inbound_activity_at
+                            .map_or("-".into(), |t| self.at(t)),
                     ),
                 },
             };
@@ -109,10 +110,18 @@ fn main() {
     d.say(T0, "VM registered, running, no traffic yet");
 
     let mut now = T0 + 5_000;
-    d.event(EventKind::New, tcp(client, 40_000, vm, Some(TcpState::SYN_SENT)), now);
+    d.event(
+        EventKind::New,
+        tcp(client, 40_000, vm, Some(TcpState::SYN_SENT)),
+        now,
+    );
     d.say(now, "client 203.0.113.7 connects (NEW, SYN_SENT)");
     now += 100;
-    d.event(EventKind::Update, tcp(client, 40_000, vm, Some(TcpState::ESTABLISHED)), now);
+    d.event(
+        EventKind::Update,
+        tcp(client, 40_000, vm, Some(TcpState::ESTABLISHED)),
+        now,
+    );
     d.say(now, "handshake done (UPDATE, ESTABLISHED)");
     now += 40_000;
     d.event(EventKind::Update, tcp(client, 40_000, vm, None), now);
@@ -131,7 +140,11 @@ fn main() {
         );
     }
     now += 2_000;
-    d.event(EventKind::Update, tcp(client, 40_000, vm, Some(TcpState::TIME_WAIT)), now);
+    d.event(
+        EventKind::Update,
+        tcp(client, 40_000, vm, Some(TcpState::TIME_WAIT)),
+        now,
+    );
     d.say(now, "client closes (UPDATE, TIME_WAIT)");
 
     for step in [30_000, 29_000] {
@@ -154,9 +167,17 @@ fn main() {
     d.say(now, "host: report_standby(Success)");
 
     now += 120_000;
-    d.event(EventKind::New, tcp(client, 40_001, vm, Some(TcpState::SYN_SENT)), now);
+    d.event(
+        EventKind::New,
+        tcp(client, 40_001, vm, Some(TcpState::SYN_SENT)),
+        now,
+    );
     d.say(now, "a new client connects while in Standby");
     now += 50;
-    d.event(EventKind::New, tcp(client, 40_002, vm, Some(TcpState::SYN_SENT)), now);
+    d.event(
+        EventKind::New,
+        tcp(client, 40_002, vm, Some(TcpState::SYN_SENT)),
+        now,
+    );
     d.say(now, "another one: no second Wake");
 }

@@ -270,7 +270,9 @@ impl FlowTable {
     /// Loads record `i` and, for a removal to come, its list neighbours.
     #[inline]
     pub(crate) fn warm_rec(&self, i: u32, neighbours: bool) {
-        let Some(r) = self.recs.get(i as usize) else { return };
+        let Some(r) = self.recs.get(i as usize) else {
+            return;
+        };
         let r = std::hint::black_box(*r);
         if neighbours {
             if let Some(p) = self.recs.get(r.prev as usize) {

@@ -23,7 +23,10 @@ pub(crate) enum Phase {
 impl Phase {
     /// Holds one of the `max_concurrent_standbys` slots.
     pub(crate) fn holds_slot(self) -> bool {
-        matches!(self, Self::Emitted | Self::EmittedCancelled | Self::Executing)
+        matches!(
+            self,
+            Self::Emitted | Self::EmittedCancelled | Self::Executing
+        )
     }
 
     /// Counts as "standby requested" for status.
@@ -118,7 +121,11 @@ impl Inst {
         self.addr_bits[0] == bits
             || self.addr_bits[1] == bits
             || (self.spec.addresses.len() > 2
-                && self.spec.addresses.iter().any(|a| super::flows::addr_bits(*a) == bits))
+                && self
+                    .spec
+                    .addresses
+                    .iter()
+                    .any(|a| super::flows::addr_bits(*a) == bits))
     }
 
     /// Refreshes [`Inst::addr_bits`] after `spec.addresses` changed.

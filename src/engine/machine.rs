@@ -180,7 +180,11 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn do_unregister(&mut self, key: InstanceKey, now: UnixMillis) -> Result<(), EngineError> {
+    pub(crate) fn do_unregister(
+        &mut self,
+        key: InstanceKey,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
         self.see(now);
         let slot = self.slot(key)?;
         self.remove_instance(slot, now);
@@ -221,7 +225,8 @@ impl Engine {
                 other.persist_epoch = epoch;
             }
         }
-        self.requests.retain(|r| *r != ObserverRequest::Confirm(key));
+        self.requests
+            .retain(|r| *r != ObserverRequest::Confirm(key));
         if inst.phase == Phase::Queued {
             self.queued -= 1;
         }
@@ -244,7 +249,9 @@ impl Engine {
             inst.retry_at = None;
             inst.failures = 0;
             inst.confirm_failed = false;
-            let reason = inst.ineligible_reason().unwrap_or(Reason::InstanceNotRunning);
+            let reason = inst
+                .ineligible_reason()
+                .unwrap_or(Reason::InstanceNotRunning);
             self.cancel_standby(slot, reason);
             if had {
                 self.persist(slot);
@@ -329,7 +336,33 @@ impl Engine {
     }
 
     pub(crate) fn apply_flow(&mut self, flow: &Flow, source: Source, now: UnixMillis) -> bool {
-        let Some((slot, guest_is_orig_dst)) = self.classify(flow) else {
+        let class = self.classify(flow);
+        self.apply_classified(flow, class, source, now)
+    }
+
+    /// Classifies a flow (see [`Engine::classify`]) without applying it.
+    #[inline]
+    pub(crate) fn classify_flow(&self, flow: &Flow) -> Option<(u32, bool)> {
+        self.classify(flow)
+    }
+
+    /// Loads the instance and flow-table lines a classified event will touch.
+    #[inline]
+    pub(crate) fn warm_instance(&self, slot: u32) {
+        std::hint::black_box(self.inst(slot).live);
+        let head = self.flows.head(slot);
+        self.flows.warm_rec(head, false);
+    }
+
+    /// [`Engine::apply_flow`] with the classification already done.
+    pub(crate) fn apply_classified(
+        &mut self,
+        flow: &Flow,
+        class: Option<(u32, bool)>,
+        source: Source,
+        now: UnixMillis,
+    ) -> bool {
+        let Some((slot, guest_is_orig_dst)) = class else {
             return false;
         };
         let probe = Self::probe(flow);
@@ -351,12 +384,10 @@ impl Engine {
                     self.flows.rec_mut(idx).state = st.0;
                 }
                 let counted = self.flows.rec(idx).flags & F_COUNTED != 0;
-                if counted {
-                    if let Source::Event(kind) = source {
-                        self.activity(slot, now, false);
-                        if kind == EventKind::New {
-                            self.maybe_wake(slot, flow);
-                        }
+                if counted && let Source::Event(kind) = source {
+                    self.activity(slot, now, false);
+                    if kind == EventKind::New {
+                        self.maybe_wake(slot, flow);
                     }
                 }
             }
@@ -366,11 +397,7 @@ impl Engine {
                         self.tombstone(probe, now);
                         return true;
                     }
-                    Source::Dump if !self.tombstones.is_empty() => {
-                        if self.tombstones.contains_key(&probe) {
-                            return true;
-                        }
-                    }
+                    Source::Dump if self.tombstones.contains_key(&probe) => return true,
                     _ => {}
                 }
                 let state = if tcp {
@@ -480,7 +507,11 @@ impl Engine {
         let mut i = self.flows.head(slot);
         while i != NIL {
             let r = *self.flows.rec(i);
-            let c = Self::counts(self.inst(slot).spec.policy.as_ref(), &r, self.flows.shape(r.shape));
+            let c = Self::counts(
+                self.inst(slot).spec.policy.as_ref(),
+                &r,
+                self.flows.shape(r.shape),
+            );
             let rm = self.flows.rec_mut(i);
             if c {
                 rm.flags |= F_COUNTED;
@@ -539,7 +570,12 @@ impl Engine {
         self.decisions.push(Decision::Wake {
             key,
             protocol: flow.protocol,
-            flow: Tuple::new(flow.orig.src, flow.orig.src_port, flow.orig.dst, flow.orig.dst_port),
+            flow: Tuple::new(
+                flow.orig.src,
+                flow.orig.src_port,
+                flow.orig.dst,
+                flow.orig.dst_port,
+            ),
         });
     }
 
@@ -705,7 +741,9 @@ impl Engine {
     fn free_slot(&mut self, now: UnixMillis) {
         self.in_flight -= 1;
         while self.in_flight < self.config.max_concurrent_standbys.max(1) {
-            let Some((slot, ticket)) = self.queue.pop_front() else { break };
+            let Some((slot, ticket)) = self.queue.pop_front() else {
+                break;
+            };
             let valid = self.insts[slot as usize]
                 .as_ref()
                 .is_some_and(|i| i.phase == Phase::Queued && i.ticket == ticket);
@@ -892,7 +930,11 @@ impl Engine {
 
     fn scope_slots(&self, scope: &ResyncScope) -> Vec<(u32, InstanceKey)> {
         match scope {
-            ResyncScope::All => self.live_slots().into_iter().map(|s| (s, self.inst(s).key)).collect(),
+            ResyncScope::All => self
+                .live_slots()
+                .into_iter()
+                .map(|s| (s, self.inst(s).key))
+                .collect(),
             ResyncScope::Instances(keys) => {
                 let mut v: Vec<(u32, InstanceKey)> = keys
                     .iter()
@@ -926,7 +968,8 @@ impl Engine {
         if scope == ResyncScope::All {
             if !self.all_resync_requested {
                 self.all_resync_requested = true;
-                self.requests.push(ObserverRequest::Resync(ResyncScope::All));
+                self.requests
+                    .push(ObserverRequest::Resync(ResyncScope::All));
             }
         } else {
             self.queue_resync(fresh);
@@ -1002,7 +1045,11 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn do_finish_resync(&mut self, id: ResyncId, now: UnixMillis) -> Result<(), EngineError> {
+    pub(crate) fn do_finish_resync(
+        &mut self,
+        id: ResyncId,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
         self.see(now);
         let r = self.take_resync(id)?;
         let members = self.resync_members(&r);
@@ -1045,7 +1092,11 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn do_fail_resync(&mut self, id: ResyncId, now: UnixMillis) -> Result<(), EngineError> {
+    pub(crate) fn do_fail_resync(
+        &mut self,
+        id: ResyncId,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
         self.see(now);
         let r = self.take_resync(id)?;
         let members = self.resync_members(&r);
@@ -1074,8 +1125,12 @@ impl Engine {
         }
         if r.scope.is_none() && self.all_lost_seq.is_some() {
             self.all_resync_requested = true;
-            if !self.requests.contains(&ObserverRequest::Resync(ResyncScope::All)) {
-                self.requests.push(ObserverRequest::Resync(ResyncScope::All));
+            if !self
+                .requests
+                .contains(&ObserverRequest::Resync(ResyncScope::All))
+            {
+                self.requests
+                    .push(ObserverRequest::Resync(ResyncScope::All));
             }
         } else {
             self.queue_resync(again);

@@ -14,11 +14,11 @@ use std::net::IpAddr;
 use crate::flow::{Flow, FlowEvent, TcpState, Tuple};
 use crate::policy::{Policy, PolicyError};
 
-mod machine;
 mod deadlines;
 mod fasthash;
 mod flows;
 mod instance;
+mod machine;
 mod status;
 
 #[cfg(test)]
@@ -496,15 +496,34 @@ impl Engine {
     pub fn on_flow_events(&mut self, events: &[FlowEvent], now: UnixMillis) {
         const GROUP: usize = 16;
         let mut hints = [u32::MAX; GROUP];
+        let mut class = [None; GROUP];
+        self.see(now);
         for group in events.chunks(GROUP) {
-            for (e, hint) in group.iter().zip(hints.iter_mut()) {
-                *hint = self.flows.warm_slot(Engine::probe_of_flow(&e.flow).hash32());
+            // Stage 1: address index, home slots, instances.
+            for ((e, hint), c) in group.iter().zip(hints.iter_mut()).zip(class.iter_mut()) {
+                *c = self.classify_flow(&e.flow);
+                if let Some((slot, _)) = *c {
+                    *hint = self
+                        .flows
+                        .warm_slot(Engine::probe_of_flow(&e.flow).hash32());
+                    self.warm_instance(slot);
+                }
             }
-            for (e, hint) in group.iter().zip(hints.iter()) {
-                self.flows.warm_rec(*hint, e.kind == crate::flow::EventKind::Destroy);
+            // Stage 2: the records found, and their neighbours when they will be unlinked.
+            for ((e, hint), c) in group.iter().zip(hints.iter()).zip(class.iter()) {
+                if c.is_some() {
+                    self.flows
+                        .warm_rec(*hint, e.kind == crate::flow::EventKind::Destroy);
+                }
             }
-            for e in group {
-                self.on_flow_event(e, now);
+            // Stage 3: apply, in order.
+            for (e, c) in group.iter().zip(class.iter()) {
+                self.stats.flow_events += 1;
+                // An earlier event of the group may have changed the instance set only
+                // through calls that cannot happen here, so the classification holds.
+                if !self.apply_classified(&e.flow, *c, machine::Source::Event(e.kind), now) {
+                    self.stats.flow_events_unmatched += 1;
+                }
             }
         }
     }
