@@ -7,6 +7,21 @@
 //! CONTRACT: the public names and signatures in this file are what the controller, the C
 //! ABI and the Go bindings are written against. Add to them freely; do not rename or
 //! remove without updating every user.
+//!
+//! Layout: `flows` stores every tracked flow compactly (one table for all instances,
+//! per-instance lists); `deadlines` is the indexed heap of standby deadlines (one entry
+//! per instance, moved in place, never dropped); `instance` holds per-instance state
+//! and the derived rules (eligibility, due time); `machine` has the transitions;
+//! `status` builds snapshots and explanations.
+//!
+//! Choices worth knowing:
+//! - Flows are stored whatever the policy says, so a policy change recounts without a
+//!   dump; only TCP and UDP flows are stored, and finished ones are dropped at once.
+//! - `PersistRuntime` is emitted when the countdown starts or stops (and on the other
+//!   transitions hypeman persists), not on every packet-driven UPDATE: the in-memory
+//!   `last_inbound_activity_at` advances on each event, the persisted one on transitions.
+//! - DESTROY tombstones are kept only while a resync is open (that is the only time a
+//!   dump can resurrect a flow), each for at most `tombstone_ttl_ms`.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
