@@ -85,6 +85,7 @@ impl Inst {
     pub(crate) fn new(key: InstanceKey, spec: InstanceSpec, now: UnixMillis) -> Self {
         let running_since = (spec.lifecycle == Lifecycle::Running).then_some(now);
         let persisted = normalise_runtime(spec.runtime);
+        let last_inbound = spec.runtime.last_inbound_activity_at;
         let mut addr_bits = [0u128; 2];
         for (b, a) in addr_bits.iter_mut().zip(&spec.addresses) {
             *b = super::flows::addr_bits(*a);
@@ -97,7 +98,7 @@ impl Inst {
             flows: 0,
             live: 0,
             idle_since: None,
-            last_inbound: None,
+            last_inbound,
             persisted,
             hold_until: None,
             retry_at: None,
