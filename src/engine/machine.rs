@@ -62,7 +62,7 @@ impl Engine {
 
     fn check_addresses(&self, slot: Option<u32>, addrs: &[IpAddr]) -> Result<(), EngineError> {
         for a in addrs {
-            if let Some(&owner) = self.by_addr.get(&addr_bits(*a))
+            if let Some(owner) = self.by_addr.get(addr_bits(*a))
                 && Some(owner) != slot
             {
                 return Err(EngineError::AddressInUse {
@@ -134,7 +134,7 @@ impl Engine {
             .collect();
         let changed = !removed.is_empty() || spec.addresses.iter().any(|a| !old_addrs.contains(a));
         for b in &removed {
-            self.by_addr.remove(b);
+            self.by_addr.remove(*b);
         }
         for a in &spec.addresses {
             self.by_addr.insert(addr_bits(*a), slot);
@@ -202,7 +202,7 @@ impl Engine {
         let inst = self.insts[slot as usize].take().expect("live slot");
         self.by_key.remove(&inst.key);
         for a in &inst.spec.addresses {
-            self.by_addr.remove(&addr_bits(*a));
+            self.by_addr.remove(addr_bits(*a));
         }
         if !inst.spec.addresses.is_empty() {
             self.addr_gen += 1;
@@ -289,9 +289,9 @@ impl Engine {
         }
         let rsrc = addr_bits(flow.reply.src);
         let odst = addr_bits(flow.orig.dst);
-        let (slot, guest_is_orig_dst) = match self.by_addr.get(&rsrc) {
-            Some(&s) => (s, rsrc == odst),
-            None => (*self.by_addr.get(&odst)?, true),
+        let (slot, guest_is_orig_dst) = match self.by_addr.get(rsrc) {
+            Some(s) => (s, rsrc == odst),
+            None => (self.by_addr.get(odst)?, true),
         };
         if self.inst(slot).owns(addr_bits(flow.orig.src)) {
             return None;

@@ -29,6 +29,7 @@ use std::net::IpAddr;
 use crate::flow::{Flow, FlowEvent, TcpState, Tuple};
 use crate::policy::{Policy, PolicyError};
 
+mod addrs;
 mod deadlines;
 mod fasthash;
 mod flows;
@@ -410,7 +411,7 @@ pub struct Engine {
     insts: Vec<Option<instance::Inst>>,
     free_slots: Vec<u32>,
     by_key: FastMap<InstanceKey, u32>,
-    by_addr: FastMap<u128, u32>,
+    by_addr: addrs::AddrIndex,
     addr_gen: u64,
     flows: flows::FlowTable,
     deadlines: deadlines::Deadlines,
@@ -439,7 +440,7 @@ impl Engine {
             insts: Vec::new(),
             free_slots: Vec::new(),
             by_key: FastMap::default(),
-            by_addr: FastMap::default(),
+            by_addr: addrs::AddrIndex::default(),
             addr_gen: 0,
             flows: flows::FlowTable::default(),
             deadlines: deadlines::Deadlines::default(),
@@ -651,7 +652,7 @@ impl Engine {
 
     /// Every registered address (for the observer's kernel filters), sorted.
     pub fn addresses(&self) -> Vec<IpAddr> {
-        let mut v: Vec<IpAddr> = self.by_addr.keys().map(|b| flows::bits_addr(*b)).collect();
+        let mut v: Vec<IpAddr> = self.by_addr.keys().map(flows::bits_addr).collect();
         v.sort();
         v
     }
