@@ -274,7 +274,7 @@ impl FlowTable {
         let Some(r) = self.recs.get(i as usize) else {
             return;
         };
-        let r = std::hint::black_box(*r);
+        std::hint::black_box(r.id);
         if neighbours {
             if let Some(p) = self.recs.get(r.prev as usize) {
                 std::hint::black_box(p.id);

@@ -12,6 +12,17 @@ use super::{
 use crate::flow::{EventKind, Flow, Tuple, proto};
 use crate::policy::Policy;
 
+/// A flow event with its addresses converted, identity hashed and instance found.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Prepared {
+    pub probe: Probe,
+    /// `probe.hash32()`, when `class` is set.
+    pub hash: u32,
+    pub reply_src: u128,
+    /// Instance slot and whether the guest is the original destination.
+    pub class: Option<(u32, bool)>,
+}
+
 /// How a flow report reached the engine.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Source {
@@ -279,35 +290,13 @@ impl Engine {
 
     // ----- flows --------------------------------------------------------------------
 
-    /// Finds the instance a flow is inbound for: the reply source (the responder, also
-    /// under DNAT) or the original destination. Flows whose client is the instance
-    /// itself are its own outbound traffic.
+    /// Converts a flow's addresses once, computes its identity and hash, and finds the
+    /// instance it is inbound for: the reply source (the responder, also under DNAT) or
+    /// the original destination. Flows whose client is the instance itself are its own
+    /// outbound traffic.
     #[inline]
-    fn classify(&self, flow: &Flow) -> Option<(u32, bool)> {
-        if flow.protocol != proto::TCP && flow.protocol != proto::UDP {
-            return None;
-        }
-        let rsrc = addr_bits(flow.reply.src);
-        let odst = addr_bits(flow.orig.dst);
-        let (slot, guest_is_orig_dst) = match self.by_addr.get(rsrc) {
-            Some(s) => (s, rsrc == odst),
-            None => (self.by_addr.get(odst)?, true),
-        };
-        if self.inst(slot).owns(addr_bits(flow.orig.src)) {
-            return None;
-        }
-        Some((slot, guest_is_orig_dst))
-    }
-
-    /// The identity of a flow as the flow table keys it.
-    #[inline]
-    pub(crate) fn probe_of_flow(flow: &Flow) -> Probe {
-        Self::probe(flow)
-    }
-
-    #[inline]
-    fn probe(flow: &Flow) -> Probe {
-        Probe {
+    pub(crate) fn prepare(&self, flow: &Flow) -> Prepared {
+        let probe = Probe {
             remote: addr_bits(flow.orig.src),
             orig_dst: addr_bits(flow.orig.dst),
             sport: flow.orig.src_port,
@@ -315,7 +304,29 @@ impl Engine {
             proto: flow.protocol,
             zone: flow.zone,
             id: flow.id,
+        };
+        let mut p = Prepared {
+            probe,
+            hash: 0,
+            reply_src: 0,
+            class: None,
+        };
+        if flow.protocol != proto::TCP && flow.protocol != proto::UDP {
+            return p;
         }
+        p.reply_src = addr_bits(flow.reply.src);
+        let odst = probe.orig_dst;
+        let found = match self.by_addr.get(p.reply_src) {
+            Some(s) => Some((s, p.reply_src == odst)),
+            None => self.by_addr.get(odst).map(|s| (s, true)),
+        };
+        if let Some((slot, _)) = found
+            && !self.inst(slot).owns(probe.remote)
+        {
+            p.class = found;
+            p.hash = probe.hash32();
+        }
+        p
     }
 
     /// Whether a stored flow counts under the instance's policy (stored flows are
@@ -336,14 +347,8 @@ impl Engine {
     }
 
     pub(crate) fn apply_flow(&mut self, flow: &Flow, source: Source, now: UnixMillis) -> bool {
-        let class = self.classify(flow);
-        self.apply_classified(flow, class, source, now)
-    }
-
-    /// Classifies a flow (see [`Engine::classify`]) without applying it.
-    #[inline]
-    pub(crate) fn classify_flow(&self, flow: &Flow) -> Option<(u32, bool)> {
-        self.classify(flow)
+        let prepared = self.prepare(flow);
+        self.apply_prepared(flow, &prepared, source, now)
     }
 
     /// Loads the instance and flow-table lines a classified event will touch.
@@ -354,19 +359,19 @@ impl Engine {
         self.flows.warm_rec(head, false);
     }
 
-    /// [`Engine::apply_flow`] with the classification already done.
-    pub(crate) fn apply_classified(
+    /// [`Engine::apply_flow`] with the preparation already done.
+    pub(crate) fn apply_prepared(
         &mut self,
         flow: &Flow,
-        class: Option<(u32, bool)>,
+        prepared: &Prepared,
         source: Source,
         now: UnixMillis,
     ) -> bool {
-        let Some((slot, guest_is_orig_dst)) = class else {
+        let Some((slot, guest_is_orig_dst)) = prepared.class else {
             return false;
         };
-        let probe = Self::probe(flow);
-        let h = probe.hash32();
+        let probe = prepared.probe;
+        let h = prepared.hash;
         let tcp = flow.protocol == proto::TCP;
         match self.flows.find(&probe, h) {
             Some(idx) => {
@@ -414,7 +419,7 @@ impl Engine {
                 let shape_key = ShapeKey {
                     inst: slot,
                     orig_dst: probe.orig_dst,
-                    reply_src: addr_bits(flow.reply.src),
+                    reply_src: prepared.reply_src,
                     reply_dst: (rdst != probe.remote).then_some(rdst),
                     guest_is_orig_dst,
                 };

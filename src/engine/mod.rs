@@ -511,33 +511,31 @@ impl Engine {
     /// latencies overlap instead of adding up.
     pub fn on_flow_events(&mut self, events: &[FlowEvent], now: UnixMillis) {
         const GROUP: usize = 16;
-        let mut hints = [u32::MAX; GROUP];
-        let mut class = [None; GROUP];
         self.see(now);
         for group in events.chunks(GROUP) {
+            let mut prepared = [None; GROUP];
+            let mut hints = [u32::MAX; GROUP];
             // Stage 1: address index, home slots, instances.
-            for ((e, hint), c) in group.iter().zip(hints.iter_mut()).zip(class.iter_mut()) {
-                *c = self.classify_flow(&e.flow);
-                if let Some((slot, _)) = *c {
-                    *hint = self
-                        .flows
-                        .warm_slot(Engine::probe_of_flow(&e.flow).hash32());
+            for ((e, p), hint) in group.iter().zip(prepared.iter_mut()).zip(hints.iter_mut()) {
+                let prep = self.prepare(&e.flow);
+                if let Some((slot, _)) = prep.class {
+                    *hint = self.flows.warm_slot(prep.hash);
                     self.warm_instance(slot);
                 }
+                *p = Some(prep);
             }
             // Stage 2: the records found, and their neighbours when they will be unlinked.
-            for ((e, hint), c) in group.iter().zip(hints.iter()).zip(class.iter()) {
-                if c.is_some() {
-                    self.flows
-                        .warm_rec(*hint, e.kind == crate::flow::EventKind::Destroy);
+            for (e, hint) in group.iter().zip(hints.iter()) {
+                if *hint != u32::MAX {
+                    self.flows.warm_rec(*hint, e.kind == crate::flow::EventKind::Destroy);
                 }
             }
-            // Stage 3: apply, in order.
-            for (e, c) in group.iter().zip(class.iter()) {
+            // Stage 3: apply, in order. Flow events never change the address index, so
+            // the classifications made in stage 1 still hold.
+            for (e, p) in group.iter().zip(prepared.iter()) {
+                let p = p.as_ref().expect("prepared in stage 1");
                 self.stats.flow_events += 1;
-                // An earlier event of the group may have changed the instance set only
-                // through calls that cannot happen here, so the classification holds.
-                if !self.apply_classified(&e.flow, *c, machine::Source::Event(e.kind), now) {
+                if !self.apply_prepared(&e.flow, p, machine::Source::Event(e.kind), now) {
                     self.stats.flow_events_unmatched += 1;
                 }
             }
