@@ -28,7 +28,7 @@ const F_FREE: u8 = 2;
 #[inline]
 pub(crate) fn addr_bits(addr: IpAddr) -> u128 {
     match addr {
-        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V4(v4) => 0xffff_0000_0000 | u128::from(u32::from(v4)),
         IpAddr::V6(v6) => u128::from(v6),
     }
 }
@@ -509,6 +509,16 @@ mod tests {
         }
         out.sort();
         out
+    }
+
+    #[test]
+    fn ipv4_is_keyed_as_its_mapped_form() {
+        let v4: IpAddr = "192.0.2.33".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.33".parse().unwrap();
+        assert_eq!(addr_bits(v4), addr_bits(mapped));
+        assert_eq!(bits_addr(addr_bits(v4)), v4);
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        assert_eq!(bits_addr(addr_bits(v6)), v6);
     }
 
     #[test]
