@@ -527,7 +527,8 @@ impl Engine {
             // Stage 2: the records found, and their neighbours when they will be unlinked.
             for (e, hint) in group.iter().zip(hints.iter()) {
                 if *hint != u32::MAX {
-                    self.flows.warm_rec(*hint, e.kind == crate::flow::EventKind::Destroy);
+                    self.flows
+                        .warm_rec(*hint, e.kind == crate::flow::EventKind::Destroy);
                 }
             }
             // Stage 3: apply, in order. Flow events never change the address index, so
