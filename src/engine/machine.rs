@@ -170,7 +170,7 @@ impl Engine {
             let runtime = inst.spec.runtime;
             inst.spec = spec;
             inst.spec.runtime = runtime;
-            inst.sync_addr_bits();
+            inst.spec_changed();
         }
 
         if !removed.is_empty() {
@@ -827,6 +827,7 @@ impl Engine {
                 inst.failures = 0;
                 inst.confirm_failed = false;
                 inst.spec.lifecycle = Lifecycle::Standby;
+                inst.spec_changed();
                 inst.running_since = None;
                 inst.wake_sent = false;
                 self.persist(slot);
