@@ -118,7 +118,7 @@ struct ShapeEntry {
 }
 
 /// What identifies a flow: its original tuple, protocol, zone and id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Probe {
     pub remote: u128,
     pub orig_dst: u128,

@@ -13,7 +13,7 @@ use crate::flow::{EventKind, Flow, Tuple, proto};
 use crate::policy::Policy;
 
 /// A flow event with its addresses converted, identity hashed and instance found.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Prepared {
     pub probe: Probe,
     /// `probe.hash32()`, when `class` is set.

@@ -513,7 +513,7 @@ impl Engine {
         const GROUP: usize = 16;
         self.see(now);
         for group in events.chunks(GROUP) {
-            let mut prepared = [None; GROUP];
+            let mut prepared = [machine::Prepared::default(); GROUP];
             let mut hints = [u32::MAX; GROUP];
             // Stage 1: address index, home slots, instances.
             for ((e, p), hint) in group.iter().zip(prepared.iter_mut()).zip(hints.iter_mut()) {
@@ -522,7 +522,7 @@ impl Engine {
                     *hint = self.flows.warm_slot(prep.hash);
                     self.warm_instance(slot);
                 }
-                *p = Some(prep);
+                *p = prep;
             }
             // Stage 2: the records found, and their neighbours when they will be unlinked.
             for (e, hint) in group.iter().zip(hints.iter()) {
@@ -534,7 +534,6 @@ impl Engine {
             // Stage 3: apply, in order. Flow events never change the address index, so
             // the classifications made in stage 1 still hold.
             for (e, p) in group.iter().zip(prepared.iter()) {
-                let p = p.as_ref().expect("prepared in stage 1");
                 self.stats.flow_events += 1;
                 if !self.apply_prepared(&e.flow, p, machine::Source::Event(e.kind), now) {
                     self.stats.flow_events_unmatched += 1;
