@@ -4,7 +4,7 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-rust demo bench bench-conntrack e2e lint header-check clean
+.PHONY: all deps build test test-rust demo bench bench-engine bench-conntrack e2e lint header-check clean
 
 all: build
 
@@ -38,7 +38,11 @@ e2e: deps
 demo: deps
 	$(CARGO) run --release --example engine_demo
 
-bench: deps bench-conntrack
+bench: deps bench-engine bench-conntrack
+
+# Engine throughput, allocations per event and bytes per flow (10k instances, 1M flows).
+bench-engine: deps
+	$(CARGO) bench --bench engine
 
 # Conntrack observer: dump, filtered dump, events and parser, with peers (root).
 bench-conntrack: deps

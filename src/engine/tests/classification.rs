@@ -198,3 +198,31 @@ fn events_for_unknown_addresses_are_counted_as_unmatched() {
         (2, 2, 0)
     );
 }
+
+#[test]
+fn flows_with_unspecified_addresses_match_nothing() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    let any = ip("::");
+    let f = flow(
+        proto::TCP,
+        ip("203.0.113.1"),
+        1,
+        any,
+        80,
+        Some(TcpState::ESTABLISHED),
+        1,
+    );
+    h.new_flow(f, T0);
+    let f4 = flow(
+        proto::TCP,
+        ip("203.0.113.1"),
+        1,
+        ip("0.0.0.0"),
+        80,
+        Some(TcpState::ESTABLISHED),
+        2,
+    );
+    h.new_flow(f4, T0);
+    assert_eq!(h.e.stats().flow_events_unmatched, 2);
+}

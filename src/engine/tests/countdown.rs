@@ -290,3 +290,19 @@ fn min_uptime_delays_standby_after_start() {
     h.e.tick(T0 + 6 * MIN);
     assert_eq!(h.standbys(), vec![1]);
 }
+
+#[test]
+fn fresh_countdown_at_registration_keeps_the_persisted_last_activity() {
+    let mut h = H::new();
+    let mut s = spec(MIN);
+    s.runtime.last_inbound_activity_at = Some(T0 - 3 * MIN);
+    h.reg(1, s, T0);
+    assert_eq!(
+        h.persists(1),
+        vec![Some(Runtime {
+            idle_since: Some(T0),
+            last_inbound_activity_at: Some(T0 - 3 * MIN)
+        })]
+    );
+    assert_eq!(h.st(1, T0).last_inbound_activity_at, Some(T0 - 3 * MIN));
+}

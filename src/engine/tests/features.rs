@@ -249,3 +249,48 @@ fn index_dispatch_touches_only_the_addressed_instance() {
     assert_eq!(h.st(1233, T0).status, Status::IdleCountdown);
     assert_eq!(h.e.stats().tracked_flows, 1);
 }
+
+#[test]
+fn batched_events_have_the_same_effect_as_single_ones() {
+    let mut stream = Vec::new();
+    let est = Some(TcpState::ESTABLISHED);
+    for i in 0..200u16 {
+        let f = inbound(1000 + i % 37, if i % 5 == 0 { None } else { est });
+        let kind = match i % 3 {
+            0 => EventKind::New,
+            1 => EventKind::Update,
+            _ => EventKind::Destroy,
+        };
+        stream.push(ev(kind, f));
+        // Unmatched and outbound traffic mixed in.
+        stream.push(ev(
+            EventKind::New,
+            flow(
+                proto::TCP,
+                guest(),
+                i,
+                ip("203.0.113.50"),
+                443,
+                est,
+                u32::from(i),
+            ),
+        ));
+    }
+    let mut a = H::new();
+    let mut b = H::new();
+    a.reg(1, spec(MIN), T0);
+    b.reg(1, spec(MIN), T0);
+    for e in &stream {
+        a.e.on_flow_event(e, T0 + SEC);
+    }
+    for chunk in stream.chunks(23) {
+        b.e.on_flow_events(chunk, T0 + SEC);
+    }
+    assert_eq!(a.e.stats(), b.e.stats());
+    assert_eq!(a.st(1, T0 + SEC), b.st(1, T0 + SEC));
+    assert_eq!(a.drain(), b.drain());
+    let (mut wa, mut wb) = (Vec::new(), Vec::new());
+    a.e.explain(1, T0 + SEC, &mut wa).unwrap();
+    b.e.explain(1, T0 + SEC, &mut wb).unwrap();
+    assert_eq!(wa, wb);
+}

@@ -235,3 +235,22 @@ fn unanswered_confirmation_is_asked_again() {
     h.e.tick(T0 + 2 * MIN);
     assert_eq!(h.requests(), vec![ObserverRequest::Confirm(1)]);
 }
+
+#[test]
+fn tombstones_expire_after_their_ttl() {
+    let mut h = H::with(EngineConfig {
+        tombstone_ttl_ms: 5 * SEC,
+        ..EngineConfig::default()
+    });
+    h.reg(1, spec(MIN), T0);
+    h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0);
+    let r = h.e.begin_resync(ResyncScope::All, T0);
+    h.destroy(inbound(1, None), T0 + SEC);
+    // A long dump: by the time it lists the entry again, the tombstone has expired and
+    // the entry is taken as a new live flow (the kernel re-used the tuple and id).
+    h.e.tick(T0 + 10 * SEC);
+    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED)))
+        .unwrap();
+    h.e.finish_resync(r, T0 + 10 * SEC).unwrap();
+    assert_eq!(h.st(1, T0 + 10 * SEC).active_inbound, 1);
+}
