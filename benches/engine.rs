@@ -301,6 +301,12 @@ fn main() {
     if !full {
         FLOWS_N.store(20_000, Relaxed);
         CHURN_N.store(1_024, Relaxed);
+    } else if let Some(n) = std::env::var("AUTOSTANDBY_BENCH_FLOWS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        // A smaller table, to tell cache misses from computation.
+        FLOWS_N.store(u64::from(n.max(2 * CHURN)), Relaxed);
     }
     let f = measure();
     assert_eq!(
