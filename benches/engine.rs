@@ -325,6 +325,15 @@ fn main() {
         "== engine benchmark summary ({INSTANCES} instances, {} flows) ==",
         flows()
     );
+    let thp = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.hugetlb=1"));
+    println!(
+        "heap: {}",
+        if thp {
+            "transparent huge pages via GLIBC_TUNABLES=glibc.malloc.hugetlb=1"
+        } else {
+            "4 KiB pages (set GLIBC_TUNABLES=glibc.malloc.hugetlb=1 for huge pages)"
+        }
+    );
     println!(
         "flow events/s (CPU time, batches of {BATCH}): {:>12.0}   target >= 3000000   peer {:>10.0}   ratio {:.0}x",
         f.events_per_s,
