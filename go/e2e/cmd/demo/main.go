@@ -66,8 +66,13 @@ func (d *demo) narrate(ctx context.Context) {
 			if s.CountdownRemaining != nil {
 				countdown = s.CountdownRemaining.Round(100 * time.Millisecond).String()
 			}
-			d.say("  state=%-8s status=%-17s reason=%-27s flows=%d countdown=%s",
-				inst.State, s.Status, s.Reason, s.ActiveInboundCount, countdown)
+			by := ""
+			if len(s.KeptAwakeBy) > 0 {
+				fl := s.KeptAwakeBy[0]
+				by = fmt.Sprintf(" (%s %s -> %s %s)", fl.Protocol, fl.Client, fl.Destination, fl.TCPState)
+			}
+			d.say("  state=%-8s status=%-17s reason=%-27s flows=%d%s countdown=%s",
+				inst.State, s.Status, s.Reason, s.ActiveInboundCount, by, countdown)
 		}
 	}
 }
