@@ -316,7 +316,7 @@ func TestHalfOpenConnectionKeepsRunning(t *testing.T) {
 	if len(s.KeptAwakeBy) != 1 || s.KeptAwakeBy[0].TCPState != "SYN_SENT" {
 		t.Fatalf("want the guest kept awake by one SYN_SENT flow, got%s", flows(s))
 	}
-	t.Logf("kept awake by%s", flows(s))
+	t.Logf("kept awake by %s", strings.TrimPrefix(flows(s), "; "))
 	f.assertRunningFor(idleTimeout + 3*time.Second)
 	select {
 	case d := <-result:
