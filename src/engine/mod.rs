@@ -30,11 +30,15 @@ use crate::flow::{Flow, FlowEvent, TcpState, Tuple};
 use crate::policy::{Policy, PolicyError};
 
 mod addrs;
+mod countdown;
 mod deadlines;
 mod fasthash;
+mod flow_events;
 mod flows;
 mod instance;
-mod machine;
+mod registry;
+mod resync;
+mod standby;
 mod status;
 
 #[cfg(test)]
@@ -395,15 +399,6 @@ pub enum EngineError {
     InvalidAddress(IpAddr),
 }
 
-/// A resync in progress.
-#[derive(Debug)]
-struct OpenResync {
-    id: u64,
-    /// `None` for every instance; else the slots (and keys, to detect reuse) covered.
-    scope: Option<Vec<(u32, InstanceKey)>>,
-    began_at: UnixMillis,
-}
-
 /// The state machine. See the module docs.
 #[derive(Debug)]
 pub struct Engine {
@@ -422,7 +417,7 @@ pub struct Engine {
     in_flight: u32,
     queued: u32,
     observer_error: Option<String>,
-    resyncs: Vec<OpenResync>,
+    resyncs: Vec<resync::OpenResync>,
     next_resync: u64,
     touch_seq: u32,
     all_lost_seq: Option<u64>,
@@ -500,7 +495,7 @@ impl Engine {
     pub fn on_flow_event(&mut self, event: &FlowEvent, now: UnixMillis) {
         self.see(now);
         self.stats.flow_events += 1;
-        if !self.apply_flow(&event.flow, machine::Source::Event(event.kind), now) {
+        if !self.apply_flow(&event.flow, flow_events::Source::Event(event.kind), now) {
             self.stats.flow_events_unmatched += 1;
         }
     }
@@ -513,7 +508,7 @@ impl Engine {
         const GROUP: usize = 32;
         self.see(now);
         for group in events.chunks(GROUP) {
-            let mut prepared = [machine::Prepared::default(); GROUP];
+            let mut prepared = [flow_events::Prepared::default(); GROUP];
             let mut hints = [u32::MAX; GROUP];
             // Stage 1: address index, home slots, instances.
             for ((e, p), hint) in group.iter().zip(prepared.iter_mut()).zip(hints.iter_mut()) {
@@ -535,7 +530,7 @@ impl Engine {
             // the classifications made in stage 1 still hold.
             for (e, p) in group.iter().zip(prepared.iter()) {
                 self.stats.flow_events += 1;
-                if !self.apply_prepared(&e.flow, p, machine::Source::Event(e.kind), now) {
+                if !self.apply_prepared(&e.flow, p, flow_events::Source::Event(e.kind), now) {
                     self.stats.flow_events_unmatched += 1;
                 }
             }
