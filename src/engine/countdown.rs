@@ -13,12 +13,7 @@ impl Engine {
             let had = inst.idle_since.is_some()
                 || inst.last_inbound.is_some()
                 || inst.persisted.is_some();
-            inst.idle_since = None;
-            inst.last_inbound = None;
-            inst.hold_until = None;
-            inst.retry_at = None;
-            inst.failures = 0;
-            inst.confirm_failed = false;
+            inst.clear_countdown();
             let reason = inst
                 .ineligible_reason()
                 .unwrap_or(Reason::InstanceNotRunning);
@@ -58,11 +53,7 @@ impl Engine {
             self.cancel_standby(slot, Reason::ActiveInboundConnections);
         }
         if became_live {
-            let inst = self.inst_mut(slot);
-            inst.idle_since = None;
-            inst.retry_at = None;
-            inst.failures = 0;
-            inst.confirm_failed = false;
+            self.inst_mut(slot).end_idle_period();
             self.deadlines.remove(slot);
             self.persist(slot);
         }

@@ -1,9 +1,7 @@
 //! Flow reports, from events and from dumps: which instance a flow is inbound for,
 //! whether it counts under the policy, and storing, updating and removing it.
 
-use super::flows::{
-    F_COUNTED, FlowRec, FlowTable, NIL, Probe, STATE_UNKNOWN, ShapeKey, addr_bits, bits_addr,
-};
+use super::flows::{FlowRec, FlowTable, NIL, Probe, STATE_UNKNOWN, ShapeKey, addr_bits, bits_addr};
 use super::{Decision, Engine, Lifecycle, UnixMillis};
 use crate::flow::{EventKind, Flow, TcpState, Tuple, proto};
 use crate::policy::Policy;
@@ -125,7 +123,7 @@ impl Engine {
                     }
                     self.flows.rec_mut(idx).state = st.0;
                 }
-                let counted = self.flows.rec(idx).flags & F_COUNTED != 0;
+                let counted = self.flows.rec(idx).counted();
                 if counted && let Source::Event(kind) = source {
                     self.activity(slot, now, false);
                     if kind == EventKind::New {
@@ -180,9 +178,7 @@ impl Engine {
                     flags: 0,
                 };
                 let counted = Self::counts(self.inst(slot).spec.policy.as_ref(), &rec, &shape_key);
-                if counted {
-                    rec.flags |= F_COUNTED;
-                }
+                rec.set_counted(counted);
                 self.flows.insert(rec, h);
                 let inst = self.inst_mut(slot);
                 inst.flows += 1;
@@ -217,7 +213,7 @@ impl Engine {
         let rec = self.flows.remove(idx);
         let inst = self.inst_mut(slot);
         inst.flows -= 1;
-        if rec.flags & F_COUNTED != 0 {
+        if rec.counted() {
             inst.live -= 1;
             if inst.live == 0 {
                 self.drained(slot, at);
@@ -231,16 +227,11 @@ impl Engine {
         slot: u32,
         pred: impl Fn(&FlowTable, &FlowRec) -> bool,
     ) -> Vec<Probe> {
-        let mut out = Vec::new();
-        let mut i = self.flows.head(slot);
-        while i != NIL {
-            let r = self.flows.rec(i);
-            if pred(&self.flows, r) {
-                out.push(self.flows.probe_of(i));
-            }
-            i = r.next;
-        }
-        out
+        self.flows
+            .list(slot)
+            .filter(|&i| pred(&self.flows, self.flows.rec(i)))
+            .map(|i| self.flows.probe_of(i))
+            .collect()
     }
 
     /// Recomputes which flows count (after a policy change).
@@ -254,13 +245,8 @@ impl Engine {
                 &r,
                 self.flows.shape(r.shape),
             );
-            let rm = self.flows.rec_mut(i);
-            if c {
-                rm.flags |= F_COUNTED;
-                live += 1;
-            } else {
-                rm.flags &= !F_COUNTED;
-            }
+            self.flows.rec_mut(i).set_counted(c);
+            live += u32::from(c);
             i = r.next;
         }
         self.inst_mut(slot).live = live;

@@ -9,10 +9,13 @@
 //! remove without updating every user.
 //!
 //! Layout: `flows` stores every tracked flow compactly (one table for all instances,
-//! per-instance lists); `deadlines` is the indexed heap of standby deadlines (one entry
-//! per instance, moved in place, never dropped); `instance` holds per-instance state
-//! and the derived rules (eligibility, due time); `machine` has the transitions;
-//! `status` builds snapshots and explanations.
+//! per-instance lists); `addrs` finds an instance by address; `deadlines` is the indexed
+//! heap of standby deadlines (one entry per instance, moved in place, never dropped);
+//! `instance` holds per-instance state and the derived rules (eligibility, due time).
+//! The transitions: `registry` (register, update, unregister), `flow_events` (classify
+//! and apply flow reports), `countdown` (idleness, holds, persistence), `standby` (the
+//! pipeline from a due deadline to the host's report) and `resync` (observer health,
+//! lost events, dumps). `status` builds snapshots and explanations.
 //!
 //! Choices worth knowing:
 //! - Flows are stored whatever the policy says, so a policy change recounts without a

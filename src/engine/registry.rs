@@ -29,12 +29,15 @@ impl Engine {
             .ok_or(EngineError::NotFound(key))
     }
 
+    /// Every registered slot, sorted so that walks over all instances (and the decisions
+    /// they emit) are deterministic.
     pub(super) fn live_slots(&self) -> Vec<u32> {
         let mut v: Vec<u32> = self.by_key.values().copied().collect();
         v.sort_unstable();
         v
     }
 
+    /// Remembers the latest `now` seen, for calls that carry none (`resync_flow`).
     #[inline]
     pub(super) fn see(&mut self, now: UnixMillis) {
         self.last_now = self.last_now.max(now);
@@ -214,8 +217,9 @@ impl Engine {
         let key = inst.key;
         // Undrained decisions about it are void; keep the coalescing index right.
         self.decisions.retain(|d| match d {
-            Decision::Standby { key: k } | Decision::PersistRuntime { key: k, .. } => *k != key,
-            Decision::Wake { key: k, .. } => *k != key,
+            Decision::Standby { key: k }
+            | Decision::PersistRuntime { key: k, .. }
+            | Decision::Wake { key: k, .. } => *k != key,
         });
         for i in 0..self.decisions.len() {
             if let Decision::PersistRuntime { key: k, .. } = self.decisions[i]

@@ -86,6 +86,13 @@ impl Engine {
         }
     }
 
+    /// Queues `request` unless an identical one is still undrained.
+    pub(super) fn request_once(&mut self, request: ObserverRequest) {
+        if !self.requests.contains(&request) {
+            self.requests.push(request);
+        }
+    }
+
     /// Adds instances to the one undrained `Resync` request, or queues one.
     pub(super) fn queue_resync(&mut self, keys: Vec<InstanceKey>) {
         if keys.is_empty() {
@@ -126,24 +133,28 @@ impl Engine {
         ResyncId(id)
     }
 
-    pub(super) fn take_resync(&mut self, id: ResyncId) -> Result<OpenResync, EngineError> {
+    /// Ends resync `id`, answering it and the slots of its scope still registered.
+    fn close_resync(&mut self, id: ResyncId) -> Result<(OpenResync, Vec<u32>), EngineError> {
         let pos = self
             .resyncs
             .iter()
             .position(|r| r.id == id.0)
             .ok_or(EngineError::UnknownResync(id))?;
-        Ok(self.resyncs.remove(pos))
-    }
-
-    pub(super) fn resync_members(&self, r: &OpenResync) -> Vec<u32> {
-        match &r.scope {
+        let r = self.resyncs.remove(pos);
+        // Tombstones only guard open dumps.
+        if self.resyncs.is_empty() {
+            self.tombstones.clear();
+        }
+        let members = match &r.scope {
             None => self.live_slots(),
+            // A slot freed and reused since the resync began belongs to another instance.
             Some(v) => v
                 .iter()
                 .filter(|(s, k)| self.by_key.get(k) == Some(s))
                 .map(|(s, _)| *s)
                 .collect(),
-        }
+        };
+        Ok((r, members))
     }
 
     pub(super) fn do_resync_flow(&mut self, id: ResyncId, flow: &Flow) -> Result<(), EngineError> {
@@ -161,8 +172,7 @@ impl Engine {
         now: UnixMillis,
     ) -> Result<(), EngineError> {
         self.see(now);
-        let r = self.take_resync(id)?;
-        let members = self.resync_members(&r);
+        let (r, members) = self.close_resync(id)?;
         let seq = r.id as u32;
         for &slot in &members {
             // Flows neither dumped nor mentioned by an event since the resync began are
@@ -186,17 +196,12 @@ impl Engine {
             if inst.phase == Phase::Confirming && inst.confirm_seq <= r.id {
                 self.inst_mut(slot).phase = Phase::None;
                 self.deadlines.remove(slot);
-                let inst = self.inst(slot);
-                let due = inst.due_at();
-                if due.is_some_and(|d| d <= now) && self.blocked(slot).is_none() {
+                if self.ready_for_standby(slot, now) {
                     self.request_standby(slot, now, true);
                     continue;
                 }
             }
             self.rearm(slot);
-        }
-        if self.resyncs.is_empty() {
-            self.tombstones.clear();
         }
         self.stats.resyncs += 1;
         Ok(())
@@ -208,8 +213,7 @@ impl Engine {
         now: UnixMillis,
     ) -> Result<(), EngineError> {
         self.see(now);
-        let r = self.take_resync(id)?;
-        let members = self.resync_members(&r);
+        let (r, members) = self.close_resync(id)?;
         let mut again = Vec::new();
         for &slot in &members {
             let inst = self.inst_mut(slot);
@@ -223,11 +227,9 @@ impl Engine {
                 self.deadlines.remove(slot);
                 self.persist(slot);
             }
+            // The failed dump answered any request covering the loss: ask again.
             let inst = self.inst_mut(slot);
-            if inst.lost_seq.is_some() && inst.resync_requested {
-                inst.resync_requested = false;
-            }
-            if inst.lost_seq.is_some() && !inst.resync_requested {
+            if inst.lost_seq.is_some() {
                 inst.resync_requested = true;
                 again.push(inst.key);
             }
@@ -235,18 +237,9 @@ impl Engine {
         }
         if r.scope.is_none() && self.all_lost_seq.is_some() {
             self.all_resync_requested = true;
-            if !self
-                .requests
-                .contains(&ObserverRequest::Resync(ResyncScope::All))
-            {
-                self.requests
-                    .push(ObserverRequest::Resync(ResyncScope::All));
-            }
+            self.request_once(ObserverRequest::Resync(ResyncScope::All));
         } else {
             self.queue_resync(again);
-        }
-        if self.resyncs.is_empty() {
-            self.tombstones.clear();
         }
         Ok(())
     }

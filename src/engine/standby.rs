@@ -1,8 +1,7 @@
 //! The standby pipeline: a due deadline, the optional confirmation, the FIFO of standbys
 //! waiting for a free slot, and the host's `begin_standby`/`report_standby`.
 
-use super::flows::{F_COUNTED, NIL};
-use super::instance::Phase;
+use super::instance::{Inst, Phase};
 use super::{
     BeginStandby, Decision, Engine, EngineError, InstanceKey, Lifecycle, ObserverRequest, Reason,
     StandbyOutcome, UnixMillis,
@@ -20,6 +19,11 @@ impl Engine {
         }
     }
 
+    /// Due, and nothing engine-wide holds standby back.
+    pub(super) fn ready_for_standby(&self, slot: u32, now: UnixMillis) -> bool {
+        self.inst(slot).due_at().is_some_and(|d| d <= now) && self.blocked(slot).is_none()
+    }
+
     pub(super) fn do_tick(&mut self, now: UnixMillis) {
         self.see(now);
         if !self.tombstones.is_empty() {
@@ -35,12 +39,7 @@ impl Engine {
         let inst = self.inst(slot);
         if inst.phase == Phase::Confirming {
             // The confirmation was never answered: ask again.
-            let key = inst.key;
-            let wait = inst.idle_timeout().max(1_000);
-            if !self.requests.contains(&ObserverRequest::Confirm(key)) {
-                self.requests.push(ObserverRequest::Confirm(key));
-            }
-            self.deadlines.set(slot, now.saturating_add(wait));
+            self.ask_confirm(slot, now);
             return;
         }
         if inst.phase != Phase::None {
@@ -65,12 +64,7 @@ impl Engine {
             let inst = self.inst_mut(slot);
             inst.phase = Phase::Confirming;
             inst.confirm_seq = seq;
-            let key = inst.key;
-            let wait = inst.idle_timeout().max(1_000);
-            if !self.requests.contains(&ObserverRequest::Confirm(key)) {
-                self.requests.push(ObserverRequest::Confirm(key));
-            }
-            self.deadlines.set(slot, now.saturating_add(wait));
+            self.ask_confirm(slot, now);
             return;
         }
         self.inst_mut(slot).confirm_failed = false;
@@ -83,16 +77,23 @@ impl Engine {
             let ticket = inst.ticket;
             self.queued += 1;
             if self.queue.len() > 2 * self.queued as usize + 64 {
+                // Drop stale entries so cancel-and-requeue churn cannot grow the queue.
                 let insts = &self.insts;
-                self.queue.retain(|&(s, t)| {
-                    insts[s as usize]
-                        .as_ref()
-                        .is_some_and(|i| i.phase == Phase::Queued && i.ticket == t)
-                });
+                self.queue.retain(|&(s, t)| is_current(insts, s, t));
             }
             self.queue.push_back((slot, ticket));
             self.deadlines.remove(slot);
         }
+    }
+
+    /// Asks the observer to confirm that the instance is idle, and arms a watchdog that
+    /// asks again if no resync answers in time.
+    fn ask_confirm(&mut self, slot: u32, now: UnixMillis) {
+        let inst = self.inst(slot);
+        let key = inst.key;
+        let wait = inst.idle_timeout().max(1_000);
+        self.request_once(ObserverRequest::Confirm(key));
+        self.deadlines.set(slot, now.saturating_add(wait));
     }
 
     pub(super) fn emit_standby(&mut self, slot: u32) {
@@ -131,16 +132,12 @@ impl Engine {
             let Some((slot, ticket)) = self.queue.pop_front() else {
                 break;
             };
-            let valid = self.insts[slot as usize]
-                .as_ref()
-                .is_some_and(|i| i.phase == Phase::Queued && i.ticket == ticket);
-            if !valid {
+            if !is_current(&self.insts, slot, ticket) {
                 continue;
             }
             self.queued -= 1;
             self.inst_mut(slot).phase = Phase::None;
-            let due = self.inst(slot).due_at();
-            if due.is_some_and(|d| d <= now) && self.blocked(slot).is_none() {
+            if self.ready_for_standby(slot, now) {
                 self.emit_standby(slot);
             } else {
                 self.rearm(slot);
@@ -202,12 +199,7 @@ impl Engine {
         match outcome {
             StandbyOutcome::Success => {
                 let inst = self.inst_mut(slot);
-                inst.idle_since = None;
-                inst.last_inbound = None;
-                inst.hold_until = None;
-                inst.retry_at = None;
-                inst.failures = 0;
-                inst.confirm_failed = false;
+                inst.clear_countdown();
                 inst.spec.lifecycle = Lifecycle::Standby;
                 inst.spec_changed();
                 inst.running_since = None;
@@ -216,15 +208,10 @@ impl Engine {
                 self.deadlines.remove(slot);
                 // A client that connected while the snapshot was written would be
                 // stranded: wake the instance right back when its policy allows.
-                if self.inst(slot).live > 0 {
-                    let mut i = self.flows.head(slot);
-                    while i != NIL && self.flows.rec(i).flags & F_COUNTED == 0 {
-                        i = self.flows.rec(i).next;
-                    }
-                    if i != NIL {
-                        let flow = self.flow_view(i);
-                        self.maybe_wake(slot, &flow);
-                    }
+                let counted = self.flows.list(slot).find(|&i| self.flows.rec(i).counted());
+                if let Some(i) = counted {
+                    let flow = self.flow_view(i);
+                    self.maybe_wake(slot, &flow);
                 }
                 self.free_slot(now);
             }
@@ -254,4 +241,12 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Whether a queue entry still stands for the instance: the slot may have been freed,
+/// reused, or cancelled and queued again under a newer ticket.
+fn is_current(insts: &[Option<Inst>], slot: u32, ticket: u64) -> bool {
+    insts[slot as usize]
+        .as_ref()
+        .is_some_and(|i| i.phase == Phase::Queued && i.ticket == ticket)
 }
