@@ -67,7 +67,7 @@ impl Engine {
     /// Whether a stored flow counts under the instance's policy (stored flows are
     /// always in a live state). Without a policy, hypeman's rule: TCP only.
     #[inline]
-    pub(super) fn counts(policy: Option<&Policy>, rec: &FlowRec, shape: &ShapeKey) -> bool {
+    fn counts(policy: Option<&Policy>, rec: &FlowRec, shape: &ShapeKey) -> bool {
         let Some(p) = policy else {
             return rec.proto == proto::TCP;
         };
@@ -195,7 +195,7 @@ impl Engine {
         true
     }
 
-    pub(super) fn tombstone(&mut self, probe: Probe, now: UnixMillis) {
+    fn tombstone(&mut self, probe: Probe, now: UnixMillis) {
         if !self.resyncs.is_empty() {
             self.tombstones
                 .insert(probe, now.saturating_add(self.config.tombstone_ttl_ms));
@@ -208,7 +208,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn remove_flow(&mut self, idx: u32, at: UnixMillis) {
+    fn remove_flow(&mut self, idx: u32, at: UnixMillis) {
         let slot = self.flows.shape(self.flows.rec(idx).shape).inst;
         let rec = self.flows.remove(idx);
         let inst = self.inst_mut(slot);

@@ -43,29 +43,7 @@ impl Engine {
         self.last_now = self.last_now.max(now);
     }
 
-    pub(super) fn normalise_spec(
-        &self,
-        mut spec: InstanceSpec,
-    ) -> Result<InstanceSpec, EngineError> {
-        spec.policy = spec.policy.map(Policy::normalized).transpose()?;
-        let mut addrs: Vec<IpAddr> = Vec::with_capacity(spec.addresses.len());
-        for a in spec.addresses.iter().map(|a| a.to_canonical()) {
-            if a.is_unspecified() || a.is_multicast() {
-                return Err(EngineError::InvalidAddress(a));
-            }
-            if !addrs.contains(&a) {
-                addrs.push(a);
-            }
-        }
-        spec.addresses = addrs;
-        Ok(spec)
-    }
-
-    pub(super) fn check_addresses(
-        &self,
-        slot: Option<u32>,
-        addrs: &[IpAddr],
-    ) -> Result<(), EngineError> {
+    fn check_addresses(&self, slot: Option<u32>, addrs: &[IpAddr]) -> Result<(), EngineError> {
         for a in addrs {
             if let Some(owner) = self.by_addr.get(addr_bits(*a))
                 && Some(owner) != slot
@@ -89,7 +67,7 @@ impl Engine {
         if self.by_key.contains_key(&key) {
             return Err(EngineError::AlreadyRegistered(key));
         }
-        let spec = self.normalise_spec(spec)?;
+        let spec = normalise_spec(spec)?;
         self.check_addresses(None, &spec.addresses)?;
         let slot = match self.free_slots.pop() {
             Some(s) => s,
@@ -128,7 +106,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         self.see(now);
         let slot = self.slot(key)?;
-        let spec = self.normalise_spec(spec)?;
+        let spec = normalise_spec(spec)?;
         self.check_addresses(Some(slot), &spec.addresses)?;
 
         let old_addrs = std::mem::take(&mut self.inst_mut(slot).spec.addresses);
@@ -240,4 +218,21 @@ impl Engine {
             self.free_slot(now);
         }
     }
+}
+
+/// Validates the policy and canonicalises the addresses (IPv4-mapped as IPv4, each once),
+/// so that every later comparison is between canonical forms.
+fn normalise_spec(mut spec: InstanceSpec) -> Result<InstanceSpec, EngineError> {
+    spec.policy = spec.policy.map(Policy::normalized).transpose()?;
+    let mut addrs: Vec<IpAddr> = Vec::with_capacity(spec.addresses.len());
+    for a in spec.addresses.iter().map(|a| a.to_canonical()) {
+        if a.is_unspecified() || a.is_multicast() {
+            return Err(EngineError::InvalidAddress(a));
+        }
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    spec.addresses = addrs;
+    Ok(spec)
 }

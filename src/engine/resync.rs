@@ -38,7 +38,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn scope_slots(&self, scope: &ResyncScope) -> Vec<(u32, InstanceKey)> {
+    fn scope_slots(&self, scope: &ResyncScope) -> Vec<(u32, InstanceKey)> {
         match scope {
             ResyncScope::All => self
                 .live_slots()
@@ -94,7 +94,7 @@ impl Engine {
     }
 
     /// Adds instances to the one undrained `Resync` request, or queues one.
-    pub(super) fn queue_resync(&mut self, keys: Vec<InstanceKey>) {
+    fn queue_resync(&mut self, keys: Vec<InstanceKey>) {
         if keys.is_empty() {
             return;
         }

@@ -9,7 +9,7 @@ use super::{
 
 impl Engine {
     /// Why standby is blocked engine-wide or by lost events.
-    pub(super) fn blocked(&self, slot: u32) -> Option<Reason> {
+    fn blocked(&self, slot: u32) -> Option<Reason> {
         if self.observer_error.is_some() {
             Some(Reason::ObserverError)
         } else if self.inst(slot).lost_seq.is_some() {
@@ -35,7 +35,7 @@ impl Engine {
     }
 
     /// A deadline fired: re-check everything before acting on it.
-    pub(super) fn evaluate(&mut self, slot: u32, now: UnixMillis) {
+    fn evaluate(&mut self, slot: u32, now: UnixMillis) {
         let inst = self.inst(slot);
         if inst.phase == Phase::Confirming {
             // The confirmation was never answered: ask again.
@@ -96,7 +96,7 @@ impl Engine {
         self.deadlines.set(slot, now.saturating_add(wait));
     }
 
-    pub(super) fn emit_standby(&mut self, slot: u32) {
+    fn emit_standby(&mut self, slot: u32) {
         let inst = self.inst_mut(slot);
         inst.phase = Phase::Emitted;
         let key = inst.key;
