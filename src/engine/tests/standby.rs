@@ -12,6 +12,23 @@ fn fleet(h: &mut H, n: u8, timeout: u64) {
     }
 }
 
+/// An engine that confirms idleness with the observer before each standby.
+fn confirm_first() -> H {
+    H::with(EngineConfig {
+        confirm_before_standby: true,
+        ..EngineConfig::default()
+    })
+}
+
+/// Instance 1 due at `now` and its confirmation resync begun.
+fn confirming(now: UnixMillis) -> (H, ResyncId) {
+    let mut h = confirm_first();
+    h.reg(1, spec(MIN), T0);
+    h.e.tick(now);
+    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), now);
+    (h, r)
+}
+
 /// An engine that runs one standby at a time.
 fn one_slot() -> H {
     H::with(EngineConfig {
@@ -276,10 +293,7 @@ fn begin_and_report_without_a_standby_are_errors_that_change_nothing() {
 
 #[test]
 fn confirmation_precedes_standby_when_configured() {
-    let mut h = H::with(EngineConfig {
-        confirm_before_standby: true,
-        ..EngineConfig::default()
-    });
+    let mut h = confirm_first();
     h.reg(1, spec(MIN), T0);
     h.e.tick(T0 + MIN);
     assert!(h.standbys().is_empty());
@@ -292,10 +306,7 @@ fn confirmation_precedes_standby_when_configured() {
 
 #[test]
 fn confirmation_that_finds_a_flow_skips_standby() {
-    let mut h = H::with(EngineConfig {
-        confirm_before_standby: true,
-        ..EngineConfig::default()
-    });
+    let mut h = confirm_first();
     h.reg(1, spec(MIN), T0);
     h.e.tick(T0 + MIN);
     h.requests();
@@ -314,14 +325,8 @@ fn confirmation_that_finds_a_flow_skips_standby() {
 
 #[test]
 fn failed_confirmation_restarts_the_countdown() {
-    let mut h = H::with(EngineConfig {
-        confirm_before_standby: true,
-        ..EngineConfig::default()
-    });
-    h.reg(1, spec(MIN), T0);
     let now = T0 + MIN + 5 * SEC;
-    h.e.tick(now);
-    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), now);
+    let (mut h, r) = confirming(now);
     h.e.fail_resync(r, now).unwrap();
     assert!(h.standbys().is_empty());
     let st = h.st(1, now);
@@ -337,13 +342,7 @@ fn failed_confirmation_restarts_the_countdown() {
 
 #[test]
 fn failed_confirmation_after_activity_leaves_the_instance_active() {
-    let mut h = H::with(EngineConfig {
-        confirm_before_standby: true,
-        ..EngineConfig::default()
-    });
-    h.reg(1, spec(MIN), T0);
-    h.e.tick(T0 + MIN);
-    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + MIN);
+    let (mut h, r) = confirming(T0 + MIN);
     h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0 + MIN + 1);
     h.e.fail_resync(r, T0 + MIN + 2).unwrap();
     let st = h.st(1, T0 + MIN + 2);
@@ -355,13 +354,7 @@ fn failed_confirmation_after_activity_leaves_the_instance_active() {
 
 #[test]
 fn countdown_restarted_during_confirmation_wins() {
-    let mut h = H::with(EngineConfig {
-        confirm_before_standby: true,
-        ..EngineConfig::default()
-    });
-    h.reg(1, spec(MIN), T0);
-    h.e.tick(T0 + MIN);
-    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + MIN);
+    let (mut h, r) = confirming(T0 + MIN);
     h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0 + MIN + 1);
     h.destroy(inbound(1, None), T0 + MIN + 2);
     h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED)))
@@ -379,13 +372,7 @@ fn countdown_restarted_during_confirmation_wins() {
 
 #[test]
 fn hold_during_confirmation_wins() {
-    let mut h = H::with(EngineConfig {
-        confirm_before_standby: true,
-        ..EngineConfig::default()
-    });
-    h.reg(1, spec(MIN), T0);
-    h.e.tick(T0 + MIN);
-    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + MIN);
+    let (mut h, r) = confirming(T0 + MIN);
     let held = h.e.hold(1, T0 + MIN + 1).unwrap();
     h.e.finish_resync(r, T0 + MIN + 2).unwrap();
     assert!(h.standbys().is_empty());
