@@ -199,11 +199,11 @@ impl Engine {
             | Decision::PersistRuntime { key: k, .. }
             | Decision::Wake { key: k, .. } => *k != key,
         });
+        let epoch = self.drain_epoch;
         for i in 0..self.decisions.len() {
             if let Decision::PersistRuntime { key: k, .. } = self.decisions[i]
                 && let Some(&s) = self.by_key.get(&k)
             {
-                let epoch = self.drain_epoch;
                 let other = self.inst_mut(s);
                 other.persist_idx = i as u32;
                 other.persist_epoch = epoch;
