@@ -4,7 +4,7 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-rust demo bench e2e lint header-check clean
+.PHONY: all deps build test test-rust test-c demo bench bench-controller e2e lint header-check clean
 
 all: build
 
@@ -32,6 +32,12 @@ test: deps header-check lint test-rust
 
 test-rust: deps
 	$(CARGO) test --all-targets
+
+# C consumers: header alone as C/C++, exported symbols, manual and kernel scenarios
+# under ASan/UBSan against the .so and the .a, one valgrind run. Needs root.
+test-c: deps
+	$(CARGO) build --lib
+	bash tests/c/run.sh target/debug
 
 e2e: deps
 
