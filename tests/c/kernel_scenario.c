@@ -31,6 +31,10 @@ static int wait_status(autostandby_controller *c, uint64_t key, uint32_t status,
     if (status_of(c, key).status == status) return 1;
     sleep_ms(20);
   }
+  struct autostandby_status st = status_of(c, key);
+  fprintf(stderr, "waited for %s: status %s, reason %s, active %u\n",
+          autostandby_status_name(status), autostandby_status_name(st.status),
+          autostandby_reason_name(st.reason), st.active_inbound);
   return 0;
 }
 
@@ -110,8 +114,19 @@ int main(int argc, char **argv) {
 
   /* Close: the countdown runs and the standby decision arrives. */
   close(fd);
-  CHECK(wait_status(c, key, AUTOSTANDBY_STATUS_IDLE_COUNTDOWN, 5000) ||
-        status_of(c, key).status == AUTOSTANDBY_STATUS_STANDBY_REQUESTED);
+  struct autostandby_status st = status_of(c, key);
+  for (int waited = 0; waited < 5000 && st.status == AUTOSTANDBY_STATUS_ACTIVE; waited += 20) {
+    sleep_ms(20);
+    st = status_of(c, key);
+  }
+  if (st.status != AUTOSTANDBY_STATUS_IDLE_COUNTDOWN &&
+      st.status != AUTOSTANDBY_STATUS_READY_FOR_STANDBY &&
+      st.status != AUTOSTANDBY_STATUS_STANDBY_REQUESTED) {
+    fprintf(stderr, "after close: status %s, reason %s, active %u\n",
+            autostandby_status_name(st.status), autostandby_reason_name(st.reason),
+            st.active_inbound);
+    CHECK(0);
+  }
   int got = 0;
   for (int i = 0; i < 10 && !got; i++) got = poll_standby(c, key, 1000);
   CHECK(got);
