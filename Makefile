@@ -44,7 +44,11 @@ e2e: deps
 demo: deps
 	$(CARGO) run --release --example engine_demo
 
-bench: deps
+bench: deps bench-controller
+
+# status cost and standby-decision latency (10,000 instances over a minute); needs root.
+bench-controller: deps
+	$(CARGO) bench --bench controller
 
 clean:
 	$(CARGO) clean
