@@ -258,7 +258,15 @@ fn event_thread(
         };
         let result = (|| -> Result<(), ConntrackError> {
             if filter_dirty {
-                if let Some(a) = &addresses {
+                // With no address registered there is no filter at all rather than one
+                // that drops everything: after such a filter was replaced, later events
+                // of flows it had dropped were seen to go missing.
+                if addresses.as_ref().is_some_and(|a| a.is_empty())
+                    && sock.address_filter().is_some()
+                {
+                    sock.clear_address_filter()?;
+                }
+                if let Some(a) = addresses.as_ref().filter(|a| !a.is_empty()) {
                     match sock.set_address_filter(a) {
                         // Too many addresses for one classic BPF program: take every
                         // event and let the engine's address index sort them.
