@@ -4,7 +4,7 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-rust demo bench bench-engine bench-conntrack e2e lint header-check clean
+.PHONY: all deps build test test-rust test-c demo bench bench-engine bench-conntrack bench-controller e2e lint header-check clean
 
 all: build
 
@@ -28,17 +28,23 @@ lint: deps
 	  cd go && $(GO) vet ./...; fi
 
 # Everything CI runs.
-test: deps header-check lint test-rust
+test: deps header-check lint test-rust test-c
 
 test-rust: deps
 	$(CARGO) test --all-targets
+
+# C consumers: header alone as C/C++, exported symbols, manual and kernel scenarios
+# under ASan/UBSan against the .so and the .a, one valgrind run. Needs root.
+test-c: deps
+	$(CARGO) build --lib
+	bash tests/c/run.sh target/debug
 
 e2e: deps
 
 demo: deps
 	$(CARGO) run --release --example engine_demo
 
-bench: deps bench-engine bench-conntrack
+bench: deps bench-engine bench-conntrack bench-controller
 
 # Engine throughput, allocations per event and bytes per flow (10k instances, 1M flows).
 # The flow table is ~85 MB of random accesses: glibc's hugetlb tunable backs large heap
@@ -50,6 +56,11 @@ bench-engine: deps
 # Conntrack observer: dump, filtered dump, events and parser, with peers (root).
 bench-conntrack: deps
 	bash bench/conntrack.sh
+
+# Controller: status cost and standby-decision latency (10,000 instances over a
+# minute), with peers (root).
+bench-controller: deps
+	$(CARGO) bench --bench controller
 
 clean:
 	$(CARGO) clean
