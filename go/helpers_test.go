@@ -1,0 +1,20 @@
+package autostandby
+
+import (
+	"context"
+	"errors"
+)
+
+func errorsAs(err error, target any) bool { return errors.As(err, target) }
+
+// nopStore is an InstanceStore with nothing in it.
+type nopStore struct{}
+
+func (*nopStore) ListInstances(context.Context) ([]Instance, error) { return nil, nil }
+func (*nopStore) StandbyInstance(context.Context, string) error     { return nil }
+func (*nopStore) SetRuntime(context.Context, string, *Runtime) error {
+	return nil
+}
+func (*nopStore) SubscribeInstanceEvents(context.Context) (<-chan InstanceEvent, func(), error) {
+	return make(chan InstanceEvent), func() {}, nil
+}
