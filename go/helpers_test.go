@@ -3,6 +3,9 @@ package autostandby
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"os"
+	"testing"
 )
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }
@@ -17,4 +20,10 @@ func (*nopStore) SetRuntime(context.Context, string, *Runtime) error {
 }
 func (*nopStore) SubscribeInstanceEvents(context.Context) (<-chan InstanceEvent, func(), error) {
 	return make(chan InstanceEvent), func() {}, nil
+}
+
+func TestMain(m *testing.M) {
+	// Keep test output readable: warnings and errors only.
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	os.Exit(m.Run())
 }
