@@ -46,3 +46,10 @@ func reasonFromCode(code uint32) Reason {
 	}
 	return ReasonObserverError
 }
+
+// StatusName is the library's wire name of status value v ("" when unknown or when
+// the library is not built in).
+func StatusName(v uint32) string { return binding.StatusName(v) }
+
+// ReasonName is the library's wire name of reason value v ("" when unknown).
+func ReasonName(v uint32) string { return binding.ReasonName(v) }

@@ -129,8 +129,12 @@ type fakeStore struct {
 	started     chan string
 	runtimes    map[string][]*Runtime
 	setGate     chan struct{}
-	restores    []string
-	events      chan InstanceEvent
+	setErr      error
+	// lifecycle makes a successful standby move the instance to Standby and emit the
+	// standby event, as hypeman's manager does.
+	lifecycle bool
+	restores  []string
+	events    chan InstanceEvent
 }
 
 func newFakeStore(instances ...Instance) *fakeStore {
@@ -170,7 +174,20 @@ func (s *fakeStore) StandbyInstance(ctx context.Context, id string) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.standbyErr[id]
+	if err := s.standbyErr[id]; err != nil {
+		return err
+	}
+	if s.lifecycle {
+		for i := range s.instances {
+			if s.instances[i].ID == id {
+				s.instances[i].State = StateStandby
+				s.instances[i].Runtime = nil
+				inst := s.instances[i]
+				s.events <- InstanceEvent{Action: InstanceEventStandby, InstanceID: id, Instance: &inst}
+			}
+		}
+	}
+	return nil
 }
 
 func (s *fakeStore) SetRuntime(ctx context.Context, id string, rt *Runtime) error {
@@ -187,6 +204,14 @@ func (s *fakeStore) SetRuntime(ctx context.Context, id string, rt *Runtime) erro
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.runtimes[id] = append(s.runtimes[id], rt.Clone())
+	if s.setErr != nil {
+		return s.setErr
+	}
+	for i := range s.instances {
+		if s.instances[i].ID == id {
+			s.instances[i].Runtime = rt.Clone()
+		}
+	}
 	return nil
 }
 
@@ -202,6 +227,30 @@ func (s *fakeStore) RestoreInstance(_ context.Context, id string) error {
 	defer s.mu.Unlock()
 	s.restores = append(s.restores, id)
 	return nil
+}
+
+// instance returns the stored instance id.
+func (s *fakeStore) instance(id string) Instance {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, inst := range s.instances {
+		if inst.ID == id {
+			return inst
+		}
+	}
+	panic("no instance " + id)
+}
+
+// replace stores inst and emits a lifecycle event for it.
+func (s *fakeStore) replace(action InstanceEventAction, inst Instance) {
+	s.mu.Lock()
+	for i := range s.instances {
+		if s.instances[i].ID == inst.ID {
+			s.instances[i] = inst
+		}
+	}
+	s.mu.Unlock()
+	s.events <- InstanceEvent{Action: action, InstanceID: inst.ID, Instance: &inst}
 }
 
 func (s *fakeStore) standbys() []string {
