@@ -4,7 +4,7 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-rust demo bench e2e lint header-check clean
+.PHONY: all deps build test test-rust test-go bench-go demo bench e2e lint header-check clean
 
 all: build
 
@@ -33,12 +33,30 @@ test: deps header-check lint test-rust
 test-rust: deps
 	$(CARGO) test --all-targets
 
+# Go bindings: vet, the race detector, cgocheck2, the shared-library build, and the
+# pure-Go (CGO_ENABLED=0) build that reports "unsupported". Links target/release's
+# libautostandby.a, so the Rust library is built first.
+GO_TEST_FLAGS ?= -count=1 -timeout 600s
+test-go: deps
+	$(CARGO) build --release --lib
+	cd go && $(GO) vet ./...
+	cd go && $(GO) test $(GO_TEST_FLAGS) -race ./...
+	cd go && GOEXPERIMENT=cgocheck2 $(GO) test $(GO_TEST_FLAGS) ./...
+	cd go && $(GO) build -tags autostandby_shared ./...
+	cd go && CGO_ENABLED=0 $(GO) vet ./... && CGO_ENABLED=0 $(GO) test $(GO_TEST_FLAGS) ./...
+
+# Go benchmark: our library against vishvananda/netlink + hypeman-style classification
+# on a 200,000-entry conntrack table in a namespace the benchmark creates (root).
+bench-go: deps
+	$(CARGO) build --release --lib
+	cd go && $(GO) test -run '^$$' -bench BenchmarkClassifyTable -benchtime 3x -count 1 -timeout 900s ./bench/
+
 e2e: deps
 
 demo: deps
 	$(CARGO) run --release --example engine_demo
 
-bench: deps
+bench: deps bench-go
 
 clean:
 	$(CARGO) clean

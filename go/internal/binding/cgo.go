@@ -29,8 +29,8 @@ const abiVersion = 1
 const Supported = true
 
 type (
-	cStatus = C.autostandby_status_snapshot
-	cStats  = C.autostandby_stats_snapshot
+	cStatus = C.struct_autostandby_status
+	cStats  = C.struct_autostandby_stats
 )
 
 // Controller owns one library controller handle. Every method is safe for concurrent
@@ -286,6 +286,9 @@ func (c *Controller) Stats() (Stats, error) {
 		Resyncs:          uint64(s.resyncs),
 		EventsLost:       uint64(s.events_lost),
 		ObserverErrors:   uint64(s.observer_errors),
+		UnmatchedEvents:  uint64(s.flow_events_unmatched),
+		DecisionsPending: uint64(s.decisions_pending),
+		LogsDropped:      uint64(s.log_records_dropped),
 	}, err
 }
 

@@ -216,6 +216,9 @@ type Stats struct {
 	Resyncs          uint64
 	EventsLost       uint64
 	ObserverErrors   uint64
+	UnmatchedEvents  uint64
+	DecisionsPending uint64
+	LogsDropped      uint64
 }
 
 // LogRecord is one line of the library's log buffer.
