@@ -415,7 +415,13 @@ func (c *Controller) pollLoop(ctx context.Context, wg *sync.WaitGroup) {
 	for ctx.Err() == nil {
 		n, err := c.eng.PollDecisions(buf, defaultPollTimeout)
 		if err != nil {
-			if binding.CodeOf(err) == binding.ErrShutdown {
+			switch binding.CodeOf(err) {
+			case binding.ErrShutdown:
+				return
+			case binding.ErrPoisoned, binding.ErrPanic:
+				// The library handle is unusable from now on: say so once, loudly.
+				c.metrics.controllerError(ctx, opPoll)
+				c.log.Error("auto-standby library failed; no further standby decisions", "error", err)
 				return
 			}
 			c.metrics.controllerError(ctx, opPoll)

@@ -21,6 +21,8 @@ func (c *Controller) Describe(inst Instance) StatusSnapshot {
 	}
 	st, err := c.eng.Status(t.key)
 	if err != nil {
+		// A library that cannot answer is not "counting down": report the error.
+		snap.Status, snap.Reason = StatusError, ReasonObserverError
 		return snap
 	}
 	c.applyLibraryStatus(&snap, st)
