@@ -229,6 +229,17 @@ func (s *fakeStore) RestoreInstance(_ context.Context, id string) error {
 	return nil
 }
 
+// failStandby makes StandbyInstance(id) fail with err (nil: succeed).
+func (s *fakeStore) failStandby(id string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err == nil {
+		delete(s.standbyErr, id)
+	} else {
+		s.standbyErr[id] = err
+	}
+}
+
 // instance returns the stored instance id.
 func (s *fakeStore) instance(id string) Instance {
 	s.mu.Lock()

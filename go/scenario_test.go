@@ -49,8 +49,14 @@ func newScenario(t *testing.T, start time.Time, opts ControllerOptions, insts ..
 
 func (s *scenario) run() *scenario {
 	s.stop = startRun(s.t, s.c)
+	s.store.mu.Lock()
+	var ids []string
 	for _, inst := range s.store.instances {
-		keyOf(s.t, s.c, inst.ID)
+		ids = append(ids, inst.ID)
+	}
+	s.store.mu.Unlock()
+	for _, id := range ids {
+		keyOf(s.t, s.c, id)
 	}
 	return s
 }
@@ -317,7 +323,7 @@ func TestStandbyTimerCallsStandbyAndClearsState(t *testing.T) {
 // 14
 func TestStandbyFailureRearmsIdleCountdown(t *testing.T) {
 	s := newScenario(t, t1100, ControllerOptions{}, guest("a", "10.0.0.2", "1m")).run()
-	s.store.standbyErr["a"] = errors.New("snapshot failed")
+	s.store.failStandby("a", errors.New("snapshot failed"))
 	s.advance(61 * time.Second)
 	eventually(t, "standby attempt", func() bool { return len(s.store.standbys()) == 1 })
 	snap := s.waitStatus("a", StatusIdleCountdown)
@@ -325,9 +331,7 @@ func TestStandbyFailureRearmsIdleCountdown(t *testing.T) {
 		t.Fatalf("snapshot %+v", snap)
 	}
 	// The retry comes, and succeeds once the store does.
-	s.store.mu.Lock()
-	delete(s.store.standbyErr, "a")
-	s.store.mu.Unlock()
+	s.store.failStandby("a", nil)
 	s.advance(time.Minute)
 	eventually(t, "retried standby", func() bool { return len(s.store.standbys()) == 2 })
 }
@@ -423,7 +427,7 @@ func TestStandbyDispatchDeduplicatesPendingRequests(t *testing.T) {
 // 25
 func TestStandbyNotFoundDropsStateWithoutRearming(t *testing.T) {
 	s := newScenario(t, t1100, ControllerOptions{}, guest("a", "10.0.0.2", "1m")).run()
-	s.store.standbyErr["a"] = ErrInstanceNotFound
+	s.store.failStandby("a", ErrInstanceNotFound)
 	s.advance(61 * time.Second)
 	eventually(t, "forgotten", func() bool { _, ok := s.c.lookupID("a"); return !ok })
 	s.advance(10 * time.Minute)
