@@ -31,18 +31,19 @@ type manualEngine interface {
 	SetObserverError(message string, failed bool) error
 }
 
-// statusFromCode and reasonFromCode turn the library's numbers into the wire strings
-// through the library's own name tables, so the two can never drift apart silently.
+// statusFromCode and reasonFromCode turn the library's numbers into the wire strings.
+// KnownStatuses and KnownReasons are in the library's numbering; a test checks them
+// against the library's own name tables.
 func statusFromCode(code uint32) Status {
-	if name := binding.StatusName(code); name != "" {
-		return Status(name)
+	if int(code) < len(KnownStatuses) {
+		return KnownStatuses[code]
 	}
 	return StatusError
 }
 
 func reasonFromCode(code uint32) Reason {
-	if name := binding.ReasonName(code); name != "" {
-		return Reason(name)
+	if int(code) < len(KnownReasons) {
+		return KnownReasons[code]
 	}
 	return ReasonObserverError
 }

@@ -22,6 +22,7 @@ type fakeEngine struct {
 	begin       func(key uint64) (bool, uint32, error)
 	holdErr     error
 	holds       int
+	statuses    map[uint64]binding.Status
 }
 
 func newFakeEngine() *fakeEngine {
@@ -29,6 +30,7 @@ func newFakeEngine() *fakeEngine {
 		decisions:  make(chan binding.Decision, 64),
 		registered: map[uint64]*binding.Instance{},
 		reports:    map[uint64][]binding.StandbyOutcome{},
+		statuses:   map[uint64]binding.Status{},
 	}
 }
 

@@ -45,12 +45,12 @@ const (
 	ReasonResyncPending Reason = "resync_pending"
 )
 
-// KnownStatuses lists every Status value.
+// KnownStatuses lists every Status value, indexed by the library's number for it.
 var KnownStatuses = []Status{StatusUnsupported, StatusDisabled, StatusIneligible,
 	StatusActive, StatusIdleCountdown, StatusReadyForStandby, StatusStandbyRequested,
 	StatusError}
 
-// KnownReasons lists every Reason value.
+// KnownReasons lists every Reason value, indexed by the library's number for it.
 var KnownReasons = []Reason{ReasonUnsupportedPlatform, ReasonPolicyMissing,
 	ReasonPolicyDisabled, ReasonInstanceNotRunning, ReasonNetworkDisabled, ReasonMissingIP,
 	ReasonHasVGPU, ReasonActiveInboundConnections, ReasonIdleTimeoutNotElapsed,
