@@ -112,28 +112,189 @@ impl PolicyError {
 
 impl Cidr {
     /// Builds a masked prefix; rejects a prefix length too long for the family.
+    ///
+    /// An IPv4-mapped prefix of at least 96 bits (`::ffff:10.0.0.0/104`) is stored as the
+    /// IPv4 prefix it denotes (`10.0.0.0/8`), so one network has one spelling.
     pub fn new(addr: IpAddr, prefix_len: u8) -> Result<Self, PolicyError> {
-        let _ = (addr, prefix_len);
-        todo!("engine: Cidr::new")
+        match addr {
+            IpAddr::V4(v4) => {
+                if prefix_len > 32 {
+                    return Err(PolicyError::InvalidCidr { addr, prefix_len });
+                }
+                let bits = u32::from(v4) & mask32(prefix_len);
+                Ok(Self {
+                    addr: IpAddr::V4(bits.into()),
+                    prefix_len,
+                })
+            }
+            IpAddr::V6(v6) => {
+                if prefix_len > 128 {
+                    return Err(PolicyError::InvalidCidr { addr, prefix_len });
+                }
+                if let (Some(v4), true) = (v6.to_ipv4_mapped(), prefix_len >= 96) {
+                    return Self::new(IpAddr::V4(v4), prefix_len - 96);
+                }
+                let bits = u128::from(v6) & mask128(prefix_len);
+                Ok(Self {
+                    addr: IpAddr::V6(bits.into()),
+                    prefix_len,
+                })
+            }
+        }
     }
 
-    /// Parses `a.b.c.d/n` or `x::/n` (a bare address is rejected).
+    /// Parses `a.b.c.d/n` or `x::/n` (a bare address is rejected). Surrounding
+    /// whitespace is ignored.
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
-        let _ = text;
-        todo!("engine: Cidr::parse")
+        let unparsable = || PolicyError::UnparsableCidr {
+            text: text.to_string(),
+        };
+        let (addr, len) = text.trim().split_once('/').ok_or_else(unparsable)?;
+        let addr: IpAddr = addr.parse().map_err(|_| unparsable())?;
+        // Only plain decimal digits: no sign, no spaces, no leading "+".
+        if len.is_empty() || len.len() > 3 || !len.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(unparsable());
+        }
+        let prefix_len: u8 = len.parse().map_err(|_| unparsable())?;
+        Self::new(addr, prefix_len)
     }
 
     /// True when `addr` (canonicalised) lies inside the prefix.
     pub fn contains(&self, addr: IpAddr) -> bool {
-        let _ = addr;
-        todo!("engine: Cidr::contains")
+        match (self.addr, addr.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                (u32::from(a) & mask32(self.prefix_len)) == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                (u128::from(a) & mask128(self.prefix_len)) == u128::from(net)
+            }
+            // A short IPv6 prefix (`::ffff:0:0/80`) can cover the mapped IPv4 space.
+            (IpAddr::V6(net), IpAddr::V4(a)) => {
+                (u128::from(a.to_ipv6_mapped()) & mask128(self.prefix_len)) == u128::from(net)
+            }
+            (IpAddr::V4(_), IpAddr::V6(_)) => false,
+        }
+    }
+
+    /// Sort key: IPv4 before IPv6, then numerically by address, then by prefix length.
+    fn sort_key(&self) -> (u8, u128, u8) {
+        match self.addr {
+            IpAddr::V4(a) => (4, u32::from(a) as u128, self.prefix_len),
+            IpAddr::V6(a) => (6, u128::from(a), self.prefix_len),
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+fn mask32(len: u8) -> u32 {
+    if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) }
+}
+
+fn mask128(len: u8) -> u128 {
+    if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) }
+}
+
+impl Default for Policy {
+    /// Disabled, 5 minute timeout, TCP only, nothing ignored.
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            idle_timeout_ms: 5 * 60 * 1000,
+            ignore_source_cidrs: Vec::new(),
+            ignore_destination_ports: Vec::new(),
+            protocols: Protocols::default(),
+            wake_on_traffic: false,
+            min_uptime_ms: 0,
+        }
     }
 }
 
 impl Policy {
     /// Validates and normalises: CIDRs masked, deduplicated and sorted by address (IPv4
     /// before IPv6, numerically); ports deduplicated and sorted. Returns the first error.
+    ///
+    /// A disabled policy is validated the same way and keeps every field.
     pub fn normalized(self) -> Result<Policy, PolicyError> {
-        todo!("engine: Policy::normalized")
+        let mut p = self;
+        if p.idle_timeout_ms == 0 {
+            return Err(PolicyError::IdleTimeoutNotPositive { value_ms: 0 });
+        }
+        if p.idle_timeout_ms > MAX_IDLE_TIMEOUT_MS {
+            return Err(PolicyError::IdleTimeoutTooLarge {
+                value_ms: p.idle_timeout_ms,
+            });
+        }
+        let mut cidrs = Vec::with_capacity(p.ignore_source_cidrs.len());
+        for c in &p.ignore_source_cidrs {
+            // Re-mask: a caller may have built the struct by hand.
+            cidrs.push(Cidr::new(c.addr, c.prefix_len)?);
+        }
+        cidrs.sort_by_key(Cidr::sort_key);
+        cidrs.dedup();
+        p.ignore_source_cidrs = cidrs;
+        if p.ignore_destination_ports.contains(&0) {
+            return Err(PolicyError::PortOutOfRange { value: 0 });
+        }
+        p.ignore_destination_ports.sort_unstable();
+        p.ignore_destination_ports.dedup();
+        if !p.protocols.tcp && !p.protocols.udp {
+            return Err(PolicyError::NoProtocol);
+        }
+        Ok(p)
+    }
+
+    /// Checks a port given as a wider integer (as the C ABI and Go bindings pass it).
+    pub fn port_from_u32(value: u32) -> Result<u16, PolicyError> {
+        match u16::try_from(value) {
+            Ok(port) if port != 0 => Ok(port),
+            _ => Err(PolicyError::PortOutOfRange { value }),
+        }
+    }
+
+    /// Builds `ignore_source_cidrs` from text entries; blank entries are skipped, as
+    /// hypeman does.
+    pub fn parse_cidrs<'a, I>(texts: I) -> Result<Vec<Cidr>, PolicyError>
+    where
+        I: IntoIterator<Item = &'a str>,
+    {
+        texts
+            .into_iter()
+            .filter(|t| !t.trim().is_empty())
+            .map(Cidr::parse)
+            .collect()
+    }
+
+    /// True when `port` (the guest's port) is ignored. Ports must be normalised.
+    #[inline]
+    pub fn ignores_port(&self, port: u16) -> bool {
+        self.ignore_destination_ports.binary_search(&port).is_ok()
+    }
+
+    /// True when `addr` (the client) lies in an ignored prefix.
+    #[inline]
+    pub fn ignores_source(&self, addr: IpAddr) -> bool {
+        self.ignore_source_cidrs.iter().any(|c| c.contains(addr))
+    }
+
+    /// True when flows of IP protocol `protocol` count.
+    #[inline]
+    pub fn counts_protocol(&self, protocol: u8) -> bool {
+        match protocol {
+            crate::flow::proto::TCP => self.protocols.tcp,
+            crate::flow::proto::UDP => self.protocols.udp,
+            _ => false,
+        }
     }
 }

@@ -8,10 +8,24 @@
 //! ABI and the Go bindings are written against. Add to them freely; do not rename or
 //! remove without updating every user.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 
 use crate::flow::{Flow, FlowEvent, TcpState, Tuple};
 use crate::policy::{Policy, PolicyError};
+
+mod machine;
+mod deadlines;
+mod fasthash;
+mod flows;
+mod instance;
+mod status;
+
+#[cfg(test)]
+mod tests;
+
+use fasthash::FastMap;
+use flows::Probe;
 
 /// A host-chosen instance identifier.
 pub type InstanceKey = u64;
@@ -194,6 +208,8 @@ pub enum Reason {
     MinUptimeNotElapsed = 12,
     /// `resync_pending`: events were lost; no standby until a resync has run.
     ResyncPending = 13,
+    /// `confirm_failed`: the pre-standby confirmation dump failed; the countdown restarted.
+    ConfirmFailed = 14,
 }
 
 impl Status {
@@ -230,6 +246,7 @@ impl Reason {
             Self::StandbyHeld => "standby_held",
             Self::MinUptimeNotElapsed => "min_uptime_not_elapsed",
             Self::ResyncPending => "resync_pending",
+            Self::ConfirmFailed => "confirm_failed",
         }
     }
 }
@@ -357,18 +374,76 @@ pub enum EngineError {
     /// Unknown resync handle.
     #[error("unknown resync {0:?}")]
     UnknownResync(ResyncId),
+    /// An instance address that can never be a flow endpoint (unspecified, multicast).
+    #[error("address {0} cannot be an instance address")]
+    InvalidAddress(IpAddr),
+}
+
+/// A resync in progress.
+#[derive(Debug)]
+struct OpenResync {
+    id: u64,
+    /// `None` for every instance; else the slots (and keys, to detect reuse) covered.
+    scope: Option<Vec<(u32, InstanceKey)>>,
+    began_at: UnixMillis,
 }
 
 /// The state machine. See the module docs.
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
+    insts: Vec<Option<instance::Inst>>,
+    free_slots: Vec<u32>,
+    by_key: FastMap<InstanceKey, u32>,
+    by_addr: FastMap<u128, u32>,
+    addr_gen: u64,
+    flows: flows::FlowTable,
+    deadlines: deadlines::Deadlines,
+    decisions: Vec<Decision>,
+    drain_epoch: u64,
+    requests: Vec<ObserverRequest>,
+    queue: VecDeque<(u32, u64)>,
+    in_flight: u32,
+    queued: u32,
+    observer_error: Option<String>,
+    resyncs: Vec<OpenResync>,
+    next_resync: u64,
+    touch_seq: u32,
+    all_lost_seq: Option<u64>,
+    all_resync_requested: bool,
+    tombstones: FastMap<Probe, UnixMillis>,
+    stats: EngineStats,
+    last_now: UnixMillis,
 }
 
 impl Engine {
     /// A new engine with no instances.
     pub fn new(config: EngineConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            insts: Vec::new(),
+            free_slots: Vec::new(),
+            by_key: FastMap::default(),
+            by_addr: FastMap::default(),
+            addr_gen: 0,
+            flows: flows::FlowTable::default(),
+            deadlines: deadlines::Deadlines::default(),
+            decisions: Vec::new(),
+            drain_epoch: 0,
+            requests: Vec::new(),
+            queue: VecDeque::new(),
+            in_flight: 0,
+            queued: 0,
+            observer_error: None,
+            resyncs: Vec::new(),
+            next_resync: 1,
+            touch_seq: 0,
+            all_lost_seq: None,
+            all_resync_requested: false,
+            tombstones: FastMap::default(),
+            stats: EngineStats::default(),
+            last_now: 0,
+        }
     }
 
     /// The configuration in use.
@@ -384,69 +459,74 @@ impl Engine {
         spec: InstanceSpec,
         now: UnixMillis,
     ) -> Result<(), EngineError> {
-        let _ = (key, spec, now);
-        todo!("engine: register")
+        self.do_register(key, spec, now)
     }
 
     /// Replaces an instance's spec (policy, addresses, lifecycle, runtime) and re-evaluates.
+    ///
+    /// A queued or emitted (not yet begun) standby is cancelled. The runtime field is
+    /// ignored: the engine's own record of what it asked the host to persist is newer.
     pub fn update(
         &mut self,
         key: InstanceKey,
         spec: InstanceSpec,
         now: UnixMillis,
     ) -> Result<(), EngineError> {
-        let _ = (key, spec, now);
-        todo!("engine: update")
+        self.do_update(key, spec, now)
     }
 
     /// Forgets an instance. Nothing is persisted.
     pub fn unregister(&mut self, key: InstanceKey, now: UnixMillis) -> Result<(), EngineError> {
-        let _ = (key, now);
-        todo!("engine: unregister")
+        self.do_unregister(key, now)
     }
 
     /// Applies one flow event. O(1): found through the address index.
     pub fn on_flow_event(&mut self, event: &FlowEvent, now: UnixMillis) {
-        let _ = (event, now);
-        todo!("engine: on_flow_event")
+        self.see(now);
+        self.stats.flow_events += 1;
+        if !self.apply_flow(&event.flow, machine::Source::Event(event.kind), now) {
+            self.stats.flow_events_unmatched += 1;
+        }
     }
 
     /// Reports that events were lost for `scope`: no standby there until a resync
     /// finishes. Queues one coalesced `ObserverRequest::Resync`.
     pub fn events_lost(&mut self, scope: ResyncScope, now: UnixMillis) {
-        let _ = (scope, now);
-        todo!("engine: events_lost")
+        self.do_events_lost(scope, now)
     }
 
     /// Starts a resync (a dump) of `scope`. Events keep flowing while it runs.
+    ///
+    /// Call it before the dump starts: DESTROY events applied from then on leave
+    /// tombstones so the dump cannot bring their flows back.
     pub fn begin_resync(&mut self, scope: ResyncScope, now: UnixMillis) -> ResyncId {
-        let _ = (scope, now);
-        todo!("engine: begin_resync")
+        self.do_begin_resync(scope, now)
     }
 
     /// One entry of the dump for resync `id`. Entries destroyed since it began are ignored.
     pub fn resync_flow(&mut self, id: ResyncId, flow: &Flow) -> Result<(), EngineError> {
-        let _ = (id, flow);
-        todo!("engine: resync_flow")
+        self.do_resync_flow(id, flow)
     }
 
     /// Ends resync `id`: flows of the scope neither dumped nor touched by an event since
     /// it began are removed.
     pub fn finish_resync(&mut self, id: ResyncId, now: UnixMillis) -> Result<(), EngineError> {
-        let _ = (id, now);
-        todo!("engine: finish_resync")
+        self.do_finish_resync(id, now)
     }
 
-    /// Abandons resync `id` (the dump failed); the scope stays awake and pending.
+    /// Abandons resync `id` (the dump failed); the scope stays awake and pending, and a
+    /// new `Resync` request is queued for instances whose events were lost.
     pub fn fail_resync(&mut self, id: ResyncId, now: UnixMillis) -> Result<(), EngineError> {
-        let _ = (id, now);
-        todo!("engine: fail_resync")
+        self.do_fail_resync(id, now)
     }
 
     /// Records the observer's health; while failed, no instance is put into Standby.
     pub fn set_observer_health(&mut self, health: ObserverHealth, now: UnixMillis) {
-        let _ = (health, now);
-        todo!("engine: set_observer_health")
+        let error = match health {
+            ObserverHealth::Healthy => None,
+            ObserverHealth::Failed(e) => Some(e),
+        };
+        self.do_set_observer_health(error, now)
     }
 
     /// Places a hold (last write wins, in memory): no standby before `now + idle_timeout`.
@@ -455,8 +535,8 @@ impl Engine {
         key: InstanceKey,
         now: UnixMillis,
     ) -> Result<StatusSnapshot, EngineError> {
-        let _ = (key, now);
-        todo!("engine: hold")
+        self.do_hold(key, now)?;
+        self.status(key, now)
     }
 
     /// The host's last "still idle?" check right before it snapshots.
@@ -465,8 +545,7 @@ impl Engine {
         key: InstanceKey,
         now: UnixMillis,
     ) -> Result<BeginStandby, EngineError> {
-        let _ = (key, now);
-        todo!("engine: begin_standby")
+        self.do_begin_standby(key, now)
     }
 
     /// The host's report on a standby it began.
@@ -476,37 +555,33 @@ impl Engine {
         outcome: StandbyOutcome,
         now: UnixMillis,
     ) -> Result<(), EngineError> {
-        let _ = (key, outcome, now);
-        todo!("engine: report_standby")
+        self.do_report_standby(key, outcome, now)
     }
 
     /// Fires every deadline at or before `now`.
     pub fn tick(&mut self, now: UnixMillis) {
-        let _ = now;
-        todo!("engine: tick")
+        self.do_tick(now)
     }
 
     /// The earliest pending deadline, if any.
     pub fn next_deadline(&self) -> Option<UnixMillis> {
-        todo!("engine: next_deadline")
+        self.deadlines.peek().map(|(at, _)| at)
     }
 
     /// Moves pending decisions into `out`, oldest first.
     pub fn drain_decisions(&mut self, out: &mut Vec<Decision>) {
-        let _ = out;
-        todo!("engine: drain_decisions")
+        out.append(&mut self.decisions);
+        self.drain_epoch += 1;
     }
 
     /// Moves pending observer requests into `out`.
     pub fn drain_requests(&mut self, out: &mut Vec<ObserverRequest>) {
-        let _ = out;
-        todo!("engine: drain_requests")
+        out.append(&mut self.requests);
     }
 
     /// Status of one instance.
     pub fn status(&self, key: InstanceKey, now: UnixMillis) -> Result<StatusSnapshot, EngineError> {
-        let _ = (key, now);
-        todo!("engine: status")
+        Ok(self.status_of(self.slot(key)?, now))
     }
 
     /// Appends the flows keeping `key` awake to `out`.
@@ -516,28 +591,58 @@ impl Engine {
         now: UnixMillis,
         out: &mut Vec<KeptAwakeBy>,
     ) -> Result<(), EngineError> {
-        let _ = (key, now, out);
-        todo!("engine: explain")
+        self.explain_of(self.slot(key)?, now, out);
+        Ok(())
     }
 
-    /// Every registered address (for the observer's kernel filters).
+    /// Every registered address (for the observer's kernel filters), sorted.
     pub fn addresses(&self) -> Vec<IpAddr> {
-        todo!("engine: addresses")
+        let mut v: Vec<IpAddr> = self.by_addr.keys().map(|b| flows::bits_addr(*b)).collect();
+        v.sort();
+        v
     }
 
     /// Bumped whenever the set returned by [`Engine::addresses`] changes.
     pub fn addresses_generation(&self) -> u64 {
-        todo!("engine: addresses_generation")
+        self.addr_gen
     }
 
-    /// Addresses of the instances in `scope` (for filtered dumps).
+    /// Addresses of the instances in `scope` (for filtered dumps), sorted.
     pub fn scope_addresses(&self, scope: &ResyncScope) -> Vec<IpAddr> {
-        let _ = scope;
-        todo!("engine: scope_addresses")
+        match scope {
+            ResyncScope::All => self.addresses(),
+            ResyncScope::Instances(keys) => {
+                let mut v: Vec<IpAddr> = keys
+                    .iter()
+                    .filter_map(|k| self.by_key.get(k))
+                    .flat_map(|&s| self.inst(s).spec.addresses.iter().copied())
+                    .collect();
+                v.sort();
+                v.dedup();
+                v
+            }
+        }
     }
 
     /// Counters.
     pub fn stats(&self) -> EngineStats {
-        todo!("engine: stats")
+        EngineStats {
+            instances: self.by_key.len() as u64,
+            tracked_flows: self.flows.len() as u64,
+            standby_in_flight: u64::from(self.in_flight),
+            standby_queued: u64::from(self.queued),
+            ..self.stats
+        }
+    }
+
+    /// Reserves room for `additional` more tracked flows (avoids growth pauses when a
+    /// host knows its table size, e.g. from `nf_conntrack_max`).
+    pub fn reserve_flows(&mut self, additional: usize) {
+        self.flows.reserve(additional);
+    }
+
+    /// Bytes held by the flow storage's buffers (capacity, not length).
+    pub fn flow_storage_bytes(&self) -> usize {
+        self.flows.heap_bytes()
     }
 }

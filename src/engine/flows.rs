@@ -1,0 +1,514 @@
+//! Compact storage of every tracked flow, for all instances in one table.
+//!
+//! Records live in one dense `Vec` (removal swaps the last record in), found through an
+//! open-addressing index of `(hash tag, record)` pairs with linear probing and
+//! backward-shift deletion. Each record is on an intrusive doubly linked list of its
+//! instance, so per-instance work (recount, explain, unregister, resync sweep) touches
+//! only that instance's flows.
+//!
+//! The parts of a flow shared by many flows (instance, guest-side addresses, NAT shape)
+//! are interned in a small refcounted "shape" table; a record keeps the client address,
+//! the ports, identity and state: 56 bytes.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use super::fasthash::{FastMap, fmix64};
+
+/// "No record / no link".
+pub(crate) const NIL: u32 = u32::MAX;
+/// TCP state not known yet (an UPDATE without protoinfo for an unknown flow): live.
+pub(crate) const STATE_UNKNOWN: u8 = 0xff;
+/// Record flag: counted in its instance's live qualifying total.
+pub(crate) const F_COUNTED: u8 = 1;
+
+/// Canonical 128-bit form of an address: IPv4 as its mapped IPv6 form, so that
+/// `a.b.c.d` and `::ffff:a.b.c.d` are the same key.
+#[inline]
+pub(crate) fn addr_bits(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// The address an [`addr_bits`] value stands for (IPv4 when mapped).
+#[inline]
+pub(crate) fn bits_addr(bits: u128) -> IpAddr {
+    Ipv6Addr::from(bits).to_canonical()
+}
+
+/// One tracked flow.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FlowRec {
+    /// Original source (the client), as [`addr_bits`] in native byte order.
+    pub remote: [u8; 16],
+    /// `CTA_ID`.
+    pub id: u32,
+    /// Interned shape (instance, guest-side addresses).
+    pub shape: u32,
+    /// Previous record of the same instance.
+    pub prev: u32,
+    /// Next record of the same instance.
+    pub next: u32,
+    /// First seen, Unix seconds.
+    pub first_seen_s: u32,
+    /// Resync sequence at the last event or dump entry that mentioned the flow.
+    pub touch: u32,
+    /// Original source port.
+    pub sport: u16,
+    /// Original destination port.
+    pub dport: u16,
+    /// Reply source port.
+    pub rsport: u16,
+    /// Reply destination port.
+    pub rdport: u16,
+    /// Conntrack zone.
+    pub zone: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// TCP state number, or [`STATE_UNKNOWN`]; 0 for UDP.
+    pub state: u8,
+    /// `F_*` bits.
+    pub flags: u8,
+}
+
+impl FlowRec {
+    #[inline]
+    pub(crate) fn remote_bits(&self) -> u128 {
+        u128::from_ne_bytes(self.remote)
+    }
+}
+
+/// The parts of a flow shared with many others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ShapeKey {
+    /// Instance slot.
+    pub inst: u32,
+    /// Original destination (the guest, or a host address under DNAT).
+    pub orig_dst: u128,
+    /// Reply source (the guest when it is the responder).
+    pub reply_src: u128,
+    /// Reply destination when it is not the client (SNAT on the way in).
+    pub reply_dst: Option<u128>,
+    /// The guest is the original destination (else it is the reply source).
+    pub guest_is_orig_dst: bool,
+}
+
+impl ShapeKey {
+    /// The guest-side address.
+    #[inline]
+    pub(crate) fn guest(&self) -> u128 {
+        if self.guest_is_orig_dst {
+            self.orig_dst
+        } else {
+            self.reply_src
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ShapeEntry {
+    key: ShapeKey,
+    refs: u32,
+}
+
+/// What identifies a flow: its original tuple, protocol, zone and id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Probe {
+    pub remote: u128,
+    pub orig_dst: u128,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub zone: u16,
+    pub id: u32,
+}
+
+impl Probe {
+    #[inline]
+    pub(crate) fn hash(&self) -> u64 {
+        let k = 0x9e37_79b9_7f4a_7c15u64;
+        let mut h = (self.remote as u64) ^ ((self.remote >> 64) as u64).rotate_left(29);
+        h = (h ^ (self.orig_dst as u64)).wrapping_mul(k);
+        h ^= ((self.orig_dst >> 64) as u64).rotate_left(17);
+        h = (h
+            ^ (u64::from(self.sport)
+                | (u64::from(self.dport) << 16)
+                | (u64::from(self.proto) << 32)
+                | (u64::from(self.zone) << 40)))
+            .wrapping_mul(k);
+        h ^= u64::from(self.id) << 13;
+        fmix64(h)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    tag: u32,
+    rec: u32,
+}
+
+const EMPTY: Slot = Slot { tag: 0, rec: NIL };
+
+/// Every tracked flow of every instance.
+#[derive(Debug)]
+pub(crate) struct FlowTable {
+    recs: Vec<FlowRec>,
+    slots: Vec<Slot>,
+    mask: usize,
+    shapes: Vec<ShapeEntry>,
+    shape_free: Vec<u32>,
+    shape_index: FastMap<ShapeKey, u32>,
+    heads: Vec<u32>,
+}
+
+impl Default for FlowTable {
+    fn default() -> Self {
+        Self {
+            recs: Vec::new(),
+            slots: vec![EMPTY; 16],
+            mask: 15,
+            shapes: Vec::new(),
+            shape_free: Vec::new(),
+            shape_index: FastMap::default(),
+            heads: Vec::new(),
+        }
+    }
+}
+
+impl FlowTable {
+    /// Number of flows.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.recs.len()
+    }
+
+    /// Record `i`.
+    #[inline]
+    pub(crate) fn rec(&self, i: u32) -> &FlowRec {
+        &self.recs[i as usize]
+    }
+
+    /// Record `i`, mutably.
+    #[inline]
+    pub(crate) fn rec_mut(&mut self, i: u32) -> &mut FlowRec {
+        &mut self.recs[i as usize]
+    }
+
+    /// Shape `s`.
+    #[inline]
+    pub(crate) fn shape(&self, s: u32) -> &ShapeKey {
+        &self.shapes[s as usize].key
+    }
+
+    /// First record of instance `inst`.
+    #[inline]
+    pub(crate) fn head(&self, inst: u32) -> u32 {
+        self.heads.get(inst as usize).copied().unwrap_or(NIL)
+    }
+
+    /// Reserves room for `additional` more flows.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.recs.reserve(additional);
+        let need = self.recs.len() + additional;
+        if need * 4 > self.slots.len() * 3 {
+            self.rehash((need * 4 / 3 + 1).next_power_of_two());
+        }
+    }
+
+    /// Finds the record identified by `p` (with hash `h`).
+    #[inline]
+    pub(crate) fn find(&self, p: &Probe, h: u64) -> Option<u32> {
+        let tag = (h >> 32) as u32;
+        let mut i = h as usize & self.mask;
+        loop {
+            let s = self.slots[i];
+            if s.rec == NIL {
+                return None;
+            }
+            if s.tag == tag {
+                let r = &self.recs[s.rec as usize];
+                if r.id == p.id
+                    && r.sport == p.sport
+                    && r.dport == p.dport
+                    && r.proto == p.proto
+                    && r.zone == p.zone
+                    && r.remote_bits() == p.remote
+                    && self.shapes[r.shape as usize].key.orig_dst == p.orig_dst
+                {
+                    return Some(s.rec);
+                }
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Interns `key`, taking a reference.
+    pub(crate) fn intern_shape(&mut self, key: ShapeKey) -> u32 {
+        if let Some(&s) = self.shape_index.get(&key) {
+            self.shapes[s as usize].refs += 1;
+            return s;
+        }
+        let entry = ShapeEntry { key, refs: 1 };
+        let s = match self.shape_free.pop() {
+            Some(s) => {
+                self.shapes[s as usize] = entry;
+                s
+            }
+            None => {
+                self.shapes.push(entry);
+                (self.shapes.len() - 1) as u32
+            }
+        };
+        self.shape_index.insert(key, s);
+        s
+    }
+
+    fn release_shape(&mut self, s: u32) {
+        let e = &mut self.shapes[s as usize];
+        e.refs -= 1;
+        if e.refs == 0 {
+            let key = e.key;
+            self.shape_index.remove(&key);
+            self.shape_free.push(s);
+        }
+    }
+
+    /// Inserts `rec` (whose `shape` reference the caller took) with hash `h`, at the
+    /// head of its instance's list. Returns its index.
+    pub(crate) fn insert(&mut self, mut rec: FlowRec, h: u64) -> u32 {
+        if (self.recs.len() + 1) * 4 > self.slots.len() * 3 {
+            self.rehash(self.slots.len() * 2);
+        }
+        let inst = self.shapes[rec.shape as usize].key.inst as usize;
+        if inst >= self.heads.len() {
+            self.heads.resize(inst + 1, NIL);
+        }
+        let idx = self.recs.len() as u32;
+        rec.prev = NIL;
+        rec.next = self.heads[inst];
+        if rec.next != NIL {
+            self.recs[rec.next as usize].prev = idx;
+        }
+        self.heads[inst] = idx;
+        self.recs.push(rec);
+        self.place(Slot {
+            tag: (h >> 32) as u32,
+            rec: idx,
+        }, h);
+        idx
+    }
+
+    fn place(&mut self, slot: Slot, h: u64) {
+        let mut i = h as usize & self.mask;
+        while self.slots[i].rec != NIL {
+            i = (i + 1) & self.mask;
+        }
+        self.slots[i] = slot;
+    }
+
+    fn rehash(&mut self, cap: usize) {
+        let cap = cap.max(16);
+        self.slots = vec![EMPTY; cap];
+        self.mask = cap - 1;
+        for i in 0..self.recs.len() {
+            let h = self.hash_of(i as u32);
+            self.place(
+                Slot {
+                    tag: (h >> 32) as u32,
+                    rec: i as u32,
+                },
+                h,
+            );
+        }
+    }
+
+    /// The probe identifying record `i`.
+    pub(crate) fn probe_of(&self, i: u32) -> Probe {
+        let r = &self.recs[i as usize];
+        Probe {
+            remote: r.remote_bits(),
+            orig_dst: self.shapes[r.shape as usize].key.orig_dst,
+            sport: r.sport,
+            dport: r.dport,
+            proto: r.proto,
+            zone: r.zone,
+            id: r.id,
+        }
+    }
+
+    fn hash_of(&self, i: u32) -> u64 {
+        self.probe_of(i).hash()
+    }
+
+    fn slot_of(&self, rec: u32, h: u64) -> usize {
+        let mut i = h as usize & self.mask;
+        while self.slots[i].rec != rec {
+            debug_assert!(self.slots[i].rec != NIL, "record missing from index");
+            i = (i + 1) & self.mask;
+        }
+        i
+    }
+
+    /// Removes record `idx` and returns it.
+    pub(crate) fn remove(&mut self, idx: u32) -> FlowRec {
+        // Index: backward-shift deletion keeps every probe chain unbroken.
+        let h = self.hash_of(idx);
+        let mut hole = self.slot_of(idx, h);
+        let mut j = (hole + 1) & self.mask;
+        loop {
+            let s = self.slots[j];
+            if s.rec == NIL {
+                break;
+            }
+            let home = self.hash_of(s.rec) as usize & self.mask;
+            // Move `s` into the hole unless its home lies cyclically in (hole, j].
+            let stays = if hole <= j {
+                hole < home && home <= j
+            } else {
+                hole < home || home <= j
+            };
+            if !stays {
+                self.slots[hole] = s;
+                hole = j;
+            }
+            j = (j + 1) & self.mask;
+        }
+        self.slots[hole] = EMPTY;
+
+        // Instance list.
+        let rec = self.recs[idx as usize];
+        let inst = self.shapes[rec.shape as usize].key.inst as usize;
+        if rec.prev != NIL {
+            self.recs[rec.prev as usize].next = rec.next;
+        } else {
+            self.heads[inst] = rec.next;
+        }
+        if rec.next != NIL {
+            self.recs[rec.next as usize].prev = rec.prev;
+        }
+
+        // Dense storage: move the last record into the gap.
+        let last = (self.recs.len() - 1) as u32;
+        if idx != last {
+            let lh = self.hash_of(last);
+            let ls = self.slot_of(last, lh);
+            self.slots[ls].rec = idx;
+            let moved = self.recs[last as usize];
+            let minst = self.shapes[moved.shape as usize].key.inst as usize;
+            if moved.prev != NIL {
+                self.recs[moved.prev as usize].next = idx;
+            } else {
+                self.heads[minst] = idx;
+            }
+            if moved.next != NIL {
+                self.recs[moved.next as usize].prev = idx;
+            }
+            self.recs[idx as usize] = moved;
+        }
+        self.recs.pop();
+        self.release_shape(rec.shape);
+        rec
+    }
+
+    /// Bytes held by the table's own buffers (capacity, not length).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.recs.capacity() * size_of::<FlowRec>()
+            + self.slots.capacity() * size_of::<Slot>()
+            + self.shapes.capacity() * size_of::<ShapeEntry>()
+            + self.heads.capacity() * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(shape: u32, n: u32) -> FlowRec {
+        FlowRec {
+            remote: (0xffff_0a00_0000u128 + u128::from(n)).to_ne_bytes(),
+            id: n,
+            shape,
+            prev: NIL,
+            next: NIL,
+            first_seen_s: 0,
+            touch: 0,
+            sport: (n % 60000) as u16,
+            dport: 80,
+            rsport: 80,
+            rdport: 0,
+            zone: 0,
+            proto: 6,
+            state: 3,
+            flags: 0,
+        }
+    }
+
+    fn list(t: &FlowTable, inst: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut i = t.head(inst);
+        while i != NIL {
+            out.push(t.rec(i).id);
+            i = t.rec(i).next;
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn record_is_compact() {
+        assert!(size_of::<FlowRec>() <= 56, "{}", size_of::<FlowRec>());
+    }
+
+    #[test]
+    fn insert_find_remove_keep_index_and_lists_consistent() {
+        let mut t = FlowTable::default();
+        let mut shapes = Vec::new();
+        for inst in 0..3u32 {
+            let key = ShapeKey {
+                inst,
+                orig_dst: 0xffff_c0a8_0000 + u128::from(inst),
+                reply_src: 0xffff_c0a8_0000 + u128::from(inst),
+                reply_dst: None,
+                guest_is_orig_dst: true,
+            };
+            shapes.push(key);
+        }
+        let mut alive = std::collections::BTreeMap::new();
+        for n in 0..3000u32 {
+            let s = t.intern_shape(shapes[(n % 3) as usize]);
+            let r = rec(s, n);
+            let p = Probe {
+                remote: r.remote_bits(),
+                orig_dst: t.shape(s).orig_dst,
+                sport: r.sport,
+                dport: r.dport,
+                proto: r.proto,
+                zone: r.zone,
+                id: r.id,
+            };
+            assert_eq!(t.find(&p, p.hash()), None);
+            let idx = t.insert(r, p.hash());
+            assert_eq!(t.find(&p, p.hash()), Some(idx));
+            alive.insert(n, p);
+        }
+        for n in (0..3000u32).filter(|n| n % 7 != 0) {
+            let p = alive.remove(&n).unwrap();
+            let idx = t.find(&p, p.hash()).expect("present");
+            t.remove(idx);
+            assert_eq!(t.find(&p, p.hash()), None);
+        }
+        for p in alive.values() {
+            let idx = t.find(p, p.hash()).expect("survivor present");
+            assert_eq!(t.probe_of(idx), *p);
+        }
+        let mut want: Vec<Vec<u32>> = vec![vec![]; 3];
+        for n in alive.keys() {
+            want[(n % 3) as usize].push(*n);
+        }
+        for inst in 0..3 {
+            assert_eq!(list(&t, inst), want[inst as usize]);
+        }
+        assert_eq!(t.len(), alive.len());
+    }
+}

@@ -1,0 +1,197 @@
+//! Per-instance state: spec, countdown, standby phase, and the rules derived from them.
+
+use super::{InstanceKey, InstanceSpec, Lifecycle, Reason, Runtime, UnixMillis};
+use crate::policy::Policy;
+
+/// Where an instance is in the standby pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// No standby under way.
+    None,
+    /// Due; waiting for the observer's confirmation dump.
+    Confirming,
+    /// Due and confirmed; waiting for a free slot (FIFO).
+    Queued,
+    /// `Standby` emitted; waiting for `begin_standby`.
+    Emitted,
+    /// `Standby` emitted, then cancelled; `begin_standby` will answer `Cancelled`.
+    EmittedCancelled,
+    /// `begin_standby` answered `Proceed`; waiting for `report_standby`.
+    Executing,
+}
+
+impl Phase {
+    /// Holds one of the `max_concurrent_standbys` slots.
+    pub(crate) fn holds_slot(self) -> bool {
+        matches!(self, Self::Emitted | Self::EmittedCancelled | Self::Executing)
+    }
+
+    /// Counts as "standby requested" for status.
+    pub(crate) fn requested(self) -> bool {
+        matches!(
+            self,
+            Self::Confirming | Self::Queued | Self::Emitted | Self::Executing
+        )
+    }
+}
+
+/// One registered instance.
+#[derive(Debug)]
+pub(crate) struct Inst {
+    pub key: InstanceKey,
+    pub spec: InstanceSpec,
+    /// When the engine saw the instance become Running.
+    pub running_since: Option<UnixMillis>,
+    /// Flows stored for the instance.
+    pub flows: u32,
+    /// Live qualifying flows among them.
+    pub live: u32,
+    pub idle_since: Option<UnixMillis>,
+    pub last_inbound: Option<UnixMillis>,
+    /// What the host has (or will have once it drains the queue) persisted.
+    pub persisted: Option<Runtime>,
+    pub hold_until: Option<UnixMillis>,
+    /// Earliest retry after a failed standby.
+    pub retry_at: Option<UnixMillis>,
+    pub failures: u32,
+    pub phase: Phase,
+    /// Why an emitted standby was cancelled.
+    pub cancel_reason: Reason,
+    /// Ticket of the current queue entry (older entries are stale).
+    pub ticket: u64,
+    /// A confirmation is satisfied by a resync with at least this id.
+    pub confirm_seq: u64,
+    /// Events were lost: pending until a resync with at least this id finishes.
+    pub lost_seq: Option<u64>,
+    /// A `Resync` covering the loss has been requested and not yet answered.
+    pub resync_requested: bool,
+    /// The last confirmation dump failed.
+    pub confirm_failed: bool,
+    /// A `Wake` was emitted for the current Standby period.
+    pub wake_sent: bool,
+    /// Index of this instance's pending `PersistRuntime` in the decision queue, valid
+    /// while `persist_epoch` equals the engine's drain epoch.
+    pub persist_idx: u32,
+    pub persist_epoch: u64,
+}
+
+impl Inst {
+    pub(crate) fn new(key: InstanceKey, spec: InstanceSpec, now: UnixMillis) -> Self {
+        let running_since = (spec.lifecycle == Lifecycle::Running).then_some(now);
+        let persisted = normalise_runtime(spec.runtime);
+        Self {
+            key,
+            spec,
+            running_since,
+            flows: 0,
+            live: 0,
+            idle_since: None,
+            last_inbound: None,
+            persisted,
+            hold_until: None,
+            retry_at: None,
+            failures: 0,
+            phase: Phase::None,
+            cancel_reason: Reason::IdleTimeoutNotElapsed,
+            ticket: 0,
+            confirm_seq: 0,
+            lost_seq: None,
+            resync_requested: false,
+            confirm_failed: false,
+            wake_sent: false,
+            persist_idx: u32::MAX,
+            persist_epoch: u64::MAX,
+        }
+    }
+
+    /// The enabled policy, if any.
+    #[inline]
+    pub(crate) fn enabled_policy(&self) -> Option<&Policy> {
+        self.spec.policy.as_ref().filter(|p| p.enabled)
+    }
+
+    /// hypeman's eligibility checks, in its order; `None` when eligible.
+    pub(crate) fn ineligible_reason(&self) -> Option<Reason> {
+        match &self.spec.policy {
+            None => return Some(Reason::PolicyMissing),
+            Some(p) if !p.enabled => return Some(Reason::PolicyDisabled),
+            Some(_) => {}
+        }
+        if self.spec.lifecycle != Lifecycle::Running {
+            Some(Reason::InstanceNotRunning)
+        } else if !self.spec.network_enabled {
+            Some(Reason::NetworkDisabled)
+        } else if self.spec.addresses.is_empty() {
+            Some(Reason::MissingIp)
+        } else if self.spec.has_vgpu {
+            Some(Reason::HasVgpu)
+        } else {
+            None
+        }
+    }
+
+    #[inline]
+    pub(crate) fn eligible(&self) -> bool {
+        self.ineligible_reason().is_none()
+    }
+
+    /// The idle timeout of the enabled policy (0 when none).
+    pub(crate) fn idle_timeout(&self) -> u64 {
+        self.enabled_policy().map_or(0, |p| p.idle_timeout_ms)
+    }
+
+    /// End of the min-uptime window, when the policy has one.
+    pub(crate) fn min_uptime_end(&self) -> Option<UnixMillis> {
+        let p = self.enabled_policy()?;
+        if p.min_uptime_ms == 0 {
+            return None;
+        }
+        Some(self.running_since?.saturating_add(p.min_uptime_ms))
+    }
+
+    /// When standby is due: the latest of the idle deadline, the hold, the end of the
+    /// min-uptime window and the retry time. `None` unless counting down.
+    pub(crate) fn due_at(&self) -> Option<UnixMillis> {
+        if self.live > 0 || !self.eligible() {
+            return None;
+        }
+        let idle = self.idle_since?.saturating_add(self.idle_timeout());
+        Some(
+            idle.max(self.hold_until.unwrap_or(0))
+                .max(self.min_uptime_end().unwrap_or(0))
+                .max(self.retry_at.unwrap_or(0)),
+        )
+    }
+
+    /// Which constraint sets [`Inst::due_at`], for the status reason.
+    pub(crate) fn binding_reason(&self) -> Reason {
+        let idle = self
+            .idle_since
+            .map_or(0, |s| s.saturating_add(self.idle_timeout()));
+        let hold = self.hold_until.unwrap_or(0);
+        let uptime = self.min_uptime_end().unwrap_or(0);
+        let retry = self.retry_at.unwrap_or(0);
+        if self.confirm_failed {
+            Reason::ConfirmFailed
+        } else if hold > idle && hold >= uptime && hold >= retry {
+            Reason::StandbyHeld
+        } else if uptime > idle && uptime >= retry {
+            Reason::MinUptimeNotElapsed
+        } else {
+            Reason::IdleTimeoutNotElapsed
+        }
+    }
+
+    /// The current countdown as it should be persisted.
+    pub(crate) fn runtime(&self) -> Option<Runtime> {
+        normalise_runtime(Runtime {
+            idle_since: self.idle_since,
+            last_inbound_activity_at: self.last_inbound,
+        })
+    }
+}
+
+/// An empty runtime is the same as none.
+pub(crate) fn normalise_runtime(rt: Runtime) -> Option<Runtime> {
+    (rt != Runtime::default()).then_some(rt)
+}

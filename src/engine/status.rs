@@ -1,0 +1,83 @@
+//! Status snapshots (hypeman's `Describe` order) and explanations.
+
+use super::flows::{F_COUNTED, NIL};
+use super::instance::Phase;
+use super::{Engine, KeptAwakeBy, Reason, Status, StatusSnapshot, UnixMillis};
+
+impl Engine {
+    /// The status of the instance in `slot`, judged in hypeman's order: eligibility,
+    /// standby requested, observer error, active flows, then the countdown.
+    pub(crate) fn status_of(&self, slot: u32, now: UnixMillis) -> StatusSnapshot {
+        let inst = self.inst(slot);
+        let policy = inst.spec.policy.as_ref();
+        let mut s = StatusSnapshot {
+            configured: policy.is_some(),
+            enabled: policy.is_some_and(|p| p.enabled),
+            eligible: false,
+            status: Status::Disabled,
+            reason: Reason::PolicyMissing,
+            active_inbound: 0,
+            idle_timeout_ms: policy.map_or(0, |p| p.idle_timeout_ms),
+            idle_since: None,
+            last_inbound_activity_at: None,
+            next_standby_at: None,
+            hold_until: None,
+            countdown_remaining_ms: None,
+        };
+        if let Some(r) = inst.ineligible_reason() {
+            s.reason = r;
+            s.status = match r {
+                Reason::PolicyMissing | Reason::PolicyDisabled => Status::Disabled,
+                _ => Status::Ineligible,
+            };
+            return s;
+        }
+        s.eligible = true;
+        s.active_inbound = inst.live;
+        s.idle_since = inst.idle_since;
+        s.last_inbound_activity_at = inst.last_inbound;
+        if matches!(inst.phase, Phase::None | Phase::EmittedCancelled) {
+            s.next_standby_at = inst.due_at();
+        }
+        s.hold_until = inst.hold_until.filter(|h| *h > now);
+        s.countdown_remaining_ms = s.next_standby_at.map(|n| n.saturating_sub(now));
+        (s.status, s.reason) = if inst.phase.requested() {
+            (Status::StandbyRequested, Reason::ReadyForStandby)
+        } else if self.observer_error.is_some() {
+            (Status::Error, Reason::ObserverError)
+        } else if inst.live > 0 {
+            (Status::Active, Reason::ActiveInboundConnections)
+        } else if inst.lost_seq.is_some() {
+            (Status::IdleCountdown, Reason::ResyncPending)
+        } else {
+            match s.next_standby_at {
+                Some(n) if n > now => (Status::IdleCountdown, inst.binding_reason()),
+                Some(_) => (Status::ReadyForStandby, Reason::ReadyForStandby),
+                None => (Status::IdleCountdown, Reason::IdleTimeoutNotElapsed),
+            }
+        };
+        s
+    }
+
+    /// Appends the live qualifying flows of `slot`.
+    pub(crate) fn explain_of(&self, slot: u32, now: UnixMillis, out: &mut Vec<KeptAwakeBy>) {
+        let mut i = self.flows.head(slot);
+        while i != NIL {
+            let r = self.flows.rec(i);
+            if r.flags & F_COUNTED != 0 {
+                let f = self.flow_view(i);
+                let first_seen = u64::from(r.first_seen_s) * 1000;
+                out.push(KeptAwakeBy {
+                    protocol: f.protocol,
+                    orig: f.orig,
+                    reply: f.reply,
+                    tcp_state: f.tcp_state,
+                    first_seen,
+                    age_ms: now.saturating_sub(first_seen),
+                });
+            }
+            i = r.next;
+        }
+        out.sort_by_key(|k| (k.first_seen, k.orig.src, k.orig.src_port));
+    }
+}

@@ -1,0 +1,212 @@
+//! Wake on traffic, explanations, registration rules and other additions.
+
+use super::*;
+
+fn wake_spec() -> InstanceSpec {
+    let mut p = policy(MIN);
+    p.wake_on_traffic = true;
+    let mut s = spec_with(guest(), p);
+    s.lifecycle = Lifecycle::Standby;
+    s
+}
+
+fn wakes(h: &mut H) -> Vec<Decision> {
+    h.drain()
+        .into_iter()
+        .filter(|d| matches!(d, Decision::Wake { .. }))
+        .collect()
+}
+
+#[test]
+fn first_qualifying_new_flow_wakes_once_until_running_again() {
+    let mut h = H::new();
+    h.reg(1, wake_spec(), T0);
+    h.new_flow(inbound(1, Some(TcpState::SYN_SENT)), T0);
+    h.new_flow(inbound(2, Some(TcpState::SYN_SENT)), T0);
+    assert_eq!(
+        wakes(&mut h),
+        vec![Decision::Wake {
+            key: 1,
+            protocol: proto::TCP,
+            flow: inbound(1, None).orig
+        }]
+    );
+    // Running again, then Standby again: the next flow wakes it again.
+    let mut s = wake_spec();
+    s.lifecycle = Lifecycle::Running;
+    h.e.update(1, s, T0 + SEC).unwrap();
+    h.e.update(1, wake_spec(), T0 + 2 * SEC).unwrap();
+    h.new_flow(inbound(3, Some(TcpState::SYN_SENT)), T0 + 3 * SEC);
+    assert_eq!(wakes(&mut h).len(), 1);
+    assert_eq!(h.e.stats().wake_decisions, 2);
+}
+
+#[test]
+fn no_wake_without_opt_in_or_for_ignored_or_outbound_flows() {
+    let mut h = H::new();
+    let mut s = wake_spec();
+    s.policy.as_mut().unwrap().wake_on_traffic = false;
+    h.reg(1, s, T0);
+    h.new_flow(inbound(1, Some(TcpState::SYN_SENT)), T0);
+    assert!(wakes(&mut h).is_empty());
+
+    let mut h = H::new();
+    let mut s = wake_spec();
+    s.policy.as_mut().unwrap().ignore_destination_ports = vec![80];
+    h.reg(1, s, T0);
+    h.new_flow(inbound(1, Some(TcpState::SYN_SENT)), T0);
+    let out = flow(proto::TCP, guest(), 5, ip("203.0.113.1"), 443, Some(TcpState::SYN_SENT), 9);
+    h.new_flow(out, T0);
+    // An UPDATE is not a new connection.
+    let mut s2 = wake_spec();
+    s2.policy.as_mut().unwrap().ignore_destination_ports = vec![];
+    h.e.update(1, s2, T0).unwrap();
+    h.update_flow(inbound(2, Some(TcpState::ESTABLISHED)), T0);
+    assert!(wakes(&mut h).is_empty());
+}
+
+#[test]
+fn explain_lists_the_flows_keeping_an_instance_awake() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0);
+    h.new_flow(inbound(2, Some(TcpState::SYN_SENT)), T0 + 5 * SEC);
+    h.new_flow(inbound(3, Some(TcpState::TIME_WAIT)), T0 + 5 * SEC);
+    let mut why = Vec::new();
+    h.e.explain(1, T0 + 65 * SEC, &mut why).unwrap();
+    assert_eq!(why.len(), 2);
+    assert_eq!(why[0].orig, inbound(1, None).orig);
+    assert_eq!(why[0].reply, inbound(1, None).reply);
+    assert_eq!(why[0].tcp_state, Some(TcpState::ESTABLISHED));
+    assert_eq!((why[0].first_seen, why[0].age_ms), (T0, 65 * SEC));
+    assert_eq!(why[1].age_ms, 60 * SEC);
+    assert_eq!(h.e.explain(9, T0, &mut why), Err(EngineError::NotFound(9)));
+}
+
+#[test]
+fn registration_errors_leave_no_trace() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    assert_eq!(h.e.register(1, spec(MIN), T0), Err(EngineError::AlreadyRegistered(1)));
+    assert_eq!(
+        h.e.register(2, spec(MIN), T0),
+        Err(EngineError::AddressInUse {
+            addr: guest(),
+            owner: 1
+        })
+    );
+    assert!(matches!(
+        h.e.register(3, spec_with(ip("10.0.0.3"), policy(0)), T0),
+        Err(EngineError::InvalidPolicy(_))
+    ));
+    assert_eq!(
+        h.e.register(4, spec_with(ip("0.0.0.0"), policy(MIN)), T0),
+        Err(EngineError::InvalidAddress(ip("0.0.0.0")))
+    );
+    assert_eq!(h.e.stats().instances, 1);
+    assert_eq!(h.e.addresses(), vec![guest()]);
+    assert_eq!(h.e.unregister(2, T0), Err(EngineError::NotFound(2)));
+    assert_eq!(h.e.update(2, spec(MIN), T0), Err(EngineError::NotFound(2)));
+}
+
+#[test]
+fn address_changes_move_the_index_and_drop_old_flows() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    let g0 = h.e.addresses_generation();
+    h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0);
+    let moved = ip("192.168.100.99");
+    h.e.update(1, spec_with(moved, policy(MIN)), T0 + SEC).unwrap();
+    assert!(h.e.addresses_generation() > g0);
+    assert_eq!(h.e.addresses(), vec![moved]);
+    assert_eq!(h.e.stats().tracked_flows, 0);
+    assert_eq!(h.st(1, T0 + SEC).status, Status::IdleCountdown);
+    let g1 = h.e.addresses_generation();
+    h.e.update(1, spec_with(moved, policy(2 * MIN)), T0 + SEC).unwrap();
+    assert_eq!(h.e.addresses_generation(), g1, "same set, same generation");
+    assert_eq!(
+        h.e.scope_addresses(&ResyncScope::Instances(vec![1, 42])),
+        vec![moved]
+    );
+    // The old address is free for another instance.
+    h.reg(2, spec(MIN), T0 + SEC);
+}
+
+#[test]
+fn unregister_forgets_flows_and_persists_nothing() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0);
+    h.e.unregister(1, T0).unwrap();
+    assert!(h.drain().is_empty(), "undrained decisions about it are withdrawn");
+    let s = h.e.stats();
+    assert_eq!((s.instances, s.tracked_flows), (0, 0));
+    assert_eq!(h.e.next_deadline(), None);
+}
+
+#[test]
+fn status_follows_hypemans_eligibility_order() {
+    let mut h = H::new();
+    let mut s = spec(MIN);
+    s.policy = None;
+    s.network_enabled = false;
+    h.reg(1, s.clone(), T0);
+    let st = h.st(1, T0);
+    assert_eq!((st.status, st.reason, st.configured), (Status::Disabled, Reason::PolicyMissing, false));
+    assert_eq!(st.idle_timeout_ms, 0);
+    s.policy = Some(policy(MIN));
+    s.lifecycle = Lifecycle::Stopped;
+    h.e.update(1, s.clone(), T0).unwrap();
+    assert_eq!(h.st(1, T0).reason, Reason::InstanceNotRunning);
+    s.lifecycle = Lifecycle::Running;
+    h.e.update(1, s.clone(), T0).unwrap();
+    assert_eq!(h.st(1, T0).reason, Reason::NetworkDisabled);
+    s.network_enabled = true;
+    s.addresses.clear();
+    h.e.update(1, s.clone(), T0).unwrap();
+    assert_eq!(h.st(1, T0).reason, Reason::MissingIp);
+    s.addresses = vec![guest()];
+    s.has_vgpu = true;
+    h.e.update(1, s.clone(), T0).unwrap();
+    let st = h.st(1, T0);
+    assert_eq!((st.status, st.reason, st.eligible), (Status::Ineligible, Reason::HasVgpu, false));
+    s.has_vgpu = false;
+    h.e.update(1, s, T0).unwrap();
+    let st = h.st(1, T0);
+    assert_eq!((st.status, st.eligible, st.idle_timeout_ms), (Status::IdleCountdown, true, MIN));
+}
+
+#[test]
+fn status_and_reason_strings_match_hypeman() {
+    let statuses = [
+        (Status::Unsupported, "unsupported"),
+        (Status::Disabled, "disabled"),
+        (Status::Ineligible, "ineligible"),
+        (Status::Active, "active"),
+        (Status::IdleCountdown, "idle_countdown"),
+        (Status::ReadyForStandby, "ready_for_standby"),
+        (Status::StandbyRequested, "standby_requested"),
+        (Status::Error, "error"),
+    ];
+    for (s, text) in statuses {
+        assert_eq!(s.as_str(), text);
+    }
+    assert_eq!(Reason::ActiveInboundConnections.as_str(), "active_inbound_connections");
+    assert_eq!(Reason::IdleTimeoutNotElapsed.as_str(), "idle_timeout_not_elapsed");
+    assert_eq!(Reason::ConfirmFailed.as_str(), "confirm_failed");
+}
+
+#[test]
+fn index_dispatch_touches_only_the_addressed_instance() {
+    let mut h = H::new();
+    for k in 0..2_000u64 {
+        let a = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + k as u32));
+        h.reg(k, spec_with(a, policy(MIN)), T0);
+    }
+    let target = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + 1234));
+    let f = flow(proto::TCP, ip("203.0.113.1"), 1, target, 80, Some(TcpState::ESTABLISHED), 1);
+    h.new_flow(f, T0);
+    assert_eq!(h.st(1234, T0).status, Status::Active);
+    assert_eq!(h.st(1233, T0).status, Status::IdleCountdown);
+    assert_eq!(h.e.stats().tracked_flows, 1);
+}

@@ -1,0 +1,201 @@
+//! Resyncs, lost events, tombstones and observer health (reference §3.4–§3.6).
+
+use super::*;
+
+#[test]
+fn periodic_resync_picks_up_a_missed_flow() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    let r = h.e.begin_resync(ResyncScope::All, T0 + SEC);
+    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED))).unwrap();
+    h.e.finish_resync(r, T0 + SEC).unwrap();
+    let st = h.st(1, T0 + SEC);
+    assert_eq!((st.status, st.active_inbound), (Status::Active, 1));
+}
+
+#[test]
+fn resync_drops_flows_that_vanished_and_starts_the_countdown() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0);
+    // The DESTROY was missed; the dump no longer lists the flow.
+    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + 10 * SEC);
+    h.e.finish_resync(r, T0 + 11 * SEC).unwrap();
+    let st = h.st(1, T0 + 11 * SEC);
+    assert_eq!(st.status, Status::IdleCountdown);
+    assert_eq!(st.idle_since, Some(T0 + 10 * SEC));
+    assert_eq!(st.next_standby_at, Some(T0 + 10 * SEC + MIN));
+}
+
+#[test]
+fn flows_touched_by_events_during_a_resync_are_kept() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    let r = h.e.begin_resync(ResyncScope::All, T0);
+    h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0 + 1);
+    h.e.finish_resync(r, T0 + 2).unwrap();
+    assert_eq!(h.st(1, T0 + 2).active_inbound, 1);
+}
+
+#[test]
+fn destroyed_flow_is_not_resurrected_by_a_concurrent_dump() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0);
+    let r = h.e.begin_resync(ResyncScope::All, T0 + 1);
+    h.destroy(inbound(1, None), T0 + 2);
+    // The dump read the entry before it was destroyed.
+    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED))).unwrap();
+    h.e.finish_resync(r, T0 + 3).unwrap();
+    assert_eq!(h.st(1, T0 + 3).active_inbound, 0);
+    assert_eq!(h.e.stats().tracked_flows, 0);
+}
+
+#[test]
+fn resync_handles_are_checked() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    let r = h.e.begin_resync(ResyncScope::All, T0);
+    h.e.finish_resync(r, T0).unwrap();
+    assert_eq!(h.e.finish_resync(r, T0), Err(EngineError::UnknownResync(r)));
+    assert_eq!(h.e.fail_resync(r, T0), Err(EngineError::UnknownResync(r)));
+    assert_eq!(
+        h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED))),
+        Err(EngineError::UnknownResync(r))
+    );
+    assert_eq!(h.st(1, T0).active_inbound, 0);
+    assert_eq!(h.e.stats().resyncs, 1);
+}
+
+#[test]
+fn lost_events_block_standby_until_a_later_resync_finishes() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.reg(2, spec_with(ip("192.168.100.20"), policy(MIN)), T0);
+    h.e.events_lost(ResyncScope::Instances(vec![1]), T0 + SEC);
+    h.e.events_lost(ResyncScope::Instances(vec![1]), T0 + 2 * SEC);
+    assert_eq!(h.requests(), vec![ObserverRequest::Resync(ResyncScope::Instances(vec![1]))]);
+    h.e.events_lost(ResyncScope::Instances(vec![1]), T0 + 3 * SEC);
+    assert!(h.requests().is_empty(), "one request until a resync covers it");
+    let st = h.st(1, T0 + MIN);
+    assert_eq!((st.status, st.reason), (Status::IdleCountdown, Reason::ResyncPending));
+    h.e.tick(T0 + MIN);
+    assert_eq!(h.standbys(), vec![2]);
+    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + MIN);
+    h.e.finish_resync(r, T0 + MIN + SEC).unwrap();
+    assert_eq!(h.e.next_deadline(), Some(T0 + MIN));
+    h.e.tick(T0 + MIN + SEC);
+    assert_eq!(h.standbys(), vec![1]);
+}
+
+#[test]
+fn a_resync_begun_before_the_loss_does_not_clear_it() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    let early = h.e.begin_resync(ResyncScope::All, T0);
+    h.e.events_lost(ResyncScope::All, T0 + 1);
+    h.e.finish_resync(early, T0 + 2).unwrap();
+    assert_eq!(h.st(1, T0 + 2).reason, Reason::ResyncPending);
+    assert_eq!(h.requests(), vec![ObserverRequest::Resync(ResyncScope::All)]);
+    let r = h.e.begin_resync(ResyncScope::All, T0 + 3);
+    h.e.finish_resync(r, T0 + 4).unwrap();
+    assert_eq!(h.st(1, T0 + 4).reason, Reason::IdleTimeoutNotElapsed);
+}
+
+#[test]
+fn lost_events_then_restore_resync_reports_the_flow() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.e.set_observer_health(ObserverHealth::Failed("recv: no buffer space available".into()), T0);
+    h.e.events_lost(ResyncScope::All, T0);
+    h.e.set_observer_health(ObserverHealth::Healthy, T0 + SEC);
+    let r = h.e.begin_resync(ResyncScope::All, T0 + SEC);
+    h.e.resync_flow(r, &inbound(3, Some(TcpState::ESTABLISHED))).unwrap();
+    h.e.finish_resync(r, T0 + 2 * SEC).unwrap();
+    assert_eq!(h.st(1, T0 + 2 * SEC).status, Status::Active);
+}
+
+#[test]
+fn failed_restore_resync_is_not_an_observer_error_and_asks_again() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.e.events_lost(ResyncScope::All, T0);
+    assert_eq!(h.requests(), vec![ObserverRequest::Resync(ResyncScope::All)]);
+    let r = h.e.begin_resync(ResyncScope::All, T0 + SEC);
+    h.e.fail_resync(r, T0 + SEC).unwrap();
+    let st = h.st(1, T0 + 2 * MIN);
+    assert_ne!(st.status, Status::Error);
+    assert_eq!(st.reason, Reason::ResyncPending);
+    assert_eq!(h.requests(), vec![ObserverRequest::Resync(ResyncScope::All)]);
+    h.e.tick(T0 + 2 * MIN);
+    assert!(h.standbys().is_empty());
+}
+
+#[test]
+fn instance_registered_during_a_full_resync_waits_for_it() {
+    let mut h = H::new();
+    let r = h.e.begin_resync(ResyncScope::All, T0);
+    let mut s = spec(MIN);
+    s.runtime.idle_since = Some(T0 - 10 * MIN);
+    h.reg(1, s, T0);
+    h.e.tick(T0 + 1);
+    assert!(h.standbys().is_empty());
+    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED))).unwrap();
+    h.e.finish_resync(r, T0 + 2).unwrap();
+    assert_eq!(h.st(1, T0 + 2).status, Status::Active);
+}
+
+#[test]
+fn observer_failure_reports_error_and_blocks_standby() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    let mut off = spec(MIN);
+    off.policy.as_mut().unwrap().enabled = false;
+    off.addresses = vec![ip("192.168.100.20")];
+    h.reg(2, off, T0);
+    h.e.set_observer_health(ObserverHealth::Failed("conntrack permission denied".into()), T0);
+    let st = h.st(1, T0);
+    assert_eq!((st.status, st.reason), (Status::Error, Reason::ObserverError));
+    assert_eq!(h.st(2, T0).status, Status::Disabled, "only eligible instances");
+    h.e.tick(T0 + 5 * MIN);
+    assert!(h.standbys().is_empty());
+    h.e.set_observer_health(ObserverHealth::Healthy, T0 + 6 * MIN);
+    h.e.tick(T0 + 6 * MIN);
+    assert_eq!(h.standbys(), vec![1]);
+}
+
+#[test]
+fn standby_requested_is_reported_before_observer_error() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.e.tick(T0 + MIN);
+    assert_eq!(h.e.begin_standby(1, T0 + MIN), Ok(BeginStandby::Proceed));
+    h.e.set_observer_health(ObserverHealth::Failed("x".into()), T0 + MIN);
+    assert_eq!(h.st(1, T0 + MIN).status, Status::StandbyRequested);
+}
+
+#[test]
+fn observer_failure_cancels_an_emitted_standby() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.e.tick(T0 + MIN);
+    h.standbys();
+    h.e.set_observer_health(ObserverHealth::Failed("x".into()), T0 + MIN);
+    assert_eq!(
+        h.e.begin_standby(1, T0 + MIN),
+        Ok(BeginStandby::Cancelled(Reason::ObserverError))
+    );
+}
+
+#[test]
+fn unanswered_confirmation_is_asked_again() {
+    let mut h = H::with(EngineConfig {
+        confirm_before_standby: true,
+        ..EngineConfig::default()
+    });
+    h.reg(1, spec(MIN), T0);
+    h.e.tick(T0 + MIN);
+    assert_eq!(h.requests(), vec![ObserverRequest::Confirm(1)]);
+    h.e.tick(T0 + 2 * MIN);
+    assert_eq!(h.requests(), vec![ObserverRequest::Confirm(1)]);
+}
