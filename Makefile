@@ -4,7 +4,7 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-rust test-go bench-go demo bench e2e lint header-check clean
+.PHONY: all deps build test test-rust test-c test-go demo bench bench-controller bench-go e2e lint header-check clean
 
 all: build
 
@@ -50,6 +50,12 @@ test-go: deps
 bench-go: deps
 	$(CARGO) build --release --lib
 	cd go && $(GO) test -run '^$$' -bench BenchmarkClassifyTable -benchtime 3x -count 1 -timeout 900s ./bench/
+
+# C consumers: header alone as C/C++, exported symbols, manual and kernel scenarios
+# under ASan/UBSan against the .so and the .a, one valgrind run. Needs root.
+test-c: deps
+	$(CARGO) build --lib
+	bash tests/c/run.sh target/debug
 
 e2e: deps
 
