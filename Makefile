@@ -4,7 +4,7 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-rust test-c test-go demo bench bench-controller bench-go e2e lint header-check clean
+.PHONY: all deps build test test-rust test-c test-go test-go-kernel demo bench bench-controller bench-go e2e lint header-check clean
 
 all: build
 
@@ -28,7 +28,7 @@ lint: deps
 	  cd go && $(GO) vet ./...; fi
 
 # Everything CI runs.
-test: deps header-check lint test-rust
+test: deps header-check lint test-rust test-go
 
 test-rust: deps
 	$(CARGO) test --all-targets
@@ -42,8 +42,13 @@ test-go: deps
 	cd go && $(GO) vet ./...
 	cd go && $(GO) test $(GO_TEST_FLAGS) -race ./...
 	cd go && GOEXPERIMENT=cgocheck2 $(GO) test $(GO_TEST_FLAGS) ./...
-	cd go && $(GO) build -tags autostandby_shared ./...
+	cd go && $(GO) test $(GO_TEST_FLAGS) -tags autostandby_shared ./internal/binding/
 	cd go && CGO_ENABLED=0 $(GO) vet ./... && CGO_ENABLED=0 $(GO) test $(GO_TEST_FLAGS) ./...
+
+# The real-conntrack test of the Go controller (root; the library's kernel mode).
+test-go-kernel: deps
+	$(CARGO) build --release --lib
+	cd go && $(GO) test $(GO_TEST_FLAGS) -race -tags autostandby_kernel -run TestKernel -v ./
 
 # Go benchmark: our library against vishvananda/netlink + hypeman-style classification
 # on a 200,000-entry conntrack table in a namespace the benchmark creates (root).

@@ -1,4 +1,7 @@
-//go:build cgo && linux
+//go:build cgo && linux && autostandby_kernel
+
+// Built with -tags autostandby_kernel (make test-go-kernel): it needs root and the
+// library's kernel mode.
 
 package autostandby
 
