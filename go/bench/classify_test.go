@@ -241,14 +241,15 @@ func BenchmarkClassifyTable(b *testing.B) {
 				b.Fatalf("%s counted %d live inbound flows, want %d", label, got, want)
 			}
 			r.best = min(r.best, elapsed)
+			b.Logf("%s: %v, %d Go allocations", label, elapsed.Round(time.Microsecond), after.Mallocs-before.Mallocs)
 			r.allocs = after.Mallocs - before.Mallocs
 			r.bytes = after.TotalAlloc - before.TotalAlloc
 		}
 		return r
 	}
 	b.ResetTimer()
-	ours := measure("libautostandby", func() (int, error) { return classifyOurs(nsPath, specs, want) })
 	peer := measure("netlink+go", func() (int, error) { return classifyPeer(h, peers) })
+	ours := measure("libautostandby", func() (int, error) { return classifyOurs(nsPath, specs, want) })
 	b.StopTimer()
 
 	rows := [][]string{
