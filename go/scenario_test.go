@@ -9,7 +9,10 @@ package autostandby
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net/netip"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -644,4 +647,67 @@ func TestWakeOnTrafficRestoresInstance(t *testing.T) {
 		defer s.store.mu.Unlock()
 		return len(s.store.restores) == 1 && s.store.restores[0] == "a"
 	})
+}
+
+// recordingHandler keeps every record's message and attributes.
+type recordingHandler struct {
+	log   *recordLog
+	attrs string
+}
+
+type recordLog struct {
+	mu      sync.Mutex
+	records []string
+}
+
+func (h *recordingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *recordingHandler) WithGroup(string) slog.Handler            { return h }
+func (h *recordingHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	next := &recordingHandler{log: h.log, attrs: h.attrs}
+	for _, a := range attrs {
+		next.attrs += " " + a.String()
+	}
+	return next
+}
+
+func (h *recordingHandler) Handle(_ context.Context, r slog.Record) error {
+	line := r.Message + h.attrs
+	r.Attrs(func(a slog.Attr) bool { line += " " + a.String(); return true })
+	h.log.mu.Lock()
+	h.log.records = append(h.log.records, line)
+	h.log.mu.Unlock()
+	return nil
+}
+
+func (h *recordingHandler) has(substrings ...string) bool {
+	h.log.mu.Lock()
+	defer h.log.mu.Unlock()
+	for _, line := range h.log.records {
+		all := true
+		for _, s := range substrings {
+			all = all && strings.Contains(line, s)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+func TestLibraryLogsReachTheControllersLogger(t *testing.T) {
+	h := &recordingHandler{log: &recordLog{}}
+	s := newScenario(t, t1100, ControllerOptions{Log: slog.New(h)}, guest("a", "10.0.0.2", "1m")).run()
+	s.advance(61 * time.Second)
+	eventually(t, "standby", func() bool { return len(s.store.standbys()) == 1 })
+	s.stop()
+	for _, want := range [][]string{
+		{"auto-standby controller started", "source=libautostandby"},
+		{"auto-standby controller started", "tracking_mode=manual", "max_concurrent_standbys=16"},
+		{"auto-standby startup resync seeded state", "instances=1"},
+		{"instance entered standby due to inbound inactivity", "instance_id=a", "idle_timeout=1m0s"},
+	} {
+		if !h.has(want...) {
+			t.Errorf("no log line with %q in:\n%s", want, strings.Join(h.log.records, "\n"))
+		}
+	}
 }
