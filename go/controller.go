@@ -120,8 +120,9 @@ func newController(store InstanceStore, eng engine, manual bool, mode string, op
 	return c
 }
 
-// Close frees the library controller. Call it after Run has returned; a Controller
-// left unclosed is freed by a cleanup when it becomes unreachable.
+// Close frees the library controller and joins its threads. Calls made afterwards
+// (including a Run still going) fail with a shutdown error; a Controller left unclosed
+// is freed by a cleanup when it becomes unreachable.
 func (c *Controller) Close() {
 	if c == nil {
 		return

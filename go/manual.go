@@ -1,7 +1,6 @@
 package autostandby
 
 import (
-	"errors"
 	"time"
 
 	"github.com/libautostandby/libautostandby/go/internal/binding"
@@ -67,5 +66,3 @@ func toBindingEvents(events []FlowEvent) []binding.FlowEvent {
 	}
 	return out
 }
-
-var errNotManual = errors.New("controller is not in manual mode")

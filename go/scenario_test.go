@@ -711,3 +711,31 @@ func TestLibraryLogsReachTheControllersLogger(t *testing.T) {
 		}
 	}
 }
+
+// Beyond hypeman: IPv6 and UDP flows count when the policy asks for them, and a DNAT'd
+// flow (original destination a host address, reply source the guest) counts too.
+func TestIPv6UDPAndDNATFlowsCount(t *testing.T) {
+	inst := guest("a", "10.0.0.2", "1m")
+	inst.ExtraIPs = []string{"fd00::2"}
+	inst.AutoStandby.Protocols = []string{"tcp", "udp"}
+	s := newScenario(t, t1100, ControllerOptions{}, inst).run()
+	v6client := netip.MustParseAddrPort("[2001:db8::7]:5353")
+	s.ingest(FlowEvent{Kind: FlowNew, Protocol: ProtoUDP, Client: v6client,
+		Destination: netip.MustParseAddrPort("[fd00::2]:53"), ID: 1})
+	snap := s.waitStatus("a", StatusActive)
+	if snap.ActiveInboundCount != 1 || snap.KeptAwakeBy[0].Protocol != "udp" || snap.KeptAwakeBy[0].Client != v6client {
+		t.Fatalf("snapshot %+v", snap)
+	}
+	hostPort := netip.MustParseAddrPort("192.0.2.1:8443")
+	s.ingest(FlowEvent{Kind: FlowNew, Protocol: ProtoTCP, Client: client, Destination: hostPort,
+		ReplySource: netip.MustParseAddrPort("10.0.0.2:443"), ReplyDestination: client,
+		ID: 2, HasTCPState: true, TCPState: TCPStateEstablished})
+	eventually(t, "DNAT flow counted", func() bool { return s.describe("a").ActiveInboundCount == 2 })
+	// The guest's own outbound flows never count.
+	s.ingest(TCPEvent(FlowNew, netip.MustParseAddrPort("10.0.0.2:40000"),
+		netip.MustParseAddrPort("198.51.100.1:443"), 3, TCPStateEstablished))
+	s.settle()
+	if n := s.describe("a").ActiveInboundCount; n != 2 {
+		t.Fatalf("outbound flow counted: %d", n)
+	}
+}
