@@ -141,7 +141,7 @@ type fakeStore struct {
 
 func newFakeStore(instances ...Instance) *fakeStore {
 	return &fakeStore{
-		instances:  instances,
+		instances:  append([]Instance(nil), instances...),
 		standbyErr: map[string]error{},
 		started:    make(chan string, 64),
 		runtimes:   map[string][]*Runtime{},

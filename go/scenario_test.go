@@ -11,6 +11,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -737,5 +738,41 @@ func TestIPv6UDPAndDNATFlowsCount(t *testing.T) {
 	s.settle()
 	if n := s.describe("a").ActiveInboundCount; n != 2 {
 		t.Fatalf("outbound flow counted: %d", n)
+	}
+}
+
+// Describe, HoldStandby, lifecycle events, flow events and standbys all at once: no
+// race, no deadlock, and the library stays consistent.
+func TestConcurrentCallersDuringDecisions(t *testing.T) {
+	var insts []Instance
+	for i := range 8 {
+		insts = append(insts, guest("vm"+strconv.Itoa(i), "10.0.1."+strconv.Itoa(i+2), "1m"))
+	}
+	s := newScenario(t, t1100, ControllerOptions{MaxConcurrentStandbys: 2}, insts...).run()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, inst := range insts {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				_ = s.c.Describe(s.store.instance(inst.ID))
+				if _, err := s.c.HoldStandby(ctx, s.store.instance(inst.ID)); err != nil && !errors.Is(err, ErrStandbyInProgress) {
+					t.Errorf("hold %s: %v", inst.ID, err)
+					return
+				}
+			}
+		})
+	}
+	for i := range 20 {
+		ip := insts[i%len(insts)].IP
+		s.ingest(flow(FlowNew, ip, uint32(i), TCPStateEstablished))
+		s.store.replace(InstanceEventUpdate, s.store.instance(insts[(i+1)%len(insts)].ID))
+		s.advance(40 * time.Second)
+		s.ingest(flow(FlowDestroy, ip, uint32(i), TCPStateClose))
+	}
+	cancel()
+	wg.Wait()
+	s.stop()
+	if stats, err := s.c.eng.Stats(); err != nil || stats.Instances != uint64(len(insts)) {
+		t.Fatalf("library stats %+v, %v", stats, err)
 	}
 }
