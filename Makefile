@@ -4,7 +4,7 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-rust test-c test-go test-go-kernel demo bench bench-controller bench-go e2e lint header-check clean
+.PHONY: all deps build test test-rust test-c test-go test-go-kernel demo bench bench-engine bench-conntrack bench-controller bench-go e2e lint header-check clean
 
 all: build
 
@@ -67,7 +67,15 @@ e2e: deps
 demo: deps
 	$(CARGO) run --release --example engine_demo
 
-bench: deps bench-go
+bench: deps bench-engine bench-conntrack bench-go
+
+# Engine throughput, allocations per event and bytes per flow (10k instances, 1M flows).
+bench-engine: deps
+	$(CARGO) bench --bench engine
+
+# Conntrack observer: dump, filtered dump, events and parser, with peers (root).
+bench-conntrack: deps
+	bash bench/conntrack.sh
 
 clean:
 	$(CARGO) clean

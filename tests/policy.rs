@@ -32,9 +32,22 @@ fn normalisation_masks_dedups_and_sorts_numerically() {
     .unwrap();
     p.ignore_destination_ports = vec![9000, 22, 9000];
     let n = p.normalized().unwrap();
-    let texts: Vec<String> = n.ignore_source_cidrs.iter().map(|c| c.to_string()).collect();
+    let texts: Vec<String> = n
+        .ignore_source_cidrs
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     // Numeric order: 9/8 before 10/8 (as strings "10..." would sort first).
-    assert_eq!(texts, ["9.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "192.168.1.0/24", "fd00::/8"]);
+    assert_eq!(
+        texts,
+        [
+            "9.0.0.0/8",
+            "10.0.0.0/8",
+            "100.64.0.0/10",
+            "192.168.1.0/24",
+            "fd00::/8"
+        ]
+    );
     assert_eq!(n.ignore_destination_ports, vec![22, 9000]);
 }
 
@@ -67,8 +80,14 @@ fn port_zero_is_rejected_and_wide_ports_are_checked() {
     assert_eq!(e, PolicyError::PortOutOfRange { value: 0 });
     assert_eq!(e.field(), "ignore_destination_ports");
     assert_eq!(Policy::port_from_u32(65535), Ok(65535));
-    assert_eq!(Policy::port_from_u32(65536), Err(PolicyError::PortOutOfRange { value: 65536 }));
-    assert_eq!(Policy::port_from_u32(0), Err(PolicyError::PortOutOfRange { value: 0 }));
+    assert_eq!(
+        Policy::port_from_u32(65536),
+        Err(PolicyError::PortOutOfRange { value: 65536 })
+    );
+    assert_eq!(
+        Policy::port_from_u32(0),
+        Err(PolicyError::PortOutOfRange { value: 0 })
+    );
 }
 
 #[test]
@@ -81,21 +100,43 @@ fn prefix_too_long_for_its_family_is_rejected() {
         })
     );
     assert!(Cidr::new(ip("fd00::"), 129).is_err());
-    assert_eq!(Cidr::parse("10.0.0.0/33").unwrap_err().field(), "ignore_source_cidrs");
+    assert_eq!(
+        Cidr::parse("10.0.0.0/33").unwrap_err().field(),
+        "ignore_source_cidrs"
+    );
     // Hand-built structs are validated too.
     let mut p = enabled(1000);
     p.ignore_source_cidrs = vec![Cidr {
         addr: ip("10.0.0.0"),
         prefix_len: 40,
     }];
-    assert!(matches!(p.normalized(), Err(PolicyError::InvalidCidr { prefix_len: 40, .. })));
+    assert!(matches!(
+        p.normalized(),
+        Err(PolicyError::InvalidCidr { prefix_len: 40, .. })
+    ));
 }
 
 #[test]
 fn unparsable_cidr_text_is_rejected_with_the_text() {
-    for bad in ["10.0.0.1", "10.0.0.0/", "10.0.0.0/x", "10.0.0/8", "/8", "10.0.0.0/-1", "10.0.0.0/+8", "10.0.0.0/0008", "host/8"] {
+    for bad in [
+        "10.0.0.1",
+        "10.0.0.0/",
+        "10.0.0.0/x",
+        "10.0.0/8",
+        "/8",
+        "10.0.0.0/-1",
+        "10.0.0.0/+8",
+        "10.0.0.0/0008",
+        "host/8",
+    ] {
         let e = Cidr::parse(bad).unwrap_err();
-        assert_eq!(e, PolicyError::UnparsableCidr { text: bad.to_string() }, "{bad}");
+        assert_eq!(
+            e,
+            PolicyError::UnparsableCidr {
+                text: bad.to_string()
+            },
+            "{bad}"
+        );
         assert!(e.to_string().contains(bad));
     }
     assert!(Policy::parse_cidrs(["10.0.0.0/8", "nope"]).is_err());
@@ -104,7 +145,10 @@ fn unparsable_cidr_text_is_rejected_with_the_text() {
 #[test]
 fn no_protocol_is_rejected() {
     let mut p = enabled(1000);
-    p.protocols = Protocols { tcp: false, udp: false };
+    p.protocols = Protocols {
+        tcp: false,
+        udp: false,
+    };
     let e = p.normalized().unwrap_err();
     assert_eq!(e, PolicyError::NoProtocol);
     assert_eq!(e.field(), "protocols");
@@ -134,7 +178,10 @@ fn prefixes_contain_canonicalised_addresses() {
     assert_eq!(mapped_space.to_string(), "0.0.0.0/0");
     let compat = Cidr::parse("::/96").unwrap();
     assert!(compat.contains(ip("::1")));
-    assert!(!compat.contains(ip("10.0.0.1")), "::/96 stops short of ::ffff:0:0/96");
+    assert!(
+        !compat.contains(ip("10.0.0.1")),
+        "::/96 stops short of ::ffff:0:0/96"
+    );
     // A prefix that spans the mapped range covers IPv4 clients as well.
     assert!(Cidr::parse("::/64").unwrap().contains(ip("10.0.0.1")));
     assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));

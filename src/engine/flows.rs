@@ -1,14 +1,14 @@
 //! Compact storage of every tracked flow, for all instances in one table.
 //!
-//! Records live in one dense `Vec` (removal swaps the last record in), found through an
-//! open-addressing index of `(hash tag, record)` pairs with linear probing and
-//! backward-shift deletion. Each record is on an intrusive doubly linked list of its
+//! Records live in one `Vec` (freed records are reused through a free list), found
+//! through an open-addressing index of `(32-bit hash, record)` pairs, at most half full,
+//! with linear probing and backward-shift deletion. Each record is on an intrusive doubly linked list of its
 //! instance, so per-instance work (recount, explain, unregister, resync sweep) touches
 //! only that instance's flows.
 //!
 //! The parts of a flow shared by many flows (instance, guest-side addresses, NAT shape)
 //! are interned in a small refcounted "shape" table; a record keeps the client address,
-//! the ports, identity and state: 56 bytes.
+//! the ports, identity, state and hash: 60 bytes, padded to one 64-byte cache line.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -20,13 +20,15 @@ pub(crate) const NIL: u32 = u32::MAX;
 pub(crate) const STATE_UNKNOWN: u8 = 0xff;
 /// Record flag: counted in its instance's live qualifying total.
 pub(crate) const F_COUNTED: u8 = 1;
+/// Record flag: the record is on the free list.
+const F_FREE: u8 = 2;
 
 /// Canonical 128-bit form of an address: IPv4 as its mapped IPv6 form, so that
 /// `a.b.c.d` and `::ffff:a.b.c.d` are the same key.
 #[inline]
 pub(crate) fn addr_bits(addr: IpAddr) -> u128 {
     match addr {
-        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V4(v4) => 0xffff_0000_0000 | u128::from(u32::from(v4)),
         IpAddr::V6(v6) => u128::from(v6),
     }
 }
@@ -37,8 +39,9 @@ pub(crate) fn bits_addr(bits: u128) -> IpAddr {
     Ipv6Addr::from(bits).to_canonical()
 }
 
-/// One tracked flow.
+/// One tracked flow. Cache-line aligned: every record access is a single line.
 #[derive(Clone, Copy, Debug)]
+#[repr(align(64))]
 pub(crate) struct FlowRec {
     /// Original source (the client), as [`addr_bits`] in native byte order.
     pub remote: [u8; 16],
@@ -54,6 +57,8 @@ pub(crate) struct FlowRec {
     pub first_seen_s: u32,
     /// Resync sequence at the last event or dump entry that mentioned the flow.
     pub touch: u32,
+    /// The flow's 32-bit hash (its home slot), so the index never re-reads records.
+    pub hash: u32,
     /// Original source port.
     pub sport: u16,
     /// Original destination port.
@@ -113,7 +118,7 @@ struct ShapeEntry {
 }
 
 /// What identifies a flow: its original tuple, protocol, zone and id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Probe {
     pub remote: u128,
     pub orig_dst: u128,
@@ -125,8 +130,14 @@ pub(crate) struct Probe {
 }
 
 impl Probe {
+    /// 32-bit hash of the identity; the index uses its low bits as the home slot.
     #[inline]
-    pub(crate) fn hash(&self) -> u64 {
+    pub(crate) fn hash32(&self) -> u32 {
+        self.hash() as u32
+    }
+
+    #[inline]
+    fn hash(&self) -> u64 {
         let k = 0x9e37_79b9_7f4a_7c15u64;
         let mut h = (self.remote as u64) ^ ((self.remote >> 64) as u64).rotate_left(29);
         h = (h ^ (self.orig_dst as u64)).wrapping_mul(k);
@@ -144,21 +155,26 @@ impl Probe {
 
 #[derive(Clone, Copy, Debug)]
 struct Slot {
-    tag: u32,
+    hash: u32,
     rec: u32,
 }
 
-const EMPTY: Slot = Slot { tag: 0, rec: NIL };
+const EMPTY: Slot = Slot { hash: 0, rec: NIL };
 
 /// Every tracked flow of every instance.
 #[derive(Debug)]
 pub(crate) struct FlowTable {
     recs: Vec<FlowRec>,
+    /// Freed records, linked through `next` (reused before the `Vec` grows).
+    free_head: u32,
+    free_count: u32,
     slots: Vec<Slot>,
     mask: usize,
     shapes: Vec<ShapeEntry>,
     shape_free: Vec<u32>,
     shape_index: FastMap<ShapeKey, u32>,
+    /// Per instance: the shape it used last (a hint, checked before use).
+    last_shape: Vec<u32>,
     heads: Vec<u32>,
 }
 
@@ -166,11 +182,14 @@ impl Default for FlowTable {
     fn default() -> Self {
         Self {
             recs: Vec::new(),
+            free_head: NIL,
+            free_count: 0,
             slots: vec![EMPTY; 16],
             mask: 15,
             shapes: Vec::new(),
             shape_free: Vec::new(),
             shape_index: FastMap::default(),
+            last_shape: Vec::new(),
             heads: Vec::new(),
         }
     }
@@ -180,7 +199,7 @@ impl FlowTable {
     /// Number of flows.
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.recs.len()
+        self.recs.len() - self.free_count as usize
     }
 
     /// Record `i`.
@@ -209,24 +228,23 @@ impl FlowTable {
 
     /// Reserves room for `additional` more flows.
     pub(crate) fn reserve(&mut self, additional: usize) {
-        self.recs.reserve(additional);
-        let need = self.recs.len() + additional;
-        if need * 4 > self.slots.len() * 3 {
-            self.rehash((need * 4 / 3 + 1).next_power_of_two());
+        let need = self.len() + additional;
+        self.recs.reserve(need.saturating_sub(self.recs.len()));
+        if need * 2 > self.slots.len() {
+            self.rehash((need * 2).next_power_of_two());
         }
     }
 
     /// Finds the record identified by `p` (with hash `h`).
     #[inline]
-    pub(crate) fn find(&self, p: &Probe, h: u64) -> Option<u32> {
-        let tag = (h >> 32) as u32;
+    pub(crate) fn find(&self, p: &Probe, h: u32) -> Option<u32> {
         let mut i = h as usize & self.mask;
         loop {
             let s = self.slots[i];
             if s.rec == NIL {
                 return None;
             }
-            if s.tag == tag {
+            if s.hash == h {
                 let r = &self.recs[s.rec as usize];
                 if r.id == p.id
                     && r.sport == p.sport
@@ -243,8 +261,52 @@ impl FlowTable {
         }
     }
 
+    /// Loads the home slot of hash `h` so a later [`FlowTable::find`] hits the cache.
+    /// Returns the record found there (or [`NIL`]), which callers may warm in turn.
+    #[inline]
+    pub(crate) fn warm_slot(&self, h: u32) -> u32 {
+        std::hint::black_box(self.slots[h as usize & self.mask]).rec
+    }
+
+    /// Loads record `i` and, for a removal to come, its list neighbours.
+    #[inline]
+    pub(crate) fn warm_rec(&self, i: u32, neighbours: bool) {
+        let Some(r) = self.recs.get(i as usize) else {
+            return;
+        };
+        std::hint::black_box(r.id);
+        if neighbours {
+            if let Some(p) = self.recs.get(r.prev as usize) {
+                std::hint::black_box(p.id);
+            }
+            if let Some(n) = self.recs.get(r.next as usize) {
+                std::hint::black_box(n.id);
+            }
+        }
+    }
+
     /// Interns `key`, taking a reference.
     pub(crate) fn intern_shape(&mut self, key: ShapeKey) -> u32 {
+        // Most flows of an instance share one shape: try the instance's last one first.
+        let inst = key.inst as usize;
+        if let Some(&s) = self.last_shape.get(inst)
+            && s != NIL
+        {
+            let e = &mut self.shapes[s as usize];
+            if e.refs > 0 && e.key == key {
+                e.refs += 1;
+                return s;
+            }
+        }
+        if inst >= self.last_shape.len() {
+            self.last_shape.resize(inst + 1, NIL);
+        }
+        let s = self.intern_slow(key);
+        self.last_shape[inst] = s;
+        s
+    }
+
+    fn intern_slow(&mut self, key: ShapeKey) -> u32 {
         if let Some(&s) = self.shape_index.get(&key) {
             self.shapes[s as usize].refs += 1;
             return s;
@@ -276,31 +338,41 @@ impl FlowTable {
 
     /// Inserts `rec` (whose `shape` reference the caller took) with hash `h`, at the
     /// head of its instance's list. Returns its index.
-    pub(crate) fn insert(&mut self, mut rec: FlowRec, h: u64) -> u32 {
-        if (self.recs.len() + 1) * 4 > self.slots.len() * 3 {
+    pub(crate) fn insert(&mut self, mut rec: FlowRec, h: u32) -> u32 {
+        // At most half full: linear probing stays short, misses included.
+        if (self.len() + 1) * 2 > self.slots.len() {
             self.rehash(self.slots.len() * 2);
         }
         let inst = self.shapes[rec.shape as usize].key.inst as usize;
         if inst >= self.heads.len() {
             self.heads.resize(inst + 1, NIL);
         }
-        let idx = self.recs.len() as u32;
+        let idx = if self.free_head != NIL {
+            let i = self.free_head;
+            self.free_head = self.recs[i as usize].next;
+            self.free_count -= 1;
+            i
+        } else {
+            self.recs.len() as u32
+        };
+        rec.hash = h;
         rec.prev = NIL;
         rec.next = self.heads[inst];
         if rec.next != NIL {
             self.recs[rec.next as usize].prev = idx;
         }
         self.heads[inst] = idx;
-        self.recs.push(rec);
-        self.place(Slot {
-            tag: (h >> 32) as u32,
-            rec: idx,
-        }, h);
+        if idx as usize == self.recs.len() {
+            self.recs.push(rec);
+        } else {
+            self.recs[idx as usize] = rec;
+        }
+        self.place(Slot { hash: h, rec: idx });
         idx
     }
 
-    fn place(&mut self, slot: Slot, h: u64) {
-        let mut i = h as usize & self.mask;
+    fn place(&mut self, slot: Slot) {
+        let mut i = slot.hash as usize & self.mask;
         while self.slots[i].rec != NIL {
             i = (i + 1) & self.mask;
         }
@@ -312,14 +384,14 @@ impl FlowTable {
         self.slots = vec![EMPTY; cap];
         self.mask = cap - 1;
         for i in 0..self.recs.len() {
-            let h = self.hash_of(i as u32);
-            self.place(
-                Slot {
-                    tag: (h >> 32) as u32,
+            let r = &self.recs[i];
+            if r.flags & F_FREE == 0 {
+                let slot = Slot {
+                    hash: r.hash,
                     rec: i as u32,
-                },
-                h,
-            );
+                };
+                self.place(slot);
+            }
         }
     }
 
@@ -337,12 +409,8 @@ impl FlowTable {
         }
     }
 
-    fn hash_of(&self, i: u32) -> u64 {
-        self.probe_of(i).hash()
-    }
-
-    fn slot_of(&self, rec: u32, h: u64) -> usize {
-        let mut i = h as usize & self.mask;
+    fn slot_of(&self, rec: u32) -> usize {
+        let mut i = self.recs[rec as usize].hash as usize & self.mask;
         while self.slots[i].rec != rec {
             debug_assert!(self.slots[i].rec != NIL, "record missing from index");
             i = (i + 1) & self.mask;
@@ -353,15 +421,14 @@ impl FlowTable {
     /// Removes record `idx` and returns it.
     pub(crate) fn remove(&mut self, idx: u32) -> FlowRec {
         // Index: backward-shift deletion keeps every probe chain unbroken.
-        let h = self.hash_of(idx);
-        let mut hole = self.slot_of(idx, h);
+        let mut hole = self.slot_of(idx);
         let mut j = (hole + 1) & self.mask;
         loop {
             let s = self.slots[j];
             if s.rec == NIL {
                 break;
             }
-            let home = self.hash_of(s.rec) as usize & self.mask;
+            let home = s.hash as usize & self.mask;
             // Move `s` into the hole unless its home lies cyclically in (hole, j].
             let stays = if hole <= j {
                 hole < home && home <= j
@@ -388,25 +455,12 @@ impl FlowTable {
             self.recs[rec.next as usize].prev = rec.prev;
         }
 
-        // Dense storage: move the last record into the gap.
-        let last = (self.recs.len() - 1) as u32;
-        if idx != last {
-            let lh = self.hash_of(last);
-            let ls = self.slot_of(last, lh);
-            self.slots[ls].rec = idx;
-            let moved = self.recs[last as usize];
-            let minst = self.shapes[moved.shape as usize].key.inst as usize;
-            if moved.prev != NIL {
-                self.recs[moved.prev as usize].next = idx;
-            } else {
-                self.heads[minst] = idx;
-            }
-            if moved.next != NIL {
-                self.recs[moved.next as usize].prev = idx;
-            }
-            self.recs[idx as usize] = moved;
-        }
-        self.recs.pop();
+        // Storage: onto the free list.
+        let slot = &mut self.recs[idx as usize];
+        slot.flags = F_FREE;
+        slot.next = self.free_head;
+        self.free_head = idx;
+        self.free_count += 1;
         self.release_shape(rec.shape);
         rec
     }
@@ -417,6 +471,7 @@ impl FlowTable {
             + self.slots.capacity() * size_of::<Slot>()
             + self.shapes.capacity() * size_of::<ShapeEntry>()
             + self.heads.capacity() * 4
+            + self.last_shape.capacity() * 4
     }
 }
 
@@ -433,6 +488,7 @@ mod tests {
             next: NIL,
             first_seen_s: 0,
             touch: 0,
+            hash: 0,
             sport: (n % 60000) as u16,
             dport: 80,
             rsport: 80,
@@ -456,8 +512,18 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_is_keyed_as_its_mapped_form() {
+        let v4: IpAddr = "192.0.2.33".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.33".parse().unwrap();
+        assert_eq!(addr_bits(v4), addr_bits(mapped));
+        assert_eq!(bits_addr(addr_bits(v4)), v4);
+        let v6: IpAddr = "2001:db8::7".parse().unwrap();
+        assert_eq!(bits_addr(addr_bits(v6)), v6);
+    }
+
+    #[test]
     fn record_is_compact() {
-        assert!(size_of::<FlowRec>() <= 56, "{}", size_of::<FlowRec>());
+        assert!(size_of::<FlowRec>() <= 64, "{}", size_of::<FlowRec>());
     }
 
     #[test]
@@ -487,19 +553,19 @@ mod tests {
                 zone: r.zone,
                 id: r.id,
             };
-            assert_eq!(t.find(&p, p.hash()), None);
-            let idx = t.insert(r, p.hash());
-            assert_eq!(t.find(&p, p.hash()), Some(idx));
+            assert_eq!(t.find(&p, p.hash32()), None);
+            let idx = t.insert(r, p.hash32());
+            assert_eq!(t.find(&p, p.hash32()), Some(idx));
             alive.insert(n, p);
         }
         for n in (0..3000u32).filter(|n| n % 7 != 0) {
             let p = alive.remove(&n).unwrap();
-            let idx = t.find(&p, p.hash()).expect("present");
+            let idx = t.find(&p, p.hash32()).expect("present");
             t.remove(idx);
-            assert_eq!(t.find(&p, p.hash()), None);
+            assert_eq!(t.find(&p, p.hash32()), None);
         }
         for p in alive.values() {
-            let idx = t.find(p, p.hash()).expect("survivor present");
+            let idx = t.find(p, p.hash32()).expect("survivor present");
             assert_eq!(t.probe_of(idx), *p);
         }
         let mut want: Vec<Vec<u32>> = vec![vec![]; 3];

@@ -23,7 +23,10 @@ pub(crate) enum Phase {
 impl Phase {
     /// Holds one of the `max_concurrent_standbys` slots.
     pub(crate) fn holds_slot(self) -> bool {
-        matches!(self, Self::Emitted | Self::EmittedCancelled | Self::Executing)
+        matches!(
+            self,
+            Self::Emitted | Self::EmittedCancelled | Self::Executing
+        )
     }
 
     /// Counts as "standby requested" for status.
@@ -36,25 +39,34 @@ impl Phase {
 }
 
 /// One registered instance.
+///
+/// `repr(C)` keeps the fields every flow event reads together at the front, in the
+/// first cache lines, away from the spec and the rarely used bookkeeping.
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct Inst {
+    /// The first two addresses as [`super::flows::addr_bits`] (0 when absent), for the
+    /// per-event "is the client the guest itself?" check without touching `spec`.
+    pub addr_bits: [u128; 2],
     pub key: InstanceKey,
-    pub spec: InstanceSpec,
-    /// When the engine saw the instance become Running.
-    pub running_since: Option<UnixMillis>,
+    pub last_inbound: Option<UnixMillis>,
     /// Flows stored for the instance.
     pub flows: u32,
     /// Live qualifying flows among them.
     pub live: u32,
+    pub phase: Phase,
+    /// [`Inst::ineligible_reason`] is `None`; kept in step with `spec`.
+    pub is_eligible: bool,
+    pub spec: InstanceSpec,
+    /// When the engine saw the instance become Running.
+    pub running_since: Option<UnixMillis>,
     pub idle_since: Option<UnixMillis>,
-    pub last_inbound: Option<UnixMillis>,
     /// What the host has (or will have once it drains the queue) persisted.
     pub persisted: Option<Runtime>,
     pub hold_until: Option<UnixMillis>,
     /// Earliest retry after a failed standby.
     pub retry_at: Option<UnixMillis>,
     pub failures: u32,
-    pub phase: Phase,
     /// Why an emitted standby was cancelled.
     pub cancel_reason: Reason,
     /// Ticket of the current queue entry (older entries are stale).
@@ -79,14 +91,17 @@ impl Inst {
     pub(crate) fn new(key: InstanceKey, spec: InstanceSpec, now: UnixMillis) -> Self {
         let running_since = (spec.lifecycle == Lifecycle::Running).then_some(now);
         let persisted = normalise_runtime(spec.runtime);
-        Self {
+        let last_inbound = spec.runtime.last_inbound_activity_at;
+        let mut inst = Self {
             key,
+            addr_bits: [0; 2],
+            is_eligible: false,
             spec,
             running_since,
             flows: 0,
             live: 0,
             idle_since: None,
-            last_inbound: None,
+            last_inbound,
             persisted,
             hold_until: None,
             retry_at: None,
@@ -101,7 +116,31 @@ impl Inst {
             wake_sent: false,
             persist_idx: u32::MAX,
             persist_epoch: u64::MAX,
+        };
+        inst.spec_changed();
+        inst
+    }
+
+    /// Re-derives what is cached from `spec`; call after every change to it.
+    pub(crate) fn spec_changed(&mut self) {
+        self.addr_bits = [0; 2];
+        for (b, a) in self.addr_bits.iter_mut().zip(&self.spec.addresses) {
+            *b = super::flows::addr_bits(*a);
         }
+        self.is_eligible = self.ineligible_reason().is_none();
+    }
+
+    /// Whether `bits` is one of the instance's addresses.
+    #[inline]
+    pub(crate) fn owns(&self, bits: u128) -> bool {
+        self.addr_bits[0] == bits
+            || self.addr_bits[1] == bits
+            || (self.spec.addresses.len() > 2
+                && self
+                    .spec
+                    .addresses
+                    .iter()
+                    .any(|a| super::flows::addr_bits(*a) == bits))
     }
 
     /// The enabled policy, if any.
@@ -132,7 +171,8 @@ impl Inst {
 
     #[inline]
     pub(crate) fn eligible(&self) -> bool {
-        self.ineligible_reason().is_none()
+        debug_assert_eq!(self.is_eligible, self.ineligible_reason().is_none());
+        self.is_eligible
     }
 
     /// The idle timeout of the enabled policy (0 when none).

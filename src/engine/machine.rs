@@ -12,6 +12,17 @@ use super::{
 use crate::flow::{EventKind, Flow, Tuple, proto};
 use crate::policy::Policy;
 
+/// A flow event with its addresses converted, identity hashed and instance found.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Prepared {
+    pub probe: Probe,
+    /// `probe.hash32()`, when `class` is set.
+    pub hash: u32,
+    pub reply_src: u128,
+    /// Instance slot and whether the guest is the original destination.
+    pub class: Option<(u32, bool)>,
+}
+
 /// How a flow report reached the engine.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Source {
@@ -62,7 +73,7 @@ impl Engine {
 
     fn check_addresses(&self, slot: Option<u32>, addrs: &[IpAddr]) -> Result<(), EngineError> {
         for a in addrs {
-            if let Some(&owner) = self.by_addr.get(&addr_bits(*a))
+            if let Some(owner) = self.by_addr.get(addr_bits(*a))
                 && Some(owner) != slot
             {
                 return Err(EngineError::AddressInUse {
@@ -134,7 +145,7 @@ impl Engine {
             .collect();
         let changed = !removed.is_empty() || spec.addresses.iter().any(|a| !old_addrs.contains(a));
         for b in &removed {
-            self.by_addr.remove(b);
+            self.by_addr.remove(*b);
         }
         for a in &spec.addresses {
             self.by_addr.insert(addr_bits(*a), slot);
@@ -159,6 +170,7 @@ impl Engine {
             let runtime = inst.spec.runtime;
             inst.spec = spec;
             inst.spec.runtime = runtime;
+            inst.spec_changed();
         }
 
         if !removed.is_empty() {
@@ -179,7 +191,11 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn do_unregister(&mut self, key: InstanceKey, now: UnixMillis) -> Result<(), EngineError> {
+    pub(crate) fn do_unregister(
+        &mut self,
+        key: InstanceKey,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
         self.see(now);
         let slot = self.slot(key)?;
         self.remove_instance(slot, now);
@@ -197,7 +213,7 @@ impl Engine {
         let inst = self.insts[slot as usize].take().expect("live slot");
         self.by_key.remove(&inst.key);
         for a in &inst.spec.addresses {
-            self.by_addr.remove(&addr_bits(*a));
+            self.by_addr.remove(addr_bits(*a));
         }
         if !inst.spec.addresses.is_empty() {
             self.addr_gen += 1;
@@ -220,7 +236,8 @@ impl Engine {
                 other.persist_epoch = epoch;
             }
         }
-        self.requests.retain(|r| *r != ObserverRequest::Confirm(key));
+        self.requests
+            .retain(|r| *r != ObserverRequest::Confirm(key));
         if inst.phase == Phase::Queued {
             self.queued -= 1;
         }
@@ -243,7 +260,9 @@ impl Engine {
             inst.retry_at = None;
             inst.failures = 0;
             inst.confirm_failed = false;
-            let reason = inst.ineligible_reason().unwrap_or(Reason::InstanceNotRunning);
+            let reason = inst
+                .ineligible_reason()
+                .unwrap_or(Reason::InstanceNotRunning);
             self.cancel_standby(slot, reason);
             if had {
                 self.persist(slot);
@@ -271,30 +290,13 @@ impl Engine {
 
     // ----- flows --------------------------------------------------------------------
 
-    /// Finds the instance a flow is inbound for: the reply source (the responder, also
-    /// under DNAT) or the original destination. Flows whose client is the instance
-    /// itself are its own outbound traffic.
+    /// Converts a flow's addresses once, computes its identity and hash, and finds the
+    /// instance it is inbound for: the reply source (the responder, also under DNAT) or
+    /// the original destination. Flows whose client is the instance itself are its own
+    /// outbound traffic.
     #[inline]
-    fn classify(&self, flow: &Flow) -> Option<(u32, bool)> {
-        if flow.protocol != proto::TCP && flow.protocol != proto::UDP {
-            return None;
-        }
-        let rsrc = addr_bits(flow.reply.src);
-        let odst = addr_bits(flow.orig.dst);
-        let (slot, guest_is_orig_dst) = match self.by_addr.get(&rsrc) {
-            Some(&s) => (s, rsrc == odst),
-            None => (*self.by_addr.get(&odst)?, true),
-        };
-        let osrc = addr_bits(flow.orig.src);
-        if self.inst(slot).spec.addresses.iter().any(|a| addr_bits(*a) == osrc) {
-            return None;
-        }
-        Some((slot, guest_is_orig_dst))
-    }
-
-    #[inline]
-    fn probe(flow: &Flow) -> Probe {
-        Probe {
+    pub(crate) fn prepare(&self, flow: &Flow) -> Prepared {
+        let probe = Probe {
             remote: addr_bits(flow.orig.src),
             orig_dst: addr_bits(flow.orig.dst),
             sport: flow.orig.src_port,
@@ -302,7 +304,29 @@ impl Engine {
             proto: flow.protocol,
             zone: flow.zone,
             id: flow.id,
+        };
+        let mut p = Prepared {
+            probe,
+            hash: 0,
+            reply_src: 0,
+            class: None,
+        };
+        if flow.protocol != proto::TCP && flow.protocol != proto::UDP {
+            return p;
         }
+        p.reply_src = addr_bits(flow.reply.src);
+        let odst = probe.orig_dst;
+        let found = match self.by_addr.get(p.reply_src) {
+            Some(s) => Some((s, p.reply_src == odst)),
+            None => self.by_addr.get(odst).map(|s| (s, true)),
+        };
+        if let Some((slot, _)) = found
+            && !self.inst(slot).owns(probe.remote)
+        {
+            p.class = found;
+            p.hash = probe.hash32();
+        }
+        p
     }
 
     /// Whether a stored flow counts under the instance's policy (stored flows are
@@ -323,11 +347,31 @@ impl Engine {
     }
 
     pub(crate) fn apply_flow(&mut self, flow: &Flow, source: Source, now: UnixMillis) -> bool {
-        let Some((slot, guest_is_orig_dst)) = self.classify(flow) else {
+        let prepared = self.prepare(flow);
+        self.apply_prepared(flow, &prepared, source, now)
+    }
+
+    /// Loads the instance and flow-table lines a classified event will touch.
+    #[inline]
+    pub(crate) fn warm_instance(&self, slot: u32) {
+        std::hint::black_box(self.inst(slot).live);
+        let head = self.flows.head(slot);
+        self.flows.warm_rec(head, false);
+    }
+
+    /// [`Engine::apply_flow`] with the preparation already done.
+    pub(crate) fn apply_prepared(
+        &mut self,
+        flow: &Flow,
+        prepared: &Prepared,
+        source: Source,
+        now: UnixMillis,
+    ) -> bool {
+        let Some((slot, guest_is_orig_dst)) = prepared.class else {
             return false;
         };
-        let probe = Self::probe(flow);
-        let h = probe.hash();
+        let probe = prepared.probe;
+        let h = prepared.hash;
         let tcp = flow.protocol == proto::TCP;
         match self.flows.find(&probe, h) {
             Some(idx) => {
@@ -345,12 +389,10 @@ impl Engine {
                     self.flows.rec_mut(idx).state = st.0;
                 }
                 let counted = self.flows.rec(idx).flags & F_COUNTED != 0;
-                if counted {
-                    if let Source::Event(kind) = source {
-                        self.activity(slot, now, false);
-                        if kind == EventKind::New {
-                            self.maybe_wake(slot, flow);
-                        }
+                if counted && let Source::Event(kind) = source {
+                    self.activity(slot, now, false);
+                    if kind == EventKind::New {
+                        self.maybe_wake(slot, flow);
                     }
                 }
             }
@@ -360,11 +402,7 @@ impl Engine {
                         self.tombstone(probe, now);
                         return true;
                     }
-                    Source::Dump if !self.tombstones.is_empty() => {
-                        if self.tombstones.contains_key(&probe) {
-                            return true;
-                        }
-                    }
+                    Source::Dump if self.tombstones.contains_key(&probe) => return true,
                     _ => {}
                 }
                 let state = if tcp {
@@ -381,7 +419,7 @@ impl Engine {
                 let shape_key = ShapeKey {
                     inst: slot,
                     orig_dst: probe.orig_dst,
-                    reply_src: addr_bits(flow.reply.src),
+                    reply_src: prepared.reply_src,
                     reply_dst: (rdst != probe.remote).then_some(rdst),
                     guest_is_orig_dst,
                 };
@@ -394,6 +432,7 @@ impl Engine {
                     next: NIL,
                     first_seen_s: u32::try_from(now / 1000).unwrap_or(u32::MAX),
                     touch: self.touch_seq,
+                    hash: h,
                     sport: probe.sport,
                     dport: probe.dport,
                     rsport: flow.reply.src_port,
@@ -431,7 +470,7 @@ impl Engine {
     }
 
     fn remove_probe(&mut self, p: &Probe, at: UnixMillis) {
-        if let Some(idx) = self.flows.find(p, p.hash()) {
+        if let Some(idx) = self.flows.find(p, p.hash32()) {
             self.remove_flow(idx, at);
         }
     }
@@ -473,7 +512,11 @@ impl Engine {
         let mut i = self.flows.head(slot);
         while i != NIL {
             let r = *self.flows.rec(i);
-            let c = Self::counts(self.inst(slot).spec.policy.as_ref(), &r, self.flows.shape(r.shape));
+            let c = Self::counts(
+                self.inst(slot).spec.policy.as_ref(),
+                &r,
+                self.flows.shape(r.shape),
+            );
             let rm = self.flows.rec_mut(i);
             if c {
                 rm.flags |= F_COUNTED;
@@ -532,7 +575,12 @@ impl Engine {
         self.decisions.push(Decision::Wake {
             key,
             protocol: flow.protocol,
-            flow: Tuple::new(flow.orig.src, flow.orig.src_port, flow.orig.dst, flow.orig.dst_port),
+            flow: Tuple::new(
+                flow.orig.src,
+                flow.orig.src_port,
+                flow.orig.dst,
+                flow.orig.dst_port,
+            ),
         });
     }
 
@@ -698,7 +746,9 @@ impl Engine {
     fn free_slot(&mut self, now: UnixMillis) {
         self.in_flight -= 1;
         while self.in_flight < self.config.max_concurrent_standbys.max(1) {
-            let Some((slot, ticket)) = self.queue.pop_front() else { break };
+            let Some((slot, ticket)) = self.queue.pop_front() else {
+                break;
+            };
             let valid = self.insts[slot as usize]
                 .as_ref()
                 .is_some_and(|i| i.phase == Phase::Queued && i.ticket == ticket);
@@ -777,6 +827,7 @@ impl Engine {
                 inst.failures = 0;
                 inst.confirm_failed = false;
                 inst.spec.lifecycle = Lifecycle::Standby;
+                inst.spec_changed();
                 inst.running_since = None;
                 inst.wake_sent = false;
                 self.persist(slot);
@@ -885,7 +936,11 @@ impl Engine {
 
     fn scope_slots(&self, scope: &ResyncScope) -> Vec<(u32, InstanceKey)> {
         match scope {
-            ResyncScope::All => self.live_slots().into_iter().map(|s| (s, self.inst(s).key)).collect(),
+            ResyncScope::All => self
+                .live_slots()
+                .into_iter()
+                .map(|s| (s, self.inst(s).key))
+                .collect(),
             ResyncScope::Instances(keys) => {
                 let mut v: Vec<(u32, InstanceKey)> = keys
                     .iter()
@@ -919,7 +974,8 @@ impl Engine {
         if scope == ResyncScope::All {
             if !self.all_resync_requested {
                 self.all_resync_requested = true;
-                self.requests.push(ObserverRequest::Resync(ResyncScope::All));
+                self.requests
+                    .push(ObserverRequest::Resync(ResyncScope::All));
             }
         } else {
             self.queue_resync(fresh);
@@ -995,7 +1051,11 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn do_finish_resync(&mut self, id: ResyncId, now: UnixMillis) -> Result<(), EngineError> {
+    pub(crate) fn do_finish_resync(
+        &mut self,
+        id: ResyncId,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
         self.see(now);
         let r = self.take_resync(id)?;
         let members = self.resync_members(&r);
@@ -1038,7 +1098,11 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn do_fail_resync(&mut self, id: ResyncId, now: UnixMillis) -> Result<(), EngineError> {
+    pub(crate) fn do_fail_resync(
+        &mut self,
+        id: ResyncId,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
         self.see(now);
         let r = self.take_resync(id)?;
         let members = self.resync_members(&r);
@@ -1067,8 +1131,12 @@ impl Engine {
         }
         if r.scope.is_none() && self.all_lost_seq.is_some() {
             self.all_resync_requested = true;
-            if !self.requests.contains(&ObserverRequest::Resync(ResyncScope::All)) {
-                self.requests.push(ObserverRequest::Resync(ResyncScope::All));
+            if !self
+                .requests
+                .contains(&ObserverRequest::Resync(ResyncScope::All))
+            {
+                self.requests
+                    .push(ObserverRequest::Resync(ResyncScope::All));
             }
         } else {
             self.queue_resync(again);

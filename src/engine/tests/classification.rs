@@ -17,13 +17,38 @@ fn only_qualifying_inbound_tcp_counts_with_ignore_rules() {
     // not counted: the guest's own outbound connection
     h.new_flow(flow(proto::TCP, guest(), 40001, ext, 443, est, 2), T0);
     // not counted: ignored client prefix
-    h.new_flow(flow(proto::TCP, ip("10.1.2.3"), 40002, guest(), 8080, est, 3), T0);
+    h.new_flow(
+        flow(proto::TCP, ip("10.1.2.3"), 40002, guest(), 8080, est, 3),
+        T0,
+    );
     // not counted: ignored guest port
     h.new_flow(flow(proto::TCP, ext, 40003, guest(), 22, est, 4), T0);
     // not counted: already finished
-    h.new_flow(flow(proto::TCP, ext, 40004, guest(), 8080, Some(TcpState::TIME_WAIT), 5), T0);
+    h.new_flow(
+        flow(
+            proto::TCP,
+            ext,
+            40004,
+            guest(),
+            8080,
+            Some(TcpState::TIME_WAIT),
+            5,
+        ),
+        T0,
+    );
     // counted: half-open, a client mid-handshake
-    h.new_flow(flow(proto::TCP, ext, 40005, guest(), 8080, Some(TcpState::SYN_SENT), 6), T0);
+    h.new_flow(
+        flow(
+            proto::TCP,
+            ext,
+            40005,
+            guest(),
+            8080,
+            Some(TcpState::SYN_SENT),
+            6,
+        ),
+        T0,
+    );
     let s = h.st(1, T0);
     assert_eq!(s.active_inbound, 2);
     assert_eq!(s.status, Status::Active);
@@ -162,8 +187,42 @@ fn events_for_unknown_addresses_are_counted_as_unmatched() {
     h.reg(1, spec(MIN), T0);
     let other = ip("192.168.100.11");
     let est = Some(TcpState::ESTABLISHED);
-    h.new_flow(flow(proto::TCP, ip("203.0.113.1"), 1, other, 80, est, 1), T0);
+    h.new_flow(
+        flow(proto::TCP, ip("203.0.113.1"), 1, other, 80, est, 1),
+        T0,
+    );
     h.new_flow(flow(1, ip("203.0.113.1"), 0, guest(), 0, None, 2), T0); // ICMP
     let s = h.e.stats();
-    assert_eq!((s.flow_events, s.flow_events_unmatched, s.tracked_flows), (2, 2, 0));
+    assert_eq!(
+        (s.flow_events, s.flow_events_unmatched, s.tracked_flows),
+        (2, 2, 0)
+    );
+}
+
+#[test]
+fn flows_with_unspecified_addresses_match_nothing() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    let any = ip("::");
+    let f = flow(
+        proto::TCP,
+        ip("203.0.113.1"),
+        1,
+        any,
+        80,
+        Some(TcpState::ESTABLISHED),
+        1,
+    );
+    h.new_flow(f, T0);
+    let f4 = flow(
+        proto::TCP,
+        ip("203.0.113.1"),
+        1,
+        ip("0.0.0.0"),
+        80,
+        Some(TcpState::ESTABLISHED),
+        2,
+    );
+    h.new_flow(f4, T0);
+    assert_eq!(h.e.stats().flow_events_unmatched, 2);
 }

@@ -13,7 +13,8 @@ fn restart_with_live_flows_clears_the_persisted_countdown() {
     h.reg(1, s, T0);
     // The startup resync finds a live flow.
     let r = h.e.begin_resync(ResyncScope::All, T0);
-    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED))).unwrap();
+    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED)))
+        .unwrap();
     h.e.finish_resync(r, T0).unwrap();
     let st = h.st(1, T0);
     assert_eq!(st.status, Status::Active);
@@ -38,7 +39,10 @@ fn restart_without_flows_resumes_the_persisted_countdown() {
     assert_eq!(st.reason, Reason::IdleTimeoutNotElapsed);
     assert_eq!(st.next_standby_at, Some(T0 + 5 * MIN));
     assert_eq!(st.countdown_remaining_ms, Some(5 * MIN));
-    assert!(h.persists(1).is_empty(), "a resumed countdown is not rewritten");
+    assert!(
+        h.persists(1).is_empty(),
+        "a resumed countdown is not rewritten"
+    );
     assert_eq!(h.e.next_deadline(), Some(T0 + 5 * MIN));
 }
 
@@ -58,7 +62,10 @@ fn fresh_instance_starts_its_countdown_at_registration() {
     let mut h = H::new();
     h.reg(1, spec(MIN), T0);
     let st = h.st(1, T0);
-    assert_eq!((st.idle_since, st.next_standby_at), (Some(T0), Some(T0 + MIN)));
+    assert_eq!(
+        (st.idle_since, st.next_standby_at),
+        (Some(T0), Some(T0 + MIN))
+    );
     assert_eq!(
         h.persists(1),
         vec![Some(Runtime {
@@ -74,7 +81,10 @@ fn connection_events_clear_idle_and_restart_the_countdown() {
     h.reg(1, spec(MIN), T0);
     h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0 + SEC);
     let st = h.st(1, T0 + SEC);
-    assert_eq!((st.status, st.idle_since, st.next_standby_at), (Status::Active, None, None));
+    assert_eq!(
+        (st.status, st.idle_since, st.next_standby_at),
+        (Status::Active, None, None)
+    );
     assert_eq!(st.last_inbound_activity_at, Some(T0 + SEC));
     h.destroy(inbound(1, None), T0 + 10 * SEC);
     let st = h.st(1, T0 + 10 * SEC);
@@ -92,7 +102,8 @@ fn syn_sent_keeps_an_instance_active_from_events_and_dumps() {
     let mut h = H::new();
     h.reg(1, spec(MIN), T0);
     let r = h.e.begin_resync(ResyncScope::All, T0);
-    h.e.resync_flow(r, &inbound(1, Some(TcpState::SYN_SENT))).unwrap();
+    h.e.resync_flow(r, &inbound(1, Some(TcpState::SYN_SENT)))
+        .unwrap();
     h.e.finish_resync(r, T0).unwrap();
     assert_eq!(h.st(1, T0).status, Status::Active);
     assert_eq!(h.st(1, T0).active_inbound, 1);
@@ -150,10 +161,16 @@ fn last_inbound_activity_moves_to_now_on_activity() {
     h.reg(1, s, T0);
     h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0 + SEC);
     h.update_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0 + 9 * SEC);
-    assert_eq!(h.st(1, T0 + 9 * SEC).last_inbound_activity_at, Some(T0 + 9 * SEC));
+    assert_eq!(
+        h.st(1, T0 + 9 * SEC).last_inbound_activity_at,
+        Some(T0 + 9 * SEC)
+    );
     // A refresh with live flows also reports now, not the stale persisted value.
     h.e.update(1, spec(2 * MIN), T0 + 20 * SEC).unwrap();
-    assert_eq!(h.st(1, T0 + 20 * SEC).last_inbound_activity_at, Some(T0 + 20 * SEC));
+    assert_eq!(
+        h.st(1, T0 + 20 * SEC).last_inbound_activity_at,
+        Some(T0 + 20 * SEC)
+    );
 }
 
 #[test]
@@ -167,7 +184,10 @@ fn becoming_ineligible_deletes_the_persisted_runtime() {
     h.e.update(1, s, T0 + SEC).unwrap();
     assert_eq!(h.persists(1), vec![None]);
     let st = h.st(1, T0 + SEC);
-    assert_eq!((st.status, st.reason), (Status::Ineligible, Reason::NetworkDisabled));
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::Ineligible, Reason::NetworkDisabled)
+    );
     assert_eq!(h.e.next_deadline(), None);
 }
 
@@ -260,10 +280,29 @@ fn min_uptime_delays_standby_after_start() {
     s.lifecycle = Lifecycle::Running;
     h.e.update(1, s, T0 + MIN).unwrap();
     let st = h.st(1, T0 + 3 * MIN);
-    assert_eq!((st.status, st.reason), (Status::IdleCountdown, Reason::MinUptimeNotElapsed));
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::IdleCountdown, Reason::MinUptimeNotElapsed)
+    );
     assert_eq!(st.next_standby_at, Some(T0 + 6 * MIN));
     h.e.tick(T0 + 5 * MIN);
     assert!(h.standbys().is_empty());
     h.e.tick(T0 + 6 * MIN);
     assert_eq!(h.standbys(), vec![1]);
+}
+
+#[test]
+fn fresh_countdown_at_registration_keeps_the_persisted_last_activity() {
+    let mut h = H::new();
+    let mut s = spec(MIN);
+    s.runtime.last_inbound_activity_at = Some(T0 - 3 * MIN);
+    h.reg(1, s, T0);
+    assert_eq!(
+        h.persists(1),
+        vec![Some(Runtime {
+            idle_since: Some(T0),
+            last_inbound_activity_at: Some(T0 - 3 * MIN)
+        })]
+    );
+    assert_eq!(h.st(1, T0).last_inbound_activity_at, Some(T0 - 3 * MIN));
 }

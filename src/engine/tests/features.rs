@@ -55,7 +55,15 @@ fn no_wake_without_opt_in_or_for_ignored_or_outbound_flows() {
     s.policy.as_mut().unwrap().ignore_destination_ports = vec![80];
     h.reg(1, s, T0);
     h.new_flow(inbound(1, Some(TcpState::SYN_SENT)), T0);
-    let out = flow(proto::TCP, guest(), 5, ip("203.0.113.1"), 443, Some(TcpState::SYN_SENT), 9);
+    let out = flow(
+        proto::TCP,
+        guest(),
+        5,
+        ip("203.0.113.1"),
+        443,
+        Some(TcpState::SYN_SENT),
+        9,
+    );
     h.new_flow(out, T0);
     // An UPDATE is not a new connection.
     let mut s2 = wake_spec();
@@ -87,7 +95,10 @@ fn explain_lists_the_flows_keeping_an_instance_awake() {
 fn registration_errors_leave_no_trace() {
     let mut h = H::new();
     h.reg(1, spec(MIN), T0);
-    assert_eq!(h.e.register(1, spec(MIN), T0), Err(EngineError::AlreadyRegistered(1)));
+    assert_eq!(
+        h.e.register(1, spec(MIN), T0),
+        Err(EngineError::AlreadyRegistered(1))
+    );
     assert_eq!(
         h.e.register(2, spec(MIN), T0),
         Err(EngineError::AddressInUse {
@@ -116,13 +127,15 @@ fn address_changes_move_the_index_and_drop_old_flows() {
     let g0 = h.e.addresses_generation();
     h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0);
     let moved = ip("192.168.100.99");
-    h.e.update(1, spec_with(moved, policy(MIN)), T0 + SEC).unwrap();
+    h.e.update(1, spec_with(moved, policy(MIN)), T0 + SEC)
+        .unwrap();
     assert!(h.e.addresses_generation() > g0);
     assert_eq!(h.e.addresses(), vec![moved]);
     assert_eq!(h.e.stats().tracked_flows, 0);
     assert_eq!(h.st(1, T0 + SEC).status, Status::IdleCountdown);
     let g1 = h.e.addresses_generation();
-    h.e.update(1, spec_with(moved, policy(2 * MIN)), T0 + SEC).unwrap();
+    h.e.update(1, spec_with(moved, policy(2 * MIN)), T0 + SEC)
+        .unwrap();
     assert_eq!(h.e.addresses_generation(), g1, "same set, same generation");
     assert_eq!(
         h.e.scope_addresses(&ResyncScope::Instances(vec![1, 42])),
@@ -138,7 +151,10 @@ fn unregister_forgets_flows_and_persists_nothing() {
     h.reg(1, spec(MIN), T0);
     h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0);
     h.e.unregister(1, T0).unwrap();
-    assert!(h.drain().is_empty(), "undrained decisions about it are withdrawn");
+    assert!(
+        h.drain().is_empty(),
+        "undrained decisions about it are withdrawn"
+    );
     let s = h.e.stats();
     assert_eq!((s.instances, s.tracked_flows), (0, 0));
     assert_eq!(h.e.next_deadline(), None);
@@ -152,7 +168,10 @@ fn status_follows_hypemans_eligibility_order() {
     s.network_enabled = false;
     h.reg(1, s.clone(), T0);
     let st = h.st(1, T0);
-    assert_eq!((st.status, st.reason, st.configured), (Status::Disabled, Reason::PolicyMissing, false));
+    assert_eq!(
+        (st.status, st.reason, st.configured),
+        (Status::Disabled, Reason::PolicyMissing, false)
+    );
     assert_eq!(st.idle_timeout_ms, 0);
     s.policy = Some(policy(MIN));
     s.lifecycle = Lifecycle::Stopped;
@@ -169,11 +188,17 @@ fn status_follows_hypemans_eligibility_order() {
     s.has_vgpu = true;
     h.e.update(1, s.clone(), T0).unwrap();
     let st = h.st(1, T0);
-    assert_eq!((st.status, st.reason, st.eligible), (Status::Ineligible, Reason::HasVgpu, false));
+    assert_eq!(
+        (st.status, st.reason, st.eligible),
+        (Status::Ineligible, Reason::HasVgpu, false)
+    );
     s.has_vgpu = false;
     h.e.update(1, s, T0).unwrap();
     let st = h.st(1, T0);
-    assert_eq!((st.status, st.eligible, st.idle_timeout_ms), (Status::IdleCountdown, true, MIN));
+    assert_eq!(
+        (st.status, st.eligible, st.idle_timeout_ms),
+        (Status::IdleCountdown, true, MIN)
+    );
 }
 
 #[test]
@@ -191,8 +216,14 @@ fn status_and_reason_strings_match_hypeman() {
     for (s, text) in statuses {
         assert_eq!(s.as_str(), text);
     }
-    assert_eq!(Reason::ActiveInboundConnections.as_str(), "active_inbound_connections");
-    assert_eq!(Reason::IdleTimeoutNotElapsed.as_str(), "idle_timeout_not_elapsed");
+    assert_eq!(
+        Reason::ActiveInboundConnections.as_str(),
+        "active_inbound_connections"
+    );
+    assert_eq!(
+        Reason::IdleTimeoutNotElapsed.as_str(),
+        "idle_timeout_not_elapsed"
+    );
     assert_eq!(Reason::ConfirmFailed.as_str(), "confirm_failed");
 }
 
@@ -204,9 +235,62 @@ fn index_dispatch_touches_only_the_addressed_instance() {
         h.reg(k, spec_with(a, policy(MIN)), T0);
     }
     let target = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + 1234));
-    let f = flow(proto::TCP, ip("203.0.113.1"), 1, target, 80, Some(TcpState::ESTABLISHED), 1);
+    let f = flow(
+        proto::TCP,
+        ip("203.0.113.1"),
+        1,
+        target,
+        80,
+        Some(TcpState::ESTABLISHED),
+        1,
+    );
     h.new_flow(f, T0);
     assert_eq!(h.st(1234, T0).status, Status::Active);
     assert_eq!(h.st(1233, T0).status, Status::IdleCountdown);
     assert_eq!(h.e.stats().tracked_flows, 1);
+}
+
+#[test]
+fn batched_events_have_the_same_effect_as_single_ones() {
+    let mut stream = Vec::new();
+    let est = Some(TcpState::ESTABLISHED);
+    for i in 0..200u16 {
+        let f = inbound(1000 + i % 37, if i % 5 == 0 { None } else { est });
+        let kind = match i % 3 {
+            0 => EventKind::New,
+            1 => EventKind::Update,
+            _ => EventKind::Destroy,
+        };
+        stream.push(ev(kind, f));
+        // Unmatched and outbound traffic mixed in.
+        stream.push(ev(
+            EventKind::New,
+            flow(
+                proto::TCP,
+                guest(),
+                i,
+                ip("203.0.113.50"),
+                443,
+                est,
+                u32::from(i),
+            ),
+        ));
+    }
+    let mut a = H::new();
+    let mut b = H::new();
+    a.reg(1, spec(MIN), T0);
+    b.reg(1, spec(MIN), T0);
+    for e in &stream {
+        a.e.on_flow_event(e, T0 + SEC);
+    }
+    for chunk in stream.chunks(23) {
+        b.e.on_flow_events(chunk, T0 + SEC);
+    }
+    assert_eq!(a.e.stats(), b.e.stats());
+    assert_eq!(a.st(1, T0 + SEC), b.st(1, T0 + SEC));
+    assert_eq!(a.drain(), b.drain());
+    let (mut wa, mut wb) = (Vec::new(), Vec::new());
+    a.e.explain(1, T0 + SEC, &mut wa).unwrap();
+    b.e.explain(1, T0 + SEC, &mut wb).unwrap();
+    assert_eq!(wa, wb);
 }

@@ -12,7 +12,10 @@ fn hold_extends_an_armed_countdown_without_persisting() {
     let st = h.e.hold(1, T0 + 50 * SEC).unwrap();
     assert_eq!(st.hold_until, Some(T0 + 110 * SEC));
     assert_eq!(st.next_standby_at, Some(T0 + 110 * SEC));
-    assert_eq!((st.status, st.reason), (Status::IdleCountdown, Reason::StandbyHeld));
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::IdleCountdown, Reason::StandbyHeld)
+    );
     assert!(h.persists(1).is_empty());
     // A resync keeps the held deadline.
     let r = h.e.begin_resync(ResyncScope::All, T0 + 60 * SEC);
@@ -48,7 +51,8 @@ fn hold_cancels_a_queued_standby() {
     let st = h.e.hold(2, T0 + MIN).unwrap();
     assert_eq!(st.next_standby_at, Some(T0 + 2 * MIN));
     assert_eq!(h.e.begin_standby(1, T0 + MIN), Ok(BeginStandby::Proceed));
-    h.e.report_standby(1, StandbyOutcome::Success, T0 + MIN).unwrap();
+    h.e.report_standby(1, StandbyOutcome::Success, T0 + MIN)
+        .unwrap();
     assert!(h.standbys().is_empty());
 }
 
@@ -137,7 +141,10 @@ fn hold_is_a_no_op_when_the_policy_is_disabled() {
     p.enabled = false;
     h.reg(1, spec_with(guest(), p), T0);
     let st = h.e.hold(1, T0).unwrap();
-    assert_eq!((st.status, st.reason), (Status::Disabled, Reason::PolicyDisabled));
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::Disabled, Reason::PolicyDisabled)
+    );
     assert_eq!(st.hold_until, None);
 }
 

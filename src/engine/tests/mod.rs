@@ -73,7 +73,15 @@ pub(super) fn flow(
 
 /// An inbound TCP flow to the default guest's port 80 from 203.0.113.7:`cport`.
 pub(super) fn inbound(cport: u16, state: Option<TcpState>) -> Flow {
-    flow(proto::TCP, ip("203.0.113.7"), cport, guest(), 80, state, u32::from(cport))
+    flow(
+        proto::TCP,
+        ip("203.0.113.7"),
+        cport,
+        guest(),
+        80,
+        state,
+        u32::from(cport),
+    )
 }
 
 pub(super) fn ev(kind: EventKind, flow: Flow) -> FlowEvent {

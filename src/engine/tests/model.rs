@@ -12,14 +12,28 @@ const TIMEOUT: u64 = 10 * SEC;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Event { inst: u64, port: u16, kind: u8, state: Option<u8> },
-    Dump { inst: u64, ports: Vec<u16> },
+    Event {
+        inst: u64,
+        port: u16,
+        kind: u8,
+        state: Option<u8>,
+    },
+    Dump {
+        inst: u64,
+        ports: Vec<u16>,
+    },
     Hold(u64),
     Advance(u64),
     Outcome(u8),
     Lost(u64),
-    Policy { inst: u64, ignore_port: bool },
-    Lifecycle { inst: u64, running: bool },
+    Policy {
+        inst: u64,
+        ignore_port: bool,
+    },
+    Lifecycle {
+        inst: u64,
+        running: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -47,7 +61,11 @@ fn mkspec(ignore_port: bool, running: bool) -> InstanceSpec {
         p.ignore_destination_ports = vec![5];
     }
     InstanceSpec {
-        lifecycle: if running { Lifecycle::Running } else { Lifecycle::Other },
+        lifecycle: if running {
+            Lifecycle::Running
+        } else {
+            Lifecycle::Other
+        },
         ..spec_with(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), p)
     }
 }
@@ -74,9 +92,11 @@ struct Model {
 
 impl Model {
     fn qualifying(&self, inst: u64) -> usize {
-        self.live
-            .get(&inst)
-            .map_or(0, |s| s.iter().filter(|p| !(**p == 5 && self.ignore5.contains(&inst))).count())
+        self.live.get(&inst).map_or(0, |s| {
+            s.iter()
+                .filter(|p| !(**p == 5 && self.ignore5.contains(&inst)))
+                .count()
+        })
     }
 }
 
@@ -104,7 +124,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     };
     for op in ops {
         match op {
-            Op::Event { inst, port, kind, state } => {
+            Op::Event {
+                inst,
+                port,
+                kind,
+                state,
+            } => {
                 let f = mkflow(inst, port, state);
                 let set = m.live.entry(inst).or_default();
                 match kind {
@@ -159,7 +184,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         executing.push(k);
                     }
                 } else if let Some(k) = executing.pop() {
-                    let outcome = [StandbyOutcome::Success, StandbyOutcome::Failed, StandbyOutcome::Failed][o as usize];
+                    let outcome = [
+                        StandbyOutcome::Success,
+                        StandbyOutcome::Failed,
+                        StandbyOutcome::Failed,
+                    ][o as usize];
                     h.e.report_standby(k, outcome, now).unwrap();
                     if outcome == StandbyOutcome::Success {
                         m.running.remove(&k);
@@ -226,7 +255,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             h.e.report_standby(k, StandbyOutcome::Success, now).unwrap();
         }
     }
-    prop_assert_eq!(got, m.running.clone(), "every idle running instance gets Standby");
+    prop_assert_eq!(
+        got,
+        m.running.clone(),
+        "every idle running instance gets Standby"
+    );
     Ok(())
 }
 

@@ -7,7 +7,8 @@ fn periodic_resync_picks_up_a_missed_flow() {
     let mut h = H::new();
     h.reg(1, spec(MIN), T0);
     let r = h.e.begin_resync(ResyncScope::All, T0 + SEC);
-    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED))).unwrap();
+    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED)))
+        .unwrap();
     h.e.finish_resync(r, T0 + SEC).unwrap();
     let st = h.st(1, T0 + SEC);
     assert_eq!((st.status, st.active_inbound), (Status::Active, 1));
@@ -19,7 +20,8 @@ fn resync_drops_flows_that_vanished_and_starts_the_countdown() {
     h.reg(1, spec(MIN), T0);
     h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0);
     // The DESTROY was missed; the dump no longer lists the flow.
-    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + 10 * SEC);
+    let r =
+        h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + 10 * SEC);
     h.e.finish_resync(r, T0 + 11 * SEC).unwrap();
     let st = h.st(1, T0 + 11 * SEC);
     assert_eq!(st.status, Status::IdleCountdown);
@@ -45,7 +47,8 @@ fn destroyed_flow_is_not_resurrected_by_a_concurrent_dump() {
     let r = h.e.begin_resync(ResyncScope::All, T0 + 1);
     h.destroy(inbound(1, None), T0 + 2);
     // The dump read the entry before it was destroyed.
-    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED))).unwrap();
+    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED)))
+        .unwrap();
     h.e.finish_resync(r, T0 + 3).unwrap();
     assert_eq!(h.st(1, T0 + 3).active_inbound, 0);
     assert_eq!(h.e.stats().tracked_flows, 0);
@@ -74,11 +77,20 @@ fn lost_events_block_standby_until_a_later_resync_finishes() {
     h.reg(2, spec_with(ip("192.168.100.20"), policy(MIN)), T0);
     h.e.events_lost(ResyncScope::Instances(vec![1]), T0 + SEC);
     h.e.events_lost(ResyncScope::Instances(vec![1]), T0 + 2 * SEC);
-    assert_eq!(h.requests(), vec![ObserverRequest::Resync(ResyncScope::Instances(vec![1]))]);
+    assert_eq!(
+        h.requests(),
+        vec![ObserverRequest::Resync(ResyncScope::Instances(vec![1]))]
+    );
     h.e.events_lost(ResyncScope::Instances(vec![1]), T0 + 3 * SEC);
-    assert!(h.requests().is_empty(), "one request until a resync covers it");
+    assert!(
+        h.requests().is_empty(),
+        "one request until a resync covers it"
+    );
     let st = h.st(1, T0 + MIN);
-    assert_eq!((st.status, st.reason), (Status::IdleCountdown, Reason::ResyncPending));
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::IdleCountdown, Reason::ResyncPending)
+    );
     h.e.tick(T0 + MIN);
     assert_eq!(h.standbys(), vec![2]);
     let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + MIN);
@@ -96,7 +108,10 @@ fn a_resync_begun_before_the_loss_does_not_clear_it() {
     h.e.events_lost(ResyncScope::All, T0 + 1);
     h.e.finish_resync(early, T0 + 2).unwrap();
     assert_eq!(h.st(1, T0 + 2).reason, Reason::ResyncPending);
-    assert_eq!(h.requests(), vec![ObserverRequest::Resync(ResyncScope::All)]);
+    assert_eq!(
+        h.requests(),
+        vec![ObserverRequest::Resync(ResyncScope::All)]
+    );
     let r = h.e.begin_resync(ResyncScope::All, T0 + 3);
     h.e.finish_resync(r, T0 + 4).unwrap();
     assert_eq!(h.st(1, T0 + 4).reason, Reason::IdleTimeoutNotElapsed);
@@ -106,11 +121,15 @@ fn a_resync_begun_before_the_loss_does_not_clear_it() {
 fn lost_events_then_restore_resync_reports_the_flow() {
     let mut h = H::new();
     h.reg(1, spec(MIN), T0);
-    h.e.set_observer_health(ObserverHealth::Failed("recv: no buffer space available".into()), T0);
+    h.e.set_observer_health(
+        ObserverHealth::Failed("recv: no buffer space available".into()),
+        T0,
+    );
     h.e.events_lost(ResyncScope::All, T0);
     h.e.set_observer_health(ObserverHealth::Healthy, T0 + SEC);
     let r = h.e.begin_resync(ResyncScope::All, T0 + SEC);
-    h.e.resync_flow(r, &inbound(3, Some(TcpState::ESTABLISHED))).unwrap();
+    h.e.resync_flow(r, &inbound(3, Some(TcpState::ESTABLISHED)))
+        .unwrap();
     h.e.finish_resync(r, T0 + 2 * SEC).unwrap();
     assert_eq!(h.st(1, T0 + 2 * SEC).status, Status::Active);
 }
@@ -120,13 +139,19 @@ fn failed_restore_resync_is_not_an_observer_error_and_asks_again() {
     let mut h = H::new();
     h.reg(1, spec(MIN), T0);
     h.e.events_lost(ResyncScope::All, T0);
-    assert_eq!(h.requests(), vec![ObserverRequest::Resync(ResyncScope::All)]);
+    assert_eq!(
+        h.requests(),
+        vec![ObserverRequest::Resync(ResyncScope::All)]
+    );
     let r = h.e.begin_resync(ResyncScope::All, T0 + SEC);
     h.e.fail_resync(r, T0 + SEC).unwrap();
     let st = h.st(1, T0 + 2 * MIN);
     assert_ne!(st.status, Status::Error);
     assert_eq!(st.reason, Reason::ResyncPending);
-    assert_eq!(h.requests(), vec![ObserverRequest::Resync(ResyncScope::All)]);
+    assert_eq!(
+        h.requests(),
+        vec![ObserverRequest::Resync(ResyncScope::All)]
+    );
     h.e.tick(T0 + 2 * MIN);
     assert!(h.standbys().is_empty());
 }
@@ -140,7 +165,8 @@ fn instance_registered_during_a_full_resync_waits_for_it() {
     h.reg(1, s, T0);
     h.e.tick(T0 + 1);
     assert!(h.standbys().is_empty());
-    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED))).unwrap();
+    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED)))
+        .unwrap();
     h.e.finish_resync(r, T0 + 2).unwrap();
     assert_eq!(h.st(1, T0 + 2).status, Status::Active);
 }
@@ -153,10 +179,20 @@ fn observer_failure_reports_error_and_blocks_standby() {
     off.policy.as_mut().unwrap().enabled = false;
     off.addresses = vec![ip("192.168.100.20")];
     h.reg(2, off, T0);
-    h.e.set_observer_health(ObserverHealth::Failed("conntrack permission denied".into()), T0);
+    h.e.set_observer_health(
+        ObserverHealth::Failed("conntrack permission denied".into()),
+        T0,
+    );
     let st = h.st(1, T0);
-    assert_eq!((st.status, st.reason), (Status::Error, Reason::ObserverError));
-    assert_eq!(h.st(2, T0).status, Status::Disabled, "only eligible instances");
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::Error, Reason::ObserverError)
+    );
+    assert_eq!(
+        h.st(2, T0).status,
+        Status::Disabled,
+        "only eligible instances"
+    );
     h.e.tick(T0 + 5 * MIN);
     assert!(h.standbys().is_empty());
     h.e.set_observer_health(ObserverHealth::Healthy, T0 + 6 * MIN);
@@ -198,4 +234,23 @@ fn unanswered_confirmation_is_asked_again() {
     assert_eq!(h.requests(), vec![ObserverRequest::Confirm(1)]);
     h.e.tick(T0 + 2 * MIN);
     assert_eq!(h.requests(), vec![ObserverRequest::Confirm(1)]);
+}
+
+#[test]
+fn tombstones_expire_after_their_ttl() {
+    let mut h = H::with(EngineConfig {
+        tombstone_ttl_ms: 5 * SEC,
+        ..EngineConfig::default()
+    });
+    h.reg(1, spec(MIN), T0);
+    h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0);
+    let r = h.e.begin_resync(ResyncScope::All, T0);
+    h.destroy(inbound(1, None), T0 + SEC);
+    // A long dump: by the time it lists the entry again, the tombstone has expired and
+    // the entry is taken as a new live flow (the kernel re-used the tuple and id).
+    h.e.tick(T0 + 10 * SEC);
+    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED)))
+        .unwrap();
+    h.e.finish_resync(r, T0 + 10 * SEC).unwrap();
+    assert_eq!(h.st(1, T0 + 10 * SEC).active_inbound, 1);
 }

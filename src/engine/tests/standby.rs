@@ -20,13 +20,20 @@ fn elapsed_countdown_emits_one_standby_and_success_clears_state() {
     h.e.tick(T0 + MIN);
     assert_eq!(h.standbys(), vec![1]);
     let st = h.st(1, T0 + MIN);
-    assert_eq!((st.status, st.reason), (Status::StandbyRequested, Reason::ReadyForStandby));
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::StandbyRequested, Reason::ReadyForStandby)
+    );
     assert_eq!(h.e.stats().standby_in_flight, 1);
     assert_eq!(h.e.begin_standby(1, T0 + MIN), Ok(BeginStandby::Proceed));
-    h.e.report_standby(1, StandbyOutcome::Success, T0 + MIN + SEC).unwrap();
+    h.e.report_standby(1, StandbyOutcome::Success, T0 + MIN + SEC)
+        .unwrap();
     assert_eq!(h.persists(1), vec![None]);
     let st = h.st(1, T0 + MIN + SEC);
-    assert_eq!((st.status, st.reason), (Status::Ineligible, Reason::InstanceNotRunning));
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::Ineligible, Reason::InstanceNotRunning)
+    );
     assert_eq!((st.idle_since, st.next_standby_at), (None, None));
     assert_eq!(h.e.stats().standby_in_flight, 0);
     h.e.tick(T0 + 10 * MIN);
@@ -65,7 +72,8 @@ fn failure_with_mid_flight_activity_does_not_rearm() {
     assert_eq!(h.standbys(), vec![1]);
     assert_eq!(h.e.begin_standby(1, T0 + MIN), Ok(BeginStandby::Proceed));
     h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0 + MIN + 100);
-    h.e.report_standby(1, StandbyOutcome::Failed, T0 + MIN + 200).unwrap();
+    h.e.report_standby(1, StandbyOutcome::Failed, T0 + MIN + 200)
+        .unwrap();
     let st = h.st(1, T0 + MIN + 200);
     assert_eq!((st.status, st.active_inbound), (Status::Active, 1));
     assert_eq!((st.idle_since, st.next_standby_at), (None, None));
@@ -97,10 +105,12 @@ fn concurrency_is_bounded_and_the_queue_is_fifo() {
     assert_eq!((s.standby_in_flight, s.standby_queued), (2, 2));
     assert_eq!(h.st(3, T0 + MIN).status, Status::StandbyRequested);
     assert_eq!(h.e.begin_standby(1, T0 + MIN), Ok(BeginStandby::Proceed));
-    h.e.report_standby(1, StandbyOutcome::Success, T0 + MIN).unwrap();
+    h.e.report_standby(1, StandbyOutcome::Success, T0 + MIN)
+        .unwrap();
     assert_eq!(h.standbys(), vec![3]);
     assert_eq!(h.e.begin_standby(2, T0 + MIN), Ok(BeginStandby::Proceed));
-    h.e.report_standby(2, StandbyOutcome::Success, T0 + MIN).unwrap();
+    h.e.report_standby(2, StandbyOutcome::Success, T0 + MIN)
+        .unwrap();
     assert_eq!(h.standbys(), vec![4]);
 }
 
@@ -113,10 +123,21 @@ fn activity_while_queued_cancels_that_standby() {
     fleet(&mut h, 2, MIN);
     h.e.tick(T0 + MIN);
     assert_eq!(h.standbys(), vec![1]);
-    let f = flow(proto::TCP, ip("203.0.113.1"), 9, addr(2), 80, Some(TcpState::ESTABLISHED), 1);
+    let f = flow(
+        proto::TCP,
+        ip("203.0.113.1"),
+        9,
+        addr(2),
+        80,
+        Some(TcpState::ESTABLISHED),
+        1,
+    );
     h.new_flow(f, T0 + MIN + SEC);
     assert_eq!(h.e.stats().standby_queued, 0);
-    assert_eq!(h.run_standbys_after(1, T0 + MIN + 2 * SEC), Vec::<u64>::new());
+    assert_eq!(
+        h.run_standbys_after(1, T0 + MIN + 2 * SEC),
+        Vec::<u64>::new()
+    );
     assert_eq!(h.st(2, T0 + MIN + 2 * SEC).status, Status::Active);
 }
 
@@ -124,7 +145,9 @@ impl H {
     /// Begins and reports success for `key`, returning the standbys emitted after.
     fn run_standbys_after(&mut self, key: InstanceKey, now: UnixMillis) -> Vec<InstanceKey> {
         assert_eq!(self.e.begin_standby(key, now), Ok(BeginStandby::Proceed));
-        self.e.report_standby(key, StandbyOutcome::Success, now).unwrap();
+        self.e
+            .report_standby(key, StandbyOutcome::Success, now)
+            .unwrap();
         self.standbys()
     }
 }
@@ -138,7 +161,15 @@ fn activity_after_emission_cancels_at_begin_and_frees_the_slot() {
     fleet(&mut h, 2, MIN);
     h.e.tick(T0 + MIN);
     assert_eq!(h.standbys(), vec![1]);
-    let f = flow(proto::TCP, ip("203.0.113.1"), 9, addr(1), 80, Some(TcpState::ESTABLISHED), 1);
+    let f = flow(
+        proto::TCP,
+        ip("203.0.113.1"),
+        9,
+        addr(1),
+        80,
+        Some(TcpState::ESTABLISHED),
+        1,
+    );
     h.new_flow(f, T0 + MIN + 1);
     assert_eq!(
         h.e.begin_standby(1, T0 + MIN + 2),
@@ -174,9 +205,16 @@ fn refresh_during_an_executing_standby_does_not_dispatch_again() {
     h.e.finish_resync(r, T0 + MIN + SEC).unwrap();
     h.e.tick(T0 + 5 * MIN);
     assert!(h.standbys().is_empty());
-    assert_eq!(h.e.hold(1, T0 + 5 * MIN), Err(EngineError::StandbyInProgress));
-    assert_eq!(h.e.begin_standby(1, T0 + 5 * MIN), Err(EngineError::NoStandbyOutstanding(1)));
-    h.e.report_standby(1, StandbyOutcome::Success, T0 + 5 * MIN).unwrap();
+    assert_eq!(
+        h.e.hold(1, T0 + 5 * MIN),
+        Err(EngineError::StandbyInProgress)
+    );
+    assert_eq!(
+        h.e.begin_standby(1, T0 + 5 * MIN),
+        Err(EngineError::NoStandbyOutstanding(1))
+    );
+    h.e.report_standby(1, StandbyOutcome::Success, T0 + 5 * MIN)
+        .unwrap();
 }
 
 #[test]
@@ -189,7 +227,15 @@ fn resync_finding_a_flow_cancels_a_queued_standby() {
     h.e.tick(T0 + MIN);
     assert_eq!(h.standbys(), vec![1]);
     let r = h.e.begin_resync(ResyncScope::All, T0 + MIN);
-    let f = flow(proto::TCP, ip("203.0.113.1"), 9, addr(2), 80, Some(TcpState::ESTABLISHED), 1);
+    let f = flow(
+        proto::TCP,
+        ip("203.0.113.1"),
+        9,
+        addr(2),
+        80,
+        Some(TcpState::ESTABLISHED),
+        1,
+    );
     h.e.resync_flow(r, &f).unwrap();
     h.e.finish_resync(r, T0 + MIN).unwrap();
     assert_eq!(h.st(2, T0 + MIN).active_inbound, 1);
@@ -206,9 +252,15 @@ fn invalid_update_does_not_cancel_a_queued_standby() {
     h.e.tick(T0 + MIN);
     assert_eq!(h.standbys(), vec![1]);
     let bad = spec_with(addr(2), policy(0));
-    assert!(matches!(h.e.update(2, bad, T0 + MIN), Err(EngineError::InvalidPolicy(_))));
+    assert!(matches!(
+        h.e.update(2, bad, T0 + MIN),
+        Err(EngineError::InvalidPolicy(_))
+    ));
     let taken = spec_with(addr(1), policy(MIN));
-    assert!(matches!(h.e.update(2, taken, T0 + MIN), Err(EngineError::AddressInUse { owner: 1, .. })));
+    assert!(matches!(
+        h.e.update(2, taken, T0 + MIN),
+        Err(EngineError::AddressInUse { owner: 1, .. })
+    ));
     assert_eq!(h.st(2, T0 + MIN).status, Status::StandbyRequested);
     assert_eq!(h.run_standbys_after(1, T0 + MIN), vec![2]);
 }
@@ -234,7 +286,10 @@ fn begin_and_report_without_a_standby_are_errors_that_change_nothing() {
     let mut h = H::new();
     h.reg(1, spec(MIN), T0);
     let before = h.st(1, T0);
-    assert_eq!(h.e.begin_standby(1, T0), Err(EngineError::NoStandbyOutstanding(1)));
+    assert_eq!(
+        h.e.begin_standby(1, T0),
+        Err(EngineError::NoStandbyOutstanding(1))
+    );
     assert_eq!(
         h.e.report_standby(1, StandbyOutcome::Failed, T0),
         Err(EngineError::NoStandbyOutstanding(1))
@@ -269,11 +324,15 @@ fn confirmation_that_finds_a_flow_skips_standby() {
     h.e.tick(T0 + MIN);
     h.requests();
     let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + MIN);
-    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED))).unwrap();
+    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED)))
+        .unwrap();
     h.e.finish_resync(r, T0 + MIN).unwrap();
     assert!(h.standbys().is_empty());
     let st = h.st(1, T0 + MIN);
-    assert_eq!((st.status, st.active_inbound, st.idle_since), (Status::Active, 1, None));
+    assert_eq!(
+        (st.status, st.active_inbound, st.idle_since),
+        (Status::Active, 1, None)
+    );
     assert_eq!(h.e.next_deadline(), None);
 }
 
@@ -290,8 +349,14 @@ fn failed_confirmation_restarts_the_countdown() {
     h.e.fail_resync(r, now).unwrap();
     assert!(h.standbys().is_empty());
     let st = h.st(1, now);
-    assert_eq!((st.status, st.reason), (Status::IdleCountdown, Reason::ConfirmFailed));
-    assert_eq!((st.idle_since, st.next_standby_at), (Some(now), Some(now + MIN)));
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::IdleCountdown, Reason::ConfirmFailed)
+    );
+    assert_eq!(
+        (st.idle_since, st.next_standby_at),
+        (Some(now), Some(now + MIN))
+    );
 }
 
 #[test]
@@ -306,7 +371,10 @@ fn failed_confirmation_after_activity_leaves_the_instance_active() {
     h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0 + MIN + 1);
     h.e.fail_resync(r, T0 + MIN + 2).unwrap();
     let st = h.st(1, T0 + MIN + 2);
-    assert_eq!((st.status, st.idle_since, st.next_standby_at), (Status::Active, None, None));
+    assert_eq!(
+        (st.status, st.idle_since, st.next_standby_at),
+        (Status::Active, None, None)
+    );
 }
 
 #[test]
@@ -320,10 +388,17 @@ fn countdown_restarted_during_confirmation_wins() {
     let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + MIN);
     h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0 + MIN + 1);
     h.destroy(inbound(1, None), T0 + MIN + 2);
-    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED))).unwrap();
+    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED)))
+        .unwrap();
     h.e.finish_resync(r, T0 + MIN + 3).unwrap();
-    assert!(h.standbys().is_empty(), "tombstone kept the dump from resurrecting it");
-    assert_eq!(h.st(1, T0 + MIN + 3).next_standby_at, Some(T0 + MIN + 2 + MIN));
+    assert!(
+        h.standbys().is_empty(),
+        "tombstone kept the dump from resurrecting it"
+    );
+    assert_eq!(
+        h.st(1, T0 + MIN + 3).next_standby_at,
+        Some(T0 + MIN + 2 + MIN)
+    );
 }
 
 #[test]
@@ -339,7 +414,10 @@ fn hold_during_confirmation_wins() {
     h.e.finish_resync(r, T0 + MIN + 2).unwrap();
     assert!(h.standbys().is_empty());
     assert_eq!(held.hold_until, Some(T0 + 2 * MIN + 1));
-    assert_eq!(h.st(1, T0 + MIN + 2).next_standby_at, Some(T0 + 2 * MIN + 1));
+    assert_eq!(
+        h.st(1, T0 + MIN + 2).next_standby_at,
+        Some(T0 + 2 * MIN + 1)
+    );
 }
 
 #[test]
@@ -352,7 +430,8 @@ fn raced_connection_during_snapshot_wakes_the_instance_back() {
     h.standbys();
     assert_eq!(h.e.begin_standby(1, T0 + MIN), Ok(BeginStandby::Proceed));
     h.new_flow(inbound(7, Some(TcpState::SYN_SENT)), T0 + MIN + 1);
-    h.e.report_standby(1, StandbyOutcome::Success, T0 + MIN + 2).unwrap();
+    h.e.report_standby(1, StandbyOutcome::Success, T0 + MIN + 2)
+        .unwrap();
     let wakes: Vec<Decision> = h
         .drain()
         .into_iter()
