@@ -35,6 +35,9 @@ type Controller struct {
 	slots        chan struct{}
 	persist      *persister
 
+	// regMu orders registrations; mu guards the maps below and is never held across
+	// a library call.
+	regMu   sync.Mutex
 	mu      sync.Mutex
 	byID    map[string]*tracked
 	byKey   map[uint64]*tracked
@@ -334,14 +337,17 @@ func lifecycleOf(state string) binding.Lifecycle {
 	return binding.LifecycleOther
 }
 
-// upsert tells the library about inst, registering it on first sight.
+// upsert tells the library about inst, registering it on first sight. Library calls
+// are made outside c.mu, so Describe never waits behind one; regMu keeps registrations
+// of the same instance in order.
 func (c *Controller) upsert(inst *Instance) error {
 	spec, timeout, err := instanceSpec(inst)
 	if err != nil {
 		return err
 	}
+	c.regMu.Lock()
+	defer c.regMu.Unlock()
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	t := c.byID[inst.ID]
 	if t == nil {
 		c.nextKey++
@@ -349,27 +355,34 @@ func (c *Controller) upsert(inst *Instance) error {
 		c.byID[inst.ID] = t
 		c.byKey[t.key] = t
 	}
-	if t.registered {
-		err = c.eng.Update(t.key, spec)
+	key, registered := t.key, t.registered
+	c.mu.Unlock()
+
+	if registered {
+		err = c.eng.Update(key, spec)
 		if binding.CodeOf(err) == binding.ErrNotFound {
-			err = c.eng.Register(t.key, spec)
+			err = c.eng.Register(key, spec)
 		}
 	} else {
-		err = c.eng.Register(t.key, spec)
+		err = c.eng.Register(key, spec)
 		if binding.CodeOf(err) == binding.ErrAlreadyExists {
-			err = c.eng.Update(t.key, spec)
+			err = c.eng.Update(key, spec)
 		}
 	}
 	if err != nil {
 		return err
 	}
+	c.mu.Lock()
 	t.registered = true
 	t.idleTimeout = timeout
+	c.mu.Unlock()
 	return nil
 }
 
 // forget unregisters an instance and drops its pending writes.
 func (c *Controller) forget(id string) {
+	c.regMu.Lock()
+	defer c.regMu.Unlock()
 	c.mu.Lock()
 	t := c.byID[id]
 	if t != nil {
