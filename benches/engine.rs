@@ -301,6 +301,12 @@ fn main() {
     if !full {
         FLOWS_N.store(20_000, Relaxed);
         CHURN_N.store(1_024, Relaxed);
+    } else if let Some(n) = std::env::var("AUTOSTANDBY_BENCH_FLOWS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        // A smaller table, to tell cache misses from computation.
+        FLOWS_N.store(u64::from(n.max(2 * CHURN)), Relaxed);
     }
     let f = measure();
     assert_eq!(
@@ -318,6 +324,15 @@ fn main() {
     println!(
         "== engine benchmark summary ({INSTANCES} instances, {} flows) ==",
         flows()
+    );
+    let thp = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.hugetlb=1"));
+    println!(
+        "heap: {}",
+        if thp {
+            "transparent huge pages via GLIBC_TUNABLES=glibc.malloc.hugetlb=1"
+        } else {
+            "4 KiB pages (set GLIBC_TUNABLES=glibc.malloc.hugetlb=1 for huge pages)"
+        }
     );
     println!(
         "flow events/s (CPU time, batches of {BATCH}): {:>12.0}   target >= 3000000   peer {:>10.0}   ratio {:.0}x",

@@ -10,7 +10,7 @@ packages=(
   qemu-system-x86 qemu-utils   # the end-to-end VM (TCG)
   busybox-static cpio          # the guest's initramfs
   socat                        # QMP from shell scripts
-  time bc                      # bench/conntrack.sh: peak RSS, ratios
+  time bc procps               # bench/conntrack.sh: peak RSS, ratios, sysctl
 )
 
 missing=()

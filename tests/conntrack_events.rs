@@ -133,6 +133,25 @@ fn kernel_filtered_dump_finds_only_the_asked_address() {
     // original destination, where it was recognised as already reported).
     assert_eq!((stats.walks, stats.received), (2, 2), "{stats:?}");
 
+    // Reply source only: one walk, same answer here (no flow is dialled to SERVER and
+    // answered by another host).
+    q.set_match_orig_destination(false);
+    let mut one_walk = Vec::new();
+    let st = q
+        .dump_addresses(&[ip(SERVER)], &mut |f| one_walk.push(*f))
+        .unwrap();
+    assert_eq!((st.walks, &one_walk), (1, &seen));
+    q.set_match_orig_destination(true);
+
+    // Many addresses (a periodic reconcile of every instance): one combined full dump
+    // filtered in userspace instead of two kernel walks per address.
+    let mut many = vec![ip(SERVER)];
+    many.extend((10..20).map(|i| ip(&format!("10.231.0.{i}"))));
+    let mut combined = Vec::new();
+    let st = q.dump_addresses(&many, &mut |f| combined.push(*f)).unwrap();
+    assert_eq!((st.walks, st.kernel_filtered), (1, false), "{st:?}");
+    assert_eq!(combined, seen);
+
     let mut none = 0;
     q.dump_addresses(&[ip("10.231.0.77")], &mut |_| none += 1)
         .unwrap();

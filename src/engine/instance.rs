@@ -40,15 +40,11 @@ impl Phase {
 
 /// One registered instance.
 ///
-/// `repr(C)` keeps the fields every flow event reads together at the front, in the
-/// first cache lines, away from the spec and the rarely used bookkeeping.
+/// `repr(C)` and the alignment put every field a flow event reads or writes in the
+/// first 64-byte cache line, away from the spec and the rarely used bookkeeping.
 #[derive(Debug)]
-#[repr(C)]
+#[repr(C, align(64))]
 pub(crate) struct Inst {
-    /// The first two addresses as [`super::flows::addr_bits`] (0 when absent), for the
-    /// per-event "is the client the guest itself?" check without touching `spec`.
-    pub addr_bits: [u128; 2],
-    pub key: InstanceKey,
     pub last_inbound: Option<UnixMillis>,
     /// Flows stored for the instance.
     pub flows: u32,
@@ -57,6 +53,10 @@ pub(crate) struct Inst {
     pub phase: Phase,
     /// [`Inst::ineligible_reason`] is `None`; kept in step with `spec`.
     pub is_eligible: bool,
+    /// The first two addresses as [`super::flows::addr_bits`] (0 when absent), for the
+    /// per-event "is the client the guest itself?" check without touching `spec`.
+    pub addr_bits: [u128; 2],
+    pub key: InstanceKey,
     pub spec: InstanceSpec,
     /// When the engine saw the instance become Running.
     pub running_since: Option<UnixMillis>,
@@ -234,4 +234,16 @@ impl Inst {
 /// An empty runtime is the same as none.
 pub(crate) fn normalise_runtime(rt: Runtime) -> Option<Runtime> {
     (rt != Runtime::default()).then_some(rt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_event_fields_share_the_first_cache_line() {
+        assert_eq!(align_of::<Inst>(), 64);
+        assert_eq!(std::mem::offset_of!(Inst, addr_bits) + 32, 64);
+        assert!(std::mem::offset_of!(Inst, is_eligible) < 32);
+    }
 }

@@ -510,7 +510,7 @@ impl Engine {
     /// are loaded for a group of events before any of them is applied, so the memory
     /// latencies overlap instead of adding up.
     pub fn on_flow_events(&mut self, events: &[FlowEvent], now: UnixMillis) {
-        const GROUP: usize = 16;
+        const GROUP: usize = 32;
         self.see(now);
         for group in events.chunks(GROUP) {
             let mut prepared = [machine::Prepared::default(); GROUP];

@@ -150,14 +150,11 @@ impl Pair {
 
     /// Sets a sysctl in namespace B.
     pub fn sysctl_b(&self, key: &str, value: &str) {
-        run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &self.b,
-            "sysctl",
-            "-qw",
-            &format!("{key}={value}"),
-        ]));
+        // Written from a thread inside B: /proc/sys/net shows the namespace of the
+        // thread that opens it (and this needs no sysctl binary).
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let value = value.to_owned();
+        self.in_b(move || std::fs::write(&path, value));
     }
 
     /// Observer configuration for namespace B.
