@@ -28,7 +28,7 @@ lint: deps
 	  cd go && $(GO) vet ./...; fi
 
 # Everything CI runs.
-test: deps header-check lint test-rust test-go
+test: deps header-check lint test-rust test-c test-go
 
 test-rust: deps
 	$(CARGO) test --all-targets
@@ -67,7 +67,7 @@ e2e: deps
 demo: deps
 	$(CARGO) run --release --example engine_demo
 
-bench: deps bench-engine bench-conntrack bench-go
+bench: deps bench-engine bench-conntrack bench-controller bench-go
 
 # Engine throughput, allocations per event and bytes per flow (10k instances, 1M flows).
 # The flow table is ~85 MB of random accesses: glibc's hugetlb tunable backs large heap
@@ -79,6 +79,11 @@ bench-engine: deps
 # Conntrack observer: dump, filtered dump, events and parser, with peers (root).
 bench-conntrack: deps
 	bash bench/conntrack.sh
+
+# Controller: status cost and standby-decision latency (10,000 instances over a
+# minute), with peers (root).
+bench-controller: deps
+	$(CARGO) bench --bench controller
 
 clean:
 	$(CARGO) clean

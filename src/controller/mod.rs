@@ -81,6 +81,9 @@ pub struct ControllerConfig {
     pub events_sysctl: EventsSysctlMode,
     /// Most verbose level captured into the log buffer.
     pub log_level: Level,
+    /// Kernel mode: confirm idleness with a targeted dump right before each standby
+    /// (default on). Off only to measure the rest of the pipeline; never in production.
+    pub confirm_before_standby: bool,
 }
 
 impl ControllerConfig {
@@ -102,6 +105,7 @@ impl ControllerConfig {
             resync_interval_ms: DEFAULT_RESYNC_INTERVAL_MS,
             events_sysctl: EventsSysctlMode::ReportOnly,
             log_level: Level::INFO,
+            confirm_before_standby: true,
         }
     }
 }
@@ -190,7 +194,7 @@ impl Controller {
         }
         let engine_config = EngineConfig {
             max_concurrent_standbys: config.max_concurrent_standbys,
-            confirm_before_standby: config.mode == Mode::Kernel,
+            confirm_before_standby: config.mode == Mode::Kernel && config.confirm_before_standby,
             ..EngineConfig::default()
         };
         let clock = match config.mode {

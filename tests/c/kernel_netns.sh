@@ -44,4 +44,8 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 
-"$bin" "/run/netns/$ns" "$net.2" "$port"
+if ! "$bin" "/run/netns/$ns" "$net.2" "$port"; then
+  echo "kernel_netns.sh: $bin failed; conntrack table of $ns:" >&2
+  ip netns exec "$ns" conntrack -L >&2 || true
+  exit 1
+fi

@@ -129,6 +129,16 @@ int main(int argc, char **argv) {
   }
   int got = 0;
   for (int i = 0; i < 10 && !got; i++) got = poll_standby(c, key, 1000);
+  if (!got) {
+    st = status_of(c, key);
+    fprintf(stderr, "no standby: status %s, reason %s, active %u\n",
+            autostandby_status_name(st.status), autostandby_reason_name(st.reason),
+            st.active_inbound);
+    autostandby_log_record logs[32];
+    size_t nlogs = 0;
+    CALL_OK(autostandby_drain_logs, c, logs, 32, &nlogs);
+    for (size_t i = 0; i < nlogs; i++) fprintf(stderr, "  log: %s\n", logs[i].message);
+  }
   CHECK(got);
   bool proceed = false;
   uint32_t reason = 0;
