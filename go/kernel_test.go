@@ -1,7 +1,6 @@
-//go:build cgo && linux && autostandby_kernel
+//go:build cgo && linux
 
-// Built with -tags autostandby_kernel (make test-go-kernel): it needs root and the
-// library's kernel mode.
+// Needs root: it creates network namespaces and runs the library in kernel mode.
 
 package autostandby
 
@@ -98,6 +97,7 @@ func TestKernelConntrackKeepsInstanceAwakeUntilConnectionCloses(t *testing.T) {
 		}
 		return false
 	})
+	t.Logf("standby %v after the connection closed (idle timeout %v)", standbyAt.Sub(closedAt).Round(time.Millisecond), timeout)
 	if late := standbyAt.Sub(closedAt); late > timeout+2*time.Second {
 		t.Fatalf("standby %v after the connection closed, want within %v", late, timeout+2*time.Second)
 	}
@@ -109,6 +109,13 @@ func TestKernelConntrackKeepsInstanceAwakeUntilConnectionCloses(t *testing.T) {
 	// The runtime writes: activity first, then an idle countdown starting after the
 	// connection opened and no later than the standby, then deletion on success.
 	writes := store.runtimesFor("vm")
+	for i, w := range writes {
+		if w == nil {
+			t.Logf("runtime write %d: delete", i)
+		} else {
+			t.Logf("runtime write %d: idle_since=%v last_inbound_activity_at=%v", i, w.IdleSince, w.LastInboundActivityAt)
+		}
+	}
 	if len(writes) < 2 || writes[len(writes)-1] != nil {
 		t.Fatalf("runtime writes %+v: want the countdown, then a delete", writes)
 	}
