@@ -135,3 +135,42 @@ func TestKernelConntrackKeepsInstanceAwakeUntilConnectionCloses(t *testing.T) {
 		t.Fatalf("last_inbound_activity_at %v after idle_since %v", idle.LastInboundActivityAt, idle.IdleSince)
 	}
 }
+
+// Beyond hypeman: a connection attempt to an instance in Standby whose policy asks for
+// wake on traffic reaches RestoreInstance, from a real conntrack event.
+func TestKernelConntrackWakesInstanceInStandby(t *testing.T) {
+	nettest.RequireRoot(t)
+	if _, err := exec.LookPath("socat"); err != nil {
+		t.Fatalf("this test needs socat (scripts/install-deps.sh installs it): %v", err)
+	}
+	hostNS, guestNS := nettest.Name("whost", false), nettest.Name("wguest", false)
+	hostPath := nettest.Namespace(t, hostNS)
+	nettest.Namespace(t, guestNS)
+	nettest.Veth(t, hostNS, "10.213.8.1/24", guestNS, "10.213.8.2/24")
+	nettest.TrackConnections(t, hostNS)
+
+	inst := guest("vm", "10.213.8.2", "2s")
+	inst.State = StateStandby
+	inst.AutoStandby.WakeOnTraffic = true
+	store := newFakeStore(inst)
+	c, err := NewController(store, SourceOptions{NetnsPath: hostPath, EnableConntrackEvents: true}, ControllerOptions{})
+	if err != nil {
+		t.Fatalf("NewController (kernel mode): %v", err)
+	}
+	t.Cleanup(c.Close)
+	startRun(t, c)
+	keyOf(t, c, "vm")
+	time.Sleep(200 * time.Millisecond) // let the startup resync install the address filter
+
+	// Nothing listens in the "guest" (it is in Standby): the attempt is refused, but
+	// its SYN has already created the conntrack entry that wakes the instance.
+	_ = exec.Command("ip", "netns", "exec", hostNS, "socat", "-u", "OPEN:/dev/null", "TCP:10.213.8.2:8080,connect-timeout=1").Run()
+	eventually(t, "RestoreInstance", func() bool {
+		store.mu.Lock()
+		defer store.mu.Unlock()
+		return len(store.restores) == 1 && store.restores[0] == "vm"
+	})
+	if got := store.standbys(); len(got) != 0 {
+		t.Fatalf("standby %v for an instance already in Standby", got)
+	}
+}
