@@ -64,20 +64,24 @@ const (
 
 // FlowEvent is a conntrack event supplied through Manual.
 type FlowEvent struct {
-	Kind     FlowEventKind
+	// Kind is new, update or destroy.
+	Kind FlowEventKind
+	// Protocol is the IP protocol number (ProtoTCP, ProtoUDP).
 	Protocol uint8
 	// Client and Destination are the original tuple.
 	Client, Destination netip.AddrPort
 	// ReplySource and ReplyDestination are the reply tuple; zero values mirror the
 	// original tuple (no NAT).
 	ReplySource, ReplyDestination netip.AddrPort
-	Zone                          uint16
+	// Zone is the conntrack zone.
+	Zone uint16
 	// ID is conntrack's id of the entry.
 	ID uint32
 	// HasTCPState says whether TCPState is set (an update without one leaves the
 	// state unchanged).
 	HasTCPState bool
-	TCPState    TCPState
+	// TCPState is the flow's TCP state when HasTCPState is set.
+	TCPState TCPState
 }
 
 // TCPEvent builds a TCP flow event with a state and no NAT.

@@ -27,22 +27,31 @@ const (
 
 // Instance is the controller's view of a VM, shaped like hypeman's.
 type Instance struct {
-	ID             string
-	Name           string
-	State          string
+	// ID identifies the instance in the store.
+	ID string
+	// Name is for logs only.
+	Name string
+	// State is hypeman's state name; only "Running" is eligible.
+	State string
+	// NetworkEnabled: the instance has networking.
 	NetworkEnabled bool
 	// IP is the guest's primary address.
 	IP string
 	// ExtraIPs are further guest addresses (for example its IPv6 address).
-	ExtraIPs    []string
-	HasVGPU     bool
+	ExtraIPs []string
+	// HasVGPU: instances with a vGPU are never put into Standby.
+	HasVGPU bool
+	// AutoStandby is the policy; nil means not configured.
 	AutoStandby *Policy
-	Runtime     *Runtime
+	// Runtime is the persisted countdown, nil when none is stored.
+	Runtime *Runtime
 }
 
 // Runtime is the idle countdown persisted in instance metadata (hypeman's JSON).
 type Runtime struct {
-	IdleSince             *time.Time `json:"idle_since,omitempty"`
+	// IdleSince is when the instance became idle, if it is idle.
+	IdleSince *time.Time `json:"idle_since,omitempty"`
+	// LastInboundActivityAt is when inbound activity was last seen.
 	LastInboundActivityAt *time.Time `json:"last_inbound_activity_at,omitempty"`
 }
 
@@ -80,9 +89,12 @@ const (
 // InstanceEvent is one lifecycle event. Instance is nil for delete; for fork it is
 // the new fork.
 type InstanceEvent struct {
-	Action     InstanceEventAction
+	// Action is what happened.
+	Action InstanceEventAction
+	// InstanceID is the instance it happened to.
 	InstanceID string
-	Instance   *Instance
+	// Instance is its state after the action (nil for delete).
+	Instance *Instance
 }
 
 // InstanceStore is what the controller needs from the VM manager.
@@ -101,5 +113,6 @@ type InstanceStore interface {
 // InstanceRestorer is optionally implemented by an InstanceStore: the controller then
 // restores instances whose policy has wake_on_traffic when traffic arrives for them.
 type InstanceRestorer interface {
+	// RestoreInstance brings an instance in Standby back to Running.
 	RestoreInstance(ctx context.Context, id string) error
 }

@@ -68,20 +68,33 @@ const (
 // StatusSnapshot is a point-in-time view of one instance's auto-standby state, with
 // the fields (and JSON names) of hypeman's API, plus the flows keeping it awake.
 type StatusSnapshot struct {
-	Supported             bool           `json:"supported"`
-	Configured            bool           `json:"configured"`
-	Enabled               bool           `json:"enabled"`
-	Eligible              bool           `json:"eligible"`
-	Status                Status         `json:"status"`
-	Reason                Reason         `json:"reason"`
-	ActiveInboundCount    int            `json:"active_inbound_connections"`
-	IdleTimeout           string         `json:"idle_timeout,omitempty"`
-	IdleSince             *time.Time     `json:"idle_since,omitempty"`
-	LastInboundActivityAt *time.Time     `json:"last_inbound_activity_at,omitempty"`
-	NextStandbyAt         *time.Time     `json:"next_standby_at,omitempty"`
-	HoldUntil             *time.Time     `json:"hold_until,omitempty"`
-	CountdownRemaining    *time.Duration `json:"-"`
-	TrackingMode          string         `json:"tracking_mode"`
+	// Supported is false where the library is not built in (nil controller).
+	Supported bool `json:"supported"`
+	// Configured: the instance has a policy.
+	Configured bool `json:"configured"`
+	// Enabled: the policy is enabled.
+	Enabled bool `json:"enabled"`
+	// Eligible: the instance passes every eligibility check.
+	Eligible bool `json:"eligible"`
+	// Status and Reason: the first matching rule of hypeman's decision order.
+	Status Status `json:"status"`
+	Reason Reason `json:"reason"`
+	// ActiveInboundCount is the number of qualifying inbound flows now live.
+	ActiveInboundCount int `json:"active_inbound_connections"`
+	// IdleTimeout is the policy's timeout in canonical form ("5m0s").
+	IdleTimeout string `json:"idle_timeout,omitempty"`
+	// IdleSince is when the current idle period began.
+	IdleSince *time.Time `json:"idle_since,omitempty"`
+	// LastInboundActivityAt is when inbound activity was last seen.
+	LastInboundActivityAt *time.Time `json:"last_inbound_activity_at,omitempty"`
+	// NextStandbyAt is when standby is due (the later of the countdown and a hold).
+	NextStandbyAt *time.Time `json:"next_standby_at,omitempty"`
+	// HoldUntil is the hold's deadline, only while it is in the future.
+	HoldUntil *time.Time `json:"hold_until,omitempty"`
+	// CountdownRemaining is max(0, NextStandbyAt - now); JSON renders it as "4m0s".
+	CountdownRemaining *time.Duration `json:"-"`
+	// TrackingMode says how flows are observed.
+	TrackingMode string `json:"tracking_mode"`
 	// KeptAwakeBy lists the flows that keep the instance active (empty otherwise).
 	KeptAwakeBy []FlowInfo `json:"kept_awake_by,omitempty"`
 }
