@@ -776,3 +776,19 @@ func TestConcurrentCallersDuringDecisions(t *testing.T) {
 		t.Fatalf("library stats %+v, %v", stats, err)
 	}
 }
+
+// Close while Run goes: library calls fail cleanly, nothing crashes, Run still returns
+// on cancel, and Describe reports an error rather than stale state.
+func TestCloseWhileRunning(t *testing.T) {
+	s := newScenario(t, t1100, ControllerOptions{}, guest("a", "10.0.0.2", "1m")).run()
+	s.waitStatus("a", StatusIdleCountdown)
+	s.c.Close()
+	s.store.replace(InstanceEventUpdate, s.store.instance("a"))
+	if err := s.m.Advance(time.Minute); err == nil {
+		t.Fatal("advance on a closed controller succeeded")
+	}
+	if snap := s.describe("a"); snap.Status != StatusError {
+		t.Fatalf("describe after close: %+v", snap)
+	}
+	s.stop()
+}
