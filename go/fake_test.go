@@ -131,7 +131,9 @@ type fakeStore struct {
 	started     chan string
 	runtimes    map[string][]*Runtime
 	setGate     chan struct{}
-	setErr      error
+	// setEntered receives the id of every SetRuntime call as it starts, when set.
+	setEntered chan string
+	setErr     error
 	// lifecycle makes a successful standby move the instance to Standby and emit the
 	// standby event, as hypeman's manager does.
 	lifecycle bool
@@ -194,8 +196,11 @@ func (s *fakeStore) StandbyInstance(ctx context.Context, id string) error {
 
 func (s *fakeStore) SetRuntime(ctx context.Context, id string, rt *Runtime) error {
 	s.mu.Lock()
-	gate := s.setGate
+	gate, entered := s.setGate, s.setEntered
 	s.mu.Unlock()
+	if entered != nil {
+		entered <- id
+	}
 	if gate != nil {
 		select {
 		case <-gate:
@@ -508,18 +513,28 @@ func TestDryRunCallsNoStore(t *testing.T) {
 func TestPersistenceIsLatestWinsPerInstance(t *testing.T) {
 	store := newFakeStore(running("a", "10.0.0.2"))
 	store.setGate = make(chan struct{})
+	store.setEntered = make(chan string, 8)
 	eng := newFakeEngine()
 	c := newController(store, eng, false, TrackingModeConntrack, ControllerOptions{})
 	startRun(t, c)
 	key := keyOf(t, c, "a")
 	base := time.Date(2026, 4, 5, 10, 0, 0, 0, time.UTC)
-	for i := range 3 {
+	persist := func(i int) {
 		eng.decisions <- binding.Decision{Kind: binding.DecisionPersistRuntime, Key: key, RuntimePresent: true,
 			Runtime: binding.Runtime{IdleSince: base.Add(time.Duration(i) * time.Minute)}}
-		time.Sleep(30 * time.Millisecond)
 	}
+	// The first write blocks in the store; the next three pile up behind it.
+	persist(0)
+	<-store.setEntered
+	persist(1)
+	persist(2)
 	eng.decisions <- binding.Decision{Kind: binding.DecisionPersistRuntime, Key: key, RuntimePresent: false}
-	time.Sleep(30 * time.Millisecond)
+	eventually(t, "the delete pending behind the blocked write", func() bool {
+		c.persist.mu.Lock()
+		defer c.persist.mu.Unlock()
+		rt, ok := c.persist.pending["a"]
+		return ok && rt == nil
+	})
 	// Holds and descriptions never wait for a blocked write.
 	held := make(chan struct{})
 	go func() { _, _ = c.HoldStandby(context.Background(), running("a", "10.0.0.2")); close(held) }()
