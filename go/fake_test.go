@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ type fakeEngine struct {
 	holdErr     error
 	holds       int
 	statuses    map[uint64]binding.Status
+	polls       atomic.Int64
 }
 
 func newFakeEngine() *fakeEngine {
@@ -63,6 +65,7 @@ func (f *fakeEngine) Unregister(key uint64) error {
 }
 
 func (f *fakeEngine) PollDecisions(out []binding.Decision, timeout time.Duration) (int, error) {
+	f.polls.Add(1)
 	select {
 	case d := <-f.decisions:
 		out[0] = d
@@ -111,6 +114,16 @@ func (f *fakeEngine) Explain(uint64) ([]binding.FlowInfo, error) { return nil, n
 func (f *fakeEngine) Stats() (binding.Stats, error)              { return binding.Stats{}, nil }
 func (f *fakeEngine) DrainLogs([]binding.LogRecord) (int, error) { return 0, nil }
 func (f *fakeEngine) Close()                                     {}
+
+// waitDispatched waits until every queued decision has been taken and dispatched: the
+// poll loop is sequential, so two new polls after the queue emptied mean the batch
+// holding the last decision was dispatched.
+func (f *fakeEngine) waitDispatched(t *testing.T) {
+	t.Helper()
+	eventually(t, "decisions taken", func() bool { return len(f.decisions) == 0 })
+	n := f.polls.Load()
+	eventually(t, "decisions dispatched", func() bool { return f.polls.Load() >= n+2 })
+}
 
 func (f *fakeEngine) reportsFor(key uint64) []binding.StandbyOutcome {
 	f.mu.Lock()
@@ -423,7 +436,7 @@ func TestStandbyDispatchDeduplicatesOutstandingDecisions(t *testing.T) {
 	eng.decisions <- binding.Decision{Kind: binding.DecisionStandby, Key: key}
 	<-store.started
 	eng.decisions <- binding.Decision{Kind: binding.DecisionStandby, Key: key}
-	time.Sleep(50 * time.Millisecond)
+	eng.waitDispatched(t)
 	close(store.standbyGate)
 	eventually(t, "report", func() bool { return len(eng.reportsFor(key)) == 1 })
 	time.Sleep(50 * time.Millisecond)
@@ -498,7 +511,7 @@ func TestDryRunCallsNoStore(t *testing.T) {
 	eng.decisions <- binding.Decision{Kind: binding.DecisionStandby, Key: key}
 	eng.decisions <- binding.Decision{Kind: binding.DecisionWake, Key: key}
 	eventually(t, "dry-run report", func() bool { return len(eng.reportsFor(key)) == 1 })
-	time.Sleep(50 * time.Millisecond)
+	eng.waitDispatched(t)
 	// Reported as failed so the library keeps the instance and retries later.
 	if got := eng.reportsFor(key)[0]; got != binding.OutcomeFailed {
 		t.Fatalf("dry run reported %v", got)
