@@ -467,6 +467,15 @@ func (c *Controller) dispatch(ctx context.Context, wg *sync.WaitGroup, d binding
 		if d.RuntimePresent {
 			rt = runtimeFromBinding(d.Runtime)
 		}
+		// hypeman's log lines for these transitions, derived from what is persisted.
+		switch {
+		case rt != nil && rt.IdleSince != nil:
+			c.log.Info("auto-standby idle countdown started", "instance_id", t.id,
+				"idle_since", *rt.IdleSince, "idle_timeout", t.idleTimeout)
+		case rt != nil && rt.LastInboundActivityAt != nil:
+			c.log.Debug("auto-standby inbound activity observed", "instance_id", t.id,
+				"last_inbound_activity_at", *rt.LastInboundActivityAt)
+		}
 		if c.opts.DryRun {
 			c.log.Debug("auto-standby dry run: would persist runtime", "instance_id", t.id)
 			return
@@ -480,6 +489,7 @@ func (c *Controller) dispatch(ctx context.Context, wg *sync.WaitGroup, d binding
 		}
 		c.standbys[d.Key] = true
 		c.mu.Unlock()
+		c.log.Info("auto-standby standby timer fired", "instance_id", t.id, "idle_timeout", t.idleTimeout)
 		c.queued.Add(1)
 		wg.Go(func() { c.standbyWorker(ctx, t) })
 	case binding.DecisionWake:

@@ -705,6 +705,8 @@ func TestLibraryLogsReachTheControllersLogger(t *testing.T) {
 		{"auto-standby controller started", "source=libautostandby"},
 		{"auto-standby controller started", "tracking_mode=manual", "max_concurrent_standbys=16"},
 		{"auto-standby startup resync seeded state", "instances=1"},
+		{"auto-standby idle countdown started", "instance_id=a", "idle_timeout=1m0s"},
+		{"auto-standby standby timer fired", "instance_id=a"},
 		{"instance entered standby due to inbound inactivity", "instance_id=a", "idle_timeout=1m0s"},
 	} {
 		if !h.has(want...) {
