@@ -202,8 +202,7 @@ impl KernelRuntime {
     pub(crate) fn stop(&mut self) {
         let _ = self.stop_events.try_send(());
         let _ = self.to_query.send(QueryCmd::Shutdown);
-        // The engine thread may be waiting on a full queue only if the event thread is
-        // blocked sending, which the stop signal ends; a blocking send is safe.
+        // Blocking is fine: the engine thread keeps draining its queue until it reads this.
         let _ = self.to_engine.send(EngineMsg::Shutdown);
         for t in self.threads.drain(..) {
             let _ = t.join();
