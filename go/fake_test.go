@@ -635,3 +635,20 @@ func TestHoldStandbyMapsStandbyInProgress(t *testing.T) {
 		t.Fatalf("%d library holds, want 1", eng.holds)
 	}
 }
+
+func TestRunReturnsWhenEventsChannelCloses(t *testing.T) {
+	store := newFakeStore(running("a", "10.0.0.2"))
+	c := newController(store, newFakeEngine(), false, TrackingModeConntrack, ControllerOptions{})
+	done := make(chan error, 1)
+	go func() { done <- c.Run(context.Background()) }()
+	keyOf(t, c, "a")
+	close(store.events)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run returned %v, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run kept going after the event channel closed")
+	}
+}

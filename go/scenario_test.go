@@ -794,3 +794,25 @@ func TestCloseWhileRunning(t *testing.T) {
 	}
 	s.stop()
 }
+
+// The explanation lists every flow, however many (the binding grows its buffer).
+func TestDescribeExplainsEveryFlow(t *testing.T) {
+	s := newScenario(t, t1100, ControllerOptions{}, guest("a", "10.0.0.2", "1m")).run()
+	var events []FlowEvent
+	for i := range 40 {
+		c := netip.AddrPortFrom(netip.MustParseAddr("203.0.113.9"), uint16(30000+i))
+		events = append(events, TCPEvent(FlowNew, c, netip.MustParseAddrPort("10.0.0.2:8080"), uint32(i+1), TCPStateEstablished))
+	}
+	s.ingest(events...)
+	snap := s.waitStatus("a", StatusActive)
+	if snap.ActiveInboundCount != 40 || len(snap.KeptAwakeBy) != 40 {
+		t.Fatalf("count %d, explained %d", snap.ActiveInboundCount, len(snap.KeptAwakeBy))
+	}
+	ports := map[uint16]bool{}
+	for _, f := range snap.KeptAwakeBy {
+		ports[f.Client.Port()] = true
+	}
+	if len(ports) != 40 {
+		t.Fatalf("explanation repeats flows: %d distinct", len(ports))
+	}
+}
