@@ -4,7 +4,7 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-rust demo bench bench-engine bench-conntrack e2e lint header-check clean
+.PHONY: all deps build test test-rust test-c test-go demo bench bench-engine bench-conntrack bench-controller bench-go e2e lint header-check clean
 
 all: build
 
@@ -28,10 +28,35 @@ lint: deps
 	  cd go && $(GO) vet ./...; fi
 
 # Everything CI runs.
-test: deps header-check lint test-rust
+test: deps header-check lint test-rust test-c test-go
 
 test-rust: deps
 	$(CARGO) test --all-targets
+
+# Go bindings: vet, the race detector, cgocheck2, the shared-library build, and the
+# pure-Go (CGO_ENABLED=0) build that reports "unsupported". Links target/release's
+# libautostandby.a, so the Rust library is built first. Root: the kernel test creates
+# network namespaces.
+GO_TEST_FLAGS ?= -count=1 -timeout 600s
+test-go: deps
+	$(CARGO) build --release --lib
+	cd go && $(GO) vet ./...
+	cd go && $(GO) test $(GO_TEST_FLAGS) -race ./...
+	cd go && GOEXPERIMENT=cgocheck2 $(GO) test $(GO_TEST_FLAGS) ./...
+	cd go && $(GO) test $(GO_TEST_FLAGS) -tags autostandby_shared ./internal/binding/
+	cd go && CGO_ENABLED=0 $(GO) vet ./... && CGO_ENABLED=0 $(GO) test $(GO_TEST_FLAGS) ./...
+
+# Go benchmark: our library against vishvananda/netlink + hypeman-style classification
+# on a 200,000-entry conntrack table in a namespace the benchmark creates (root).
+bench-go: deps
+	$(CARGO) build --release --lib
+	cd go && $(GO) test -run '^$$' -bench BenchmarkClassifyTable -benchtime 1x -count 1 -timeout 900s ./bench/
+
+# C consumers: header alone as C/C++, exported symbols, manual and kernel scenarios
+# under ASan/UBSan against the .so and the .a, one valgrind run. Needs root.
+test-c: deps
+	$(CARGO) build --lib
+	bash tests/c/run.sh target/debug
 
 # The end-to-end tests: a real QEMU guest (TCG) in a network namespace, real conntrack.
 e2e: deps
@@ -40,7 +65,7 @@ e2e: deps
 demo: deps
 	$(CARGO) run --release --example engine_demo
 
-bench: deps bench-engine bench-conntrack
+bench: deps bench-engine bench-conntrack bench-controller bench-go
 
 # Engine throughput, allocations per event and bytes per flow (10k instances, 1M flows).
 # The flow table is ~85 MB of random accesses: glibc's hugetlb tunable backs large heap
@@ -52,6 +77,11 @@ bench-engine: deps
 # Conntrack observer: dump, filtered dump, events and parser, with peers (root).
 bench-conntrack: deps
 	bash bench/conntrack.sh
+
+# Controller: status cost and standby-decision latency (10,000 instances over a
+# minute), with peers (root).
+bench-controller: deps
+	$(CARGO) bench --bench controller
 
 clean:
 	$(CARGO) clean

@@ -12,17 +12,11 @@ fn main() {
 
     let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
         .expect("cbindgen.toml is valid");
-    // Only src/ffi is the C ABI: parse its files and nothing else.
-    let mut builder = cbindgen::Builder::new().with_config(config);
-    let mut sources: Vec<PathBuf> = fs::read_dir(crate_dir.join("src").join("ffi"))
-        .expect("src/ffi exists")
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
-        .collect();
-    sources.sort();
-    for source in sources {
-        builder = builder.with_src(source);
-    }
+    // Only src/ffi is the C ABI. cbindgen follows `mod` declarations from the module
+    // root, so giving it the other files as well would declare every item twice.
+    let builder = cbindgen::Builder::new()
+        .with_config(config)
+        .with_src(crate_dir.join("src").join("ffi").join("mod.rs"));
     let bindings = match builder.generate() {
         Ok(bindings) => bindings,
         Err(err) => {

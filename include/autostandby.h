@@ -6,9 +6,491 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+typedef struct autostandby_controller autostandby_controller;
+typedef struct autostandby_error autostandby_error;
+typedef struct autostandby_ip autostandby_ip;
+typedef struct autostandby_cidr autostandby_cidr;
+typedef struct autostandby_policy autostandby_policy;
+typedef struct autostandby_runtime autostandby_runtime;
+typedef struct autostandby_instance autostandby_instance;
+typedef struct autostandby_config autostandby_config;
+typedef struct autostandby_decision autostandby_decision;
+typedef struct autostandby_flow_info autostandby_flow_info;
+typedef struct autostandby_flow_event autostandby_flow_event;
+typedef struct autostandby_log_record autostandby_log_record;
+/* `struct autostandby_status` and `struct autostandby_stats` have no typedef: the
+   functions autostandby_status() and autostandby_stats() own those names. */
+
 
 // Version of the C ABI. Bumped on any incompatible change to `include/autostandby.h`.
 #define AUTOSTANDBY_ABI_VERSION 1
+
+// `autostandby_status.status`: `unsupported`.
+#define AUTOSTANDBY_STATUS_UNSUPPORTED 0
+
+// `autostandby_status.status`: `disabled`.
+#define AUTOSTANDBY_STATUS_DISABLED 1
+
+// `autostandby_status.status`: `ineligible`.
+#define AUTOSTANDBY_STATUS_INELIGIBLE 2
+
+// `autostandby_status.status`: `active`.
+#define AUTOSTANDBY_STATUS_ACTIVE 3
+
+// `autostandby_status.status`: `idle_countdown`.
+#define AUTOSTANDBY_STATUS_IDLE_COUNTDOWN 4
+
+// `autostandby_status.status`: `ready_for_standby`.
+#define AUTOSTANDBY_STATUS_READY_FOR_STANDBY 5
+
+// `autostandby_status.status`: `standby_requested`.
+#define AUTOSTANDBY_STATUS_STANDBY_REQUESTED 6
+
+// `autostandby_status.status`: `error`.
+#define AUTOSTANDBY_STATUS_ERROR 7
+
+// `autostandby_status.reason`: `unsupported_platform`.
+#define AUTOSTANDBY_REASON_UNSUPPORTED_PLATFORM 0
+
+// `autostandby_status.reason`: `policy_missing`.
+#define AUTOSTANDBY_REASON_POLICY_MISSING 1
+
+// `autostandby_status.reason`: `policy_disabled`.
+#define AUTOSTANDBY_REASON_POLICY_DISABLED 2
+
+// `autostandby_status.reason`: `instance_not_running`.
+#define AUTOSTANDBY_REASON_INSTANCE_NOT_RUNNING 3
+
+// `autostandby_status.reason`: `network_disabled`.
+#define AUTOSTANDBY_REASON_NETWORK_DISABLED 4
+
+// `autostandby_status.reason`: `missing_ip`.
+#define AUTOSTANDBY_REASON_MISSING_IP 5
+
+// `autostandby_status.reason`: `has_vgpu`.
+#define AUTOSTANDBY_REASON_HAS_VGPU 6
+
+// `autostandby_status.reason`: `active_inbound_connections`.
+#define AUTOSTANDBY_REASON_ACTIVE_INBOUND_CONNECTIONS 7
+
+// `autostandby_status.reason`: `idle_timeout_not_elapsed`.
+#define AUTOSTANDBY_REASON_IDLE_TIMEOUT_NOT_ELAPSED 8
+
+// `autostandby_status.reason`: `observer_error`.
+#define AUTOSTANDBY_REASON_OBSERVER_ERROR 9
+
+// `autostandby_status.reason`: `ready_for_standby`.
+#define AUTOSTANDBY_REASON_READY_FOR_STANDBY 10
+
+// `autostandby_status.reason`: `standby_held`.
+#define AUTOSTANDBY_REASON_STANDBY_HELD 11
+
+// `autostandby_status.reason`: `min_uptime_not_elapsed`.
+#define AUTOSTANDBY_REASON_MIN_UPTIME_NOT_ELAPSED 12
+
+// `autostandby_status.reason`: `resync_pending`.
+#define AUTOSTANDBY_REASON_RESYNC_PENDING 13
+
+// Success.
+#define AUTOSTANDBY_OK 0
+
+// A required pointer argument was NULL.
+#define AUTOSTANDBY_ERR_NULL_POINTER 1
+
+// An argument is out of range (an unknown enum value, a bad address family, ...).
+#define AUTOSTANDBY_ERR_INVALID_ARGUMENT 2
+
+// An input or output struct's `struct_size` is smaller than this library's struct.
+#define AUTOSTANDBY_ERR_STRUCT_SIZE 3
+
+// No instance is registered under the key.
+#define AUTOSTANDBY_ERR_NOT_FOUND 4
+
+// The key is already registered.
+#define AUTOSTANDBY_ERR_ALREADY_EXISTS 5
+
+// The policy is invalid; the message starts with `"<field>: "`.
+#define AUTOSTANDBY_ERR_INVALID_POLICY 6
+
+// A standby is executing for the instance.
+#define AUTOSTANDBY_ERR_STANDBY_IN_PROGRESS 7
+
+// `begin_standby`/`report_standby` for an instance with no outstanding standby.
+#define AUTOSTANDBY_ERR_NO_STANDBY_OUTSTANDING 8
+
+// The call is not available in the controller's mode.
+#define AUTOSTANDBY_ERR_WRONG_MODE 9
+
+// Missing privileges (CAP_NET_ADMIN, entering the network namespace).
+#define AUTOSTANDBY_ERR_PERMISSION 10
+
+// A system call failed.
+#define AUTOSTANDBY_ERR_IO 11
+
+// The library panicked; the handle is now poisoned.
+#define AUTOSTANDBY_ERR_PANIC 12
+
+// An earlier call panicked on this handle: only `autostandby_controller_free` is allowed.
+#define AUTOSTANDBY_ERR_POISONED 13
+
+// An address given for an instance already belongs to another instance.
+#define AUTOSTANDBY_ERR_ADDRESS_IN_USE 14
+
+// The controller is being freed.
+#define AUTOSTANDBY_ERR_SHUTDOWN 15
+
+// Size of `autostandby_error.message`, NUL included.
+#define AUTOSTANDBY_ERROR_MESSAGE_LEN 256
+
+// `autostandby_ip.family` for IPv4.
+#define AUTOSTANDBY_FAMILY_IPV4 4
+
+// `autostandby_ip.family` for IPv6.
+#define AUTOSTANDBY_FAMILY_IPV6 6
+
+// `autostandby_instance.lifecycle`: neither running nor in standby.
+#define AUTOSTANDBY_LIFECYCLE_OTHER 0
+
+// `autostandby_instance.lifecycle`: running.
+#define AUTOSTANDBY_LIFECYCLE_RUNNING 1
+
+// `autostandby_instance.lifecycle`: in Standby.
+#define AUTOSTANDBY_LIFECYCLE_STANDBY 2
+
+// `autostandby_instance.lifecycle`: stopped.
+#define AUTOSTANDBY_LIFECYCLE_STOPPED 3
+
+// `autostandby_config.mode`: real conntrack over netlink.
+#define AUTOSTANDBY_MODE_KERNEL 0
+
+// `autostandby_config.mode`: flow events and time through the API.
+#define AUTOSTANDBY_MODE_MANUAL 1
+
+// `autostandby_config.events_sysctl`: read and report `nf_conntrack_events` only.
+#define AUTOSTANDBY_EVENTS_SYSCTL_REPORT 0
+
+// `autostandby_config.events_sysctl`: set `nf_conntrack_events` to 1.
+#define AUTOSTANDBY_EVENTS_SYSCTL_ENABLE 1
+
+// `autostandby_decision.kind`: put the instance into Standby.
+#define AUTOSTANDBY_DECISION_STANDBY 0
+
+// `autostandby_decision.kind`: restore the instance (traffic arrived).
+#define AUTOSTANDBY_DECISION_WAKE 1
+
+// `autostandby_decision.kind`: store (or delete) the instance's runtime.
+#define AUTOSTANDBY_DECISION_PERSIST_RUNTIME 2
+
+// `autostandby_report_standby` outcome: the instance is in Standby.
+#define AUTOSTANDBY_OUTCOME_SUCCESS 0
+
+// `autostandby_report_standby` outcome: the attempt failed.
+#define AUTOSTANDBY_OUTCOME_FAILED 1
+
+// `autostandby_report_standby` outcome: the instance no longer exists.
+#define AUTOSTANDBY_OUTCOME_NOT_FOUND 2
+
+// `autostandby_flow_event.kind`: a new flow.
+#define AUTOSTANDBY_FLOW_NEW 0
+
+// `autostandby_flow_event.kind`: a flow changed.
+#define AUTOSTANDBY_FLOW_UPDATE 1
+
+// `autostandby_flow_event.kind`: a flow ended.
+#define AUTOSTANDBY_FLOW_DESTROY 2
+
+// `autostandby_log_record.level`: error.
+#define AUTOSTANDBY_LOG_ERROR 1
+
+// `autostandby_log_record.level`: warning.
+#define AUTOSTANDBY_LOG_WARN 2
+
+// `autostandby_log_record.level`: information.
+#define AUTOSTANDBY_LOG_INFO 3
+
+// `autostandby_log_record.level`: debug.
+#define AUTOSTANDBY_LOG_DEBUG 4
+
+// `autostandby_log_record.level`: trace.
+#define AUTOSTANDBY_LOG_TRACE 5
+
+// An opaque controller handle, created by `autostandby_controller_new` and released by
+// `autostandby_controller_free`.
+struct autostandby_controller;
+
+// Controller configuration.
+struct autostandby_config {
+  // `sizeof(autostandby_config)`.
+  uint32_t struct_size;
+  // `AUTOSTANDBY_MODE_KERNEL` or `AUTOSTANDBY_MODE_MANUAL`.
+  uint32_t mode;
+  // Network namespace to observe (e.g. `/run/netns/x`); NULL for the caller's.
+  const char *netns_path;
+  // Event socket receive buffer; 0 for 16 MiB.
+  size_t rcvbuf_bytes;
+  // Standbys outstanding at once; 0 for 16.
+  uint32_t max_concurrent_standbys;
+  // Period of the reconcile dump; 0 for 60 s.
+  uint64_t resync_interval_ms;
+  // `AUTOSTANDBY_EVENTS_SYSCTL_REPORT` or `AUTOSTANDBY_EVENTS_SYSCTL_ENABLE`.
+  uint32_t events_sysctl;
+  // Manual mode: the clock's start (ms since the Unix epoch). Ignored in kernel mode.
+  uint64_t manual_start_ms;
+};
+
+// Details of a failed call, filled when the caller passes a non-NULL pointer.
+//
+// On success the struct is left untouched. `message` is always NUL-terminated UTF-8,
+// truncated at a character boundary when longer than the buffer.
+struct autostandby_error {
+  // The status code the call returned.
+  uint32_t code;
+  // A human-readable description.
+  char message[AUTOSTANDBY_ERROR_MESSAGE_LEN];
+};
+
+// An IPv4 or IPv6 address.
+struct autostandby_ip {
+  // `AUTOSTANDBY_FAMILY_IPV4` (4) or `AUTOSTANDBY_FAMILY_IPV6` (6).
+  uint8_t family;
+  // Network byte order; IPv4 uses `addr[0..4]` and the rest is ignored.
+  uint8_t addr[16];
+};
+
+// An IP prefix.
+struct autostandby_cidr {
+  // Network address (host bits are cleared by the library).
+  struct autostandby_ip ip;
+  // Prefix length: 0..=32 for IPv4, 0..=128 for IPv6.
+  uint8_t prefix_len;
+};
+
+// A per-instance policy.
+struct autostandby_policy {
+  // `sizeof(autostandby_policy)`.
+  uint32_t struct_size;
+  // Master switch.
+  bool enabled;
+  // Idle time before standby: 1 ms to 30 days.
+  uint64_t idle_timeout_ms;
+  // Client prefixes whose flows never count (may be NULL when the length is 0).
+  const struct autostandby_cidr *ignore_source_cidrs;
+  // Entries of `ignore_source_cidrs`.
+  size_t ignore_source_cidrs_len;
+  // Guest ports whose flows never count, 1..=65535 (u32 so a bad value is reported,
+  // not truncated; may be NULL when the length is 0).
+  const uint32_t *ignore_destination_ports;
+  // Entries of `ignore_destination_ports`.
+  size_t ignore_destination_ports_len;
+  // TCP flows count.
+  bool tcp;
+  // UDP flows count.
+  bool udp;
+  // Emit a Wake decision on the first qualifying flow while in Standby.
+  bool wake_on_traffic;
+  // No standby before this long after start or restore.
+  uint64_t min_uptime_ms;
+};
+
+// The persisted idle countdown.
+struct autostandby_runtime {
+  // `idle_since_ms` is set.
+  bool has_idle_since;
+  // When the instance last became idle (ms since the Unix epoch).
+  uint64_t idle_since_ms;
+  // `last_inbound_activity_at_ms` is set.
+  bool has_last_inbound_activity_at;
+  // When inbound activity was last observed (ms since the Unix epoch).
+  uint64_t last_inbound_activity_at_ms;
+};
+
+// An instance as the host describes it at register and update.
+struct autostandby_instance {
+  // `sizeof(autostandby_instance)`.
+  uint32_t struct_size;
+  // The guest's addresses (may be NULL when the length is 0).
+  const struct autostandby_ip *addresses;
+  // Entries of `addresses`.
+  size_t addresses_len;
+  // The policy, or NULL when none is configured.
+  const struct autostandby_policy *policy;
+  // One of `AUTOSTANDBY_LIFECYCLE_*`.
+  uint32_t lifecycle;
+  // The instance has networking.
+  bool network_enabled;
+  // The instance has a vGPU (never put into Standby).
+  bool has_vgpu;
+  // The countdown last persisted through a PERSIST_RUNTIME decision.
+  struct autostandby_runtime runtime;
+};
+
+// A decision for the host.
+struct autostandby_decision {
+  // One of `AUTOSTANDBY_DECISION_*`.
+  uint32_t kind;
+  // The instance.
+  uint64_t key;
+  // PERSIST_RUNTIME: true to store `runtime`, false to delete the stored value.
+  bool runtime_present;
+  // PERSIST_RUNTIME: the value to store.
+  struct autostandby_runtime runtime;
+  // WAKE: IP protocol of the flow that woke the instance.
+  uint8_t protocol;
+  // WAKE: the flow's original source address.
+  struct autostandby_ip src;
+  // WAKE: the flow's original source port.
+  uint16_t src_port;
+  // WAKE: the flow's original destination address.
+  struct autostandby_ip dst;
+  // WAKE: the flow's original destination port.
+  uint16_t dst_port;
+};
+
+// Status of one instance.
+struct autostandby_status {
+  // `sizeof(autostandby_status)`, set by the caller before the call.
+  uint32_t struct_size;
+  // One of `AUTOSTANDBY_STATUS_*` (see `autostandby_status_name`).
+  uint32_t status;
+  // One of `AUTOSTANDBY_REASON_*` (see `autostandby_reason_name`).
+  uint32_t reason;
+  // A policy is configured.
+  bool configured;
+  // The policy is enabled.
+  bool enabled;
+  // The instance passes every eligibility check.
+  bool eligible;
+  // Qualifying inbound flows now live.
+  uint32_t active_inbound;
+  // The policy's idle timeout (0 when unconfigured).
+  uint64_t idle_timeout_ms;
+  // `idle_since_ms` is set.
+  bool has_idle_since;
+  // Start of the current idle period.
+  uint64_t idle_since_ms;
+  // `last_inbound_activity_at_ms` is set.
+  bool has_last_inbound_activity_at;
+  // Last inbound activity.
+  uint64_t last_inbound_activity_at_ms;
+  // `next_standby_at_ms` is set.
+  bool has_next_standby_at;
+  // When standby is due.
+  uint64_t next_standby_at_ms;
+  // `hold_until_ms` is set.
+  bool has_hold_until;
+  // Hold deadline, only while in the future.
+  uint64_t hold_until_ms;
+  // `countdown_remaining_ms` is set.
+  bool has_countdown_remaining;
+  // Time left before standby is due.
+  uint64_t countdown_remaining_ms;
+};
+
+// One flow keeping an instance awake.
+struct autostandby_flow_info {
+  // IP protocol.
+  uint8_t protocol;
+  // Original source.
+  struct autostandby_ip orig_src;
+  // Original destination.
+  struct autostandby_ip orig_dst;
+  // Original source port.
+  uint16_t orig_src_port;
+  // Original destination port.
+  uint16_t orig_dst_port;
+  // Reply source.
+  struct autostandby_ip reply_src;
+  // Reply destination.
+  struct autostandby_ip reply_dst;
+  // Reply source port.
+  uint16_t reply_src_port;
+  // Reply destination port.
+  uint16_t reply_dst_port;
+  // `tcp_state` is set.
+  bool has_tcp_state;
+  // Conntrack TCP state (uapi `enum tcp_conntrack`).
+  uint8_t tcp_state;
+  // When the flow was first seen (ms since the Unix epoch).
+  uint64_t first_seen_ms;
+  // How long ago that was.
+  uint64_t age_ms;
+};
+
+// Controller-wide counters.
+struct autostandby_stats {
+  // `sizeof(autostandby_stats)`, set by the caller before the call.
+  uint32_t struct_size;
+  // Registered instances.
+  uint64_t instances;
+  // Flows tracked.
+  uint64_t tracked_flows;
+  // Flow events applied.
+  uint64_t flow_events;
+  // Flow events for no registered address.
+  uint64_t flow_events_unmatched;
+  // Standby decisions emitted.
+  uint64_t standby_decisions;
+  // Wake decisions emitted.
+  uint64_t wake_decisions;
+  // Standbys emitted or executing and not yet reported.
+  uint64_t standby_in_flight;
+  // Standbys due but waiting for a free slot.
+  uint64_t standby_queued;
+  // Resyncs completed.
+  uint64_t resyncs;
+  // Times events were lost.
+  uint64_t events_lost;
+  // Observer failures.
+  uint64_t observer_errors;
+  // Decisions queued and not yet polled.
+  uint64_t decisions_pending;
+  // Log records dropped because the buffer was full.
+  uint64_t log_records_dropped;
+};
+
+// One captured log record.
+struct autostandby_log_record {
+  // One of `AUTOSTANDBY_LOG_*`.
+  uint32_t level;
+  // Capture time (ms since the Unix epoch).
+  uint64_t time_ms;
+  // The record's target, NUL-terminated, truncated.
+  char target[64];
+  // The message and its fields as `key=value`, NUL-terminated, truncated.
+  char message[512];
+};
+
+// A conntrack flow event supplied by the host (manual mode).
+struct autostandby_flow_event {
+  // One of `AUTOSTANDBY_FLOW_*` (ignored by `autostandby_resync`).
+  uint32_t kind;
+  // IP protocol (6 TCP, 17 UDP, ...).
+  uint8_t protocol;
+  // Original source.
+  struct autostandby_ip orig_src;
+  // Original destination.
+  struct autostandby_ip orig_dst;
+  // Original source port.
+  uint16_t orig_src_port;
+  // Original destination port.
+  uint16_t orig_dst_port;
+  // Reply source.
+  struct autostandby_ip reply_src;
+  // Reply destination.
+  struct autostandby_ip reply_dst;
+  // Reply source port.
+  uint16_t reply_src_port;
+  // Reply destination port.
+  uint16_t reply_dst_port;
+  // Conntrack zone.
+  uint16_t zone;
+  // Conntrack id.
+  uint32_t id;
+  // `tcp_state` is set (absent means "unchanged").
+  bool has_tcp_state;
+  // Conntrack TCP state (uapi `enum tcp_conntrack`).
+  uint8_t tcp_state;
+};
 
 #ifdef __cplusplus
 extern "C" {
@@ -23,6 +505,230 @@ const char *autostandby_version(void);
 //
 // Thread-safe.
 uint32_t autostandby_abi_version(void);
+
+// A short English text for a status code (`AUTOSTANDBY_OK`, `AUTOSTANDBY_ERR_*`), or
+// NULL for an unknown code. The pointer is static: never free it. Thread-safe.
+const char *autostandby_status_str(uint32_t code);
+
+// The wire string of an `AUTOSTANDBY_STATUS_*` value (`"idle_countdown"`, ...), or NULL
+// for an unknown value. Static: never free it. Thread-safe.
+const char *autostandby_status_name(uint32_t status);
+
+// The wire string of an `AUTOSTANDBY_REASON_*` value (`"active_inbound_connections"`,
+// ...), or NULL for an unknown value. Static: never free it. Thread-safe.
+const char *autostandby_reason_name(uint32_t reason);
+
+// Creates a controller and stores its handle in `*out`.
+//
+// `config` is borrowed for the call only. On success the caller owns the handle and
+// must release it with `autostandby_controller_free`; on failure `*out` is set to NULL.
+// Kernel mode opens conntrack sockets (needs CAP_NET_ADMIN: `AUTOSTANDBY_ERR_PERMISSION`
+// otherwise) and starts the controller's threads. Thread-safe.
+//
+// # Safety
+// `config` is NULL or a valid `autostandby_config` (with `netns_path` NULL or a
+// NUL-terminated string); `out` is NULL or writable; `err` is NULL or writable.
+uint32_t autostandby_controller_new(const struct autostandby_config *config,
+                                    struct autostandby_controller **out,
+                                    struct autostandby_error *err);
+
+// Stops the controller, joins its threads and frees it. NULL is a no-op.
+//
+// Blocked `autostandby_poll_decisions` calls on other threads return
+// `AUTOSTANDBY_ERR_SHUTDOWN`, and this call waits for every call in progress on the
+// handle to return before freeing it. No call may *start* on the handle once this one
+// has: the handle is invalid afterwards. Works on a poisoned handle.
+//
+// # Safety
+// `c` is NULL or a handle from `autostandby_controller_new` not yet freed.
+void autostandby_controller_free(struct autostandby_controller *c);
+
+// Registers an instance under the host-chosen `key`.
+//
+// `inst` and everything it points to are borrowed for the call only.
+// Errors: `AUTOSTANDBY_ERR_ALREADY_EXISTS` for a used key, `AUTOSTANDBY_ERR_ADDRESS_IN_USE`
+// for an address another instance owns, `AUTOSTANDBY_ERR_INVALID_POLICY` with the message
+// `"<field>: <text>"`. Nothing changes on error. Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `inst` is NULL or a valid `autostandby_instance` whose
+// arrays are valid for their lengths; `err` is NULL or writable.
+uint32_t autostandby_register(struct autostandby_controller *c,
+                              uint64_t key,
+                              const struct autostandby_instance *inst,
+                              struct autostandby_error *err);
+
+// Replaces the spec of a registered instance (policy, addresses, lifecycle, runtime).
+//
+// Same borrowing and errors as `autostandby_register`, plus `AUTOSTANDBY_ERR_NOT_FOUND`.
+// Thread-safe.
+//
+// # Safety
+// As for `autostandby_register`.
+uint32_t autostandby_update(struct autostandby_controller *c,
+                            uint64_t key,
+                            const struct autostandby_instance *inst,
+                            struct autostandby_error *err);
+
+// Forgets an instance (`AUTOSTANDBY_ERR_NOT_FOUND` for an unknown key). Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `err` is NULL or writable.
+uint32_t autostandby_unregister(struct autostandby_controller *c,
+                                uint64_t key,
+                                struct autostandby_error *err);
+
+// Takes up to `cap` pending decisions, oldest first, into `out`; `*out_len` is the count.
+//
+// Blocks up to `timeout_ms` until at least one decision is ready (0: never blocks).
+// Returns `AUTOSTANDBY_OK` with `*out_len == 0` on timeout, and
+// `AUTOSTANDBY_ERR_SHUTDOWN` once `autostandby_controller_free` has begun. With `cap`
+// 0, `out` may be NULL and nothing is taken. Thread-safe: concurrent pollers each get
+// distinct decisions.
+//
+// # Safety
+// `c` is NULL or a live handle; `out` is NULL or valid for `cap` writes; `out_len` is
+// NULL or writable; `err` is NULL or writable.
+uint32_t autostandby_poll_decisions(struct autostandby_controller *c,
+                                    struct autostandby_decision *out,
+                                    size_t cap,
+                                    size_t *out_len,
+                                    uint32_t timeout_ms,
+                                    struct autostandby_error *err);
+
+// The host's last "still idle?" check, right before it snapshots the instance.
+//
+// `*out_proceed` true: snapshot now (the standby is marked executing; report it with
+// `autostandby_report_standby`), and `*out_reason` is `AUTOSTANDBY_REASON_READY_FOR_STANDBY`.
+// False: do not snapshot, no report is needed, `*out_reason` says why.
+// `AUTOSTANDBY_ERR_NO_STANDBY_OUTSTANDING` when no standby was decided. Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `out_proceed`, `out_reason`, `err` are NULL or writable.
+uint32_t autostandby_begin_standby(struct autostandby_controller *c,
+                                   uint64_t key,
+                                   bool *out_proceed,
+                                   uint32_t *out_reason,
+                                   struct autostandby_error *err);
+
+// The host's report on a standby it began: `outcome` is one of `AUTOSTANDBY_OUTCOME_*`.
+// Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `err` is NULL or writable.
+uint32_t autostandby_report_standby(struct autostandby_controller *c,
+                                    uint64_t key,
+                                    uint32_t outcome,
+                                    struct autostandby_error *err);
+
+// Places a hold: no standby before one idle timeout from now (last write wins, kept in
+// memory only). Fills `*out` (whose `struct_size` the caller sets) with the new status.
+// `AUTOSTANDBY_ERR_STANDBY_IN_PROGRESS` while a standby executes. Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `out` is NULL or a writable `autostandby_status` with
+// `struct_size` set; `err` is NULL or writable.
+uint32_t autostandby_hold(struct autostandby_controller *c,
+                          uint64_t key,
+                          struct autostandby_status *out,
+                          struct autostandby_error *err);
+
+// Status of one instance into `*out` (whose `struct_size` the caller sets). Never waits
+// on I/O. Thread-safe.
+//
+// # Safety
+// As for `autostandby_hold`.
+uint32_t autostandby_status(struct autostandby_controller *c,
+                            uint64_t key,
+                            struct autostandby_status *out,
+                            struct autostandby_error *err);
+
+// The flows keeping an instance awake: fills up to `cap` entries of `out` and sets
+// `*out_len` to the total, which may exceed `cap` (call again with a larger array).
+// With `cap` 0, `out` may be NULL. Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `out` is NULL or valid for `cap` writes; `out_len` and
+// `err` are NULL or writable.
+uint32_t autostandby_explain(struct autostandby_controller *c,
+                             uint64_t key,
+                             struct autostandby_flow_info *out,
+                             size_t cap,
+                             size_t *out_len,
+                             struct autostandby_error *err);
+
+// Controller-wide counters into `*out` (whose `struct_size` the caller sets).
+// Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `out` is NULL or a writable `autostandby_stats` with
+// `struct_size` set; `err` is NULL or writable.
+uint32_t autostandby_stats(struct autostandby_controller *c,
+                           struct autostandby_stats *out,
+                           struct autostandby_error *err);
+
+// Moves up to `cap` of the oldest captured log records into `out`; `*out_len` is the
+// count. The buffer keeps the latest 1024 records (older ones are dropped and counted in
+// `autostandby_stats.log_records_dropped`). Records are the library's `tracing` events
+// from this controller only, at INFO or more severe. With `cap` 0, `out` may be NULL.
+// Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `out` is NULL or valid for `cap` writes; `out_len` and
+// `err` are NULL or writable.
+uint32_t autostandby_drain_logs(struct autostandby_controller *c,
+                                struct autostandby_log_record *out,
+                                size_t cap,
+                                size_t *out_len,
+                                struct autostandby_error *err);
+
+// Applies flow events, in order, at the controller's current manual time.
+//
+// `events` is borrowed for the call only. The whole array is validated first (kind,
+// address families): on error nothing is applied. `AUTOSTANDBY_ERR_WRONG_MODE` in kernel
+// mode. Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `events` is NULL or valid for `len` reads; `err` is NULL
+// or writable.
+uint32_t autostandby_ingest(struct autostandby_controller *c,
+                            const struct autostandby_flow_event *events,
+                            size_t len,
+                            struct autostandby_error *err);
+
+// Moves the manual clock forward by `delta_ms` and fires every deadline that came due;
+// the resulting decisions are ready for `autostandby_poll_decisions` when this returns.
+// `AUTOSTANDBY_ERR_WRONG_MODE` in kernel mode. Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `err` is NULL or writable.
+uint32_t autostandby_advance_clock(struct autostandby_controller *c,
+                                   uint64_t delta_ms,
+                                   struct autostandby_error *err);
+
+// Replaces the known flow table with `table`, as a full conntrack dump would (the
+// entries' `kind` is ignored): flows not in it are forgotten. Answers a lost-events
+// report. Validated first; nothing changes on error. `AUTOSTANDBY_ERR_WRONG_MODE` in
+// kernel mode. Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `table` is NULL or valid for `len` reads; `err` is NULL
+// or writable.
+uint32_t autostandby_resync(struct autostandby_controller *c,
+                            const struct autostandby_flow_event *table,
+                            size_t len,
+                            struct autostandby_error *err);
+
+// Reports the (simulated) observer failed, with `message` saying why, or healthy again
+// with NULL. While failed no instance is put into Standby. `message` is borrowed for the
+// call. `AUTOSTANDBY_ERR_WRONG_MODE` in kernel mode. Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `message` is NULL or NUL-terminated; `err` is NULL or
+// writable.
+uint32_t autostandby_set_observer_error(struct autostandby_controller *c,
+                                        const char *message,
+                                        struct autostandby_error *err);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -1,2 +1,433 @@
 //! The running system: observer threads feeding the engine thread, decisions queued for
 //! the host, and status snapshots readers never wait for.
+//!
+//! The [`Engine`] sits behind one `parking_lot` mutex that is never held across I/O:
+//! host calls, the engine thread and the observers each take it for the few microseconds
+//! an engine call lasts, so `status` never waits on netlink. Decisions go into a
+//! [`DecisionQueue`] that the host drains with a blocking [`Controller::poll_decisions`].
+//!
+//! In [`Mode::Manual`] there is no thread at all: flow events and time come through the
+//! API and every call runs the engine to completion before it returns, so scenarios are
+//! deterministic. [`Mode::Kernel`] starts the engine thread (which owns the deadlines) and
+//! one observer thread for the network namespace.
+
+pub mod clock;
+mod kernel;
+pub mod logs;
+pub mod queue;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tracing::{Dispatch, Level};
+
+use crate::engine::{
+    BeginStandby, Decision, Engine, EngineConfig, EngineError, EngineStats, InstanceKey,
+    InstanceSpec, KeptAwakeBy, ObserverHealth, ResyncScope, StandbyOutcome, StatusSnapshot,
+    UnixMillis,
+};
+use crate::flow::{Flow, FlowEvent};
+use clock::Clock;
+use logs::{LOG_BUFFER_CAPACITY, LogBuffer, LogCapture, LogRecord};
+use queue::DecisionQueue;
+
+/// Default receive buffer of the conntrack event socket: 16 MiB.
+pub const DEFAULT_RCVBUF_BYTES: usize = 16 << 20;
+/// Default number of standbys outstanding at once.
+pub const DEFAULT_MAX_CONCURRENT_STANDBYS: u32 = 16;
+/// Default period of the reconcile dump of every registered address: 60 s.
+pub const DEFAULT_RESYNC_INTERVAL_MS: u64 = 60_000;
+
+/// Where flow events and time come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Real conntrack events over netlink and the wall clock.
+    Kernel,
+    /// Flow events and time supplied through the API; the clock starts at `start_ms`.
+    Manual {
+        /// Initial value of the manual clock (milliseconds since the Unix epoch).
+        start_ms: UnixMillis,
+    },
+}
+
+/// What to do about `net.netfilter.nf_conntrack_events` in the observed namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum EventsSysctlMode {
+    /// Read and report it; rely on periodic reconciles when it is not 1.
+    #[default]
+    ReportOnly,
+    /// Set it to 1 so every new flow sends events.
+    Enable,
+}
+
+/// Controller configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControllerConfig {
+    /// Kernel or manual.
+    pub mode: Mode,
+    /// Network namespace to observe (a `/run/netns/...` path); `None` is the caller's.
+    pub netns: Option<PathBuf>,
+    /// Receive buffer of the event socket.
+    pub rcvbuf_bytes: usize,
+    /// Standby decisions outstanding at once.
+    pub max_concurrent_standbys: u32,
+    /// Period of the reconcile dump.
+    pub resync_interval_ms: u64,
+    /// Handling of the events sysctl.
+    pub events_sysctl: EventsSysctlMode,
+    /// Most verbose level captured into the log buffer.
+    pub log_level: Level,
+    /// Kernel mode: confirm idleness with a targeted dump right before each standby
+    /// (default on). Off only to measure the rest of the pipeline; never in production.
+    pub confirm_before_standby: bool,
+}
+
+impl ControllerConfig {
+    /// A manual-mode configuration whose clock starts at `start_ms`.
+    pub fn manual(start_ms: UnixMillis) -> Self {
+        Self {
+            mode: Mode::Manual { start_ms },
+            ..Self::kernel()
+        }
+    }
+
+    /// A kernel-mode configuration with every default.
+    pub fn kernel() -> Self {
+        Self {
+            mode: Mode::Kernel,
+            netns: None,
+            rcvbuf_bytes: DEFAULT_RCVBUF_BYTES,
+            max_concurrent_standbys: DEFAULT_MAX_CONCURRENT_STANDBYS,
+            resync_interval_ms: DEFAULT_RESYNC_INTERVAL_MS,
+            events_sysctl: EventsSysctlMode::ReportOnly,
+            log_level: Level::INFO,
+            confirm_before_standby: true,
+        }
+    }
+}
+
+/// Errors from controller calls.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ControllerError {
+    /// The engine refused the call; nothing changed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The call exists only in the other mode.
+    #[error("{0} is only available in manual mode")]
+    WrongMode(&'static str),
+    /// The controller is shutting down.
+    #[error("the controller is shutting down")]
+    Shutdown,
+    /// Missing privileges (CAP_NET_ADMIN for conntrack, or entering the namespace).
+    #[error("permission denied: {0}")]
+    Permission(String),
+    /// A system call failed.
+    #[error("I/O error: {0}")]
+    Io(String),
+    /// A configuration value is out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+/// Controller-wide counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ControllerStats {
+    /// The engine's counters.
+    pub engine: EngineStats,
+    /// Times the observer detected lost events.
+    pub events_lost: u64,
+    /// Observer failures (socket errors, failed dumps).
+    pub observer_errors: u64,
+    /// Decisions queued and not yet polled.
+    pub decisions_pending: u64,
+    /// Log records dropped because the buffer was full.
+    pub log_records_dropped: u64,
+}
+
+/// State shared by the host-facing handle and the controller's threads.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) engine: Mutex<Engine>,
+    pub(crate) clock: Clock,
+    pub(crate) decisions: DecisionQueue,
+    pub(crate) logs: Arc<LogBuffer>,
+    pub(crate) dispatch: Dispatch,
+    pub(crate) events_lost: AtomicU64,
+    pub(crate) observer_errors: AtomicU64,
+}
+
+impl Shared {
+    /// Fires due deadlines and moves the engine's output to where it goes. Called with
+    /// the engine locked after every change.
+    pub(crate) fn settle(&self, engine: &mut Engine, now: UnixMillis) {
+        engine.tick(now);
+        let mut out = Vec::new();
+        engine.drain_decisions(&mut out);
+        self.decisions.push_all(&mut out);
+    }
+}
+
+/// A running controller. Every method takes `&self` and may be called from any thread.
+#[derive(Debug)]
+pub struct Controller {
+    shared: Arc<Shared>,
+    kernel: Option<kernel::KernelRuntime>,
+}
+
+impl Controller {
+    /// Starts a controller. In kernel mode this opens the conntrack sockets and starts
+    /// the threads; errors name what failed (privileges, the namespace, the sysctl).
+    pub fn new(config: ControllerConfig) -> Result<Self, ControllerError> {
+        if config.max_concurrent_standbys == 0 {
+            return Err(ControllerError::InvalidArgument(
+                "max_concurrent_standbys must be positive".into(),
+            ));
+        }
+        if config.resync_interval_ms == 0 {
+            return Err(ControllerError::InvalidArgument(
+                "resync_interval_ms must be positive".into(),
+            ));
+        }
+        let engine_config = EngineConfig {
+            max_concurrent_standbys: config.max_concurrent_standbys,
+            confirm_before_standby: config.mode == Mode::Kernel && config.confirm_before_standby,
+            ..EngineConfig::default()
+        };
+        let clock = match config.mode {
+            Mode::Kernel => Clock::System,
+            Mode::Manual { start_ms } => Clock::Manual(AtomicU64::new(start_ms)),
+        };
+        let logs = Arc::new(LogBuffer::new(LOG_BUFFER_CAPACITY));
+        let dispatch = LogCapture::new(logs.clone(), config.log_level).into_dispatch();
+        let shared = Arc::new(Shared {
+            engine: Mutex::new(Engine::new(engine_config)),
+            clock,
+            decisions: DecisionQueue::new(),
+            logs,
+            dispatch,
+            events_lost: AtomicU64::new(0),
+            observer_errors: AtomicU64::new(0),
+        });
+        let kernel = match config.mode {
+            Mode::Kernel => Some(kernel::KernelRuntime::start(shared.clone(), &config)?),
+            Mode::Manual { .. } => None,
+        };
+        let controller = Self { shared, kernel };
+        controller.logged(|| {
+            tracing::info!(
+                mode = ?config.mode,
+                max_concurrent_standbys = config.max_concurrent_standbys,
+                "auto-standby controller started"
+            )
+        });
+        Ok(controller)
+    }
+
+    /// True in manual mode.
+    pub fn is_manual(&self) -> bool {
+        self.kernel.is_none()
+    }
+
+    /// The controller's current time.
+    pub fn now(&self) -> UnixMillis {
+        self.shared.clock.now()
+    }
+
+    /// Runs `f` with this controller's log capture as the thread's default subscriber.
+    fn logged<T>(&self, f: impl FnOnce() -> T) -> T {
+        tracing::dispatcher::with_default(&self.shared.dispatch, f)
+    }
+
+    /// Runs a mutating engine call, then settles the engine and wakes the engine thread.
+    fn mutate<T>(
+        &self,
+        f: impl FnOnce(&mut Engine, UnixMillis) -> Result<T, EngineError>,
+    ) -> Result<T, ControllerError> {
+        self.logged(|| {
+            let mut engine = self.shared.engine.lock();
+            let now = self.shared.clock.now();
+            let result = f(&mut engine, now);
+            self.settle_locked(&mut engine, now);
+            drop(engine);
+            if let Some(kernel) = &self.kernel {
+                kernel.rearm();
+            }
+            result.map_err(ControllerError::from)
+        })
+    }
+
+    fn settle_locked(&self, engine: &mut Engine, now: UnixMillis) {
+        self.shared.settle(engine, now);
+        if self.kernel.is_none() {
+            // No observer in manual mode: the host answers a lost-events report with
+            // `resync`, so the engine's requests have no reader.
+            engine.drain_requests(&mut Vec::new());
+        }
+    }
+
+    /// Registers an instance under a host-chosen key.
+    pub fn register(&self, key: InstanceKey, spec: InstanceSpec) -> Result<(), ControllerError> {
+        self.mutate(|e, now| e.register(key, spec, now))
+    }
+
+    /// Replaces an instance's spec.
+    pub fn update(&self, key: InstanceKey, spec: InstanceSpec) -> Result<(), ControllerError> {
+        self.mutate(|e, now| e.update(key, spec, now))
+    }
+
+    /// Forgets an instance.
+    pub fn unregister(&self, key: InstanceKey) -> Result<(), ControllerError> {
+        self.mutate(|e, now| e.unregister(key, now))
+    }
+
+    /// Moves up to `max` decisions into `out`, waiting up to `timeout` for the first.
+    pub fn poll_decisions(
+        &self,
+        out: &mut Vec<Decision>,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<(), ControllerError> {
+        self.shared
+            .decisions
+            .take(out, max, timeout)
+            .map_err(|_| ControllerError::Shutdown)
+    }
+
+    /// The host's last "still idle?" check before it snapshots `key`.
+    pub fn begin_standby(&self, key: InstanceKey) -> Result<BeginStandby, ControllerError> {
+        self.mutate(|e, now| e.begin_standby(key, now))
+    }
+
+    /// The host's report on a standby it began.
+    pub fn report_standby(
+        &self,
+        key: InstanceKey,
+        outcome: StandbyOutcome,
+    ) -> Result<(), ControllerError> {
+        self.mutate(|e, now| e.report_standby(key, outcome, now))
+    }
+
+    /// Keeps `key` awake for one idle timeout from now.
+    pub fn hold(&self, key: InstanceKey) -> Result<StatusSnapshot, ControllerError> {
+        self.mutate(|e, now| e.hold(key, now))
+    }
+
+    /// Status of `key`. Never waits on I/O.
+    pub fn status(&self, key: InstanceKey) -> Result<StatusSnapshot, ControllerError> {
+        let engine = self.shared.engine.lock();
+        Ok(engine.status(key, self.shared.clock.now())?)
+    }
+
+    /// Appends the flows keeping `key` awake to `out`.
+    pub fn explain(
+        &self,
+        key: InstanceKey,
+        out: &mut Vec<KeptAwakeBy>,
+    ) -> Result<(), ControllerError> {
+        let engine = self.shared.engine.lock();
+        Ok(engine.explain(key, self.shared.clock.now(), out)?)
+    }
+
+    /// Every registered address.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.shared.engine.lock().addresses()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ControllerStats {
+        let engine = self.shared.engine.lock().stats();
+        ControllerStats {
+            engine,
+            events_lost: self.shared.events_lost.load(Ordering::Relaxed),
+            observer_errors: self.shared.observer_errors.load(Ordering::Relaxed),
+            decisions_pending: self.shared.decisions.len() as u64,
+            log_records_dropped: self.shared.logs.dropped(),
+        }
+    }
+
+    /// Moves up to `max` of the oldest captured log records into `out`.
+    pub fn drain_logs(&self, out: &mut Vec<LogRecord>, max: usize) {
+        self.shared.logs.drain(out, max);
+    }
+
+    fn manual_only(&self, call: &'static str) -> Result<(), ControllerError> {
+        if self.is_manual() {
+            Ok(())
+        } else {
+            Err(ControllerError::WrongMode(call))
+        }
+    }
+
+    /// Manual mode: applies flow events at the current manual time.
+    pub fn ingest(&self, events: &[FlowEvent]) -> Result<(), ControllerError> {
+        self.manual_only("ingest")?;
+        self.mutate(|e, now| {
+            for event in events {
+                e.on_flow_event(event, now);
+            }
+            Ok(())
+        })
+    }
+
+    /// Manual mode: moves the clock forward and fires what came due.
+    pub fn advance_clock(&self, delta_ms: u64) -> Result<(), ControllerError> {
+        self.manual_only("advance_clock")?;
+        self.logged(|| {
+            // Under the engine lock, so no call sees the new time before its deadlines fired.
+            let mut engine = self.shared.engine.lock();
+            let now = self.shared.clock.advance(delta_ms).unwrap_or_default();
+            self.settle_locked(&mut engine, now);
+        });
+        Ok(())
+    }
+
+    /// Manual mode: replaces the flow table with `table`, as a full dump would.
+    pub fn resync(&self, table: &[Flow]) -> Result<(), ControllerError> {
+        self.manual_only("resync")?;
+        self.mutate(|e, now| {
+            let id = e.begin_resync(ResyncScope::All, now);
+            for flow in table {
+                e.resync_flow(id, flow)?;
+            }
+            e.finish_resync(id, now)
+        })
+    }
+
+    /// Manual mode: reports the observer failed (`Some(why)`) or healthy again (`None`).
+    pub fn set_observer_error(&self, error: Option<String>) -> Result<(), ControllerError> {
+        self.manual_only("set_observer_error")?;
+        if error.is_some() {
+            self.shared.observer_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let health = error.map_or(ObserverHealth::Healthy, ObserverHealth::Failed);
+        self.mutate(|e, now| {
+            e.set_observer_health(health, now);
+            Ok(())
+        })
+    }
+
+    /// Wakes every blocked poller with [`ControllerError::Shutdown`], now and for every
+    /// later poll, without waiting for the threads.
+    pub fn begin_shutdown(&self) {
+        self.shared.decisions.shut_down();
+    }
+
+    /// Stops the threads and wakes every blocked poller with [`ControllerError::Shutdown`].
+    /// Idempotent; also run on drop.
+    pub fn shutdown(&mut self) {
+        self.shared.decisions.shut_down();
+        if let Some(mut kernel) = self.kernel.take() {
+            kernel.stop();
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

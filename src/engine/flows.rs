@@ -19,7 +19,7 @@ pub(crate) const NIL: u32 = u32::MAX;
 /// TCP state not known yet (an UPDATE without protoinfo for an unknown flow): live.
 pub(crate) const STATE_UNKNOWN: u8 = 0xff;
 /// Record flag: counted in its instance's live qualifying total.
-pub(crate) const F_COUNTED: u8 = 1;
+const F_COUNTED: u8 = 1;
 /// Record flag: the record is on the free list.
 const F_FREE: u8 = 2;
 
@@ -81,6 +81,21 @@ impl FlowRec {
     #[inline]
     pub(crate) fn remote_bits(&self) -> u128 {
         u128::from_ne_bytes(self.remote)
+    }
+
+    /// Counted in its instance's live qualifying total.
+    #[inline]
+    pub(crate) fn counted(&self) -> bool {
+        self.flags & F_COUNTED != 0
+    }
+
+    #[inline]
+    pub(crate) fn set_counted(&mut self, counted: bool) {
+        if counted {
+            self.flags |= F_COUNTED;
+        } else {
+            self.flags &= !F_COUNTED;
+        }
     }
 }
 
@@ -224,6 +239,15 @@ impl FlowTable {
     #[inline]
     pub(crate) fn head(&self, inst: u32) -> u32 {
         self.heads.get(inst as usize).copied().unwrap_or(NIL)
+    }
+
+    /// Indices of instance `inst`'s records, head first.
+    pub(crate) fn list(&self, inst: u32) -> impl Iterator<Item = u32> + '_ {
+        let head = self.head(inst);
+        std::iter::successors((head != NIL).then_some(head), |&i| {
+            let next = self.recs[i as usize].next;
+            (next != NIL).then_some(next)
+        })
     }
 
     /// Reserves room for `additional` more flows.
@@ -501,12 +525,7 @@ mod tests {
     }
 
     fn list(t: &FlowTable, inst: u32) -> Vec<u32> {
-        let mut out = Vec::new();
-        let mut i = t.head(inst);
-        while i != NIL {
-            out.push(t.rec(i).id);
-            i = t.rec(i).next;
-        }
+        let mut out: Vec<u32> = t.list(inst).map(|i| t.rec(i).id).collect();
         out.sort();
         out
     }

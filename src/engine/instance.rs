@@ -222,6 +222,21 @@ impl Inst {
         }
     }
 
+    /// Ends the idle period and any failed-standby retry state (a flow became live).
+    pub(crate) fn end_idle_period(&mut self) {
+        self.idle_since = None;
+        self.retry_at = None;
+        self.failures = 0;
+        self.confirm_failed = false;
+    }
+
+    /// Forgets the whole countdown, hold included (ineligible, or now in Standby).
+    pub(crate) fn clear_countdown(&mut self) {
+        self.end_idle_period();
+        self.last_inbound = None;
+        self.hold_until = None;
+    }
+
     /// The current countdown as it should be persisted.
     pub(crate) fn runtime(&self) -> Option<Runtime> {
         normalise_runtime(Runtime {

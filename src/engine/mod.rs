@@ -9,10 +9,13 @@
 //! remove without updating every user.
 //!
 //! Layout: `flows` stores every tracked flow compactly (one table for all instances,
-//! per-instance lists); `deadlines` is the indexed heap of standby deadlines (one entry
-//! per instance, moved in place, never dropped); `instance` holds per-instance state
-//! and the derived rules (eligibility, due time); `machine` has the transitions;
-//! `status` builds snapshots and explanations.
+//! per-instance lists); `addrs` finds an instance by address; `deadlines` is the indexed
+//! heap of standby deadlines (one entry per instance, moved in place, never dropped);
+//! `instance` holds per-instance state and the derived rules (eligibility, due time).
+//! The transitions: `registry` (register, update, unregister), `flow_events` (classify
+//! and apply flow reports), `countdown` (idleness, holds, persistence), `standby` (the
+//! pipeline from a due deadline to the host's report) and `resync` (observer health,
+//! lost events, dumps). `status` builds snapshots and explanations.
 //!
 //! Choices worth knowing:
 //! - Flows are stored whatever the policy says, so a policy change recounts without a
@@ -30,11 +33,15 @@ use crate::flow::{Flow, FlowEvent, TcpState, Tuple};
 use crate::policy::{Policy, PolicyError};
 
 mod addrs;
+mod countdown;
 mod deadlines;
 mod fasthash;
+mod flow_events;
 mod flows;
 mod instance;
-mod machine;
+mod registry;
+mod resync;
+mod standby;
 mod status;
 
 #[cfg(test)]
@@ -395,15 +402,6 @@ pub enum EngineError {
     InvalidAddress(IpAddr),
 }
 
-/// A resync in progress.
-#[derive(Debug)]
-struct OpenResync {
-    id: u64,
-    /// `None` for every instance; else the slots (and keys, to detect reuse) covered.
-    scope: Option<Vec<(u32, InstanceKey)>>,
-    began_at: UnixMillis,
-}
-
 /// The state machine. See the module docs.
 #[derive(Debug)]
 pub struct Engine {
@@ -422,7 +420,7 @@ pub struct Engine {
     in_flight: u32,
     queued: u32,
     observer_error: Option<String>,
-    resyncs: Vec<OpenResync>,
+    resyncs: Vec<resync::OpenResync>,
     next_resync: u64,
     touch_seq: u32,
     all_lost_seq: Option<u64>,
@@ -500,7 +498,7 @@ impl Engine {
     pub fn on_flow_event(&mut self, event: &FlowEvent, now: UnixMillis) {
         self.see(now);
         self.stats.flow_events += 1;
-        if !self.apply_flow(&event.flow, machine::Source::Event(event.kind), now) {
+        if !self.apply_flow(&event.flow, flow_events::Source::Event(event.kind), now) {
             self.stats.flow_events_unmatched += 1;
         }
     }
@@ -513,7 +511,7 @@ impl Engine {
         const GROUP: usize = 32;
         self.see(now);
         for group in events.chunks(GROUP) {
-            let mut prepared = [machine::Prepared::default(); GROUP];
+            let mut prepared = [flow_events::Prepared::default(); GROUP];
             let mut hints = [u32::MAX; GROUP];
             // Stage 1: address index, home slots, instances.
             for ((e, p), hint) in group.iter().zip(prepared.iter_mut()).zip(hints.iter_mut()) {
@@ -535,7 +533,7 @@ impl Engine {
             // the classifications made in stage 1 still hold.
             for (e, p) in group.iter().zip(prepared.iter()) {
                 self.stats.flow_events += 1;
-                if !self.apply_prepared(&e.flow, p, machine::Source::Event(e.kind), now) {
+                if !self.apply_prepared(&e.flow, p, flow_events::Source::Event(e.kind), now) {
                     self.stats.flow_events_unmatched += 1;
                 }
             }

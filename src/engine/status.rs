@@ -1,6 +1,5 @@
 //! Status snapshots (hypeman's `Describe` order) and explanations.
 
-use super::flows::{F_COUNTED, NIL};
 use super::instance::Phase;
 use super::{Engine, KeptAwakeBy, Reason, Status, StatusSnapshot, UnixMillis};
 
@@ -61,10 +60,9 @@ impl Engine {
 
     /// Appends the live qualifying flows of `slot`.
     pub(crate) fn explain_of(&self, slot: u32, now: UnixMillis, out: &mut Vec<KeptAwakeBy>) {
-        let mut i = self.flows.head(slot);
-        while i != NIL {
+        for i in self.flows.list(slot) {
             let r = self.flows.rec(i);
-            if r.flags & F_COUNTED != 0 {
+            if r.counted() {
                 let f = self.flow_view(i);
                 let first_seen = u64::from(r.first_seen_s) * 1000;
                 out.push(KeptAwakeBy {
@@ -76,7 +74,6 @@ impl Engine {
                     age_ms: now.saturating_sub(first_seen),
                 });
             }
-            i = r.next;
         }
         out.sort_by_key(|k| (k.first_seen, k.orig.src, k.orig.src_port));
     }

@@ -12,6 +12,55 @@ fn fleet(h: &mut H, n: u8, timeout: u64) {
     }
 }
 
+/// An engine that confirms idleness with the observer before each standby.
+fn confirm_first() -> H {
+    H::with(EngineConfig {
+        confirm_before_standby: true,
+        ..EngineConfig::default()
+    })
+}
+
+/// Instance 1 due at `now` and its confirmation resync begun.
+fn confirming(now: UnixMillis) -> (H, ResyncId) {
+    let mut h = confirm_first();
+    h.reg(1, spec(MIN), T0);
+    h.e.tick(now);
+    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), now);
+    (h, r)
+}
+
+/// An engine that runs one standby at a time.
+fn one_slot() -> H {
+    H::with(EngineConfig {
+        max_concurrent_standbys: 1,
+        ..EngineConfig::default()
+    })
+}
+
+/// An established inbound TCP flow to `server`:80.
+fn established_to(server: IpAddr) -> Flow {
+    flow(
+        proto::TCP,
+        ip("203.0.113.1"),
+        9,
+        server,
+        80,
+        Some(TcpState::ESTABLISHED),
+        1,
+    )
+}
+
+impl H {
+    /// Begins and reports success for `key`, returning the standbys emitted after.
+    fn run_standbys_after(&mut self, key: InstanceKey, now: UnixMillis) -> Vec<InstanceKey> {
+        assert_eq!(self.e.begin_standby(key, now), Ok(BeginStandby::Proceed));
+        self.e
+            .report_standby(key, StandbyOutcome::Success, now)
+            .unwrap();
+        self.standbys()
+    }
+}
+
 #[test]
 fn elapsed_countdown_emits_one_standby_and_success_clears_state() {
     let mut h = H::new();
@@ -104,34 +153,17 @@ fn concurrency_is_bounded_and_the_queue_is_fifo() {
     let s = h.e.stats();
     assert_eq!((s.standby_in_flight, s.standby_queued), (2, 2));
     assert_eq!(h.st(3, T0 + MIN).status, Status::StandbyRequested);
-    assert_eq!(h.e.begin_standby(1, T0 + MIN), Ok(BeginStandby::Proceed));
-    h.e.report_standby(1, StandbyOutcome::Success, T0 + MIN)
-        .unwrap();
-    assert_eq!(h.standbys(), vec![3]);
-    assert_eq!(h.e.begin_standby(2, T0 + MIN), Ok(BeginStandby::Proceed));
-    h.e.report_standby(2, StandbyOutcome::Success, T0 + MIN)
-        .unwrap();
-    assert_eq!(h.standbys(), vec![4]);
+    assert_eq!(h.run_standbys_after(1, T0 + MIN), vec![3]);
+    assert_eq!(h.run_standbys_after(2, T0 + MIN), vec![4]);
 }
 
 #[test]
 fn activity_while_queued_cancels_that_standby() {
-    let mut h = H::with(EngineConfig {
-        max_concurrent_standbys: 1,
-        ..EngineConfig::default()
-    });
+    let mut h = one_slot();
     fleet(&mut h, 2, MIN);
     h.e.tick(T0 + MIN);
     assert_eq!(h.standbys(), vec![1]);
-    let f = flow(
-        proto::TCP,
-        ip("203.0.113.1"),
-        9,
-        addr(2),
-        80,
-        Some(TcpState::ESTABLISHED),
-        1,
-    );
+    let f = established_to(addr(2));
     h.new_flow(f, T0 + MIN + SEC);
     assert_eq!(h.e.stats().standby_queued, 0);
     assert_eq!(
@@ -141,35 +173,13 @@ fn activity_while_queued_cancels_that_standby() {
     assert_eq!(h.st(2, T0 + MIN + 2 * SEC).status, Status::Active);
 }
 
-impl H {
-    /// Begins and reports success for `key`, returning the standbys emitted after.
-    fn run_standbys_after(&mut self, key: InstanceKey, now: UnixMillis) -> Vec<InstanceKey> {
-        assert_eq!(self.e.begin_standby(key, now), Ok(BeginStandby::Proceed));
-        self.e
-            .report_standby(key, StandbyOutcome::Success, now)
-            .unwrap();
-        self.standbys()
-    }
-}
-
 #[test]
 fn activity_after_emission_cancels_at_begin_and_frees_the_slot() {
-    let mut h = H::with(EngineConfig {
-        max_concurrent_standbys: 1,
-        ..EngineConfig::default()
-    });
+    let mut h = one_slot();
     fleet(&mut h, 2, MIN);
     h.e.tick(T0 + MIN);
     assert_eq!(h.standbys(), vec![1]);
-    let f = flow(
-        proto::TCP,
-        ip("203.0.113.1"),
-        9,
-        addr(1),
-        80,
-        Some(TcpState::ESTABLISHED),
-        1,
-    );
+    let f = established_to(addr(1));
     h.new_flow(f, T0 + MIN + 1);
     assert_eq!(
         h.e.begin_standby(1, T0 + MIN + 2),
@@ -219,23 +229,12 @@ fn refresh_during_an_executing_standby_does_not_dispatch_again() {
 
 #[test]
 fn resync_finding_a_flow_cancels_a_queued_standby() {
-    let mut h = H::with(EngineConfig {
-        max_concurrent_standbys: 1,
-        ..EngineConfig::default()
-    });
+    let mut h = one_slot();
     fleet(&mut h, 2, MIN);
     h.e.tick(T0 + MIN);
     assert_eq!(h.standbys(), vec![1]);
     let r = h.e.begin_resync(ResyncScope::All, T0 + MIN);
-    let f = flow(
-        proto::TCP,
-        ip("203.0.113.1"),
-        9,
-        addr(2),
-        80,
-        Some(TcpState::ESTABLISHED),
-        1,
-    );
+    let f = established_to(addr(2));
     h.e.resync_flow(r, &f).unwrap();
     h.e.finish_resync(r, T0 + MIN).unwrap();
     assert_eq!(h.st(2, T0 + MIN).active_inbound, 1);
@@ -244,10 +243,7 @@ fn resync_finding_a_flow_cancels_a_queued_standby() {
 
 #[test]
 fn invalid_update_does_not_cancel_a_queued_standby() {
-    let mut h = H::with(EngineConfig {
-        max_concurrent_standbys: 1,
-        ..EngineConfig::default()
-    });
+    let mut h = one_slot();
     fleet(&mut h, 2, MIN);
     h.e.tick(T0 + MIN);
     assert_eq!(h.standbys(), vec![1]);
@@ -267,10 +263,7 @@ fn invalid_update_does_not_cancel_a_queued_standby() {
 
 #[test]
 fn unregistering_releases_slots_and_queue_entries() {
-    let mut h = H::with(EngineConfig {
-        max_concurrent_standbys: 1,
-        ..EngineConfig::default()
-    });
+    let mut h = one_slot();
     fleet(&mut h, 3, MIN);
     h.e.tick(T0 + MIN);
     h.e.unregister(2, T0 + MIN).unwrap();
@@ -300,10 +293,7 @@ fn begin_and_report_without_a_standby_are_errors_that_change_nothing() {
 
 #[test]
 fn confirmation_precedes_standby_when_configured() {
-    let mut h = H::with(EngineConfig {
-        confirm_before_standby: true,
-        ..EngineConfig::default()
-    });
+    let mut h = confirm_first();
     h.reg(1, spec(MIN), T0);
     h.e.tick(T0 + MIN);
     assert!(h.standbys().is_empty());
@@ -316,10 +306,7 @@ fn confirmation_precedes_standby_when_configured() {
 
 #[test]
 fn confirmation_that_finds_a_flow_skips_standby() {
-    let mut h = H::with(EngineConfig {
-        confirm_before_standby: true,
-        ..EngineConfig::default()
-    });
+    let mut h = confirm_first();
     h.reg(1, spec(MIN), T0);
     h.e.tick(T0 + MIN);
     h.requests();
@@ -338,14 +325,8 @@ fn confirmation_that_finds_a_flow_skips_standby() {
 
 #[test]
 fn failed_confirmation_restarts_the_countdown() {
-    let mut h = H::with(EngineConfig {
-        confirm_before_standby: true,
-        ..EngineConfig::default()
-    });
-    h.reg(1, spec(MIN), T0);
     let now = T0 + MIN + 5 * SEC;
-    h.e.tick(now);
-    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), now);
+    let (mut h, r) = confirming(now);
     h.e.fail_resync(r, now).unwrap();
     assert!(h.standbys().is_empty());
     let st = h.st(1, now);
@@ -361,13 +342,7 @@ fn failed_confirmation_restarts_the_countdown() {
 
 #[test]
 fn failed_confirmation_after_activity_leaves_the_instance_active() {
-    let mut h = H::with(EngineConfig {
-        confirm_before_standby: true,
-        ..EngineConfig::default()
-    });
-    h.reg(1, spec(MIN), T0);
-    h.e.tick(T0 + MIN);
-    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + MIN);
+    let (mut h, r) = confirming(T0 + MIN);
     h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0 + MIN + 1);
     h.e.fail_resync(r, T0 + MIN + 2).unwrap();
     let st = h.st(1, T0 + MIN + 2);
@@ -379,13 +354,7 @@ fn failed_confirmation_after_activity_leaves_the_instance_active() {
 
 #[test]
 fn countdown_restarted_during_confirmation_wins() {
-    let mut h = H::with(EngineConfig {
-        confirm_before_standby: true,
-        ..EngineConfig::default()
-    });
-    h.reg(1, spec(MIN), T0);
-    h.e.tick(T0 + MIN);
-    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + MIN);
+    let (mut h, r) = confirming(T0 + MIN);
     h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0 + MIN + 1);
     h.destroy(inbound(1, None), T0 + MIN + 2);
     h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED)))
@@ -403,13 +372,7 @@ fn countdown_restarted_during_confirmation_wins() {
 
 #[test]
 fn hold_during_confirmation_wins() {
-    let mut h = H::with(EngineConfig {
-        confirm_before_standby: true,
-        ..EngineConfig::default()
-    });
-    h.reg(1, spec(MIN), T0);
-    h.e.tick(T0 + MIN);
-    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + MIN);
+    let (mut h, r) = confirming(T0 + MIN);
     let held = h.e.hold(1, T0 + MIN + 1).unwrap();
     h.e.finish_resync(r, T0 + MIN + 2).unwrap();
     assert!(h.standbys().is_empty());

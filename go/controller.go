@@ -1,0 +1,688 @@
+package autostandby
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
+	"github.com/libautostandby/libautostandby/go/internal/binding"
+)
+
+// Controller puts idle instances into Standby, with hypeman's controller's shape: the
+// library decides (from conntrack), the Controller carries its decisions out against
+// an InstanceStore and keeps the library told about instance lifecycle changes.
+//
+// A nil *Controller is valid: Describe and HoldStandby then report "unsupported".
+type Controller struct {
+	store        InstanceStore
+	eng          engine
+	manual       bool
+	opts         ControllerOptions
+	log          *slog.Logger
+	tracer       trace.Tracer
+	metrics      *metrics
+	trackingMode string
+	slots        chan struct{}
+	persist      *persister
+
+	// regMu orders registrations; mu guards the maps below and is never held across
+	// a library call.
+	regMu   sync.Mutex
+	mu      sync.Mutex
+	byID    map[string]*tracked
+	byKey   map[uint64]*tracked
+	nextKey uint64
+	// standbys holds the keys whose standby decision is being carried out.
+	standbys map[uint64]bool
+	// wakes holds the IDs being restored.
+	wakes map[string]bool
+
+	inFlight  atomic.Int64
+	queued    atomic.Int64
+	running   atomic.Bool
+	closeOnce sync.Once
+}
+
+// tracked is one instance the library knows under a key.
+type tracked struct {
+	id          string
+	key         uint64
+	registered  bool
+	idleTimeout string
+}
+
+// NewController creates the library controller described by source and the Go
+// controller around it. It returns ErrUnsupported where the library is not built in.
+// Call Run to start it and Close to free the library once Run has returned.
+func NewController(store InstanceStore, source SourceOptions, opts ControllerOptions) (*Controller, error) {
+	if store == nil {
+		return nil, errors.New("autostandby: nil InstanceStore")
+	}
+	opts = opts.withDefaults()
+	cfg := binding.Config{
+		NetnsPath:             source.NetnsPath,
+		ReceiveBufferBytes:    source.ReceiveBufferBytes,
+		MaxConcurrentStandbys: uint32(opts.MaxConcurrentStandbys),
+		ResyncInterval:        source.ResyncInterval,
+		SetEventsSysctl:       source.EnableConntrackEvents,
+	}
+	mode := TrackingModeConntrack
+	if source.Mode == SourceManual {
+		cfg.Mode = binding.ModeManual
+		cfg.ManualStart = source.ManualStart
+		if cfg.ManualStart.IsZero() {
+			cfg.ManualStart = time.Now()
+		}
+		mode = TrackingModeManual
+	}
+	eng, err := binding.New(cfg)
+	if errors.Is(err, binding.ErrUnsupported) {
+		return nil, ErrUnsupported
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create auto-standby library controller: %w", err)
+	}
+	return newController(store, eng, source.Mode == SourceManual, mode, opts), nil
+}
+
+func newController(store InstanceStore, eng engine, manual bool, mode string, opts ControllerOptions) *Controller {
+	opts = opts.withDefaults()
+	c := &Controller{
+		store:        store,
+		eng:          eng,
+		manual:       manual,
+		opts:         opts,
+		log:          opts.Log.With("tracking_mode", mode),
+		tracer:       opts.Tracer,
+		trackingMode: mode,
+		slots:        make(chan struct{}, opts.MaxConcurrentStandbys),
+		byID:         map[string]*tracked{},
+		byKey:        map[uint64]*tracked{},
+		standbys:     map[uint64]bool{},
+		wakes:        map[string]bool{},
+	}
+	if c.tracer == nil {
+		c.tracer = noop.NewTracerProvider().Tracer("hypeman/autostandby")
+	}
+	c.persist = newPersister(store, c.log, func(ctx context.Context) { c.metrics.controllerError(ctx, opPersistRT) })
+	m, err := newMetrics(opts.Meter, c.gaugeSnapshot)
+	if err != nil {
+		c.log.Warn("auto-standby metrics disabled", "error", err)
+	}
+	c.metrics = m
+	return c
+}
+
+// Close frees the library controller and joins its threads. Calls made afterwards
+// (including a Run still going) fail with a shutdown error; a Controller left unclosed
+// is freed by a cleanup when it becomes unreachable.
+func (c *Controller) Close() {
+	if c == nil {
+		return
+	}
+	c.closeOnce.Do(c.eng.Close)
+}
+
+// Run subscribes to lifecycle events, registers every instance with the library, and
+// carries out the library's decisions until ctx is cancelled or the event channel is
+// closed. Queued standbys are abandoned on exit; executing ones see a cancelled context
+// and are waited for.
+func (c *Controller) Run(ctx context.Context) error {
+	if c == nil {
+		return ErrUnsupported
+	}
+	if !c.running.CompareAndSwap(false, true) {
+		return errors.New("auto-standby controller is already running")
+	}
+	defer c.running.Store(false)
+
+	c.log.Info("auto-standby controller started",
+		"snapshot_sync_interval", c.opts.SnapshotSyncInterval,
+		"max_concurrent_standbys", c.opts.MaxConcurrentStandbys,
+		"dry_run", c.opts.DryRun)
+
+	// Subscribe before listing, so no lifecycle event falls between the two.
+	events, unsubscribe, err := c.store.SubscribeInstanceEvents(ctx)
+	if err != nil {
+		return fmt.Errorf("subscribe instance events: %w", err)
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer unsubscribe()
+
+	wg.Go(func() { c.persist.run(runCtx) })
+	wg.Go(func() { c.pollLoop(runCtx, &wg) })
+
+	var retry <-chan time.Time
+	if err := c.startupResync(runCtx); err != nil {
+		retry = time.After(c.opts.RetryDelay)
+	}
+	syncTicker := time.NewTicker(c.opts.SnapshotSyncInterval)
+	defer syncTicker.Stop()
+	logs := time.NewTicker(c.opts.LogDrainInterval)
+	defer logs.Stop()
+	defer c.drainLogs()
+
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-events:
+			if !ok {
+				return nil
+			}
+			c.handleInstanceEvent(runCtx, ev)
+		case <-retry:
+			retry = nil
+			if err := c.startupResync(runCtx); err != nil {
+				retry = time.After(c.opts.RetryDelay)
+			}
+		case <-syncTicker.C:
+			if err := c.syncInstances(runCtx); err != nil {
+				c.metrics.controllerError(runCtx, opSnapshotSync)
+				c.log.Warn("auto-standby periodic snapshot sync failed", "error", err)
+			} else {
+				c.log.Debug("auto-standby periodic snapshot sync completed")
+			}
+		case <-logs.C:
+			c.drainLogs()
+		}
+	}
+}
+
+// startupResync lists the instances and registers them. A failure is logged and
+// counted once; Run retries it after RetryDelay.
+func (c *Controller) startupResync(ctx context.Context) error {
+	ctx, span := c.tracer.Start(ctx, "AutoStandbyStartupResync")
+	defer span.End()
+	start := time.Now()
+	err := c.syncInstances(ctx)
+	c.metrics.resyncDone(ctx, time.Since(start).Seconds(), err == nil)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		c.metrics.controllerError(ctx, opStartupResync)
+		c.log.Error("auto-standby startup resync failed", "error", err, "retry_in", c.opts.RetryDelay)
+		return err
+	}
+	c.mu.Lock()
+	n := len(c.byID)
+	c.mu.Unlock()
+	c.log.Info("auto-standby startup resync seeded state", "instances", n)
+	return nil
+}
+
+// syncInstances registers or updates every listed instance and forgets those no
+// longer listed. One bad instance does not stop the others.
+func (c *Controller) syncInstances(ctx context.Context) error {
+	list, err := c.store.ListInstances(ctx)
+	if err != nil {
+		return fmt.Errorf("list instances: %w", err)
+	}
+	seen := make(map[string]bool, len(list))
+	for i := range list {
+		inst := &list[i]
+		seen[inst.ID] = true
+		if err := c.upsert(inst); err != nil {
+			c.log.Warn("auto-standby periodic snapshot sync failed for instance",
+				"instance_id", inst.ID, "error", err)
+		}
+	}
+	c.mu.Lock()
+	var gone []string
+	for id := range c.byID {
+		if !seen[id] {
+			gone = append(gone, id)
+		}
+	}
+	c.mu.Unlock()
+	for _, id := range gone {
+		c.forget(id)
+	}
+	return nil
+}
+
+func (c *Controller) handleInstanceEvent(ctx context.Context, ev InstanceEvent) {
+	if ev.Action == InstanceEventDelete {
+		c.forget(ev.InstanceID)
+		return
+	}
+	if ev.Instance == nil {
+		return
+	}
+	if err := c.upsert(ev.Instance); err != nil {
+		c.metrics.controllerError(ctx, opInstanceEvent)
+		c.log.Warn("auto-standby instance event handling failed",
+			"action", string(ev.Action), "instance_id", ev.InstanceID, "error", err)
+	}
+}
+
+// instanceSpec converts an instance for the library. An error leaves everything as it
+// was (a refresh that fails does not cancel a queued standby).
+func instanceSpec(inst *Instance) (*binding.Instance, string, error) {
+	policy, err := compilePolicy(inst.AutoStandby)
+	if err != nil {
+		return nil, "", err
+	}
+	spec := &binding.Instance{
+		Lifecycle:      lifecycleOf(inst.State),
+		NetworkEnabled: inst.NetworkEnabled,
+		HasVGPU:        inst.HasVGPU,
+	}
+	var timeout string
+	if policy != nil {
+		spec.Policy = &binding.Policy{
+			Enabled:           policy.enabled,
+			IdleTimeout:       policy.idleTimeout,
+			IgnoreSourceCIDRs: policy.ignoreSources,
+			TCP:               policy.tcp,
+			UDP:               policy.udp,
+			WakeOnTraffic:     policy.wakeOnTraffic,
+			MinUptime:         policy.minUptime,
+		}
+		for _, port := range policy.ignorePorts {
+			spec.Policy.IgnoreDestinationPorts = append(spec.Policy.IgnoreDestinationPorts, uint32(port))
+		}
+		if policy.idleTimeout > 0 {
+			timeout = policy.idleTimeout.String()
+		}
+	}
+	for _, text := range append([]string{inst.IP}, inst.ExtraIPs...) {
+		if text == "" {
+			continue
+		}
+		addr, err := netip.ParseAddr(text)
+		if err != nil {
+			return nil, "", fmt.Errorf("parse instance IP %q: %w", text, err)
+		}
+		// Only an instance that runs, or may be woken, owns its addresses; a stopped
+		// one may share them with a newer instance.
+		if spec.Lifecycle == binding.LifecycleRunning || spec.Lifecycle == binding.LifecycleStandby {
+			spec.Addresses = append(spec.Addresses, addr.Unmap())
+		}
+	}
+	if rt := inst.Runtime; rt != nil {
+		if rt.IdleSince != nil {
+			spec.Runtime.IdleSince = *rt.IdleSince
+		}
+		if rt.LastInboundActivityAt != nil {
+			spec.Runtime.LastInboundActivityAt = *rt.LastInboundActivityAt
+		}
+	}
+	return spec, timeout, nil
+}
+
+func lifecycleOf(state string) binding.Lifecycle {
+	switch state {
+	case StateRunning:
+		return binding.LifecycleRunning
+	case StateStandby:
+		return binding.LifecycleStandby
+	case StateStopped:
+		return binding.LifecycleStopped
+	}
+	return binding.LifecycleOther
+}
+
+// upsert tells the library about inst, registering it on first sight. Library calls
+// are made outside c.mu, so Describe never waits behind one; regMu keeps registrations
+// of the same instance in order.
+func (c *Controller) upsert(inst *Instance) error {
+	spec, timeout, err := instanceSpec(inst)
+	if err != nil {
+		return err
+	}
+	c.regMu.Lock()
+	defer c.regMu.Unlock()
+	c.mu.Lock()
+	t := c.byID[inst.ID]
+	if t == nil {
+		c.nextKey++
+		t = &tracked{id: inst.ID, key: c.nextKey}
+		c.byID[inst.ID] = t
+		c.byKey[t.key] = t
+	}
+	key, registered := t.key, t.registered
+	c.mu.Unlock()
+
+	if registered {
+		err = c.eng.Update(key, spec)
+		if binding.CodeOf(err) == binding.ErrNotFound {
+			err = c.eng.Register(key, spec)
+		}
+	} else {
+		err = c.eng.Register(key, spec)
+		if binding.CodeOf(err) == binding.ErrAlreadyExists {
+			err = c.eng.Update(key, spec)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	t.registered = true
+	t.idleTimeout = timeout
+	c.mu.Unlock()
+	return nil
+}
+
+// forget unregisters an instance and drops its pending writes.
+func (c *Controller) forget(id string) {
+	c.regMu.Lock()
+	defer c.regMu.Unlock()
+	c.mu.Lock()
+	t := c.byID[id]
+	if t != nil {
+		delete(c.byID, id)
+		delete(c.byKey, t.key)
+	}
+	c.mu.Unlock()
+	if t == nil {
+		return
+	}
+	c.persist.drop(id)
+	if t.registered {
+		if err := c.eng.Unregister(t.key); err != nil && binding.CodeOf(err) != binding.ErrNotFound {
+			c.log.Warn("auto-standby could not forget instance", "instance_id", id, "error", err)
+		}
+	}
+}
+
+func (c *Controller) lookupKey(key uint64) (*tracked, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.byKey[key]
+	if !ok {
+		return nil, false
+	}
+	copy := *t
+	return &copy, true
+}
+
+func (c *Controller) lookupID(id string) (*tracked, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.byID[id]
+	if !ok || !t.registered {
+		return nil, false
+	}
+	copy := *t
+	return &copy, true
+}
+
+// pollLoop waits for the library's decisions and dispatches them.
+func (c *Controller) pollLoop(ctx context.Context, wg *sync.WaitGroup) {
+	buf := make([]binding.Decision, 64)
+	for ctx.Err() == nil {
+		n, err := c.eng.PollDecisions(buf, defaultPollTimeout)
+		if err != nil {
+			switch binding.CodeOf(err) {
+			case binding.ErrShutdown:
+				return
+			case binding.ErrPoisoned, binding.ErrPanic:
+				// The library handle is unusable from now on: say so once, loudly.
+				c.metrics.controllerError(ctx, opPoll)
+				c.log.Error("auto-standby library failed; no further standby decisions", "error", err)
+				return
+			}
+			c.metrics.controllerError(ctx, opPoll)
+			c.log.Error("auto-standby could not poll decisions", "error", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(c.opts.RetryDelay):
+			}
+			continue
+		}
+		for _, d := range buf[:n] {
+			c.dispatch(ctx, wg, d)
+		}
+	}
+}
+
+func (c *Controller) dispatch(ctx context.Context, wg *sync.WaitGroup, d binding.Decision) {
+	t, ok := c.lookupKey(d.Key)
+	if !ok {
+		// The instance was forgotten after the decision was made.
+		if d.Kind == binding.DecisionStandby {
+			_ = c.eng.ReportStandby(d.Key, binding.OutcomeNotFound)
+		}
+		return
+	}
+	switch d.Kind {
+	case binding.DecisionPersistRuntime:
+		var rt *Runtime
+		if d.RuntimePresent {
+			rt = runtimeFromBinding(d.Runtime)
+		}
+		// hypeman's log lines for these transitions, derived from what is persisted.
+		switch {
+		case rt != nil && rt.IdleSince != nil:
+			c.log.Info("auto-standby idle countdown started", "instance_id", t.id,
+				"idle_since", *rt.IdleSince, "idle_timeout", t.idleTimeout)
+		case rt != nil && rt.LastInboundActivityAt != nil:
+			c.log.Debug("auto-standby inbound activity observed", "instance_id", t.id,
+				"last_inbound_activity_at", *rt.LastInboundActivityAt)
+		}
+		if c.opts.DryRun {
+			c.log.Debug("auto-standby dry run: would persist runtime", "instance_id", t.id)
+			return
+		}
+		c.persist.enqueue(t.id, rt)
+	case binding.DecisionStandby:
+		c.mu.Lock()
+		if c.standbys[d.Key] {
+			c.mu.Unlock()
+			return
+		}
+		c.standbys[d.Key] = true
+		c.mu.Unlock()
+		c.log.Info("auto-standby standby timer fired", "instance_id", t.id, "idle_timeout", t.idleTimeout)
+		c.queued.Add(1)
+		wg.Go(func() { c.standbyWorker(ctx, t) })
+	case binding.DecisionWake:
+		c.wake(ctx, wg, t, d)
+	}
+}
+
+// standbyWorker waits for a slot, then carries out one standby decision.
+func (c *Controller) standbyWorker(ctx context.Context, t *tracked) {
+	defer func() {
+		c.mu.Lock()
+		delete(c.standbys, t.key)
+		c.mu.Unlock()
+	}()
+	select {
+	case c.slots <- struct{}{}:
+		c.queued.Add(-1)
+	case <-ctx.Done():
+		c.queued.Add(-1)
+		return
+	}
+	defer func() { <-c.slots }()
+	if ctx.Err() != nil {
+		return
+	}
+	c.executeStandby(ctx, t)
+}
+
+func (c *Controller) executeStandby(ctx context.Context, t *tracked) {
+	ctx, span := c.tracer.Start(ctx, "AutoStandbyStandbyAttempt",
+		trace.WithAttributes(attribute.String("instance_id", t.id)))
+	defer span.End()
+
+	proceed, reason, err := c.eng.BeginStandby(t.key)
+	if err != nil {
+		c.metrics.controllerError(ctx, opStandby)
+		c.log.Warn("auto-standby could not begin standby", "instance_id", t.id, "error", err)
+		return
+	}
+	if !proceed {
+		c.metrics.attempt(ctx, attemptCancelled)
+		c.log.Info("auto-standby standby cancelled before it started",
+			"instance_id", t.id, "reason", string(reasonFromCode(reason)))
+		return
+	}
+	c.inFlight.Add(1)
+	defer c.inFlight.Add(-1)
+
+	if c.opts.DryRun {
+		c.metrics.attempt(ctx, attemptDryRun)
+		c.log.Info("auto-standby dry run: would put instance into standby",
+			"instance_id", t.id, "idle_timeout", t.idleTimeout)
+		// The instance stays up: report it like a failure so the library retries later.
+		c.report(t, binding.OutcomeFailed)
+		return
+	}
+
+	err = c.store.StandbyInstance(ctx, t.id)
+	switch {
+	case err == nil:
+		c.metrics.attempt(ctx, attemptSuccess)
+		c.log.Info("instance entered standby due to inbound inactivity",
+			"instance_id", t.id, "idle_timeout", t.idleTimeout)
+		c.report(t, binding.OutcomeSuccess)
+	case errors.Is(err, ErrInstanceNotFound):
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		c.metrics.attempt(ctx, attemptError)
+		c.metrics.controllerError(ctx, opStandby)
+		c.log.Info("auto-standby target instance no longer exists, dropping state", "instance_id", t.id)
+		c.report(t, binding.OutcomeNotFound)
+		c.forget(t.id)
+	default:
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		c.metrics.attempt(ctx, attemptError)
+		c.metrics.controllerError(ctx, opStandby)
+		c.log.Warn("auto-standby standby attempt failed", "instance_id", t.id, "error", err)
+		c.report(t, binding.OutcomeFailed)
+	}
+}
+
+func (c *Controller) report(t *tracked, outcome binding.StandbyOutcome) {
+	if err := c.eng.ReportStandby(t.key, outcome); err != nil {
+		c.log.Warn("auto-standby could not report standby outcome", "instance_id", t.id, "error", err)
+	}
+}
+
+// wake restores an instance on inbound traffic, when the store can.
+func (c *Controller) wake(ctx context.Context, wg *sync.WaitGroup, t *tracked, d binding.Decision) {
+	log := c.log.With("instance_id", t.id, "client", d.Src.String(), "destination", d.Dst.String(),
+		"protocol", protocolName(d.Protocol))
+	restorer, ok := c.store.(InstanceRestorer)
+	if !ok {
+		log.Info("auto-standby inbound traffic for instance in standby; store cannot restore")
+		return
+	}
+	if c.opts.DryRun {
+		c.metrics.wake(ctx, attemptDryRun)
+		log.Info("auto-standby dry run: would restore instance on inbound traffic")
+		return
+	}
+	c.mu.Lock()
+	if c.wakes[t.id] {
+		c.mu.Unlock()
+		return
+	}
+	c.wakes[t.id] = true
+	c.mu.Unlock()
+	wg.Go(func() {
+		defer func() {
+			c.mu.Lock()
+			delete(c.wakes, t.id)
+			c.mu.Unlock()
+		}()
+		log.Info("auto-standby restoring instance on inbound traffic")
+		if err := restorer.RestoreInstance(ctx, t.id); err != nil {
+			c.metrics.wake(ctx, attemptError)
+			c.metrics.controllerError(ctx, opRestore)
+			log.Warn("auto-standby restore on inbound traffic failed", "error", err)
+			return
+		}
+		c.metrics.wake(ctx, attemptSuccess)
+	})
+}
+
+// drainLogs copies the library's buffered log records into the controller's logger.
+func (c *Controller) drainLogs() {
+	buf := make([]binding.LogRecord, 64)
+	for {
+		n, err := c.eng.DrainLogs(buf)
+		if err != nil || n == 0 {
+			return
+		}
+		for _, r := range buf[:n] {
+			level := slog.LevelDebug
+			switch r.Level {
+			case binding.LevelError:
+				level = slog.LevelError
+			case binding.LevelWarn:
+				level = slog.LevelWarn
+			case binding.LevelInfo:
+				level = slog.LevelInfo
+			}
+			c.log.Log(context.Background(), level, r.Message, "source", "libautostandby",
+				"target", r.Target, "library_time", r.Time)
+		}
+		if n < len(buf) {
+			return
+		}
+	}
+}
+
+// gaugeSnapshot reads what the observable instruments report.
+func (c *Controller) gaugeSnapshot() gaugeSnapshot {
+	s := gaugeSnapshot{phases: map[string]int64{}}
+	c.mu.Lock()
+	keys := make([]uint64, 0, len(c.byKey))
+	for key, t := range c.byKey {
+		if t.registered {
+			keys = append(keys, key)
+		}
+	}
+	c.mu.Unlock()
+	for _, key := range keys {
+		st, err := c.eng.Status(key)
+		if err != nil {
+			continue
+		}
+		s.phases[phaseOf(statusFromCode(st.Status), int(st.ActiveInbound))]++
+		s.activeConnections += int64(st.ActiveInbound)
+	}
+	s.inFlight = c.inFlight.Load()
+	s.queued = c.queued.Load()
+	if stats, err := c.eng.Stats(); err == nil {
+		s.flowEvents = int64(stats.FlowEvents)
+		s.eventsLost = int64(stats.EventsLost)
+		if q := int64(stats.StandbyQueued); q > s.queued {
+			s.queued = q
+		}
+	}
+	return s
+}
+
+func runtimeFromBinding(r binding.Runtime) *Runtime {
+	out := &Runtime{}
+	if !r.IdleSince.IsZero() {
+		t := r.IdleSince.UTC()
+		out.IdleSince = &t
+	}
+	if !r.LastInboundActivityAt.IsZero() {
+		t := r.LastInboundActivityAt.UTC()
+		out.LastInboundActivityAt = &t
+	}
+	return out
+}

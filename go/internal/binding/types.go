@@ -1,0 +1,265 @@
+// Package binding is the thin layer over libautostandby's C ABI: Go values in, Go
+// values out, no C memory kept past a call. Without cgo, or off Linux, every
+// constructor reports ErrUnsupported.
+package binding
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// ErrUnsupported: the library is not linked into this build.
+var ErrUnsupported = errors.New("conntrack-backed auto-standby is only supported on Linux")
+
+// Code is a status code of the C ABI.
+type Code uint32
+
+// Status codes, as in include/autostandby.h.
+const (
+	OK                   Code = 0
+	ErrNullPointer       Code = 1
+	ErrInvalidArgument   Code = 2
+	ErrStructSize        Code = 3
+	ErrNotFound          Code = 4
+	ErrAlreadyExists     Code = 5
+	ErrInvalidPolicy     Code = 6
+	ErrStandbyInProgress Code = 7
+	ErrNoStandby         Code = 8
+	ErrWrongMode         Code = 9
+	ErrPermission        Code = 10
+	ErrIO                Code = 11
+	ErrPanic             Code = 12
+	ErrPoisoned          Code = 13
+	ErrAddressInUse      Code = 14
+	ErrShutdown          Code = 15
+)
+
+// Error is a failed call: the code and the library's message.
+type Error struct {
+	Op      string
+	Code    Code
+	Message string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("autostandby_%s: %s (code %d)", e.Op, e.Message, e.Code)
+}
+
+// Is matches another *Error by code, so errors.Is(err, &Error{Code: ErrNotFound}) works.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Op == "" && t.Code == e.Code
+}
+
+// CodeOf returns the code of err, or OK when err is not an *Error.
+func CodeOf(err error) Code {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return OK
+}
+
+// Mode selects where flow events come from.
+type Mode uint32
+
+// Modes.
+const (
+	// ModeKernel: the library observes the host's conntrack table itself.
+	ModeKernel Mode = 0
+	// ModeManual: flow events and time are supplied through the API.
+	ModeManual Mode = 1
+)
+
+// Config configures a library controller. Zero values select the library's defaults.
+type Config struct {
+	Mode                  Mode
+	NetnsPath             string
+	ReceiveBufferBytes    int
+	MaxConcurrentStandbys uint32
+	ResyncInterval        time.Duration
+	SetEventsSysctl       bool
+	ManualStart           time.Time
+}
+
+// Lifecycle is an instance's lifecycle state as the library knows it.
+type Lifecycle uint32
+
+// Lifecycle states.
+const (
+	LifecycleOther   Lifecycle = 0
+	LifecycleRunning Lifecycle = 1
+	LifecycleStandby Lifecycle = 2
+	LifecycleStopped Lifecycle = 3
+)
+
+// Policy is a validated policy in library units.
+type Policy struct {
+	Enabled                bool
+	IdleTimeout            time.Duration
+	IgnoreSourceCIDRs      []netip.Prefix
+	IgnoreDestinationPorts []uint32
+	TCP, UDP               bool
+	WakeOnTraffic          bool
+	MinUptime              time.Duration
+}
+
+// Runtime is the persisted countdown; a zero time means absent.
+type Runtime struct {
+	IdleSince             time.Time
+	LastInboundActivityAt time.Time
+}
+
+// Instance is what the library is told about one instance.
+type Instance struct {
+	Addresses      []netip.Addr
+	Policy         *Policy
+	Lifecycle      Lifecycle
+	NetworkEnabled bool
+	HasVGPU        bool
+	Runtime        Runtime
+}
+
+// DecisionKind says what a decision asks of the host.
+type DecisionKind uint32
+
+// Decision kinds.
+const (
+	DecisionStandby        DecisionKind = 0
+	DecisionWake           DecisionKind = 1
+	DecisionPersistRuntime DecisionKind = 2
+)
+
+// Decision is one thing the host should do.
+type Decision struct {
+	Kind DecisionKind
+	Key  uint64
+	// RuntimePresent: for PersistRuntime, false means delete the stored runtime.
+	RuntimePresent bool
+	Runtime        Runtime
+	// Protocol, Src and Dst describe the flow that caused a Wake.
+	Protocol uint8
+	Src, Dst netip.AddrPort
+}
+
+// StandbyOutcome is the host's report on a standby it began.
+type StandbyOutcome uint32
+
+// Outcomes.
+const (
+	OutcomeSuccess  StandbyOutcome = 0
+	OutcomeFailed   StandbyOutcome = 1
+	OutcomeNotFound StandbyOutcome = 2
+)
+
+// Status is the library's view of one instance. Zero times mean absent.
+type Status struct {
+	Status                uint32
+	Reason                uint32
+	Configured            bool
+	Enabled               bool
+	Eligible              bool
+	ActiveInbound         uint32
+	IdleTimeout           time.Duration
+	IdleSince             time.Time
+	LastInboundActivityAt time.Time
+	NextStandbyAt         time.Time
+	HoldUntil             time.Time
+	HasCountdown          bool
+	CountdownRemaining    time.Duration
+}
+
+// FlowInfo is one flow keeping an instance awake.
+type FlowInfo struct {
+	Protocol           uint8
+	OrigSrc, OrigDst   netip.AddrPort
+	ReplySrc, ReplyDst netip.AddrPort
+	HasTCPState        bool
+	TCPState           uint8
+	FirstSeen          time.Time
+	Age                time.Duration
+}
+
+// FlowEventKind is what a manual flow event reports.
+type FlowEventKind uint32
+
+// Flow event kinds.
+const (
+	FlowNew     FlowEventKind = 0
+	FlowUpdate  FlowEventKind = 1
+	FlowDestroy FlowEventKind = 2
+)
+
+// FlowEvent is a conntrack event supplied in manual mode.
+type FlowEvent struct {
+	Kind               FlowEventKind
+	Protocol           uint8
+	OrigSrc, OrigDst   netip.AddrPort
+	ReplySrc, ReplyDst netip.AddrPort
+	Zone               uint16
+	ID                 uint32
+	HasTCPState        bool
+	TCPState           uint8
+}
+
+// Stats are the library's counters.
+type Stats struct {
+	Instances        uint64
+	TrackedFlows     uint64
+	FlowEvents       uint64
+	StandbyDecisions uint64
+	WakeDecisions    uint64
+	StandbyInFlight  uint64
+	StandbyQueued    uint64
+	Resyncs          uint64
+	EventsLost       uint64
+	ObserverErrors   uint64
+	UnmatchedEvents  uint64
+	DecisionsPending uint64
+	LogsDropped      uint64
+}
+
+// LogRecord is one line of the library's log buffer.
+type LogRecord struct {
+	Level   uint32
+	Time    time.Time
+	Target  string
+	Message string
+}
+
+// Log levels of LogRecord.Level (tracing's order).
+const (
+	LevelError uint32 = 1
+	LevelWarn  uint32 = 2
+	LevelInfo  uint32 = 3
+	LevelDebug uint32 = 4
+	LevelTrace uint32 = 5
+)
+
+func millisToTime(has bool, ms uint64) time.Time {
+	if !has {
+		return time.Time{}
+	}
+	return time.UnixMilli(int64(ms)).UTC()
+}
+
+func timeToMillis(t time.Time) (bool, uint64) {
+	if t.IsZero() {
+		return false, 0
+	}
+	ms := t.UnixMilli()
+	if ms < 0 {
+		ms = 0
+	}
+	return true, uint64(ms)
+}
+
+// durationToMillis rounds up, so a positive sub-millisecond duration stays positive.
+func durationToMillis(d time.Duration) uint64 {
+	if d <= 0 {
+		return 0
+	}
+	return uint64((d + time.Millisecond - 1) / time.Millisecond)
+}

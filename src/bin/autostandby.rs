@@ -1,0 +1,459 @@
+//! `autostandby`: an operator tool that shows what libautostandby sees and would decide.
+//!
+//! It never acts on a VM: decisions are displayed, not executed.
+//!
+//! ```text
+//! autostandby watch --ip ADDR[,ADDR...] [--idle 30s] [--netns PATH] [--json]
+//! autostandby flows --ip ADDR [--netns PATH] [--json]
+//! autostandby stats [--ip ADDR[,ADDR...]] [--for 2s] [--netns PATH] [--json]
+//! ```
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use autostandby::controller::{Controller, ControllerConfig, ControllerError};
+use autostandby::engine::{Decision, InstanceSpec, Lifecycle, Reason, Status, StatusSnapshot};
+use autostandby::flow::TcpState;
+use autostandby::policy::{Policy, Protocols};
+
+const USAGE: &str = "\
+usage:
+  autostandby watch --ip ADDR[,ADDR...] [--idle 30s] [--netns PATH] [--json]
+      live table of each address: status, reason, active flows, idle since, countdown
+      and the decision the library would take (refreshed every second)
+  autostandby flows --ip ADDR [--netns PATH] [--json]
+      the flows keeping ADDR awake
+  autostandby stats [--ip ADDR[,ADDR...]] [--for 2s] [--netns PATH] [--json]
+      observe for a while, then print the controller's counters
+
+Reads the conntrack table of the network namespace (the current one by default); needs
+root or CAP_NET_ADMIN. Never puts a VM into standby or wakes one.";
+
+/// Parsed command line.
+#[derive(Debug, PartialEq)]
+struct Args {
+    command: Command,
+    ips: Vec<IpAddr>,
+    idle: Duration,
+    duration: Duration,
+    netns: Option<PathBuf>,
+    json: bool,
+}
+
+#[derive(Debug, PartialEq, Clone, Copy)]
+enum Command {
+    Watch,
+    Flows,
+    Stats,
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (num, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?} (examples: 30s, 500ms, 2m)"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text:?} (use ms, s, m or h)"
+            ));
+        }
+    }
+    .ok_or_else(|| format!("duration {text:?} is too large"))?;
+    if ms == 0 {
+        return Err(format!("duration {text:?} must be positive"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn parse_ips(text: &str) -> Result<Vec<IpAddr>, String> {
+    text.split(',')
+        .map(|s| {
+            s.trim()
+                .parse::<IpAddr>()
+                .map(|ip| ip.to_canonical())
+                .map_err(|_| format!("invalid IP address {s:?}"))
+        })
+        .collect()
+}
+
+fn parse_args(argv: &[String]) -> Result<Args, String> {
+    let mut it = argv.iter();
+    let command = match it.next().map(String::as_str) {
+        Some("watch") => Command::Watch,
+        Some("flows") => Command::Flows,
+        Some("stats") => Command::Stats,
+        Some(other) => return Err(format!("unknown command {other:?}")),
+        None => return Err("missing command".into()),
+    };
+    let mut args = Args {
+        command,
+        ips: Vec::new(),
+        idle: Duration::from_secs(30),
+        duration: Duration::from_secs(2),
+        netns: None,
+        json: false,
+    };
+    while let Some(flag) = it.next() {
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_owned())),
+            None => (flag.as_str(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match name {
+            "--ip" => args.ips.extend(parse_ips(&value()?)?),
+            "--idle" => args.idle = parse_duration(&value()?)?,
+            "--for" => args.duration = parse_duration(&value()?)?,
+            "--netns" => args.netns = Some(PathBuf::from(value()?)),
+            "--json" if inline.is_none() => args.json = true,
+            _ => return Err(format!("unknown flag {flag:?}")),
+        }
+    }
+    if matches!(command, Command::Watch | Command::Flows) && args.ips.is_empty() {
+        return Err("--ip is required".into());
+    }
+    if command == Command::Flows && args.ips.len() != 1 {
+        return Err("flows takes exactly one --ip".into());
+    }
+    let mut seen = args.ips.clone();
+    seen.sort_unstable();
+    seen.dedup();
+    if seen.len() != args.ips.len() {
+        return Err("an address is given twice".into());
+    }
+    Ok(args)
+}
+
+fn start(args: &Args) -> Result<Controller, String> {
+    let mut config = ControllerConfig::kernel();
+    config.netns = args.netns.clone();
+    let controller = Controller::new(config).map_err(|e| match e {
+        ControllerError::Permission(m) => {
+            format!("{m}\nrun as root (or with CAP_NET_ADMIN) to read conntrack")
+        }
+        other => other.to_string(),
+    })?;
+    let policy = Policy {
+        enabled: true,
+        idle_timeout_ms: args.idle.as_millis() as u64,
+        ignore_source_cidrs: Vec::new(),
+        ignore_destination_ports: Vec::new(),
+        protocols: Protocols {
+            tcp: true,
+            udp: true,
+        },
+        wake_on_traffic: false,
+        min_uptime_ms: 0,
+    };
+    for (key, ip) in args.ips.iter().enumerate() {
+        let spec = InstanceSpec {
+            addresses: vec![*ip],
+            policy: Some(policy.clone()),
+            lifecycle: Lifecycle::Running,
+            network_enabled: true,
+            has_vgpu: false,
+            runtime: Default::default(),
+        };
+        controller
+            .register(key as u64, spec)
+            .map_err(|e| format!("{ip}: {e}"))?;
+    }
+    Ok(controller)
+}
+
+/// Waits (up to 3 s) for the first resync, so the first view is not "observer_error".
+fn wait_synced(controller: &Controller, keys: usize) {
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let synced = (0..keys as u64).all(|k| {
+            controller
+                .status(k)
+                .is_ok_and(|s| !matches!(s.reason, Reason::ObserverError | Reason::ResyncPending))
+        });
+        if synced {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn fmt_ms(ms: Option<u64>) -> String {
+    ms.map_or_else(|| "-".into(), |v| format!("{:.1}s", v as f64 / 1000.0))
+}
+
+fn fmt_age(now: u64, at: Option<u64>) -> String {
+    at.map_or_else(
+        || "-".into(),
+        |t| format!("{}s ago", now.saturating_sub(t) / 1000),
+    )
+}
+
+/// The decision the library would take now, in words.
+fn would(s: &StatusSnapshot, decided: bool) -> String {
+    if decided {
+        return "standby (decided)".into();
+    }
+    match s.status {
+        Status::IdleCountdown => format!("standby in {}", fmt_ms(s.countdown_remaining_ms)),
+        Status::ReadyForStandby | Status::StandbyRequested => "standby".into(),
+        _ => "none".into(),
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "null".into(), |v| v.to_string())
+}
+
+fn watch(args: &Args) -> Result<(), String> {
+    let controller = start(args)?;
+    wait_synced(&controller, args.ips.len());
+    let mut decided = vec![false; args.ips.len()];
+    let mut decisions = Vec::new();
+    loop {
+        decisions.clear();
+        controller
+            .poll_decisions(&mut decisions, 1024, Duration::ZERO)
+            .map_err(|e| e.to_string())?;
+        for d in &decisions {
+            if let Decision::Standby { key } = d {
+                decided[*key as usize] = true;
+            }
+        }
+        let now = controller.now();
+        if !args.json {
+            // Clear the screen and home the cursor, as watch(1) does.
+            print!("\x1b[2J\x1b[H");
+            println!(
+                "{:<40} {:<18} {:<28} {:>6} {:>10} {:>10}  WOULD",
+                "ADDRESS", "STATUS", "REASON", "FLOWS", "IDLE", "COUNTDOWN"
+            );
+        }
+        for (key, ip) in args.ips.iter().enumerate() {
+            let s = controller.status(key as u64).map_err(|e| e.to_string())?;
+            let decision = would(&s, decided[key]);
+            if args.json {
+                println!(
+                    "{{\"time_ms\":{now},\"address\":{},\"status\":{},\"reason\":{},\"active_inbound\":{},\"idle_since_ms\":{},\"countdown_remaining_ms\":{},\"would\":{}}}",
+                    json_str(&ip.to_string()),
+                    json_str(s.status.as_str()),
+                    json_str(s.reason.as_str()),
+                    s.active_inbound,
+                    json_opt(s.idle_since),
+                    json_opt(s.countdown_remaining_ms),
+                    json_str(&decision)
+                );
+            } else {
+                println!(
+                    "{:<40} {:<18} {:<28} {:>6} {:>10} {:>10}  {}",
+                    ip.to_string(),
+                    s.status.as_str(),
+                    s.reason.as_str(),
+                    s.active_inbound,
+                    fmt_age(now, s.idle_since),
+                    fmt_ms(s.countdown_remaining_ms),
+                    decision
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn flows(args: &Args) -> Result<(), String> {
+    let controller = start(args)?;
+    wait_synced(&controller, 1);
+    let mut flows = Vec::new();
+    controller
+        .explain(0, &mut flows)
+        .map_err(|e| e.to_string())?;
+    let proto = |p: u8| match p {
+        6 => "tcp".to_string(),
+        17 => "udp".to_string(),
+        n => n.to_string(),
+    };
+    let state = |s: Option<TcpState>| s.map_or("-", TcpState::name);
+    if !args.json {
+        println!("{} flow(s) keeping {} awake", flows.len(), args.ips[0]);
+    }
+    for f in &flows {
+        let orig = format!(
+            "{} -> {}",
+            std::net::SocketAddr::new(f.orig.src, f.orig.src_port),
+            std::net::SocketAddr::new(f.orig.dst, f.orig.dst_port)
+        );
+        if args.json {
+            println!(
+                "{{\"protocol\":{},\"orig\":{},\"reply_src\":{},\"tcp_state\":{},\"age_ms\":{}}}",
+                json_str(&proto(f.protocol)),
+                json_str(&orig),
+                json_str(&std::net::SocketAddr::new(f.reply.src, f.reply.src_port).to_string()),
+                json_str(state(f.tcp_state)),
+                f.age_ms
+            );
+        } else {
+            println!(
+                "  {:<4} {orig:<60} {:<12} seen {}",
+                proto(f.protocol),
+                state(f.tcp_state),
+                fmt_ms(Some(f.age_ms))
+            );
+        }
+    }
+    Ok(())
+}
+
+fn stats(args: &Args) -> Result<(), String> {
+    let controller = start(args)?;
+    std::thread::sleep(args.duration);
+    let s = controller.stats();
+    let rows: [(&str, u64); 13] = [
+        ("instances", s.engine.instances),
+        ("tracked_flows", s.engine.tracked_flows),
+        ("flow_events", s.engine.flow_events),
+        ("flow_events_unmatched", s.engine.flow_events_unmatched),
+        ("standby_decisions", s.engine.standby_decisions),
+        ("wake_decisions", s.engine.wake_decisions),
+        ("standby_in_flight", s.engine.standby_in_flight),
+        ("standby_queued", s.engine.standby_queued),
+        ("resyncs", s.engine.resyncs),
+        ("events_lost", s.events_lost),
+        ("observer_errors", s.observer_errors),
+        ("decisions_pending", s.decisions_pending),
+        ("log_records_dropped", s.log_records_dropped),
+    ];
+    if args.json {
+        let body: Vec<String> = rows.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        println!("{{{}}}", body.join(","));
+    } else {
+        for (k, v) in rows {
+            println!("{k:<24} {v}");
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.is_empty() || argv.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return if argv.is_empty() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let args = match parse_args(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("autostandby: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match args.command {
+        Command::Watch => watch(&args),
+        Command::Flows => flows(&args),
+        Command::Stats => stats(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("autostandby: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Result<Args, String> {
+        parse_args(&s.split_whitespace().map(String::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("3d").unwrap_err().contains("unit"));
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn flags() {
+        let a = args("watch --ip 10.0.0.2,::ffff:10.0.0.3,fd00::1 --idle=5s --json").unwrap();
+        assert_eq!(a.command, Command::Watch);
+        assert_eq!(a.ips.len(), 3);
+        assert_eq!(a.ips[1], "10.0.0.3".parse::<IpAddr>().unwrap());
+        assert_eq!(a.idle, Duration::from_secs(5));
+        assert!(a.json);
+        assert!(args("watch").unwrap_err().contains("--ip is required"));
+        assert!(
+            args("watch --ip 10.0.0.300")
+                .unwrap_err()
+                .contains("invalid IP")
+        );
+        assert!(
+            args("watch --ip 10.0.0.2 --idle")
+                .unwrap_err()
+                .contains("needs a value")
+        );
+        assert!(
+            args("watch --ip 10.0.0.2 --bogus")
+                .unwrap_err()
+                .contains("unknown flag")
+        );
+        assert!(
+            args("flows --ip 10.0.0.2,10.0.0.3")
+                .unwrap_err()
+                .contains("exactly one")
+        );
+        assert!(
+            args("watch --ip 10.0.0.2,10.0.0.2")
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(args("frobnicate").unwrap_err().contains("unknown command"));
+        let s = args("stats --for 1s --netns /run/netns/x").unwrap();
+        assert_eq!(s.duration, Duration::from_secs(1));
+        assert_eq!(s.netns, Some(PathBuf::from("/run/netns/x")));
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+}

@@ -1,0 +1,618 @@
+//! Kernel mode: the engine thread and the conntrack observer threads.
+//!
+//! Three threads per controller:
+//! - the **event thread** owns the [`EventSocket`]: it reads batches of flow events and
+//!   hands each batch to the engine thread over a bounded crossbeam channel, reports
+//!   loss, keeps the kernel address filter equal to the registered address set, and
+//!   reopens the socket with backoff after a failure;
+//! - the **query thread** owns the [`QuerySocket`]: it runs the resyncs (address-filtered
+//!   dumps) the engine asks for, including the confirmation before each standby and the
+//!   periodic reconcile, and reopens its socket with backoff after a failure;
+//! - the **engine thread** applies event batches, owns the deadlines (it sleeps until the
+//!   engine's next one), forwards the engine's requests, tracks observer health (failed
+//!   until a resync has succeeded after any failure), and schedules the reconcile.
+//!
+//! The engine itself sits behind the shared mutex; each thread holds it only for engine
+//! calls, never across a system call.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, bounded, unbounded};
+
+use super::{ControllerConfig, ControllerError, EventsSysctlMode, Shared};
+use crate::conntrack::{ConntrackError, EventSocket, EventsSysctl, ObserverConfig, QuerySocket};
+use crate::engine::{ObserverHealth, ObserverRequest, ResyncScope};
+use crate::flow::{Flow, FlowEvent, FlowKey};
+
+/// Flows an event touched while the current resync's dump ran (`None` when no resync
+/// runs). A dump entry is older than any event applied after the dump began, so such
+/// entries are not replayed over the event's state at the end of the resync.
+type Touched = Arc<Mutex<Option<HashSet<FlowKey>>>>;
+
+/// How long the event thread blocks in poll(2) before looking at its commands.
+const EVENT_POLL: Duration = Duration::from_millis(50);
+/// First delay before reopening a failed socket; doubled per failure.
+const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+/// Longest delay between reopen attempts.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Event batches queued for the engine thread before the event thread waits.
+const BATCH_QUEUE: usize = 256;
+
+/// What the observer threads tell the engine thread.
+#[derive(Debug)]
+enum EngineMsg {
+    /// Engine state changed outside the engine thread: recompute deadlines, forward
+    /// requests, check the address set.
+    Rearm,
+    /// A batch of flow events, in kernel order.
+    Events(Vec<FlowEvent>),
+    /// The event socket lost events.
+    Lost,
+    /// The event socket failed (and is being reopened).
+    EventsDown(String),
+    /// The event socket works again; a full resync must succeed before it counts healthy.
+    EventsUp,
+    /// A resync's dump failed.
+    ResyncFailed(String),
+    /// A resync succeeded; it began when the loss counter read this value.
+    ResyncDone(u64),
+    /// Stop.
+    Shutdown,
+}
+
+/// What the engine thread asks of the query thread.
+#[derive(Debug)]
+enum QueryCmd {
+    Resync(ResyncScope),
+    Shutdown,
+}
+
+/// What the engine thread asks of the event thread.
+#[derive(Debug)]
+enum EventCmd {
+    Addresses(Vec<IpAddr>),
+}
+
+/// The threads of a kernel-mode controller.
+#[derive(Debug)]
+pub(crate) struct KernelRuntime {
+    to_engine: Sender<EngineMsg>,
+    to_query: Sender<QueryCmd>,
+    stop_events: Sender<()>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn observer_config(config: &ControllerConfig) -> ObserverConfig {
+    ObserverConfig {
+        netns: config.netns.clone(),
+        rcvbuf_bytes: config.rcvbuf_bytes,
+        events_sysctl: match config.events_sysctl {
+            EventsSysctlMode::ReportOnly => EventsSysctl::Report,
+            EventsSysctlMode::Enable => EventsSysctl::SetOne,
+        },
+    }
+}
+
+impl From<ConntrackError> for ControllerError {
+    fn from(err: ConntrackError) -> Self {
+        if err.is_permission_denied() {
+            Self::Permission(err.to_string())
+        } else {
+            Self::Io(err.to_string())
+        }
+    }
+}
+
+impl KernelRuntime {
+    /// Opens the sockets (so privilege and namespace errors surface here) and starts the
+    /// threads.
+    pub(crate) fn start(
+        shared: Arc<Shared>,
+        config: &ControllerConfig,
+    ) -> Result<Self, ControllerError> {
+        let ocfg = observer_config(config);
+        let where_ = |e: ConntrackError| {
+            let place = ocfg.netns.as_ref().map_or_else(
+                || "the current network namespace".to_owned(),
+                |p| format!("network namespace {}", p.display()),
+            );
+            match ControllerError::from(e) {
+                ControllerError::Permission(m) => {
+                    ControllerError::Permission(format!("{m} ({place})"))
+                }
+                ControllerError::Io(m) => ControllerError::Io(format!("{m} ({place})")),
+                other => other,
+            }
+        };
+        // Subscribe before the first dump: nothing created in between is missed.
+        let events = EventSocket::open(&ocfg).map_err(where_)?;
+        let query = QuerySocket::open(&ocfg).map_err(where_)?;
+        if let Some(path) = &ocfg.netns {
+            tracing::info!(netns = %path.display(), "observing conntrack in a network namespace");
+        }
+
+        let (to_engine, engine_rx) = bounded::<EngineMsg>(BATCH_QUEUE);
+        let (to_query, query_rx) = unbounded::<QueryCmd>();
+        let (to_events, events_rx) = unbounded::<EventCmd>();
+        let (stop_events, stop_rx) = bounded::<()>(1);
+        let resync_interval = Duration::from_millis(config.resync_interval_ms);
+        let touched: Touched = Arc::new(Mutex::new(None));
+
+        let mut threads = Vec::new();
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            let dispatch = shared.dispatch.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || tracing::dispatcher::with_default(&dispatch, f))
+                .map_err(|e| ControllerError::Io(format!("spawn {name}: {e}")))
+        };
+        {
+            let shared = shared.clone();
+            let to_query = to_query.clone();
+            let touched = touched.clone();
+            threads.push(spawn(
+                "as-engine",
+                Box::new(move || {
+                    EngineThread::new(shared, touched, to_query, to_events, resync_interval)
+                        .run(engine_rx)
+                }),
+            )?);
+        }
+        {
+            let to_engine = to_engine.clone();
+            let ocfg = ocfg.clone();
+            threads.push(spawn(
+                "as-events",
+                Box::new(move || event_thread(events, ocfg, to_engine, events_rx, stop_rx)),
+            )?);
+        }
+        {
+            let shared = shared.clone();
+            let to_engine = to_engine.clone();
+            threads.push(spawn(
+                "as-query",
+                Box::new(move || query_thread(query, ocfg, shared, touched, to_engine, query_rx)),
+            )?);
+        }
+        // The first resync of everything registered so far (nothing, at start); it also
+        // makes the observer count healthy.
+        let _ = to_query.send(QueryCmd::Resync(ResyncScope::All));
+        Ok(Self {
+            to_engine,
+            to_query,
+            stop_events,
+            threads,
+        })
+    }
+
+    /// Tells the engine thread that deadlines or the address set may have changed.
+    pub(crate) fn rearm(&self) {
+        // A full queue already holds a message that will make the thread look again.
+        let _ = self.to_engine.try_send(EngineMsg::Rearm);
+    }
+
+    /// Stops and joins every thread.
+    pub(crate) fn stop(&mut self) {
+        let _ = self.stop_events.try_send(());
+        let _ = self.to_query.send(QueryCmd::Shutdown);
+        // Blocking is fine: the engine thread keeps draining its queue until it reads this.
+        let _ = self.to_engine.send(EngineMsg::Shutdown);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sleeps up to `d`, returning early (true) when `stop` fires or is disconnected.
+fn sleep_or_stop<T>(stop: &Receiver<T>, d: Duration) -> bool {
+    !matches!(stop.recv_timeout(d), Err(RecvTimeoutError::Timeout))
+}
+
+fn event_thread(
+    socket: EventSocket,
+    cfg: ObserverConfig,
+    to_engine: Sender<EngineMsg>,
+    cmds: Receiver<EventCmd>,
+    stop: Receiver<()>,
+) {
+    let mut socket = Some(socket);
+    let mut addresses: Option<Vec<IpAddr>> = None;
+    let mut filter_dirty = false;
+    let mut backoff = BACKOFF_INITIAL;
+    let mut batch = Vec::new();
+    loop {
+        match stop.try_recv() {
+            Ok(()) | Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) => {}
+        }
+        while let Ok(EventCmd::Addresses(a)) = cmds.try_recv() {
+            addresses = Some(a);
+            filter_dirty = true;
+        }
+        let Some(sock) = socket.as_mut() else {
+            if sleep_or_stop(&stop, backoff) {
+                return;
+            }
+            match EventSocket::open(&cfg) {
+                Ok(s) => {
+                    tracing::info!("auto-standby conntrack subscription restored");
+                    socket = Some(s);
+                    filter_dirty = true;
+                    backoff = BACKOFF_INITIAL;
+                    let _ = to_engine.send(EngineMsg::EventsUp);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "auto-standby conntrack reconnect failed");
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+            continue;
+        };
+        let result = (|| -> Result<(), ConntrackError> {
+            if filter_dirty {
+                // With no address registered there is no filter at all rather than one
+                // that drops everything: after such a filter was replaced, later events
+                // of flows it had dropped were seen to go missing.
+                if addresses.as_ref().is_some_and(|a| a.is_empty())
+                    && sock.address_filter().is_some()
+                {
+                    sock.clear_address_filter()?;
+                }
+                if let Some(a) = addresses.as_ref().filter(|a| !a.is_empty()) {
+                    match sock.set_address_filter(a) {
+                        // Too many addresses for one classic BPF program: take every
+                        // event and let the engine's address index sort them.
+                        Err(ConntrackError::Invalid(why)) => {
+                            tracing::info!(addresses = a.len(), %why, "kernel event filter not used");
+                            if sock.address_filter().is_some() {
+                                sock.clear_address_filter()?;
+                            }
+                        }
+                        other => other?,
+                    }
+                }
+                filter_dirty = false;
+            }
+            if !sock.wait_readable(EVENT_POLL)? {
+                return Ok(());
+            }
+            loop {
+                let b = sock.recv_batch(&mut |ev| batch.push(*ev))?;
+                if !batch.is_empty() {
+                    let _ = to_engine.send(EngineMsg::Events(std::mem::take(&mut batch)));
+                }
+                if b.lost() {
+                    let _ = to_engine.send(EngineMsg::Lost);
+                }
+                if !b.more {
+                    return Ok(());
+                }
+            }
+        })();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "auto-standby conntrack subscription failed");
+            socket = None;
+            batch.clear();
+            let _ = to_engine.send(EngineMsg::EventsDown(e.to_string()));
+        }
+    }
+}
+
+fn merge_scope(a: Option<ResyncScope>, b: ResyncScope) -> ResyncScope {
+    match (a, b) {
+        (None, b) => b,
+        (Some(ResyncScope::All), _) | (_, ResyncScope::All) => ResyncScope::All,
+        (Some(ResyncScope::Instances(mut x)), ResyncScope::Instances(y)) => {
+            x.extend(y);
+            x.sort_unstable();
+            x.dedup();
+            ResyncScope::Instances(x)
+        }
+    }
+}
+
+fn query_thread(
+    socket: QuerySocket,
+    cfg: ObserverConfig,
+    shared: Arc<Shared>,
+    touched: Touched,
+    to_engine: Sender<EngineMsg>,
+    cmds: Receiver<QueryCmd>,
+) {
+    let mut socket = Some(socket);
+    let mut backoff = BACKOFF_INITIAL;
+    let mut flows: Vec<Flow> = Vec::new();
+    let mut pending: Option<ResyncScope> = None;
+    loop {
+        // Block for the first command, then coalesce whatever else is queued.
+        if pending.is_none() {
+            match cmds.recv() {
+                Ok(QueryCmd::Resync(s)) => pending = Some(s),
+                Ok(QueryCmd::Shutdown) | Err(_) => return,
+            }
+        }
+        loop {
+            match cmds.try_recv() {
+                Ok(QueryCmd::Resync(s)) => pending = Some(merge_scope(pending.take(), s)),
+                Ok(QueryCmd::Shutdown) | Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        let scope = pending.take().expect("set above");
+        if socket.is_none() {
+            match QuerySocket::open(&cfg) {
+                Ok(s) => socket = Some(s),
+                Err(e) => {
+                    let _ = to_engine.send(EngineMsg::ResyncFailed(e.to_string()));
+                    pending = Some(scope);
+                    if sleep_or_stop_query(&cmds, backoff, &mut pending) {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            }
+        }
+        let sock = socket.as_mut().expect("opened above");
+        let (id, addrs, lost_at_begin) = {
+            let mut engine = shared.engine.lock();
+            let now = shared.clock.now();
+            // Read under the engine lock: the engine thread counts a loss under it too.
+            let lost = shared.events_lost.load(Ordering::Relaxed);
+            // Under the engine lock, so no event is applied between `begin_resync` and
+            // the start of the bookkeeping.
+            *touched.lock() = Some(HashSet::new());
+            (
+                engine.begin_resync(scope.clone(), now),
+                engine.scope_addresses(&scope),
+                lost,
+            )
+        };
+        flows.clear();
+        let started = Instant::now();
+        let dumped = sock.dump_addresses(&addrs, &mut |f| flows.push(*f));
+        let mut engine = shared.engine.lock();
+        let now = shared.clock.now();
+        let newer = touched.lock().take().unwrap_or_default();
+        match dumped {
+            Ok(_) => {
+                let mut result = Ok(());
+                for f in flows.iter().filter(|f| !newer.contains(&f.key())) {
+                    if let Err(e) = engine.resync_flow(id, f) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                let result = result.and_then(|()| engine.finish_resync(id, now));
+                shared.settle(&mut engine, now);
+                drop(engine);
+                if let Err(e) = result {
+                    // The engine forgot the resync (a newer one replaced it): not an
+                    // observer failure.
+                    tracing::debug!(error = %e, "resync superseded");
+                } else {
+                    tracing::debug!(
+                        flows = flows.len(),
+                        addresses = addrs.len(),
+                        elapsed_us = started.elapsed().as_micros() as u64,
+                        "resync finished"
+                    );
+                }
+                backoff = BACKOFF_INITIAL;
+                let _ = to_engine.send(EngineMsg::ResyncDone(lost_at_begin));
+            }
+            Err(e) => {
+                let _ = engine.fail_resync(id, now);
+                shared.settle(&mut engine, now);
+                drop(engine);
+                tracing::warn!(error = %e, "auto-standby resync failed");
+                socket = None;
+                let _ = to_engine.send(EngineMsg::ResyncFailed(e.to_string()));
+                pending = Some(merge_scope(pending.take(), scope));
+                if sleep_or_stop_query(&cmds, backoff, &mut pending) {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Waits out a backoff while still collecting resync requests; true on shutdown.
+fn sleep_or_stop_query(
+    cmds: &Receiver<QueryCmd>,
+    d: Duration,
+    pending: &mut Option<ResyncScope>,
+) -> bool {
+    let until = Instant::now() + d;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match cmds.recv_timeout(left) {
+            Ok(QueryCmd::Resync(s)) => *pending = Some(merge_scope(pending.take(), s)),
+            Ok(QueryCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => return true,
+            Err(RecvTimeoutError::Timeout) => return false,
+        }
+    }
+}
+
+/// The engine thread's state.
+struct EngineThread {
+    shared: Arc<Shared>,
+    touched: Touched,
+    to_query: Sender<QueryCmd>,
+    to_events: Sender<EventCmd>,
+    resync_interval: Duration,
+    next_reconcile: Instant,
+    address_generation: Option<u64>,
+    events_down: Option<String>,
+    resync_error: Option<String>,
+    /// A resync must succeed before the observer counts healthy again.
+    awaiting_resync: bool,
+    reported: ObserverHealth,
+    requests: Vec<ObserverRequest>,
+}
+
+impl EngineThread {
+    fn new(
+        shared: Arc<Shared>,
+        touched: Touched,
+        to_query: Sender<QueryCmd>,
+        to_events: Sender<EventCmd>,
+        resync_interval: Duration,
+    ) -> Self {
+        Self {
+            shared,
+            touched,
+            to_query,
+            to_events,
+            resync_interval,
+            next_reconcile: Instant::now() + resync_interval,
+            address_generation: None,
+            events_down: None,
+            resync_error: None,
+            awaiting_resync: true,
+            reported: ObserverHealth::Healthy,
+            requests: Vec::new(),
+        }
+    }
+
+    fn run(mut self, rx: Receiver<EngineMsg>) {
+        self.after();
+        loop {
+            let timeout = self.time_to_next_wake();
+            let msg = match rx.recv_timeout(timeout) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            if matches!(msg, Some(EngineMsg::Shutdown)) {
+                return;
+            }
+            self.handle(msg);
+            // Apply whatever else is queued before looking at deadlines again.
+            while let Ok(m) = rx.try_recv() {
+                if matches!(m, EngineMsg::Shutdown) {
+                    return;
+                }
+                self.handle(Some(m));
+            }
+            self.after();
+        }
+    }
+
+    /// Until the engine's next deadline or the next reconcile, whichever is first.
+    fn time_to_next_wake(&self) -> Duration {
+        let reconcile = self
+            .next_reconcile
+            .saturating_duration_since(Instant::now());
+        let deadline = self.shared.engine.lock().next_deadline();
+        let until_deadline = deadline.map_or(Duration::MAX, |d| {
+            let at = UNIX_EPOCH + Duration::from_millis(d);
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        });
+        reconcile.min(until_deadline)
+    }
+
+    fn handle(&mut self, msg: Option<EngineMsg>) {
+        let Some(msg) = msg else { return };
+        let now = self.shared.clock.now();
+        match msg {
+            EngineMsg::Rearm | EngineMsg::Shutdown => {}
+            EngineMsg::Events(batch) => {
+                let mut engine = self.shared.engine.lock();
+                if let Some(keys) = self.touched.lock().as_mut() {
+                    keys.extend(batch.iter().map(|ev| ev.flow.key()));
+                }
+                for ev in &batch {
+                    engine.on_flow_event(ev, now);
+                }
+            }
+            EngineMsg::Lost => {
+                let mut engine = self.shared.engine.lock();
+                self.shared.events_lost.fetch_add(1, Ordering::Relaxed);
+                engine.events_lost(ResyncScope::All, now);
+            }
+            EngineMsg::EventsDown(why) => {
+                self.shared.observer_errors.fetch_add(1, Ordering::Relaxed);
+                self.events_down = Some(why);
+                self.awaiting_resync = true;
+            }
+            EngineMsg::EventsUp => {
+                self.events_down = None;
+                self.awaiting_resync = true;
+                // Whatever happened while the socket was down is unknown.
+                let _ = self.to_query.send(QueryCmd::Resync(ResyncScope::All));
+                // Put the address filter back on the new socket.
+                self.address_generation = None;
+            }
+            EngineMsg::ResyncFailed(why) => {
+                self.shared.observer_errors.fetch_add(1, Ordering::Relaxed);
+                self.resync_error = Some(why);
+            }
+            EngineMsg::ResyncDone(lost_at_begin) => {
+                // Events lost while that dump ran may belong to flows it had already
+                // walked past, and the engine may have counted that loss as covered by
+                // it: report the loss again so one more resync runs.
+                if self.shared.events_lost.load(Ordering::Relaxed) > lost_at_begin {
+                    self.shared.engine.lock().events_lost(ResyncScope::All, now);
+                }
+                self.resync_error = None;
+                if self.events_down.is_none() {
+                    self.awaiting_resync = false;
+                }
+            }
+        }
+    }
+
+    fn after(&mut self) {
+        let now = self.shared.clock.now();
+        let health = if let Some(why) = &self.events_down {
+            ObserverHealth::Failed(format!("conntrack events: {why}"))
+        } else if let Some(why) = &self.resync_error {
+            ObserverHealth::Failed(format!("conntrack dump: {why}"))
+        } else if self.awaiting_resync {
+            ObserverHealth::Failed("waiting for a conntrack resync".into())
+        } else {
+            ObserverHealth::Healthy
+        };
+        let mut engine = self.shared.engine.lock();
+        if health != self.reported {
+            engine.set_observer_health(health.clone(), now);
+            self.reported = health;
+        }
+        self.shared.settle(&mut engine, now);
+        engine.drain_requests(&mut self.requests);
+        let generation = engine.addresses_generation();
+        let addresses = (self.address_generation != Some(generation)).then(|| engine.addresses());
+        drop(engine);
+
+        if let Some(addresses) = addresses {
+            self.address_generation = Some(generation);
+            let _ = self.to_events.send(EventCmd::Addresses(addresses));
+            // Flows of new addresses may predate the filter change: look them up.
+            let _ = self.to_query.send(QueryCmd::Resync(ResyncScope::All));
+        }
+        for req in self.requests.drain(..) {
+            let scope = match req {
+                ObserverRequest::Resync(scope) => scope,
+                ObserverRequest::Confirm(key) => ResyncScope::Instances(vec![key]),
+            };
+            let _ = self.to_query.send(QueryCmd::Resync(scope));
+        }
+        if Instant::now() >= self.next_reconcile {
+            self.next_reconcile = Instant::now() + self.resync_interval;
+            let _ = self.to_query.send(QueryCmd::Resync(ResyncScope::All));
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Flow reports, from events and from dumps: which instance a flow is inbound for,
+//! whether it counts under the policy, and storing, updating and removing it.
+
+use super::flows::{FlowRec, FlowTable, NIL, Probe, STATE_UNKNOWN, ShapeKey, addr_bits, bits_addr};
+use super::{Decision, Engine, Lifecycle, UnixMillis};
+use crate::flow::{EventKind, Flow, TcpState, Tuple, proto};
+use crate::policy::Policy;
+
+/// A flow event with its addresses converted, identity hashed and instance found.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Prepared {
+    pub probe: Probe,
+    /// `probe.hash32()`, when `class` is set.
+    pub hash: u32,
+    pub reply_src: u128,
+    /// Instance slot and whether the guest is the original destination.
+    pub class: Option<(u32, bool)>,
+}
+
+/// How a flow report reached the engine.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    Event(EventKind),
+    Dump,
+}
+
+impl Engine {
+    /// Converts a flow's addresses once, computes its identity and hash, and finds the
+    /// instance it is inbound for: the reply source (the responder, also under DNAT) or
+    /// the original destination. Flows whose client is the instance itself are its own
+    /// outbound traffic.
+    #[inline]
+    pub(super) fn prepare(&self, flow: &Flow) -> Prepared {
+        let probe = Probe {
+            remote: addr_bits(flow.orig.src),
+            orig_dst: addr_bits(flow.orig.dst),
+            sport: flow.orig.src_port,
+            dport: flow.orig.dst_port,
+            proto: flow.protocol,
+            zone: flow.zone,
+            id: flow.id,
+        };
+        let mut p = Prepared {
+            probe,
+            hash: 0,
+            reply_src: 0,
+            class: None,
+        };
+        if flow.protocol != proto::TCP && flow.protocol != proto::UDP {
+            return p;
+        }
+        p.reply_src = addr_bits(flow.reply.src);
+        let odst = probe.orig_dst;
+        let found = match self.by_addr.get(p.reply_src) {
+            Some(s) => Some((s, p.reply_src == odst)),
+            None => self.by_addr.get(odst).map(|s| (s, true)),
+        };
+        if let Some((slot, _)) = found
+            && !self.inst(slot).owns(probe.remote)
+        {
+            p.class = found;
+            p.hash = probe.hash32();
+        }
+        p
+    }
+
+    /// Whether a stored flow counts under the instance's policy (stored flows are
+    /// always in a live state). Without a policy, hypeman's rule: TCP only.
+    #[inline]
+    fn counts(policy: Option<&Policy>, rec: &FlowRec, shape: &ShapeKey) -> bool {
+        let Some(p) = policy else {
+            return rec.proto == proto::TCP;
+        };
+        let guest_port = if shape.guest_is_orig_dst {
+            rec.dport
+        } else {
+            rec.rsport
+        };
+        p.counts_protocol(rec.proto)
+            && !p.ignores_port(guest_port)
+            && (p.ignore_source_cidrs.is_empty() || !p.ignores_source(bits_addr(rec.remote_bits())))
+    }
+
+    pub(super) fn apply_flow(&mut self, flow: &Flow, source: Source, now: UnixMillis) -> bool {
+        let prepared = self.prepare(flow);
+        self.apply_prepared(flow, &prepared, source, now)
+    }
+
+    /// Loads the instance and flow-table lines a classified event will touch.
+    #[inline]
+    pub(super) fn warm_instance(&self, slot: u32) {
+        std::hint::black_box(self.inst(slot).live);
+        let head = self.flows.head(slot);
+        self.flows.warm_rec(head, false);
+    }
+
+    /// [`Engine::apply_flow`] with the preparation already done.
+    pub(super) fn apply_prepared(
+        &mut self,
+        flow: &Flow,
+        prepared: &Prepared,
+        source: Source,
+        now: UnixMillis,
+    ) -> bool {
+        let Some((slot, guest_is_orig_dst)) = prepared.class else {
+            return false;
+        };
+        let probe = prepared.probe;
+        let h = prepared.hash;
+        let tcp = flow.protocol == proto::TCP;
+        match self.flows.find(&probe, h) {
+            Some(idx) => {
+                if source == Source::Event(EventKind::Destroy) {
+                    self.tombstone(probe, now);
+                    self.remove_flow(idx, now);
+                    return true;
+                }
+                self.flows.rec_mut(idx).touch = self.touch_seq;
+                if tcp && let Some(st) = flow.tcp_state {
+                    if st.is_finished() {
+                        self.remove_flow(idx, now);
+                        return true;
+                    }
+                    self.flows.rec_mut(idx).state = st.0;
+                }
+                let counted = self.flows.rec(idx).counted();
+                if counted && let Source::Event(kind) = source {
+                    self.activity(slot, now, false);
+                    if kind == EventKind::New {
+                        self.maybe_wake(slot, flow);
+                    }
+                }
+            }
+            None => {
+                match source {
+                    Source::Event(EventKind::Destroy) => {
+                        self.tombstone(probe, now);
+                        return true;
+                    }
+                    Source::Dump if self.tombstones.contains_key(&probe) => return true,
+                    _ => {}
+                }
+                let state = if tcp {
+                    match flow.tcp_state {
+                        Some(st) if st.is_finished() => return true,
+                        Some(st) => st.0,
+                        // Missing protoinfo on an unknown flow: assume live (safe side).
+                        None => STATE_UNKNOWN,
+                    }
+                } else {
+                    0
+                };
+                let rdst = addr_bits(flow.reply.dst);
+                let shape_key = ShapeKey {
+                    inst: slot,
+                    orig_dst: probe.orig_dst,
+                    reply_src: prepared.reply_src,
+                    reply_dst: (rdst != probe.remote).then_some(rdst),
+                    guest_is_orig_dst,
+                };
+                let shape = self.flows.intern_shape(shape_key);
+                let mut rec = FlowRec {
+                    remote: probe.remote.to_ne_bytes(),
+                    id: probe.id,
+                    shape,
+                    prev: NIL,
+                    next: NIL,
+                    first_seen_s: u32::try_from(now / 1000).unwrap_or(u32::MAX),
+                    touch: self.touch_seq,
+                    hash: h,
+                    sport: probe.sport,
+                    dport: probe.dport,
+                    rsport: flow.reply.src_port,
+                    rdport: flow.reply.dst_port,
+                    zone: probe.zone,
+                    proto: probe.proto,
+                    state,
+                    flags: 0,
+                };
+                let counted = Self::counts(self.inst(slot).spec.policy.as_ref(), &rec, &shape_key);
+                rec.set_counted(counted);
+                self.flows.insert(rec, h);
+                let inst = self.inst_mut(slot);
+                inst.flows += 1;
+                if counted {
+                    inst.live += 1;
+                    let became = inst.live == 1;
+                    self.activity(slot, now, became);
+                    if source == Source::Event(EventKind::New) {
+                        self.maybe_wake(slot, flow);
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn tombstone(&mut self, probe: Probe, now: UnixMillis) {
+        if !self.resyncs.is_empty() {
+            self.tombstones
+                .insert(probe, now.saturating_add(self.config.tombstone_ttl_ms));
+        }
+    }
+
+    pub(super) fn remove_probe(&mut self, p: &Probe, at: UnixMillis) {
+        if let Some(idx) = self.flows.find(p, p.hash32()) {
+            self.remove_flow(idx, at);
+        }
+    }
+
+    fn remove_flow(&mut self, idx: u32, at: UnixMillis) {
+        let slot = self.flows.shape(self.flows.rec(idx).shape).inst;
+        let rec = self.flows.remove(idx);
+        let inst = self.inst_mut(slot);
+        inst.flows -= 1;
+        if rec.counted() {
+            inst.live -= 1;
+            if inst.live == 0 {
+                self.drained(slot, at);
+            }
+        }
+    }
+
+    /// Probes of the instance's flows matching `pred`.
+    pub(super) fn collect(
+        &self,
+        slot: u32,
+        pred: impl Fn(&FlowTable, &FlowRec) -> bool,
+    ) -> Vec<Probe> {
+        self.flows
+            .list(slot)
+            .filter(|&i| pred(&self.flows, self.flows.rec(i)))
+            .map(|i| self.flows.probe_of(i))
+            .collect()
+    }
+
+    /// Recomputes which flows count (after a policy change).
+    pub(super) fn recount(&mut self, slot: u32) {
+        let mut live = 0;
+        let mut i = self.flows.head(slot);
+        while i != NIL {
+            let r = *self.flows.rec(i);
+            let c = Self::counts(
+                self.inst(slot).spec.policy.as_ref(),
+                &r,
+                self.flows.shape(r.shape),
+            );
+            self.flows.rec_mut(i).set_counted(c);
+            live += u32::from(c);
+            i = r.next;
+        }
+        self.inst_mut(slot).live = live;
+    }
+
+    /// Rebuilds the flow view of record `i` (for explanations and wake-ups).
+    pub(super) fn flow_view(&self, i: u32) -> Flow {
+        let r = self.flows.rec(i);
+        let s = self.flows.shape(r.shape);
+        let remote = bits_addr(r.remote_bits());
+        Flow {
+            protocol: r.proto,
+            orig: Tuple::new(remote, r.sport, bits_addr(s.orig_dst), r.dport),
+            reply: Tuple::new(
+                bits_addr(s.reply_src),
+                r.rsport,
+                s.reply_dst.map_or(remote, bits_addr),
+                r.rdport,
+            ),
+            zone: r.zone,
+            id: r.id,
+            tcp_state: (r.proto == proto::TCP && r.state != STATE_UNKNOWN)
+                .then_some(TcpState(r.state)),
+            status: 0,
+            mark: 0,
+        }
+    }
+
+    pub(super) fn maybe_wake(&mut self, slot: u32, flow: &Flow) {
+        let inst = self.inst(slot);
+        if inst.spec.lifecycle != Lifecycle::Standby || inst.wake_sent {
+            return;
+        }
+        if !inst.enabled_policy().is_some_and(|p| p.wake_on_traffic) {
+            return;
+        }
+        let key = inst.key;
+        self.inst_mut(slot).wake_sent = true;
+        self.stats.wake_decisions += 1;
+        self.decisions.push(Decision::Wake {
+            key,
+            protocol: flow.protocol,
+            flow: Tuple::new(
+                flow.orig.src,
+                flow.orig.src_port,
+                flow.orig.dst,
+                flow.orig.dst_port,
+            ),
+        });
+    }
+}

@@ -1,0 +1,246 @@
+//! Observer health, lost events and resyncs (dumps), with the DESTROY tombstones that keep
+//! a dump from resurrecting a flow.
+
+use super::flow_events::Source;
+use super::instance::Phase;
+use super::{
+    Engine, EngineError, InstanceKey, ObserverRequest, Reason, ResyncId, ResyncScope, UnixMillis,
+};
+use crate::flow::Flow;
+
+/// A resync in progress.
+#[derive(Debug)]
+pub(super) struct OpenResync {
+    pub(super) id: u64,
+    /// `None` for every instance; else the slots (and keys, to detect reuse) covered.
+    pub(super) scope: Option<Vec<(u32, InstanceKey)>>,
+    pub(super) began_at: UnixMillis,
+}
+
+impl Engine {
+    pub(super) fn do_set_observer_health(&mut self, error: Option<String>, now: UnixMillis) {
+        self.see(now);
+        let was_failed = self.observer_error.is_some();
+        self.observer_error = error;
+        match (was_failed, self.observer_error.is_some()) {
+            (false, true) => {
+                for slot in self.live_slots() {
+                    self.cancel_standby(slot, Reason::ObserverError);
+                    self.rearm(slot);
+                }
+            }
+            (true, false) => {
+                for slot in self.live_slots() {
+                    self.rearm(slot);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn scope_slots(&self, scope: &ResyncScope) -> Vec<(u32, InstanceKey)> {
+        match scope {
+            ResyncScope::All => self
+                .live_slots()
+                .into_iter()
+                .map(|s| (s, self.inst(s).key))
+                .collect(),
+            ResyncScope::Instances(keys) => {
+                let mut v: Vec<(u32, InstanceKey)> = keys
+                    .iter()
+                    .filter_map(|k| self.by_key.get(k).map(|&s| (s, *k)))
+                    .collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            }
+        }
+    }
+
+    pub(super) fn do_events_lost(&mut self, scope: ResyncScope, now: UnixMillis) {
+        self.see(now);
+        let seq = self.next_resync;
+        if scope == ResyncScope::All {
+            self.all_lost_seq.get_or_insert(seq);
+        }
+        let mut fresh = Vec::new();
+        for (slot, key) in self.scope_slots(&scope) {
+            let all_req = self.all_resync_requested;
+            let inst = self.inst_mut(slot);
+            inst.lost_seq.get_or_insert(seq);
+            if !inst.resync_requested && !all_req {
+                inst.resync_requested = true;
+                fresh.push(key);
+            }
+            self.cancel_standby(slot, Reason::ResyncPending);
+            self.rearm(slot);
+        }
+        if scope == ResyncScope::All {
+            if !self.all_resync_requested {
+                self.all_resync_requested = true;
+                self.requests
+                    .push(ObserverRequest::Resync(ResyncScope::All));
+            }
+        } else {
+            self.queue_resync(fresh);
+        }
+    }
+
+    /// Queues `request` unless an identical one is still undrained.
+    pub(super) fn request_once(&mut self, request: ObserverRequest) {
+        if !self.requests.contains(&request) {
+            self.requests.push(request);
+        }
+    }
+
+    /// Adds instances to the one undrained `Resync` request, or queues one.
+    fn queue_resync(&mut self, keys: Vec<InstanceKey>) {
+        if keys.is_empty() {
+            return;
+        }
+        for r in &mut self.requests {
+            match r {
+                ObserverRequest::Resync(ResyncScope::All) => return,
+                ObserverRequest::Resync(ResyncScope::Instances(v)) => {
+                    for k in keys {
+                        if !v.contains(&k) {
+                            v.push(k);
+                        }
+                    }
+                    return;
+                }
+                _ => {}
+            }
+        }
+        self.requests
+            .push(ObserverRequest::Resync(ResyncScope::Instances(keys)));
+    }
+
+    pub(super) fn do_begin_resync(&mut self, scope: ResyncScope, now: UnixMillis) -> ResyncId {
+        self.see(now);
+        let id = self.next_resync;
+        self.next_resync += 1;
+        self.touch_seq = id as u32;
+        let scope = match scope {
+            ResyncScope::All => None,
+            s => Some(self.scope_slots(&s)),
+        };
+        self.resyncs.push(OpenResync {
+            id,
+            scope,
+            began_at: now,
+        });
+        ResyncId(id)
+    }
+
+    /// Ends resync `id`, answering it and the slots of its scope still registered.
+    fn close_resync(&mut self, id: ResyncId) -> Result<(OpenResync, Vec<u32>), EngineError> {
+        let pos = self
+            .resyncs
+            .iter()
+            .position(|r| r.id == id.0)
+            .ok_or(EngineError::UnknownResync(id))?;
+        let r = self.resyncs.remove(pos);
+        // Tombstones only guard open dumps.
+        if self.resyncs.is_empty() {
+            self.tombstones.clear();
+        }
+        let members = match &r.scope {
+            None => self.live_slots(),
+            // A slot freed and reused since the resync began belongs to another instance.
+            Some(v) => v
+                .iter()
+                .filter(|(s, k)| self.by_key.get(k) == Some(s))
+                .map(|(s, _)| *s)
+                .collect(),
+        };
+        Ok((r, members))
+    }
+
+    pub(super) fn do_resync_flow(&mut self, id: ResyncId, flow: &Flow) -> Result<(), EngineError> {
+        if !self.resyncs.iter().any(|r| r.id == id.0) {
+            return Err(EngineError::UnknownResync(id));
+        }
+        let now = self.last_now;
+        self.apply_flow(flow, Source::Dump, now);
+        Ok(())
+    }
+
+    pub(super) fn do_finish_resync(
+        &mut self,
+        id: ResyncId,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
+        self.see(now);
+        let (r, members) = self.close_resync(id)?;
+        let seq = r.id as u32;
+        for &slot in &members {
+            // Flows neither dumped nor mentioned by an event since the resync began are
+            // gone; they ended no later than the dump, so count idleness from its start.
+            let stale = self.collect(slot, |_, rec| (seq.wrapping_sub(rec.touch) as i32) > 0);
+            for p in stale {
+                self.remove_probe(&p, r.began_at);
+            }
+            let inst = self.inst_mut(slot);
+            if inst.lost_seq.is_some_and(|l| l <= r.id) {
+                inst.lost_seq = None;
+                inst.resync_requested = false;
+            }
+        }
+        if r.scope.is_none() && self.all_lost_seq.is_some_and(|l| l <= r.id) {
+            self.all_lost_seq = None;
+            self.all_resync_requested = false;
+        }
+        for &slot in &members {
+            let inst = self.inst(slot);
+            if inst.phase == Phase::Confirming && inst.confirm_seq <= r.id {
+                self.inst_mut(slot).phase = Phase::None;
+                self.deadlines.remove(slot);
+                if self.ready_for_standby(slot, now) {
+                    self.request_standby(slot, now, true);
+                    continue;
+                }
+            }
+            self.rearm(slot);
+        }
+        self.stats.resyncs += 1;
+        Ok(())
+    }
+
+    pub(super) fn do_fail_resync(
+        &mut self,
+        id: ResyncId,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
+        self.see(now);
+        let (r, members) = self.close_resync(id)?;
+        let mut again = Vec::new();
+        for &slot in &members {
+            let inst = self.inst_mut(slot);
+            if inst.phase == Phase::Confirming && inst.confirm_seq <= r.id {
+                // Could not confirm: stay awake and restart the countdown.
+                inst.phase = Phase::None;
+                inst.confirm_failed = true;
+                if inst.live == 0 && inst.eligible() {
+                    inst.idle_since = Some(now.max(inst.idle_since.unwrap_or(0)));
+                }
+                self.deadlines.remove(slot);
+                self.persist(slot);
+            }
+            // The failed dump answered any request covering the loss: ask again.
+            let inst = self.inst_mut(slot);
+            if inst.lost_seq.is_some() {
+                inst.resync_requested = true;
+                again.push(inst.key);
+            }
+            self.rearm(slot);
+        }
+        if r.scope.is_none() && self.all_lost_seq.is_some() {
+            self.all_resync_requested = true;
+            self.request_once(ObserverRequest::Resync(ResyncScope::All));
+        } else {
+            self.queue_resync(again);
+        }
+        Ok(())
+    }
+}

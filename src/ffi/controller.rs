@@ -1,0 +1,493 @@
+//! Controller lifecycle, instances, decisions, status and statistics.
+
+use std::ffi::CStr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::error::{AUTOSTANDBY_ERR_STRUCT_SIZE, FfiError, autostandby_error};
+use super::guard::{autostandby_controller, call, with_controller};
+use super::types::*;
+use crate::controller::{
+    Controller, ControllerConfig, DEFAULT_MAX_CONCURRENT_STANDBYS, DEFAULT_RCVBUF_BYTES,
+    DEFAULT_RESYNC_INTERVAL_MS, EventsSysctlMode, Mode,
+};
+use crate::engine::{BeginStandby, Decision, Reason, StandbyOutcome};
+
+/// Writes through an output pointer that must not be NULL.
+///
+/// # Safety
+/// `ptr` is NULL or valid for writes.
+unsafe fn out<'a, T>(ptr: *mut T, what: &str) -> Result<&'a mut T, FfiError> {
+    // SAFETY: NULL or valid, per the caller.
+    unsafe { ptr.as_mut() }.ok_or_else(|| FfiError::null(what))
+}
+
+/// Reads the first field (`struct_size`) of a caller struct, before anything else.
+///
+/// # Safety
+/// `ptr` is NULL or points to at least a `uint32_t`.
+unsafe fn leading_size<T>(ptr: *const T, what: &str) -> Result<u32, FfiError> {
+    if ptr.is_null() {
+        return Err(FfiError::null(what));
+    }
+    // SAFETY: non-NULL; every struct with a size starts with a `uint32_t struct_size`.
+    Ok(unsafe { ptr.cast::<u32>().read() })
+}
+
+fn config_from_c(c: &autostandby_config) -> Result<ControllerConfig, FfiError> {
+    let mode = match c.mode {
+        AUTOSTANDBY_MODE_KERNEL => Mode::Kernel,
+        AUTOSTANDBY_MODE_MANUAL => Mode::Manual {
+            start_ms: c.manual_start_ms,
+        },
+        other => {
+            return Err(FfiError::invalid(format!(
+                "config.mode is {other}, expected 0 (kernel) or 1 (manual)"
+            )));
+        }
+    };
+    let events_sysctl = match c.events_sysctl {
+        AUTOSTANDBY_EVENTS_SYSCTL_REPORT => EventsSysctlMode::ReportOnly,
+        AUTOSTANDBY_EVENTS_SYSCTL_ENABLE => EventsSysctlMode::Enable,
+        other => {
+            return Err(FfiError::invalid(format!(
+                "config.events_sysctl is {other}, expected 0 (report) or 1 (enable)"
+            )));
+        }
+    };
+    let netns = if c.netns_path.is_null() {
+        None
+    } else {
+        // SAFETY: a non-NULL `netns_path` is a NUL-terminated string, per the contract.
+        let text = unsafe { CStr::from_ptr(c.netns_path) };
+        let text = text
+            .to_str()
+            .map_err(|_| FfiError::invalid("config.netns_path is not UTF-8"))?;
+        if text.is_empty() {
+            return Err(FfiError::invalid("config.netns_path is empty"));
+        }
+        Some(PathBuf::from(text))
+    };
+    let nonzero = |v: u64, default: u64| if v == 0 { default } else { v };
+    Ok(ControllerConfig {
+        mode,
+        netns,
+        rcvbuf_bytes: if c.rcvbuf_bytes == 0 {
+            DEFAULT_RCVBUF_BYTES
+        } else {
+            c.rcvbuf_bytes
+        },
+        max_concurrent_standbys: nonzero(
+            c.max_concurrent_standbys.into(),
+            DEFAULT_MAX_CONCURRENT_STANDBYS.into(),
+        ) as u32,
+        resync_interval_ms: nonzero(c.resync_interval_ms, DEFAULT_RESYNC_INTERVAL_MS),
+        events_sysctl,
+        ..ControllerConfig::kernel()
+    })
+}
+
+/// Creates a controller and stores its handle in `*out`.
+///
+/// `config` is borrowed for the call only. On success the caller owns the handle and
+/// must release it with `autostandby_controller_free`; on failure `*out` is set to NULL.
+/// Kernel mode opens conntrack sockets (needs CAP_NET_ADMIN: `AUTOSTANDBY_ERR_PERMISSION`
+/// otherwise) and starts the controller's threads. Thread-safe.
+///
+/// # Safety
+/// `config` is NULL or a valid `autostandby_config` (with `netns_path` NULL or a
+/// NUL-terminated string); `out` is NULL or writable; `err` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn autostandby_controller_new(
+    config: *const autostandby_config,
+    out: *mut *mut autostandby_controller,
+    err: *mut autostandby_error,
+) -> u32 {
+    call(err, || {
+        if out.is_null() {
+            return Err(FfiError::null("out"));
+        }
+        // SAFETY: non-NULL and writable, per the caller.
+        unsafe { out.write(std::ptr::null_mut()) };
+        // SAFETY: NULL or valid, per the caller.
+        let size = unsafe { leading_size(config, "config")? };
+        check_size::<autostandby_config>(size, "config")?;
+        // SAFETY: checked non-NULL and large enough.
+        let config = config_from_c(unsafe { &*config })?;
+        let controller = Controller::new(config)?;
+        let handle = Box::new(autostandby_controller::new(controller));
+        // SAFETY: checked non-NULL above.
+        unsafe { out.write(Box::into_raw(handle)) };
+        Ok(())
+    })
+}
+
+/// Stops the controller, joins its threads and frees it. NULL is a no-op.
+///
+/// Blocked `autostandby_poll_decisions` calls on other threads return
+/// `AUTOSTANDBY_ERR_SHUTDOWN`, and this call waits for every call in progress on the
+/// handle to return before freeing it. No call may *start* on the handle once this one
+/// has: the handle is invalid afterwards. Works on a poisoned handle.
+///
+/// # Safety
+/// `c` is NULL or a handle from `autostandby_controller_new` not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn autostandby_controller_free(c: *mut autostandby_controller) {
+    if c.is_null() {
+        return;
+    }
+    // A panic while stopping cannot be reported; it must still not cross into C.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: a live handle, per the caller.
+        unsafe { (*c).close() };
+        // SAFETY: created by Box::into_raw in `autostandby_controller_new`; no call is
+        // inside the library on it any more.
+        drop(unsafe { Box::from_raw(c) });
+    }));
+}
+
+/// Registers an instance under the host-chosen `key`.
+///
+/// `inst` and everything it points to are borrowed for the call only.
+/// Errors: `AUTOSTANDBY_ERR_ALREADY_EXISTS` for a used key, `AUTOSTANDBY_ERR_ADDRESS_IN_USE`
+/// for an address another instance owns, `AUTOSTANDBY_ERR_INVALID_POLICY` with the message
+/// `"<field>: <text>"`. Nothing changes on error. Thread-safe.
+///
+/// # Safety
+/// `c` is NULL or a live handle; `inst` is NULL or a valid `autostandby_instance` whose
+/// arrays are valid for their lengths; `err` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn autostandby_register(
+    c: *mut autostandby_controller,
+    key: u64,
+    inst: *const autostandby_instance,
+    err: *mut autostandby_error,
+) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_controller(c, err, |ctl| {
+            let spec = instance_spec(inst)?;
+            Ok(ctl.register(key, spec)?)
+        })
+    }
+}
+
+/// # Safety
+/// `inst` is NULL or a valid `autostandby_instance`.
+unsafe fn instance_spec(
+    inst: *const autostandby_instance,
+) -> Result<crate::engine::InstanceSpec, FfiError> {
+    // SAFETY: NULL or valid, per the caller.
+    let size = unsafe { leading_size(inst, "instance")? };
+    check_size::<autostandby_instance>(size, "instance")?;
+    // SAFETY: checked non-NULL and large enough; arrays valid per the caller.
+    unsafe { (*inst).to_spec() }
+}
+
+/// Replaces the spec of a registered instance (policy, addresses, lifecycle, runtime).
+///
+/// Same borrowing and errors as `autostandby_register`, plus `AUTOSTANDBY_ERR_NOT_FOUND`.
+/// Thread-safe.
+///
+/// # Safety
+/// As for `autostandby_register`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn autostandby_update(
+    c: *mut autostandby_controller,
+    key: u64,
+    inst: *const autostandby_instance,
+    err: *mut autostandby_error,
+) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_controller(c, err, |ctl| {
+            let spec = instance_spec(inst)?;
+            Ok(ctl.update(key, spec)?)
+        })
+    }
+}
+
+/// Forgets an instance (`AUTOSTANDBY_ERR_NOT_FOUND` for an unknown key). Thread-safe.
+///
+/// # Safety
+/// `c` is NULL or a live handle; `err` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn autostandby_unregister(
+    c: *mut autostandby_controller,
+    key: u64,
+    err: *mut autostandby_error,
+) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe { with_controller(c, err, |ctl| Ok(ctl.unregister(key)?)) }
+}
+
+fn decision_to_c(d: &Decision) -> autostandby_decision {
+    match *d {
+        Decision::Standby { key } => autostandby_decision {
+            kind: AUTOSTANDBY_DECISION_STANDBY,
+            key,
+            ..Default::default()
+        },
+        Decision::Wake {
+            key,
+            protocol,
+            flow,
+        } => autostandby_decision {
+            kind: AUTOSTANDBY_DECISION_WAKE,
+            key,
+            protocol,
+            src: autostandby_ip::from_ip(flow.src),
+            src_port: flow.src_port,
+            dst: autostandby_ip::from_ip(flow.dst),
+            dst_port: flow.dst_port,
+            ..Default::default()
+        },
+        Decision::PersistRuntime { key, runtime } => autostandby_decision {
+            kind: AUTOSTANDBY_DECISION_PERSIST_RUNTIME,
+            key,
+            runtime_present: runtime.is_some(),
+            runtime: runtime
+                .as_ref()
+                .map(autostandby_runtime::from_runtime)
+                .unwrap_or_default(),
+            ..Default::default()
+        },
+    }
+}
+
+/// Takes up to `cap` pending decisions, oldest first, into `out`; `*out_len` is the count.
+///
+/// Blocks up to `timeout_ms` until at least one decision is ready (0: never blocks).
+/// Returns `AUTOSTANDBY_OK` with `*out_len == 0` on timeout, and
+/// `AUTOSTANDBY_ERR_SHUTDOWN` once `autostandby_controller_free` has begun. With `cap`
+/// 0, `out` may be NULL and nothing is taken. Thread-safe: concurrent pollers each get
+/// distinct decisions.
+///
+/// # Safety
+/// `c` is NULL or a live handle; `out` is NULL or valid for `cap` writes; `out_len` is
+/// NULL or writable; `err` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn autostandby_poll_decisions(
+    c: *mut autostandby_controller,
+    out: *mut autostandby_decision,
+    cap: usize,
+    out_len: *mut usize,
+    timeout_ms: u32,
+    err: *mut autostandby_error,
+) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_controller(c, err, |ctl| {
+            let out_len = self::out(out_len, "out_len")?;
+            *out_len = 0;
+            let out = slice_mut(out, cap, "out")?;
+            let mut taken = Vec::new();
+            ctl.poll_decisions(&mut taken, cap, Duration::from_millis(timeout_ms.into()))?;
+            for (slot, d) in out.iter_mut().zip(&taken) {
+                *slot = decision_to_c(d);
+            }
+            *out_len = taken.len();
+            Ok(())
+        })
+    }
+}
+
+/// The host's last "still idle?" check, right before it snapshots the instance.
+///
+/// `*out_proceed` true: snapshot now (the standby is marked executing; report it with
+/// `autostandby_report_standby`), and `*out_reason` is `AUTOSTANDBY_REASON_READY_FOR_STANDBY`.
+/// False: do not snapshot, no report is needed, `*out_reason` says why.
+/// `AUTOSTANDBY_ERR_NO_STANDBY_OUTSTANDING` when no standby was decided. Thread-safe.
+///
+/// # Safety
+/// `c` is NULL or a live handle; `out_proceed`, `out_reason`, `err` are NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn autostandby_begin_standby(
+    c: *mut autostandby_controller,
+    key: u64,
+    out_proceed: *mut bool,
+    out_reason: *mut u32,
+    err: *mut autostandby_error,
+) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_controller(c, err, |ctl| {
+            let proceed = out(out_proceed, "out_proceed")?;
+            let reason = out(out_reason, "out_reason")?;
+            let (p, r) = match ctl.begin_standby(key)? {
+                BeginStandby::Proceed => (true, Reason::ReadyForStandby),
+                BeginStandby::Cancelled(r) => (false, r),
+            };
+            *proceed = p;
+            *reason = r as u32;
+            Ok(())
+        })
+    }
+}
+
+/// The host's report on a standby it began: `outcome` is one of `AUTOSTANDBY_OUTCOME_*`.
+/// Thread-safe.
+///
+/// # Safety
+/// `c` is NULL or a live handle; `err` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn autostandby_report_standby(
+    c: *mut autostandby_controller,
+    key: u64,
+    outcome: u32,
+    err: *mut autostandby_error,
+) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_controller(c, err, |ctl| {
+            let outcome = match outcome {
+                AUTOSTANDBY_OUTCOME_SUCCESS => StandbyOutcome::Success,
+                AUTOSTANDBY_OUTCOME_FAILED => StandbyOutcome::Failed,
+                AUTOSTANDBY_OUTCOME_NOT_FOUND => StandbyOutcome::NotFound,
+                other => {
+                    return Err(FfiError::invalid(format!(
+                        "outcome is {other}, expected 0..=2"
+                    )));
+                }
+            };
+            Ok(ctl.report_standby(key, outcome)?)
+        })
+    }
+}
+
+/// Checks an output struct's `struct_size` before anything is written to it.
+///
+/// # Safety
+/// `ptr` is NULL or valid for reads and writes of a `T` whose first field is `struct_size`.
+unsafe fn sized_out<'a, T>(ptr: *mut T, what: &str) -> Result<&'a mut T, FfiError> {
+    // SAFETY: NULL or valid, per the caller.
+    let size = unsafe { leading_size(ptr.cast_const(), what)? };
+    if (size as usize) < std::mem::size_of::<T>() {
+        return Err(FfiError::new(
+            AUTOSTANDBY_ERR_STRUCT_SIZE,
+            format!(
+                "{what}.struct_size is {size}, this library needs at least {}",
+                std::mem::size_of::<T>()
+            ),
+        ));
+    }
+    // SAFETY: non-NULL and large enough.
+    Ok(unsafe { &mut *ptr })
+}
+
+/// Places a hold: no standby before one idle timeout from now (last write wins, kept in
+/// memory only). Fills `*out` (whose `struct_size` the caller sets) with the new status.
+/// `AUTOSTANDBY_ERR_STANDBY_IN_PROGRESS` while a standby executes. Thread-safe.
+///
+/// # Safety
+/// `c` is NULL or a live handle; `out` is NULL or a writable `autostandby_status` with
+/// `struct_size` set; `err` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn autostandby_hold(
+    c: *mut autostandby_controller,
+    key: u64,
+    out: *mut autostandby_status,
+    err: *mut autostandby_error,
+) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_controller(c, err, |ctl| {
+            let out = sized_out(out, "status")?;
+            out.fill(&ctl.hold(key)?);
+            Ok(())
+        })
+    }
+}
+
+/// Status of one instance into `*out` (whose `struct_size` the caller sets). Never waits
+/// on I/O. Thread-safe.
+///
+/// # Safety
+/// As for `autostandby_hold`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn autostandby_status(
+    c: *mut autostandby_controller,
+    key: u64,
+    out: *mut autostandby_status,
+    err: *mut autostandby_error,
+) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_controller(c, err, |ctl| {
+            let out = sized_out(out, "status")?;
+            out.fill(&ctl.status(key)?);
+            Ok(())
+        })
+    }
+}
+
+/// The flows keeping an instance awake: fills up to `cap` entries of `out` and sets
+/// `*out_len` to the total, which may exceed `cap` (call again with a larger array).
+/// With `cap` 0, `out` may be NULL. Thread-safe.
+///
+/// # Safety
+/// `c` is NULL or a live handle; `out` is NULL or valid for `cap` writes; `out_len` and
+/// `err` are NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn autostandby_explain(
+    c: *mut autostandby_controller,
+    key: u64,
+    out: *mut autostandby_flow_info,
+    cap: usize,
+    out_len: *mut usize,
+    err: *mut autostandby_error,
+) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_controller(c, err, |ctl| {
+            let out_len = self::out(out_len, "out_len")?;
+            *out_len = 0;
+            let out = slice_mut(out, cap, "out")?;
+            let mut flows = Vec::new();
+            ctl.explain(key, &mut flows)?;
+            for (slot, f) in out.iter_mut().zip(&flows) {
+                *slot = autostandby_flow_info::from_kept(f);
+            }
+            *out_len = flows.len();
+            Ok(())
+        })
+    }
+}
+
+/// Controller-wide counters into `*out` (whose `struct_size` the caller sets).
+/// Thread-safe.
+///
+/// # Safety
+/// `c` is NULL or a live handle; `out` is NULL or a writable `autostandby_stats` with
+/// `struct_size` set; `err` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn autostandby_stats(
+    c: *mut autostandby_controller,
+    out: *mut autostandby_stats,
+    err: *mut autostandby_error,
+) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_controller(c, err, |ctl| {
+            let out = sized_out(out, "stats")?;
+            let s = ctl.stats();
+            *out = autostandby_stats {
+                struct_size: out.struct_size,
+                instances: s.engine.instances,
+                tracked_flows: s.engine.tracked_flows,
+                flow_events: s.engine.flow_events,
+                flow_events_unmatched: s.engine.flow_events_unmatched,
+                standby_decisions: s.engine.standby_decisions,
+                wake_decisions: s.engine.wake_decisions,
+                standby_in_flight: s.engine.standby_in_flight,
+                standby_queued: s.engine.standby_queued,
+                resyncs: s.engine.resyncs,
+                events_lost: s.events_lost,
+                observer_errors: s.observer_errors,
+                decisions_pending: s.decisions_pending,
+                log_records_dropped: s.log_records_dropped,
+            };
+            Ok(())
+        })
+    }
+}

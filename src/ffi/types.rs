@@ -1,0 +1,709 @@
+//! The C structs and their checked conversions to and from the Rust types.
+//!
+//! Every conversion from C validates: NULL pointers with a non-zero length, enum values
+//! out of range, address families, `struct_size`. Nothing is trusted.
+
+use std::ffi::c_char;
+use std::mem::size_of;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::error::{AUTOSTANDBY_ERR_INVALID_POLICY, AUTOSTANDBY_ERR_STRUCT_SIZE, FfiError};
+use crate::controller::logs::LogRecord;
+use crate::engine::{InstanceSpec, KeptAwakeBy, Lifecycle, Runtime, StatusSnapshot};
+use crate::flow::{EventKind, Flow, FlowEvent, TcpState, Tuple};
+use crate::policy::{Cidr, Policy, PolicyError, Protocols};
+
+/// `autostandby_ip.family` for IPv4.
+pub const AUTOSTANDBY_FAMILY_IPV4: u8 = 4;
+/// `autostandby_ip.family` for IPv6.
+pub const AUTOSTANDBY_FAMILY_IPV6: u8 = 6;
+
+/// `autostandby_instance.lifecycle`: neither running nor in standby.
+pub const AUTOSTANDBY_LIFECYCLE_OTHER: u32 = 0;
+/// `autostandby_instance.lifecycle`: running.
+pub const AUTOSTANDBY_LIFECYCLE_RUNNING: u32 = 1;
+/// `autostandby_instance.lifecycle`: in Standby.
+pub const AUTOSTANDBY_LIFECYCLE_STANDBY: u32 = 2;
+/// `autostandby_instance.lifecycle`: stopped.
+pub const AUTOSTANDBY_LIFECYCLE_STOPPED: u32 = 3;
+
+/// `autostandby_config.mode`: real conntrack over netlink.
+pub const AUTOSTANDBY_MODE_KERNEL: u32 = 0;
+/// `autostandby_config.mode`: flow events and time through the API.
+pub const AUTOSTANDBY_MODE_MANUAL: u32 = 1;
+
+/// `autostandby_config.events_sysctl`: read and report `nf_conntrack_events` only.
+pub const AUTOSTANDBY_EVENTS_SYSCTL_REPORT: u32 = 0;
+/// `autostandby_config.events_sysctl`: set `nf_conntrack_events` to 1.
+pub const AUTOSTANDBY_EVENTS_SYSCTL_ENABLE: u32 = 1;
+
+/// `autostandby_decision.kind`: put the instance into Standby.
+pub const AUTOSTANDBY_DECISION_STANDBY: u32 = 0;
+/// `autostandby_decision.kind`: restore the instance (traffic arrived).
+pub const AUTOSTANDBY_DECISION_WAKE: u32 = 1;
+/// `autostandby_decision.kind`: store (or delete) the instance's runtime.
+pub const AUTOSTANDBY_DECISION_PERSIST_RUNTIME: u32 = 2;
+
+/// `autostandby_report_standby` outcome: the instance is in Standby.
+pub const AUTOSTANDBY_OUTCOME_SUCCESS: u32 = 0;
+/// `autostandby_report_standby` outcome: the attempt failed.
+pub const AUTOSTANDBY_OUTCOME_FAILED: u32 = 1;
+/// `autostandby_report_standby` outcome: the instance no longer exists.
+pub const AUTOSTANDBY_OUTCOME_NOT_FOUND: u32 = 2;
+
+/// `autostandby_flow_event.kind`: a new flow.
+pub const AUTOSTANDBY_FLOW_NEW: u32 = 0;
+/// `autostandby_flow_event.kind`: a flow changed.
+pub const AUTOSTANDBY_FLOW_UPDATE: u32 = 1;
+/// `autostandby_flow_event.kind`: a flow ended.
+pub const AUTOSTANDBY_FLOW_DESTROY: u32 = 2;
+
+/// `autostandby_log_record.level`: error.
+pub const AUTOSTANDBY_LOG_ERROR: u32 = 1;
+/// `autostandby_log_record.level`: warning.
+pub const AUTOSTANDBY_LOG_WARN: u32 = 2;
+/// `autostandby_log_record.level`: information.
+pub const AUTOSTANDBY_LOG_INFO: u32 = 3;
+/// `autostandby_log_record.level`: debug.
+pub const AUTOSTANDBY_LOG_DEBUG: u32 = 4;
+/// `autostandby_log_record.level`: trace.
+pub const AUTOSTANDBY_LOG_TRACE: u32 = 5;
+
+/// An IPv4 or IPv6 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct autostandby_ip {
+    /// `AUTOSTANDBY_FAMILY_IPV4` (4) or `AUTOSTANDBY_FAMILY_IPV6` (6).
+    pub family: u8,
+    /// Network byte order; IPv4 uses `addr[0..4]` and the rest is ignored.
+    pub addr: [u8; 16],
+}
+
+/// An IP prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct autostandby_cidr {
+    /// Network address (host bits are cleared by the library).
+    pub ip: autostandby_ip,
+    /// Prefix length: 0..=32 for IPv4, 0..=128 for IPv6.
+    pub prefix_len: u8,
+}
+
+/// A per-instance policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct autostandby_policy {
+    /// `sizeof(autostandby_policy)`.
+    pub struct_size: u32,
+    /// Master switch.
+    pub enabled: bool,
+    /// Idle time before standby: 1 ms to 30 days.
+    pub idle_timeout_ms: u64,
+    /// Client prefixes whose flows never count (may be NULL when the length is 0).
+    pub ignore_source_cidrs: *const autostandby_cidr,
+    /// Entries of `ignore_source_cidrs`.
+    pub ignore_source_cidrs_len: usize,
+    /// Guest ports whose flows never count, 1..=65535 (u32 so a bad value is reported,
+    /// not truncated; may be NULL when the length is 0).
+    pub ignore_destination_ports: *const u32,
+    /// Entries of `ignore_destination_ports`.
+    pub ignore_destination_ports_len: usize,
+    /// TCP flows count.
+    pub tcp: bool,
+    /// UDP flows count.
+    pub udp: bool,
+    /// Emit a Wake decision on the first qualifying flow while in Standby.
+    pub wake_on_traffic: bool,
+    /// No standby before this long after start or restore.
+    pub min_uptime_ms: u64,
+}
+
+/// The persisted idle countdown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct autostandby_runtime {
+    /// `idle_since_ms` is set.
+    pub has_idle_since: bool,
+    /// When the instance last became idle (ms since the Unix epoch).
+    pub idle_since_ms: u64,
+    /// `last_inbound_activity_at_ms` is set.
+    pub has_last_inbound_activity_at: bool,
+    /// When inbound activity was last observed (ms since the Unix epoch).
+    pub last_inbound_activity_at_ms: u64,
+}
+
+/// An instance as the host describes it at register and update.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct autostandby_instance {
+    /// `sizeof(autostandby_instance)`.
+    pub struct_size: u32,
+    /// The guest's addresses (may be NULL when the length is 0).
+    pub addresses: *const autostandby_ip,
+    /// Entries of `addresses`.
+    pub addresses_len: usize,
+    /// The policy, or NULL when none is configured.
+    pub policy: *const autostandby_policy,
+    /// One of `AUTOSTANDBY_LIFECYCLE_*`.
+    pub lifecycle: u32,
+    /// The instance has networking.
+    pub network_enabled: bool,
+    /// The instance has a vGPU (never put into Standby).
+    pub has_vgpu: bool,
+    /// The countdown last persisted through a PERSIST_RUNTIME decision.
+    pub runtime: autostandby_runtime,
+}
+
+/// Controller configuration.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct autostandby_config {
+    /// `sizeof(autostandby_config)`.
+    pub struct_size: u32,
+    /// `AUTOSTANDBY_MODE_KERNEL` or `AUTOSTANDBY_MODE_MANUAL`.
+    pub mode: u32,
+    /// Network namespace to observe (e.g. `/run/netns/x`); NULL for the caller's.
+    pub netns_path: *const c_char,
+    /// Event socket receive buffer; 0 for 16 MiB.
+    pub rcvbuf_bytes: usize,
+    /// Standbys outstanding at once; 0 for 16.
+    pub max_concurrent_standbys: u32,
+    /// Period of the reconcile dump; 0 for 60 s.
+    pub resync_interval_ms: u64,
+    /// `AUTOSTANDBY_EVENTS_SYSCTL_REPORT` or `AUTOSTANDBY_EVENTS_SYSCTL_ENABLE`.
+    pub events_sysctl: u32,
+    /// Manual mode: the clock's start (ms since the Unix epoch). Ignored in kernel mode.
+    pub manual_start_ms: u64,
+}
+
+/// A decision for the host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct autostandby_decision {
+    /// One of `AUTOSTANDBY_DECISION_*`.
+    pub kind: u32,
+    /// The instance.
+    pub key: u64,
+    /// PERSIST_RUNTIME: true to store `runtime`, false to delete the stored value.
+    pub runtime_present: bool,
+    /// PERSIST_RUNTIME: the value to store.
+    pub runtime: autostandby_runtime,
+    /// WAKE: IP protocol of the flow that woke the instance.
+    pub protocol: u8,
+    /// WAKE: the flow's original source address.
+    pub src: autostandby_ip,
+    /// WAKE: the flow's original source port.
+    pub src_port: u16,
+    /// WAKE: the flow's original destination address.
+    pub dst: autostandby_ip,
+    /// WAKE: the flow's original destination port.
+    pub dst_port: u16,
+}
+
+/// Status of one instance.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct autostandby_status {
+    /// `sizeof(autostandby_status)`, set by the caller before the call.
+    pub struct_size: u32,
+    /// One of `AUTOSTANDBY_STATUS_*` (see `autostandby_status_name`).
+    pub status: u32,
+    /// One of `AUTOSTANDBY_REASON_*` (see `autostandby_reason_name`).
+    pub reason: u32,
+    /// A policy is configured.
+    pub configured: bool,
+    /// The policy is enabled.
+    pub enabled: bool,
+    /// The instance passes every eligibility check.
+    pub eligible: bool,
+    /// Qualifying inbound flows now live.
+    pub active_inbound: u32,
+    /// The policy's idle timeout (0 when unconfigured).
+    pub idle_timeout_ms: u64,
+    /// `idle_since_ms` is set.
+    pub has_idle_since: bool,
+    /// Start of the current idle period.
+    pub idle_since_ms: u64,
+    /// `last_inbound_activity_at_ms` is set.
+    pub has_last_inbound_activity_at: bool,
+    /// Last inbound activity.
+    pub last_inbound_activity_at_ms: u64,
+    /// `next_standby_at_ms` is set.
+    pub has_next_standby_at: bool,
+    /// When standby is due.
+    pub next_standby_at_ms: u64,
+    /// `hold_until_ms` is set.
+    pub has_hold_until: bool,
+    /// Hold deadline, only while in the future.
+    pub hold_until_ms: u64,
+    /// `countdown_remaining_ms` is set.
+    pub has_countdown_remaining: bool,
+    /// Time left before standby is due.
+    pub countdown_remaining_ms: u64,
+}
+
+/// One flow keeping an instance awake.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct autostandby_flow_info {
+    /// IP protocol.
+    pub protocol: u8,
+    /// Original source.
+    pub orig_src: autostandby_ip,
+    /// Original destination.
+    pub orig_dst: autostandby_ip,
+    /// Original source port.
+    pub orig_src_port: u16,
+    /// Original destination port.
+    pub orig_dst_port: u16,
+    /// Reply source.
+    pub reply_src: autostandby_ip,
+    /// Reply destination.
+    pub reply_dst: autostandby_ip,
+    /// Reply source port.
+    pub reply_src_port: u16,
+    /// Reply destination port.
+    pub reply_dst_port: u16,
+    /// `tcp_state` is set.
+    pub has_tcp_state: bool,
+    /// Conntrack TCP state (uapi `enum tcp_conntrack`).
+    pub tcp_state: u8,
+    /// When the flow was first seen (ms since the Unix epoch).
+    pub first_seen_ms: u64,
+    /// How long ago that was.
+    pub age_ms: u64,
+}
+
+/// A conntrack flow event supplied by the host (manual mode).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct autostandby_flow_event {
+    /// One of `AUTOSTANDBY_FLOW_*` (ignored by `autostandby_resync`).
+    pub kind: u32,
+    /// IP protocol (6 TCP, 17 UDP, ...).
+    pub protocol: u8,
+    /// Original source.
+    pub orig_src: autostandby_ip,
+    /// Original destination.
+    pub orig_dst: autostandby_ip,
+    /// Original source port.
+    pub orig_src_port: u16,
+    /// Original destination port.
+    pub orig_dst_port: u16,
+    /// Reply source.
+    pub reply_src: autostandby_ip,
+    /// Reply destination.
+    pub reply_dst: autostandby_ip,
+    /// Reply source port.
+    pub reply_src_port: u16,
+    /// Reply destination port.
+    pub reply_dst_port: u16,
+    /// Conntrack zone.
+    pub zone: u16,
+    /// Conntrack id.
+    pub id: u32,
+    /// `tcp_state` is set (absent means "unchanged").
+    pub has_tcp_state: bool,
+    /// Conntrack TCP state (uapi `enum tcp_conntrack`).
+    pub tcp_state: u8,
+}
+
+/// Controller-wide counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct autostandby_stats {
+    /// `sizeof(autostandby_stats)`, set by the caller before the call.
+    pub struct_size: u32,
+    /// Registered instances.
+    pub instances: u64,
+    /// Flows tracked.
+    pub tracked_flows: u64,
+    /// Flow events applied.
+    pub flow_events: u64,
+    /// Flow events for no registered address.
+    pub flow_events_unmatched: u64,
+    /// Standby decisions emitted.
+    pub standby_decisions: u64,
+    /// Wake decisions emitted.
+    pub wake_decisions: u64,
+    /// Standbys emitted or executing and not yet reported.
+    pub standby_in_flight: u64,
+    /// Standbys due but waiting for a free slot.
+    pub standby_queued: u64,
+    /// Resyncs completed.
+    pub resyncs: u64,
+    /// Times events were lost.
+    pub events_lost: u64,
+    /// Observer failures.
+    pub observer_errors: u64,
+    /// Decisions queued and not yet polled.
+    pub decisions_pending: u64,
+    /// Log records dropped because the buffer was full.
+    pub log_records_dropped: u64,
+}
+
+/// One captured log record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct autostandby_log_record {
+    /// One of `AUTOSTANDBY_LOG_*`.
+    pub level: u32,
+    /// Capture time (ms since the Unix epoch).
+    pub time_ms: u64,
+    /// The record's target, NUL-terminated, truncated.
+    pub target: [c_char; 64],
+    /// The message and its fields as `key=value`, NUL-terminated, truncated.
+    pub message: [c_char; 512],
+}
+
+/// Checks `struct_size` against this library's size of `T`.
+pub(crate) fn check_size<T>(struct_size: u32, what: &str) -> Result<(), FfiError> {
+    if (struct_size as usize) < size_of::<T>() {
+        return Err(FfiError::new(
+            AUTOSTANDBY_ERR_STRUCT_SIZE,
+            format!(
+                "{what}.struct_size is {struct_size}, this library needs at least {}",
+                size_of::<T>()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Borrows a caller array; NULL is allowed only with length 0.
+///
+/// # Safety
+/// When non-NULL, `ptr` points to `len` initialised values living for `'a`.
+pub(crate) unsafe fn slice<'a, T>(
+    ptr: *const T,
+    len: usize,
+    what: &str,
+) -> Result<&'a [T], FfiError> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(FfiError::null(what));
+    }
+    // SAFETY: non-NULL and, per the caller, valid for `len` elements.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// Borrows a caller output array; NULL is allowed only with capacity 0.
+///
+/// # Safety
+/// When non-NULL, `ptr` points to `cap` writable values living for `'a`.
+pub(crate) unsafe fn slice_mut<'a, T>(
+    ptr: *mut T,
+    cap: usize,
+    what: &str,
+) -> Result<&'a mut [T], FfiError> {
+    if cap == 0 {
+        return Ok(&mut []);
+    }
+    if ptr.is_null() {
+        return Err(FfiError::null(what));
+    }
+    // SAFETY: non-NULL and, per the caller, valid for `cap` writable elements.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, cap) })
+}
+
+impl autostandby_ip {
+    /// The address, or an error naming `what` for an unknown family.
+    pub fn to_ip(&self, what: &str) -> Result<IpAddr, FfiError> {
+        match self.family {
+            AUTOSTANDBY_FAMILY_IPV4 => {
+                let [a, b, c, d, ..] = self.addr;
+                Ok(IpAddr::V4(Ipv4Addr::new(a, b, c, d)))
+            }
+            AUTOSTANDBY_FAMILY_IPV6 => Ok(IpAddr::V6(Ipv6Addr::from(self.addr))),
+            other => Err(FfiError::invalid(format!(
+                "{what}.family is {other}, expected 4 or 6"
+            ))),
+        }
+    }
+
+    /// The C form of `ip`; IPv4-mapped IPv6 becomes IPv4.
+    pub fn from_ip(ip: IpAddr) -> Self {
+        let mut addr = [0u8; 16];
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                addr[..4].copy_from_slice(&v4.octets());
+                Self {
+                    family: AUTOSTANDBY_FAMILY_IPV4,
+                    addr,
+                }
+            }
+            IpAddr::V6(v6) => Self {
+                family: AUTOSTANDBY_FAMILY_IPV6,
+                addr: v6.octets(),
+            },
+        }
+    }
+}
+
+impl autostandby_runtime {
+    /// The Rust form.
+    pub fn to_runtime(&self) -> Runtime {
+        Runtime {
+            idle_since: self.has_idle_since.then_some(self.idle_since_ms),
+            last_inbound_activity_at: self
+                .has_last_inbound_activity_at
+                .then_some(self.last_inbound_activity_at_ms),
+        }
+    }
+
+    /// The C form.
+    pub fn from_runtime(rt: &Runtime) -> Self {
+        Self {
+            has_idle_since: rt.idle_since.is_some(),
+            idle_since_ms: rt.idle_since.unwrap_or(0),
+            has_last_inbound_activity_at: rt.last_inbound_activity_at.is_some(),
+            last_inbound_activity_at_ms: rt.last_inbound_activity_at.unwrap_or(0),
+        }
+    }
+}
+
+fn policy_error(err: PolicyError) -> FfiError {
+    FfiError::new(
+        AUTOSTANDBY_ERR_INVALID_POLICY,
+        format!("{}: {err}", err.field()),
+    )
+}
+
+impl autostandby_policy {
+    /// Validates and converts.
+    ///
+    /// # Safety
+    /// The array pointers are NULL or valid for their lengths.
+    pub unsafe fn to_policy(&self) -> Result<Policy, FfiError> {
+        check_size::<Self>(self.struct_size, "policy")?;
+        // SAFETY: forwarded from the caller.
+        let cidrs = unsafe {
+            slice(
+                self.ignore_source_cidrs,
+                self.ignore_source_cidrs_len,
+                "policy.ignore_source_cidrs",
+            )?
+        };
+        // SAFETY: forwarded from the caller.
+        let ports = unsafe {
+            slice(
+                self.ignore_destination_ports,
+                self.ignore_destination_ports_len,
+                "policy.ignore_destination_ports",
+            )?
+        };
+        let mut ignore_source_cidrs = Vec::with_capacity(cidrs.len());
+        for (i, c) in cidrs.iter().enumerate() {
+            let ip =
+                c.ip.to_ip(&format!("policy.ignore_source_cidrs[{i}].ip"))
+                    .map_err(|e| {
+                        FfiError::new(
+                            AUTOSTANDBY_ERR_INVALID_POLICY,
+                            format!("ignore_source_cidrs: {}", e.message),
+                        )
+                    })?;
+            ignore_source_cidrs.push(Cidr::new(ip, c.prefix_len).map_err(policy_error)?);
+        }
+        let mut ignore_destination_ports = Vec::with_capacity(ports.len());
+        for &p in ports {
+            match u16::try_from(p) {
+                Ok(port) if port != 0 => ignore_destination_ports.push(port),
+                _ => return Err(policy_error(PolicyError::PortOutOfRange { value: p })),
+            }
+        }
+        Policy {
+            enabled: self.enabled,
+            idle_timeout_ms: self.idle_timeout_ms,
+            ignore_source_cidrs,
+            ignore_destination_ports,
+            protocols: Protocols {
+                tcp: self.tcp,
+                udp: self.udp,
+            },
+            wake_on_traffic: self.wake_on_traffic,
+            min_uptime_ms: self.min_uptime_ms,
+        }
+        .normalized()
+        .map_err(policy_error)
+    }
+}
+
+/// Converts an `AUTOSTANDBY_LIFECYCLE_*` value.
+pub(crate) fn lifecycle(value: u32) -> Result<Lifecycle, FfiError> {
+    Ok(match value {
+        AUTOSTANDBY_LIFECYCLE_OTHER => Lifecycle::Other,
+        AUTOSTANDBY_LIFECYCLE_RUNNING => Lifecycle::Running,
+        AUTOSTANDBY_LIFECYCLE_STANDBY => Lifecycle::Standby,
+        AUTOSTANDBY_LIFECYCLE_STOPPED => Lifecycle::Stopped,
+        other => {
+            return Err(FfiError::invalid(format!(
+                "instance.lifecycle is {other}, expected 0..=3"
+            )));
+        }
+    })
+}
+
+impl autostandby_instance {
+    /// Validates and converts.
+    ///
+    /// # Safety
+    /// Every pointer is NULL or valid for its length.
+    pub unsafe fn to_spec(&self) -> Result<InstanceSpec, FfiError> {
+        check_size::<Self>(self.struct_size, "instance")?;
+        // SAFETY: forwarded from the caller.
+        let addrs = unsafe { slice(self.addresses, self.addresses_len, "instance.addresses")? };
+        let addresses = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| a.to_ip(&format!("instance.addresses[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        // SAFETY: NULL or valid, per the caller.
+        let policy = match unsafe { self.policy.as_ref() } {
+            // SAFETY: forwarded from the caller.
+            Some(p) => Some(unsafe { p.to_policy()? }),
+            None => None,
+        };
+        Ok(InstanceSpec {
+            addresses,
+            policy,
+            lifecycle: lifecycle(self.lifecycle)?,
+            network_enabled: self.network_enabled,
+            has_vgpu: self.has_vgpu,
+            runtime: self.runtime.to_runtime(),
+        })
+    }
+}
+
+fn tuple(
+    src: &autostandby_ip,
+    sp: u16,
+    dst: &autostandby_ip,
+    dp: u16,
+    what: &str,
+) -> Result<Tuple, FfiError> {
+    let src = src.to_ip(&format!("{what}_src"))?;
+    let dst = dst.to_ip(&format!("{what}_dst"))?;
+    Ok(Tuple::new(src, sp, dst, dp))
+}
+
+impl autostandby_flow_event {
+    /// The flow the event describes.
+    pub fn to_flow(&self) -> Result<Flow, FfiError> {
+        let orig = tuple(
+            &self.orig_src,
+            self.orig_src_port,
+            &self.orig_dst,
+            self.orig_dst_port,
+            "flow_event.orig",
+        )?;
+        let reply = tuple(
+            &self.reply_src,
+            self.reply_src_port,
+            &self.reply_dst,
+            self.reply_dst_port,
+            "flow_event.reply",
+        )?;
+        let v4 = orig.src.is_ipv4();
+        if [orig.dst, reply.src, reply.dst]
+            .iter()
+            .any(|ip| ip.is_ipv4() != v4)
+        {
+            return Err(FfiError::invalid(
+                "flow_event mixes IPv4 and IPv6 addresses",
+            ));
+        }
+        Ok(Flow {
+            protocol: self.protocol,
+            orig,
+            reply,
+            zone: self.zone,
+            id: self.id,
+            tcp_state: self.has_tcp_state.then_some(TcpState(self.tcp_state)),
+            status: 0,
+            mark: 0,
+        })
+    }
+
+    /// The event, kind included.
+    pub fn to_event(&self) -> Result<FlowEvent, FfiError> {
+        let kind = match self.kind {
+            AUTOSTANDBY_FLOW_NEW => EventKind::New,
+            AUTOSTANDBY_FLOW_UPDATE => EventKind::Update,
+            AUTOSTANDBY_FLOW_DESTROY => EventKind::Destroy,
+            other => {
+                return Err(FfiError::invalid(format!(
+                    "flow_event.kind is {other}, expected 0..=2"
+                )));
+            }
+        };
+        Ok(FlowEvent {
+            kind,
+            flow: self.to_flow()?,
+        })
+    }
+}
+
+impl autostandby_status {
+    /// Fills everything but `struct_size`.
+    pub fn fill(&mut self, s: &StatusSnapshot) {
+        let struct_size = self.struct_size;
+        *self = Self {
+            struct_size,
+            status: s.status as u32,
+            reason: s.reason as u32,
+            configured: s.configured,
+            enabled: s.enabled,
+            eligible: s.eligible,
+            active_inbound: s.active_inbound,
+            idle_timeout_ms: s.idle_timeout_ms,
+            has_idle_since: s.idle_since.is_some(),
+            idle_since_ms: s.idle_since.unwrap_or(0),
+            has_last_inbound_activity_at: s.last_inbound_activity_at.is_some(),
+            last_inbound_activity_at_ms: s.last_inbound_activity_at.unwrap_or(0),
+            has_next_standby_at: s.next_standby_at.is_some(),
+            next_standby_at_ms: s.next_standby_at.unwrap_or(0),
+            has_hold_until: s.hold_until.is_some(),
+            hold_until_ms: s.hold_until.unwrap_or(0),
+            has_countdown_remaining: s.countdown_remaining_ms.is_some(),
+            countdown_remaining_ms: s.countdown_remaining_ms.unwrap_or(0),
+        };
+    }
+}
+
+impl autostandby_flow_info {
+    /// The C form of an explanation entry.
+    pub fn from_kept(k: &KeptAwakeBy) -> Self {
+        Self {
+            protocol: k.protocol,
+            orig_src: autostandby_ip::from_ip(k.orig.src),
+            orig_dst: autostandby_ip::from_ip(k.orig.dst),
+            orig_src_port: k.orig.src_port,
+            orig_dst_port: k.orig.dst_port,
+            reply_src: autostandby_ip::from_ip(k.reply.src),
+            reply_dst: autostandby_ip::from_ip(k.reply.dst),
+            reply_src_port: k.reply.src_port,
+            reply_dst_port: k.reply.dst_port,
+            has_tcp_state: k.tcp_state.is_some(),
+            tcp_state: k.tcp_state.map_or(0, |s| s.0),
+            first_seen_ms: k.first_seen,
+            age_ms: k.age_ms,
+        }
+    }
+}
+
+impl autostandby_log_record {
+    /// The C form of a captured record.
+    pub fn from_record(r: &LogRecord) -> Self {
+        let mut out = Self {
+            level: r.level as u32,
+            time_ms: r.time_ms,
+            target: [0; 64],
+            message: [0; 512],
+        };
+        super::error::copy_str(&mut out.target, &r.target);
+        super::error::copy_str(&mut out.message, &r.message);
+        out
+    }
+}

@@ -1,0 +1,477 @@
+//! The C ABI refuses bad input with the right code and a clear message, never crashes,
+//! and turns a panic into PANIC then POISONED.
+
+mod ffi_util;
+
+use std::ffi::{CStr, c_char};
+use std::mem::size_of;
+use std::ptr;
+
+use autostandby::ffi::*;
+use ffi_util::*;
+
+fn text(p: *const c_char) -> Option<String> {
+    // SAFETY: the library returns NULL or a static NUL-terminated string.
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_str().unwrap().to_owned())
+}
+
+#[test]
+fn version_strings_and_names() {
+    assert_eq!(
+        text(autostandby_version()).unwrap(),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(autostandby_abi_version(), AUTOSTANDBY_ABI_VERSION);
+    for code in 0..=15 {
+        assert!(text(autostandby_status_str(code)).is_some_and(|t| !t.is_empty()));
+    }
+    assert_eq!(text(autostandby_status_str(16)), None);
+    assert_eq!(text(autostandby_status_str(u32::MAX)), None);
+    assert_eq!(
+        text(autostandby_status_name(AUTOSTANDBY_STATUS_IDLE_COUNTDOWN)).unwrap(),
+        "idle_countdown"
+    );
+    assert_eq!(text(autostandby_status_name(8)), None);
+    assert_eq!(
+        text(autostandby_reason_name(
+            AUTOSTANDBY_REASON_ACTIVE_INBOUND_CONNECTIONS
+        ))
+        .unwrap(),
+        "active_inbound_connections"
+    );
+    assert_eq!(text(autostandby_reason_name(13)).unwrap(), "resync_pending");
+    assert_eq!(text(autostandby_reason_name(14)), None);
+}
+
+#[test]
+fn controller_new_validates_its_arguments() {
+    let mut out = ptr::dangling_mut::<autostandby_controller>();
+    let mut e = err();
+    let cfg = manual_config(0);
+    // SAFETY (all calls below): pointers are NULL or valid.
+    unsafe {
+        assert_eq!(
+            autostandby_controller_new(ptr::null(), &mut out, &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert_eq!(e.code, AUTOSTANDBY_ERR_NULL_POINTER);
+        assert!(msg(&e).contains("config"), "{}", msg(&e));
+        assert!(out.is_null(), "out is cleared on failure");
+
+        assert_eq!(
+            autostandby_controller_new(&cfg, ptr::null_mut(), &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert!(msg(&e).contains("out"));
+
+        let small = autostandby_config {
+            struct_size: 8,
+            ..cfg
+        };
+        assert_eq!(
+            autostandby_controller_new(&small, &mut out, &mut e),
+            AUTOSTANDBY_ERR_STRUCT_SIZE
+        );
+        assert!(msg(&e).contains("struct_size is 8"), "{}", msg(&e));
+
+        let bad_mode = autostandby_config { mode: 2, ..cfg };
+        assert_eq!(
+            autostandby_controller_new(&bad_mode, &mut out, &mut e),
+            AUTOSTANDBY_ERR_INVALID_ARGUMENT
+        );
+        assert!(msg(&e).contains("mode is 2"), "{}", msg(&e));
+
+        let bad_sysctl = autostandby_config {
+            events_sysctl: 7,
+            ..cfg
+        };
+        assert_eq!(
+            autostandby_controller_new(&bad_sysctl, &mut out, &mut e),
+            AUTOSTANDBY_ERR_INVALID_ARGUMENT
+        );
+        assert!(msg(&e).contains("events_sysctl"), "{}", msg(&e));
+
+        let empty = c"";
+        let bad_ns = autostandby_config {
+            netns_path: empty.as_ptr(),
+            ..cfg
+        };
+        assert_eq!(
+            autostandby_controller_new(&bad_ns, &mut out, &mut e),
+            AUTOSTANDBY_ERR_INVALID_ARGUMENT
+        );
+
+        // A NULL error struct is allowed everywhere.
+        assert_eq!(
+            autostandby_controller_new(ptr::null(), &mut out, ptr::null_mut()),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+
+        autostandby_controller_free(ptr::null_mut());
+    }
+}
+
+#[test]
+fn every_handle_function_rejects_a_null_controller() {
+    let c = ptr::null_mut();
+    let inst = instance(&[], ptr::null());
+    let mut st = status_out();
+    let mut stats = stats_out();
+    let mut n = 0usize;
+    let mut proceed = false;
+    let mut reason = 0u32;
+    let mut e = err();
+    // SAFETY (all calls below): pointers are NULL or valid.
+    let codes = unsafe {
+        [
+            autostandby_register(c, 1, &inst, &mut e),
+            autostandby_update(c, 1, &inst, &mut e),
+            autostandby_unregister(c, 1, &mut e),
+            autostandby_poll_decisions(c, ptr::null_mut(), 0, &mut n, 0, &mut e),
+            autostandby_begin_standby(c, 1, &mut proceed, &mut reason, &mut e),
+            autostandby_report_standby(c, 1, 0, &mut e),
+            autostandby_hold(c, 1, &mut st, &mut e),
+            autostandby_status(c, 1, &mut st, &mut e),
+            autostandby_explain(c, 1, ptr::null_mut(), 0, &mut n, &mut e),
+            autostandby_stats(c, &mut stats, &mut e),
+            autostandby_drain_logs(c, ptr::null_mut(), 0, &mut n, &mut e),
+            autostandby_ingest(c, ptr::null(), 0, &mut e),
+            autostandby_advance_clock(c, 1, &mut e),
+            autostandby_resync(c, ptr::null(), 0, &mut e),
+            autostandby_set_observer_error(c, ptr::null(), &mut e),
+        ]
+    };
+    for (i, code) in codes.into_iter().enumerate() {
+        assert_eq!(code, AUTOSTANDBY_ERR_NULL_POINTER, "function #{i}");
+    }
+    assert!(msg(&e).contains("controller"));
+}
+
+#[test]
+fn null_outputs_and_inputs_are_refused_on_a_live_controller() {
+    let h = Handle::manual(1_000);
+    let mut e = err();
+    let mut n = 0usize;
+    let mut proceed = false;
+    let mut reason = 0u32;
+    // SAFETY (all calls below): pointers are NULL or valid.
+    unsafe {
+        assert_eq!(
+            autostandby_register(h.0, 1, ptr::null(), &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert!(msg(&e).contains("instance"));
+        assert_eq!(
+            autostandby_update(h.0, 1, ptr::null(), &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            autostandby_poll_decisions(h.0, ptr::null_mut(), 0, ptr::null_mut(), 0, &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert!(msg(&e).contains("out_len"));
+        assert_eq!(
+            autostandby_poll_decisions(h.0, ptr::null_mut(), 4, &mut n, 0, &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            autostandby_begin_standby(h.0, 1, ptr::null_mut(), &mut reason, &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            autostandby_begin_standby(h.0, 1, &mut proceed, ptr::null_mut(), &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            autostandby_hold(h.0, 1, ptr::null_mut(), &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            autostandby_status(h.0, 1, ptr::null_mut(), &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            autostandby_explain(h.0, 1, ptr::null_mut(), 0, ptr::null_mut(), &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            autostandby_explain(h.0, 1, ptr::null_mut(), 3, &mut n, &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            autostandby_stats(h.0, ptr::null_mut(), &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            autostandby_drain_logs(h.0, ptr::null_mut(), 0, ptr::null_mut(), &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            autostandby_drain_logs(h.0, ptr::null_mut(), 2, &mut n, &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            autostandby_ingest(h.0, ptr::null(), 2, &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert_eq!(
+            autostandby_resync(h.0, ptr::null(), 2, &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+
+        // Instance arrays: NULL with a length.
+        let mut inst = instance(&[], ptr::null());
+        inst.addresses = ptr::null();
+        inst.addresses_len = 1;
+        assert_eq!(
+            autostandby_register(h.0, 1, &inst, &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert!(msg(&e).contains("instance.addresses"), "{}", msg(&e));
+        let mut pol = policy(1_000);
+        pol.ignore_destination_ports_len = 2;
+        let inst = instance(&[], &pol);
+        assert_eq!(
+            autostandby_register(h.0, 1, &inst, &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert!(msg(&e).contains("ignore_destination_ports"), "{}", msg(&e));
+        let mut pol = policy(1_000);
+        pol.ignore_source_cidrs_len = 1;
+        let inst = instance(&[], &pol);
+        assert_eq!(
+            autostandby_register(h.0, 1, &inst, &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+    }
+}
+
+#[test]
+fn zero_capacity_outputs_take_nothing() {
+    let h = Handle::manual(1_000);
+    let mut e = err();
+    let mut n = usize::MAX;
+    // SAFETY: valid pointers; NULL arrays with zero capacity are allowed.
+    unsafe {
+        assert_eq!(
+            autostandby_poll_decisions(h.0, ptr::null_mut(), 0, &mut n, 50, &mut e),
+            AUTOSTANDBY_OK
+        );
+        assert_eq!(n, 0);
+        n = usize::MAX;
+        assert_eq!(
+            autostandby_drain_logs(h.0, ptr::null_mut(), 0, &mut n, &mut e),
+            AUTOSTANDBY_OK
+        );
+        assert_eq!(n, 0);
+        // Nothing was drained: the start-up record is still there.
+        let mut recs = [autostandby_log_record {
+            level: 0,
+            time_ms: 0,
+            target: [0; 64],
+            message: [0; 512],
+        }; 4];
+        assert_eq!(
+            autostandby_drain_logs(h.0, recs.as_mut_ptr(), recs.len(), &mut n, &mut e),
+            AUTOSTANDBY_OK
+        );
+        assert!(n >= 1);
+        let first = CStr::from_ptr(recs[0].message.as_ptr()).to_str().unwrap();
+        assert!(
+            first.starts_with("auto-standby controller started"),
+            "{first}"
+        );
+        assert_eq!(recs[0].level, AUTOSTANDBY_LOG_INFO);
+    }
+}
+
+#[test]
+fn too_small_struct_sizes_are_refused() {
+    let h = Handle::manual(1_000);
+    let mut e = err();
+    let addr = [ip("10.0.0.2")];
+    // SAFETY (all calls below): pointers are valid.
+    unsafe {
+        let mut inst = instance(&addr, ptr::null());
+        inst.struct_size = 4;
+        assert_eq!(
+            autostandby_register(h.0, 1, &inst, &mut e),
+            AUTOSTANDBY_ERR_STRUCT_SIZE
+        );
+        assert!(msg(&e).contains("instance.struct_size is 4"), "{}", msg(&e));
+
+        let mut pol = policy(1_000);
+        pol.struct_size = size_of::<autostandby_policy>() as u32 - 1;
+        let inst = instance(&addr, &pol);
+        assert_eq!(
+            autostandby_register(h.0, 1, &inst, &mut e),
+            AUTOSTANDBY_ERR_STRUCT_SIZE
+        );
+        assert!(msg(&e).contains("policy.struct_size"), "{}", msg(&e));
+
+        let mut st = status_out();
+        st.struct_size = 0;
+        assert_eq!(
+            autostandby_status(h.0, 1, &mut st, &mut e),
+            AUTOSTANDBY_ERR_STRUCT_SIZE
+        );
+        assert_eq!(
+            autostandby_hold(h.0, 1, &mut st, &mut e),
+            AUTOSTANDBY_ERR_STRUCT_SIZE
+        );
+        assert_eq!(st.status, 0, "nothing written");
+
+        let mut stats = stats_out();
+        stats.struct_size -= 8;
+        assert_eq!(
+            autostandby_stats(h.0, &mut stats, &mut e),
+            AUTOSTANDBY_ERR_STRUCT_SIZE
+        );
+        assert_eq!(stats.instances, 0);
+    }
+}
+
+#[test]
+fn out_of_range_enums_and_addresses_are_refused() {
+    let h = Handle::manual(1_000);
+    let mut e = err();
+    // SAFETY (all calls below): pointers are valid.
+    unsafe {
+        let addr = [ip("10.0.0.2")];
+        let mut inst = instance(&addr, ptr::null());
+        inst.lifecycle = 4;
+        assert_eq!(
+            autostandby_register(h.0, 1, &inst, &mut e),
+            AUTOSTANDBY_ERR_INVALID_ARGUMENT
+        );
+        assert!(msg(&e).contains("lifecycle is 4"), "{}", msg(&e));
+
+        let bad = [autostandby_ip {
+            family: 5,
+            addr: [0; 16],
+        }];
+        let inst = instance(&bad, ptr::null());
+        assert_eq!(
+            autostandby_register(h.0, 1, &inst, &mut e),
+            AUTOSTANDBY_ERR_INVALID_ARGUMENT
+        );
+        assert!(
+            msg(&e).contains("instance.addresses[0].family is 5"),
+            "{}",
+            msg(&e)
+        );
+
+        assert_eq!(
+            autostandby_report_standby(h.0, 1, 3, &mut e),
+            AUTOSTANDBY_ERR_INVALID_ARGUMENT
+        );
+        assert!(msg(&e).contains("outcome is 3"));
+
+        let mut ev = tcp_event(3, "192.0.2.1", 40000, "10.0.0.2", 80, 1, Some(3));
+        assert_eq!(
+            autostandby_ingest(h.0, &ev, 1, &mut e),
+            AUTOSTANDBY_ERR_INVALID_ARGUMENT
+        );
+        assert!(
+            msg(&e).contains("events[0]: flow_event.kind is 3"),
+            "{}",
+            msg(&e)
+        );
+        ev.kind = AUTOSTANDBY_FLOW_NEW;
+        ev.reply_dst = ip("2001:db8::1");
+        assert_eq!(
+            autostandby_ingest(h.0, &ev, 1, &mut e),
+            AUTOSTANDBY_ERR_INVALID_ARGUMENT
+        );
+        assert!(msg(&e).contains("mixes IPv4 and IPv6"), "{}", msg(&e));
+        ev.reply_dst = autostandby_ip {
+            family: 0,
+            addr: [0; 16],
+        };
+        assert_eq!(
+            autostandby_resync(h.0, &ev, 1, &mut e),
+            AUTOSTANDBY_ERR_INVALID_ARGUMENT
+        );
+        assert!(msg(&e).contains("table[0]"), "{}", msg(&e));
+    }
+}
+
+#[test]
+fn port_out_of_range_names_the_field() {
+    let h = Handle::manual(1_000);
+    let mut e = err();
+    let addr = [ip("10.0.0.2")];
+    for bad in [0u32, 65_536, u32::MAX] {
+        let ports = [80u32, bad];
+        let mut pol = policy(1_000);
+        pol.ignore_destination_ports = ports.as_ptr();
+        pol.ignore_destination_ports_len = ports.len();
+        let inst = instance(&addr, &pol);
+        // SAFETY: valid pointers.
+        let rc = unsafe { autostandby_register(h.0, 1, &inst, &mut e) };
+        assert_eq!(rc, AUTOSTANDBY_ERR_INVALID_POLICY);
+        assert_eq!(e.code, AUTOSTANDBY_ERR_INVALID_POLICY);
+        assert!(
+            msg(&e).starts_with("ignore_destination_ports: ") && msg(&e).contains(&bad.to_string()),
+            "{}",
+            msg(&e)
+        );
+    }
+}
+
+#[test]
+fn a_panic_returns_panic_then_poisons_the_handle() {
+    let h = Handle::manual(1_000);
+    let mut e = err();
+    // SAFETY: valid pointers.
+    unsafe {
+        assert_eq!(force_panic_for_tests(h.0, &mut e), AUTOSTANDBY_ERR_PANIC);
+        assert!(
+            msg(&e).contains("forced by force_panic_for_tests"),
+            "{}",
+            msg(&e)
+        );
+        let mut st = status_out();
+        assert_eq!(
+            autostandby_status(h.0, 1, &mut st, &mut e),
+            AUTOSTANDBY_ERR_POISONED
+        );
+        assert_eq!(e.code, AUTOSTANDBY_ERR_POISONED);
+        let mut n = 0;
+        assert_eq!(
+            autostandby_poll_decisions(h.0, ptr::null_mut(), 0, &mut n, 0, &mut e),
+            AUTOSTANDBY_ERR_POISONED
+        );
+        assert_eq!(
+            autostandby_advance_clock(h.0, 1, ptr::null_mut()),
+            AUTOSTANDBY_ERR_POISONED
+        );
+    }
+    // Drop frees the poisoned handle without trouble.
+}
+
+#[test]
+fn free_wakes_a_blocked_poller_with_shutdown() {
+    let h = Handle::manual(1_000);
+    let raw = h.0 as usize;
+    let poller = std::thread::spawn(move || {
+        let mut n = 0usize;
+        let mut out = [autostandby_decision::default(); 4];
+        // SAFETY: the handle stays valid until this call returns: free waits for it.
+        unsafe {
+            autostandby_poll_decisions(
+                raw as *mut autostandby_controller,
+                out.as_mut_ptr(),
+                out.len(),
+                &mut n,
+                60_000,
+                ptr::null_mut(),
+            )
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    drop(h);
+    assert_eq!(poller.join().unwrap(), AUTOSTANDBY_ERR_SHUTDOWN);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
