@@ -63,7 +63,7 @@ e2e: deps
 	bash tests/e2e/run.sh
 
 demo: deps
-	$(CARGO) run --release --example engine_demo
+	bash tests/e2e/demo.sh
 
 bench: deps bench-engine bench-conntrack bench-controller bench-go
 

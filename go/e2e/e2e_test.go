@@ -367,7 +367,7 @@ func TestWakeOnTraffic(t *testing.T) {
 		t.Fatalf("the connection took %v after its first SYN, want within 5 s", took)
 	}
 	fmt.Printf("e2e: wake on traffic: first SYN -> Wake %v, restore %v, connected %v, first byte %v\n",
-		wake.At.Sub(firstSYN).Round(time.Millisecond), restored.Duration.Round(time.Millisecond),
+		wake.At.Sub(firstSYN).Round(10*time.Microsecond), restored.Duration.Round(time.Millisecond),
 		connected.Sub(firstSYN).Round(time.Millisecond), firstByte.Sub(firstSYN).Round(time.Millisecond))
 }
 

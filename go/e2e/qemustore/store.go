@@ -1,5 +1,3 @@
-//go:build e2e
-
 // Package qemustore is an autostandby.InstanceStore over real QEMU guests: standby
 // snapshots a guest to a file and stops QEMU, restore starts QEMU from that file. It is
 // what the end-to-end tests and the demo plug into the Go controller.
