@@ -28,7 +28,7 @@ lint: deps
 	  cd go && $(GO) vet ./...; fi
 
 # Everything CI runs.
-test: deps header-check lint test-rust test-c test-go
+test: deps header-check lint test-rust test-c test-go e2e
 
 test-rust: deps
 	$(CARGO) test --all-targets
