@@ -355,7 +355,10 @@ func (c *Controller) upsert(inst *Instance) error {
 		c.byID[inst.ID] = t
 		c.byKey[t.key] = t
 	}
-	key, registered := t.key, t.registered
+	// Set before the library call: the library may emit decisions for this spec (and
+	// their log lines read the timeout) before the call returns.
+	key, registered, prevTimeout := t.key, t.registered, t.idleTimeout
+	t.idleTimeout = timeout
 	c.mu.Unlock()
 
 	if registered {
@@ -369,14 +372,14 @@ func (c *Controller) upsert(inst *Instance) error {
 			err = c.eng.Update(key, spec)
 		}
 	}
-	if err != nil {
-		return err
-	}
 	c.mu.Lock()
-	t.registered = true
-	t.idleTimeout = timeout
+	if err != nil {
+		t.idleTimeout = prevTimeout
+	} else {
+		t.registered = true
+	}
 	c.mu.Unlock()
-	return nil
+	return err
 }
 
 // forget unregisters an instance and drops its pending writes.
