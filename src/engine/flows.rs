@@ -292,20 +292,13 @@ impl FlowTable {
         std::hint::black_box(self.slots[h as usize & self.mask]).rec
     }
 
-    /// Loads record `i` and, for a removal to come, its list neighbours.
+    /// Loads record `i` (if any) so a later access hits the cache. Returns its list
+    /// neighbours, which a removal will touch.
     #[inline]
-    pub(crate) fn warm_rec(&self, i: u32, neighbours: bool) {
-        let Some(r) = self.recs.get(i as usize) else {
-            return;
-        };
-        std::hint::black_box(r.id);
-        if neighbours {
-            if let Some(p) = self.recs.get(r.prev as usize) {
-                std::hint::black_box(p.id);
-            }
-            if let Some(n) = self.recs.get(r.next as usize) {
-                std::hint::black_box(n.id);
-            }
+    pub(crate) fn warm_rec(&self, i: u32) -> (u32, u32) {
+        match self.recs.get(i as usize) {
+            Some(r) => std::hint::black_box((r.prev, r.next)),
+            None => (NIL, NIL),
         }
     }
 
