@@ -118,8 +118,8 @@ impl Engine {
         let probe = prepared.probe;
         let h = prepared.hash;
         let tcp = flow.protocol == proto::TCP;
-        match self.flows.find(&probe, h) {
-            Some(idx) => {
+        match self.flows.lookup(&probe, h) {
+            Ok(idx) => {
                 if source == Source::Event(EventKind::Destroy) {
                     self.tombstone(probe, now);
                     self.remove_flow(idx, now);
@@ -141,7 +141,7 @@ impl Engine {
                     }
                 }
             }
-            None => {
+            Err(vacant) => {
                 match source {
                     Source::Event(EventKind::Destroy) => {
                         self.tombstone(probe, now);
@@ -186,10 +186,11 @@ impl Engine {
                     proto: probe.proto,
                     state,
                     flags: 0,
+                    odst32: 0,
                 };
                 let counted = Self::counts(self.inst(slot), &rec, &shape_key);
                 rec.set_counted(counted);
-                self.flows.insert(rec, h);
+                self.flows.insert_at(rec, h, Some(vacant));
                 let inst = self.inst_mut(slot);
                 inst.flows += 1;
                 if counted {
