@@ -125,15 +125,27 @@ impl Engine {
                     self.remove_flow(idx, now);
                     return true;
                 }
-                self.flows.rec_mut(idx).touch = self.touch_seq;
-                if tcp && let Some(st) = flow.tcp_state {
-                    if st.is_finished() {
-                        self.remove_flow(idx, now);
-                        return true;
-                    }
-                    self.flows.rec_mut(idx).state = st.0;
+                if tcp
+                    && let Some(st) = flow.tcp_state
+                    && st.is_finished()
+                {
+                    self.remove_flow(idx, now);
+                    return true;
                 }
-                let counted = self.flows.rec(idx).counted();
+                let seq = self.touch_seq;
+                let rec = self.flows.rec_mut(idx);
+                // Written only when changed: most events leave the record as it is, and
+                // a clean line costs no write-back.
+                if rec.touch != seq {
+                    rec.touch = seq;
+                }
+                if tcp
+                    && let Some(st) = flow.tcp_state
+                    && rec.state != st.0
+                {
+                    rec.state = st.0;
+                }
+                let counted = rec.counted();
                 if counted && let Source::Event(kind) = source {
                     self.activity(slot, now, false);
                     if kind == EventKind::New {

@@ -327,12 +327,26 @@ impl FlowTable {
     }
 
     /// Loads record `i` (if any) so a later access hits the cache. Returns its list
-    /// neighbours, which a removal will touch.
+    /// neighbours and its shape, which a removal will touch.
     #[inline]
-    pub(crate) fn warm_rec(&self, i: u32) -> (u32, u32) {
+    pub(crate) fn warm_rec(&self, i: u32) -> (u32, u32, u32) {
         match self.recs.get(i as usize) {
-            Some(r) => std::hint::black_box((r.prev, r.next)),
-            None => (NIL, NIL),
+            Some(r) => std::hint::black_box((r.prev, r.next, r.shape)),
+            None => (NIL, NIL, NIL),
+        }
+    }
+
+    /// Loads shape `s` (if any), or with `s == NIL` the shape instance `inst` used last,
+    /// which a new flow of the instance will most likely take a reference on.
+    #[inline]
+    pub(crate) fn warm_shape(&self, s: u32, inst: u32) {
+        let s = if s == NIL {
+            self.last_shape.get(inst as usize).copied().unwrap_or(NIL)
+        } else {
+            s
+        };
+        if let Some(e) = self.shapes.get(s as usize) {
+            std::hint::black_box(e.refs);
         }
     }
 

@@ -46,6 +46,8 @@ pub(crate) const Q_COUNT_UDP: u8 = 2;
 pub(crate) const Q_FILTERS: u8 = 4;
 /// [`Inst::quick`]: in Standby with wake-on-traffic enabled.
 pub(crate) const Q_MAY_WAKE: u8 = 8;
+/// [`Inst::quick`]: more addresses than `addr_bits` holds; `owns` must read the spec.
+pub(crate) const Q_MORE_ADDRS: u8 = 16;
 
 /// One registered instance.
 ///
@@ -161,6 +163,9 @@ impl Inst {
                 }
             }
         }
+        if self.spec.addresses.len() > 2 {
+            q |= Q_MORE_ADDRS;
+        }
         if self.spec.lifecycle == Lifecycle::Standby
             && self.enabled_policy().is_some_and(|p| p.wake_on_traffic)
         {
@@ -174,7 +179,7 @@ impl Inst {
     pub(crate) fn owns(&self, bits: u128) -> bool {
         self.addr_bits[0] == bits
             || self.addr_bits[1] == bits
-            || (self.spec.addresses.len() > 2
+            || (self.quick & Q_MORE_ADDRS != 0
                 && self
                     .spec
                     .addresses

@@ -524,12 +524,20 @@ impl Engine {
                     *hint = (self.flows.warm_slot(p.hash), self.warm_instance(slot));
                 }
             }
-            // Stage 3: the records found and the instances' list heads (a new flow is
-            // linked in front of the head).
-            let mut links = [(u32::MAX, u32::MAX); GROUP];
-            for ((e, &(rec, head)), link) in group.iter().zip(hints.iter()).zip(links.iter_mut()) {
+            // Stage 3: the records found, and for a NEW the instance's list head (the
+            // flow is linked in front of it) and the shape it will likely share.
+            let mut links = [(u32::MAX, u32::MAX, u32::MAX); GROUP];
+            for (((e, p), &(rec, head)), link) in group
+                .iter()
+                .zip(prepared.iter())
+                .zip(hints.iter())
+                .zip(links.iter_mut())
+            {
                 if e.kind == EventKind::New {
                     self.flows.warm_rec(head);
+                    if let Some((slot, _)) = p.class {
+                        self.flows.warm_shape(u32::MAX, slot);
+                    }
                 } else {
                     let found = self.flows.warm_rec(rec);
                     if e.kind == EventKind::Destroy {
@@ -537,10 +545,12 @@ impl Engine {
                     }
                 }
             }
-            // Stage 4: the list neighbours of the records a DESTROY will unlink.
-            for &(prev, next) in &links {
+            // Stage 4: the list neighbours and the shape of the records a DESTROY will
+            // unlink.
+            for &(prev, next, shape) in &links {
                 self.flows.warm_rec(prev);
                 self.flows.warm_rec(next);
+                self.flows.warm_shape(shape, u32::MAX);
             }
             // Stage 5: apply, in order. Flow events never change the address index, so
             // the classifications made in stage 1 still hold.
