@@ -8,7 +8,8 @@
 //!
 //! The parts of a flow shared by many flows (instance, guest-side addresses, NAT shape)
 //! are interned in a small refcounted "shape" table; a record keeps the client address,
-//! the ports, identity, state and hash: 60 bytes, padded to one 64-byte cache line.
+//! the ports, identity, state, hash and the low bits of the original destination: one
+//! 64-byte cache line.
 
 use std::net::{IpAddr, Ipv6Addr};
 
