@@ -6,11 +6,19 @@
 
 const EMPTY: u128 = 0;
 
+/// One table entry: key and value side by side, so a lookup reads one cache line.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    key: u128,
+    val: u32,
+}
+
+const VACANT: Entry = Entry { key: EMPTY, val: 0 };
+
 /// Address → instance slot.
 #[derive(Debug)]
 pub(crate) struct AddrIndex {
-    keys: Vec<u128>,
-    vals: Vec<u32>,
+    entries: Vec<Entry>,
     len: usize,
     mask: usize,
 }
@@ -18,8 +26,7 @@ pub(crate) struct AddrIndex {
 impl Default for AddrIndex {
     fn default() -> Self {
         Self {
-            keys: vec![EMPTY; 16],
-            vals: vec![0; 16],
+            entries: vec![VACANT; 16],
             len: 0,
             mask: 15,
         }
@@ -38,13 +45,13 @@ impl AddrIndex {
     pub(crate) fn get(&self, k: u128) -> Option<u32> {
         let mut i = home(k, self.mask);
         loop {
-            let key = self.keys[i];
+            let e = self.entries[i];
             // Checked first: a lookup of `::` itself must not match an empty slot.
-            if key == EMPTY {
+            if e.key == EMPTY {
                 return None;
             }
-            if key == k {
-                return Some(self.vals[i]);
+            if e.key == k {
+                return Some(e.val);
             }
             i = (i + 1) & self.mask;
         }
@@ -53,18 +60,18 @@ impl AddrIndex {
     /// Sets the owner of `k`.
     pub(crate) fn insert(&mut self, k: u128, v: u32) {
         debug_assert!(k != EMPTY, "the unspecified address is never indexed");
-        if (self.len + 1) * 2 > self.keys.len() {
+        if (self.len + 1) * 2 > self.entries.len() {
             self.grow();
         }
         let mut i = home(k, self.mask);
         loop {
-            if self.keys[i] == k {
-                self.vals[i] = v;
+            let e = &mut self.entries[i];
+            if e.key == k {
+                e.val = v;
                 return;
             }
-            if self.keys[i] == EMPTY {
-                self.keys[i] = k;
-                self.vals[i] = v;
+            if e.key == EMPTY {
+                *e = Entry { key: k, val: v };
                 self.len += 1;
                 return;
             }
@@ -76,10 +83,10 @@ impl AddrIndex {
     pub(crate) fn remove(&mut self, k: u128) {
         let mut i = home(k, self.mask);
         loop {
-            if self.keys[i] == EMPTY {
+            if self.entries[i].key == EMPTY {
                 return;
             }
-            if self.keys[i] == k {
+            if self.entries[i].key == k {
                 break;
             }
             i = (i + 1) & self.mask;
@@ -87,37 +94,35 @@ impl AddrIndex {
         self.len -= 1;
         let mut hole = i;
         let mut j = (i + 1) & self.mask;
-        while self.keys[j] != EMPTY {
-            let h = home(self.keys[j], self.mask);
+        while self.entries[j].key != EMPTY {
+            let h = home(self.entries[j].key, self.mask);
             let stays = if hole <= j {
                 hole < h && h <= j
             } else {
                 hole < h || h <= j
             };
             if !stays {
-                self.keys[hole] = self.keys[j];
-                self.vals[hole] = self.vals[j];
+                self.entries[hole] = self.entries[j];
                 hole = j;
             }
             j = (j + 1) & self.mask;
         }
-        self.keys[hole] = EMPTY;
+        self.entries[hole] = VACANT;
     }
 
     /// Every indexed address.
     pub(crate) fn keys(&self) -> impl Iterator<Item = u128> + '_ {
-        self.keys.iter().copied().filter(|k| *k != EMPTY)
+        self.entries.iter().map(|e| e.key).filter(|k| *k != EMPTY)
     }
 
     fn grow(&mut self) {
-        let cap = self.keys.len() * 2;
-        let keys = std::mem::replace(&mut self.keys, vec![EMPTY; cap]);
-        let vals = std::mem::replace(&mut self.vals, vec![0; cap]);
+        let cap = self.entries.len() * 2;
+        let old = std::mem::replace(&mut self.entries, vec![VACANT; cap]);
         self.mask = cap - 1;
         self.len = 0;
-        for (k, v) in keys.into_iter().zip(vals) {
-            if k != EMPTY {
-                self.insert(k, v);
+        for e in old {
+            if e.key != EMPTY {
+                self.insert(e.key, e.val);
             }
         }
     }

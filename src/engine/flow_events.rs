@@ -2,9 +2,9 @@
 //! whether it counts under the policy, and storing, updating and removing it.
 
 use super::flows::{FlowRec, FlowTable, NIL, Probe, STATE_UNKNOWN, ShapeKey, addr_bits, bits_addr};
-use super::{Decision, Engine, Lifecycle, UnixMillis};
+use super::instance::{Inst, Q_COUNT_TCP, Q_COUNT_UDP, Q_FILTERS, Q_MAY_WAKE};
+use super::{Decision, Engine, UnixMillis};
 use crate::flow::{EventKind, Flow, TcpState, Tuple, proto};
-use crate::policy::Policy;
 
 /// A flow event with its addresses converted, identity hashed and instance found.
 #[derive(Clone, Copy, Debug, Default)]
@@ -67,17 +67,27 @@ impl Engine {
     /// Whether a stored flow counts under the instance's policy (stored flows are
     /// always in a live state). Without a policy, hypeman's rule: TCP only.
     #[inline]
-    fn counts(policy: Option<&Policy>, rec: &FlowRec, shape: &ShapeKey) -> bool {
-        let Some(p) = policy else {
-            return rec.proto == proto::TCP;
+    fn counts(inst: &Inst, rec: &FlowRec, shape: &ShapeKey) -> bool {
+        let bit = match rec.proto {
+            proto::TCP => Q_COUNT_TCP,
+            proto::UDP => Q_COUNT_UDP,
+            _ => return false,
+        };
+        if inst.quick & bit == 0 {
+            return false;
+        }
+        if inst.quick & Q_FILTERS == 0 {
+            return true;
+        }
+        let Some(p) = inst.spec.policy.as_ref() else {
+            return true;
         };
         let guest_port = if shape.guest_is_orig_dst {
             rec.dport
         } else {
             rec.rsport
         };
-        p.counts_protocol(rec.proto)
-            && !p.ignores_port(guest_port)
+        !p.ignores_port(guest_port)
             && (p.ignore_source_cidrs.is_empty() || !p.ignores_source(bits_addr(rec.remote_bits())))
     }
 
@@ -86,12 +96,12 @@ impl Engine {
         self.apply_prepared(flow, &prepared, source, now)
     }
 
-    /// Loads the instance and flow-table lines a classified event will touch.
+    /// Loads the instance line a classified event will touch; returns the head of the
+    /// instance's flow list, which a new flow is linked in front of.
     #[inline]
-    pub(super) fn warm_instance(&self, slot: u32) {
+    pub(super) fn warm_instance(&self, slot: u32) -> u32 {
         std::hint::black_box(self.inst(slot).live);
-        let head = self.flows.head(slot);
-        self.flows.warm_rec(head, false);
+        self.flows.head(slot)
     }
 
     /// [`Engine::apply_flow`] with the preparation already done.
@@ -108,22 +118,34 @@ impl Engine {
         let probe = prepared.probe;
         let h = prepared.hash;
         let tcp = flow.protocol == proto::TCP;
-        match self.flows.find(&probe, h) {
-            Some(idx) => {
+        match self.flows.lookup(&probe, h) {
+            Ok(idx) => {
                 if source == Source::Event(EventKind::Destroy) {
                     self.tombstone(probe, now);
                     self.remove_flow(idx, now);
                     return true;
                 }
-                self.flows.rec_mut(idx).touch = self.touch_seq;
-                if tcp && let Some(st) = flow.tcp_state {
-                    if st.is_finished() {
-                        self.remove_flow(idx, now);
-                        return true;
-                    }
-                    self.flows.rec_mut(idx).state = st.0;
+                if tcp
+                    && let Some(st) = flow.tcp_state
+                    && st.is_finished()
+                {
+                    self.remove_flow(idx, now);
+                    return true;
                 }
-                let counted = self.flows.rec(idx).counted();
+                let seq = self.touch_seq;
+                let rec = self.flows.rec_mut(idx);
+                // Written only when changed: most events leave the record as it is, and
+                // a clean line costs no write-back.
+                if rec.touch != seq {
+                    rec.touch = seq;
+                }
+                if tcp
+                    && let Some(st) = flow.tcp_state
+                    && rec.state != st.0
+                {
+                    rec.state = st.0;
+                }
+                let counted = rec.counted();
                 if counted && let Source::Event(kind) = source {
                     self.activity(slot, now, false);
                     if kind == EventKind::New {
@@ -131,7 +153,7 @@ impl Engine {
                     }
                 }
             }
-            None => {
+            Err(vacant) => {
                 match source {
                     Source::Event(EventKind::Destroy) => {
                         self.tombstone(probe, now);
@@ -176,10 +198,11 @@ impl Engine {
                     proto: probe.proto,
                     state,
                     flags: 0,
+                    odst32: 0,
                 };
-                let counted = Self::counts(self.inst(slot).spec.policy.as_ref(), &rec, &shape_key);
+                let counted = Self::counts(self.inst(slot), &rec, &shape_key);
                 rec.set_counted(counted);
-                self.flows.insert(rec, h);
+                self.flows.insert_at(rec, h, Some(vacant));
                 let inst = self.inst_mut(slot);
                 inst.flows += 1;
                 if counted {
@@ -240,11 +263,7 @@ impl Engine {
         let mut i = self.flows.head(slot);
         while i != NIL {
             let r = *self.flows.rec(i);
-            let c = Self::counts(
-                self.inst(slot).spec.policy.as_ref(),
-                &r,
-                self.flows.shape(r.shape),
-            );
+            let c = Self::counts(self.inst(slot), &r, self.flows.shape(r.shape));
             self.flows.rec_mut(i).set_counted(c);
             live += u32::from(c);
             i = r.next;
@@ -276,11 +295,9 @@ impl Engine {
     }
 
     pub(super) fn maybe_wake(&mut self, slot: u32, flow: &Flow) {
+        // Q_MAY_WAKE: in Standby with wake-on-traffic enabled.
         let inst = self.inst(slot);
-        if inst.spec.lifecycle != Lifecycle::Standby || inst.wake_sent {
-            return;
-        }
-        if !inst.enabled_policy().is_some_and(|p| p.wake_on_traffic) {
+        if inst.quick & Q_MAY_WAKE == 0 || inst.wake_sent {
             return;
         }
         let key = inst.key;

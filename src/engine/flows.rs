@@ -8,7 +8,8 @@
 //!
 //! The parts of a flow shared by many flows (instance, guest-side addresses, NAT shape)
 //! are interned in a small refcounted "shape" table; a record keeps the client address,
-//! the ports, identity, state and hash: 60 bytes, padded to one 64-byte cache line.
+//! the ports, identity, state, hash and the low bits of the original destination: one
+//! 64-byte cache line.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -22,6 +23,11 @@ pub(crate) const STATE_UNKNOWN: u8 = 0xff;
 const F_COUNTED: u8 = 1;
 /// Record flag: the record is on the free list.
 const F_FREE: u8 = 2;
+/// Record flag: the original destination is an IPv4(-mapped) address, so `odst32`
+/// holds all of it and [`FlowTable::find`] need not read the shape.
+const F_ODST_V4: u8 = 4;
+/// The upper 96 bits of an IPv4-mapped [`addr_bits`] value.
+const V4_MAPPED_HIGH: u128 = 0xffff;
 
 /// Canonical 128-bit form of an address: IPv4 as its mapped IPv6 form, so that
 /// `a.b.c.d` and `::ffff:a.b.c.d` are the same key.
@@ -75,6 +81,8 @@ pub(crate) struct FlowRec {
     pub state: u8,
     /// `F_*` bits.
     pub flags: u8,
+    /// Low 32 bits of the original destination (set by [`FlowTable::insert`]).
+    pub odst32: u32,
 }
 
 impl FlowRec {
@@ -168,6 +176,14 @@ impl Probe {
     }
 }
 
+/// Where a failed [`FlowTable::lookup`] ended: a free index position, valid until the
+/// index next changes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Vacant {
+    pos: usize,
+    generation: u32,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     hash: u32,
@@ -185,6 +201,8 @@ pub(crate) struct FlowTable {
     free_count: u32,
     slots: Vec<Slot>,
     mask: usize,
+    /// Bumped on every change to `slots`, so a stale [`Vacant`] is never used.
+    generation: u32,
     shapes: Vec<ShapeEntry>,
     shape_free: Vec<u32>,
     shape_index: FastMap<ShapeKey, u32>,
@@ -201,6 +219,7 @@ impl Default for FlowTable {
             free_count: 0,
             slots: vec![EMPTY; 16],
             mask: 15,
+            generation: 0,
             shapes: Vec::new(),
             shape_free: Vec::new(),
             shape_index: FastMap::default(),
@@ -262,11 +281,22 @@ impl FlowTable {
     /// Finds the record identified by `p` (with hash `h`).
     #[inline]
     pub(crate) fn find(&self, p: &Probe, h: u32) -> Option<u32> {
+        self.lookup(p, h).ok()
+    }
+
+    /// Finds the record identified by `p` (with hash `h`), or else the free index
+    /// position where the probe ended, which [`FlowTable::insert_at`] can take without
+    /// probing again.
+    #[inline]
+    pub(crate) fn lookup(&self, p: &Probe, h: u32) -> Result<u32, Vacant> {
         let mut i = h as usize & self.mask;
         loop {
             let s = self.slots[i];
             if s.rec == NIL {
-                return None;
+                return Err(Vacant {
+                    pos: i,
+                    generation: self.generation,
+                });
             }
             if s.hash == h {
                 let r = &self.recs[s.rec as usize];
@@ -276,9 +306,14 @@ impl FlowTable {
                     && r.proto == p.proto
                     && r.zone == p.zone
                     && r.remote_bits() == p.remote
-                    && self.shapes[r.shape as usize].key.orig_dst == p.orig_dst
+                    && r.odst32 == p.orig_dst as u32
+                    && if r.flags & F_ODST_V4 != 0 {
+                        p.orig_dst >> 32 == V4_MAPPED_HIGH
+                    } else {
+                        self.shapes[r.shape as usize].key.orig_dst == p.orig_dst
+                    }
                 {
-                    return Some(s.rec);
+                    return Ok(s.rec);
                 }
             }
             i = (i + 1) & self.mask;
@@ -292,20 +327,27 @@ impl FlowTable {
         std::hint::black_box(self.slots[h as usize & self.mask]).rec
     }
 
-    /// Loads record `i` and, for a removal to come, its list neighbours.
+    /// Loads record `i` (if any) so a later access hits the cache. Returns its list
+    /// neighbours and its shape, which a removal will touch.
     #[inline]
-    pub(crate) fn warm_rec(&self, i: u32, neighbours: bool) {
-        let Some(r) = self.recs.get(i as usize) else {
-            return;
+    pub(crate) fn warm_rec(&self, i: u32) -> (u32, u32, u32) {
+        match self.recs.get(i as usize) {
+            Some(r) => std::hint::black_box((r.prev, r.next, r.shape)),
+            None => (NIL, NIL, NIL),
+        }
+    }
+
+    /// Loads shape `s` (if any), or with `s == NIL` the shape instance `inst` used last,
+    /// which a new flow of the instance will most likely take a reference on.
+    #[inline]
+    pub(crate) fn warm_shape(&self, s: u32, inst: u32) {
+        let s = if s == NIL {
+            self.last_shape.get(inst as usize).copied().unwrap_or(NIL)
+        } else {
+            s
         };
-        std::hint::black_box(r.id);
-        if neighbours {
-            if let Some(p) = self.recs.get(r.prev as usize) {
-                std::hint::black_box(p.id);
-            }
-            if let Some(n) = self.recs.get(r.next as usize) {
-                std::hint::black_box(n.id);
-            }
+        if let Some(e) = self.shapes.get(s as usize) {
+            std::hint::black_box(e.refs);
         }
     }
 
@@ -360,14 +402,28 @@ impl FlowTable {
         }
     }
 
+    /// [`FlowTable::insert_at`] without a position.
+    #[cfg(test)]
+    pub(crate) fn insert(&mut self, rec: FlowRec, h: u32) -> u32 {
+        self.insert_at(rec, h, None)
+    }
+
     /// Inserts `rec` (whose `shape` reference the caller took) with hash `h`, at the
-    /// head of its instance's list. Returns its index.
-    pub(crate) fn insert(&mut self, mut rec: FlowRec, h: u32) -> u32 {
+    /// head of its instance's list. Returns its index. `vacant`, from a failed
+    /// [`FlowTable::lookup`] of the same flow, saves probing again while the index is
+    /// unchanged since; otherwise it is ignored.
+    pub(crate) fn insert_at(&mut self, mut rec: FlowRec, h: u32, vacant: Option<Vacant>) -> u32 {
         // At most half full: linear probing stays short, misses included.
         if (self.len() + 1) * 2 > self.slots.len() {
             self.rehash(self.slots.len() * 2);
         }
-        let inst = self.shapes[rec.shape as usize].key.inst as usize;
+        let key = &self.shapes[rec.shape as usize].key;
+        let inst = key.inst as usize;
+        rec.odst32 = key.orig_dst as u32;
+        rec.flags &= !F_ODST_V4;
+        if key.orig_dst >> 32 == V4_MAPPED_HIGH {
+            rec.flags |= F_ODST_V4;
+        }
         if inst >= self.heads.len() {
             self.heads.resize(inst + 1, NIL);
         }
@@ -391,11 +447,20 @@ impl FlowTable {
         } else {
             self.recs[idx as usize] = rec;
         }
-        self.place(Slot { hash: h, rec: idx });
+        let slot = Slot { hash: h, rec: idx };
+        match vacant {
+            Some(v) if v.generation == self.generation => {
+                debug_assert!(self.slots[v.pos].rec == NIL, "vacant position taken");
+                self.slots[v.pos] = slot;
+                self.generation = self.generation.wrapping_add(1);
+            }
+            _ => self.place(slot),
+        }
         idx
     }
 
     fn place(&mut self, slot: Slot) {
+        self.generation = self.generation.wrapping_add(1);
         let mut i = slot.hash as usize & self.mask;
         while self.slots[i].rec != NIL {
             i = (i + 1) & self.mask;
@@ -405,6 +470,7 @@ impl FlowTable {
 
     fn rehash(&mut self, cap: usize) {
         let cap = cap.max(16);
+        self.generation = self.generation.wrapping_add(1);
         self.slots = vec![EMPTY; cap];
         self.mask = cap - 1;
         for i in 0..self.recs.len() {
@@ -445,6 +511,7 @@ impl FlowTable {
     /// Removes record `idx` and returns it.
     pub(crate) fn remove(&mut self, idx: u32) -> FlowRec {
         // Index: backward-shift deletion keeps every probe chain unbroken.
+        self.generation = self.generation.wrapping_add(1);
         let mut hole = self.slot_of(idx);
         let mut j = (hole + 1) & self.mask;
         loop {
@@ -521,6 +588,7 @@ mod tests {
             proto: 6,
             state: 3,
             flags: 0,
+            odst32: 0,
         }
     }
 
@@ -542,7 +610,79 @@ mod tests {
 
     #[test]
     fn record_is_compact() {
-        assert!(size_of::<FlowRec>() <= 64, "{}", size_of::<FlowRec>());
+        assert_eq!(size_of::<FlowRec>(), 64);
+    }
+
+    #[test]
+    fn a_vacant_position_is_used_only_while_the_index_is_unchanged() {
+        let mut t = FlowTable::default();
+        let s = t.intern_shape(ShapeKey {
+            inst: 0,
+            orig_dst: 0xffff_c0a8_0001,
+            reply_src: 0xffff_c0a8_0001,
+            reply_dst: None,
+            guest_is_orig_dst: true,
+        });
+        let probe = |t: &FlowTable, r: &FlowRec| Probe {
+            remote: r.remote_bits(),
+            orig_dst: t.shape(r.shape).orig_dst,
+            sport: r.sport,
+            dport: r.dport,
+            proto: r.proto,
+            zone: r.zone,
+            id: r.id,
+        };
+        // All on one hash, so every insert extends the same probe chain.
+        let (a, b) = (rec(s, 1), rec(s, 2));
+        let (pa, pb) = (probe(&t, &a), probe(&t, &b));
+        let va = t.lookup(&pa, 5).expect_err("absent");
+        let vb = t.lookup(&pb, 5).expect_err("absent");
+        let ia = t.insert_at(a, 5, Some(va));
+        // `vb` names the position `a` just took: it must not be used.
+        let ib = t.insert_at(b, 5, Some(vb));
+        assert_eq!(t.find(&pa, 5), Some(ia));
+        assert_eq!(t.find(&pb, 5), Some(ib));
+        t.remove(ia);
+        assert_eq!(t.find(&pa, 5), None);
+        assert_eq!(t.find(&pb, 5), Some(ib));
+    }
+
+    #[test]
+    fn destinations_sharing_their_low_32_bits_stay_distinct() {
+        let mut t = FlowTable::default();
+        let v4 = addr_bits("192.0.2.9".parse().unwrap());
+        let v6a = addr_bits("2001:db8::c000:209".parse().unwrap());
+        let v6b = addr_bits("2001:db8:1::c000:209".parse().unwrap());
+        let mut probes = Vec::new();
+        for (inst, dst) in [v4, v6a, v6b].into_iter().enumerate() {
+            let s = t.intern_shape(ShapeKey {
+                inst: inst as u32,
+                orig_dst: dst,
+                reply_src: dst,
+                reply_dst: None,
+                guest_is_orig_dst: true,
+            });
+            // Same client, ports and id: only the destination differs.
+            let r = rec(s, 1);
+            let p = Probe {
+                remote: r.remote_bits(),
+                orig_dst: dst,
+                sport: r.sport,
+                dport: r.dport,
+                proto: r.proto,
+                zone: r.zone,
+                id: r.id,
+            };
+            // Forced to share one hash: the record comparison alone must tell them apart.
+            let idx = t.insert(r, 7);
+            probes.push((p, idx));
+        }
+        for (p, idx) in &probes {
+            assert_eq!(t.find(p, 7), Some(*idx));
+        }
+        let mut stranger = probes[0].0;
+        stranger.orig_dst = addr_bits("2001:db8:2::c000:209".parse().unwrap());
+        assert_eq!(t.find(&stranger, 7), None);
     }
 
     #[test]

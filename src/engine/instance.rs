@@ -38,6 +38,17 @@ impl Phase {
     }
 }
 
+/// [`Inst::quick`]: TCP flows count under the policy (before port and source filters).
+pub(crate) const Q_COUNT_TCP: u8 = 1;
+/// [`Inst::quick`]: UDP flows count under the policy (before port and source filters).
+pub(crate) const Q_COUNT_UDP: u8 = 2;
+/// [`Inst::quick`]: the policy ignores some ports or sources; check each flow.
+pub(crate) const Q_FILTERS: u8 = 4;
+/// [`Inst::quick`]: in Standby with wake-on-traffic enabled.
+pub(crate) const Q_MAY_WAKE: u8 = 8;
+/// [`Inst::quick`]: more addresses than `addr_bits` holds; `owns` must read the spec.
+pub(crate) const Q_MORE_ADDRS: u8 = 16;
+
 /// One registered instance.
 ///
 /// `repr(C)` and the alignment put every field a flow event reads or writes in the
@@ -53,6 +64,9 @@ pub(crate) struct Inst {
     pub phase: Phase,
     /// [`Inst::ineligible_reason`] is `None`; kept in step with `spec`.
     pub is_eligible: bool,
+    /// `Q_*` bits: the per-event rules derived from `spec`, so a flow event does not
+    /// read the spec's cache lines. Kept in step with `spec`.
+    pub quick: u8,
     /// The first two addresses as [`super::flows::addr_bits`] (0 when absent), for the
     /// per-event "is the client the guest itself?" check without touching `spec`.
     pub addr_bits: [u128; 2],
@@ -96,6 +110,7 @@ impl Inst {
             key,
             addr_bits: [0; 2],
             is_eligible: false,
+            quick: 0,
             spec,
             running_since,
             flows: 0,
@@ -128,6 +143,35 @@ impl Inst {
             *b = super::flows::addr_bits(*a);
         }
         self.is_eligible = self.ineligible_reason().is_none();
+        self.quick = self.derive_quick();
+    }
+
+    fn derive_quick(&self) -> u8 {
+        let mut q = 0;
+        match &self.spec.policy {
+            // Without a policy, hypeman's rule: TCP only, nothing filtered.
+            None => q |= Q_COUNT_TCP,
+            Some(p) => {
+                if p.counts_protocol(crate::flow::proto::TCP) {
+                    q |= Q_COUNT_TCP;
+                }
+                if p.counts_protocol(crate::flow::proto::UDP) {
+                    q |= Q_COUNT_UDP;
+                }
+                if !p.ignore_destination_ports.is_empty() || !p.ignore_source_cidrs.is_empty() {
+                    q |= Q_FILTERS;
+                }
+            }
+        }
+        if self.spec.addresses.len() > 2 {
+            q |= Q_MORE_ADDRS;
+        }
+        if self.spec.lifecycle == Lifecycle::Standby
+            && self.enabled_policy().is_some_and(|p| p.wake_on_traffic)
+        {
+            q |= Q_MAY_WAKE;
+        }
+        q
     }
 
     /// Whether `bits` is one of the instance's addresses.
@@ -135,7 +179,7 @@ impl Inst {
     pub(crate) fn owns(&self, bits: u128) -> bool {
         self.addr_bits[0] == bits
             || self.addr_bits[1] == bits
-            || (self.spec.addresses.len() > 2
+            || (self.quick & Q_MORE_ADDRS != 0
                 && self
                     .spec
                     .addresses

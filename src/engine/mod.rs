@@ -29,7 +29,7 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 
-use crate::flow::{Flow, FlowEvent, TcpState, Tuple};
+use crate::flow::{EventKind, Flow, FlowEvent, TcpState, Tuple};
 use crate::policy::{Policy, PolicyError};
 
 mod addrs;
@@ -512,24 +512,47 @@ impl Engine {
         self.see(now);
         for group in events.chunks(GROUP) {
             let mut prepared = [flow_events::Prepared::default(); GROUP];
-            let mut hints = [u32::MAX; GROUP];
-            // Stage 1: address index, home slots, instances.
-            for ((e, p), hint) in group.iter().zip(prepared.iter_mut()).zip(hints.iter_mut()) {
-                let prep = self.prepare(&e.flow);
-                if let Some((slot, _)) = prep.class {
-                    *hint = self.flows.warm_slot(prep.hash);
-                    self.warm_instance(slot);
-                }
-                *p = prep;
+            let mut hints = [(u32::MAX, u32::MAX); GROUP];
+            // Stage 1: addresses, identities, hashes and instances (small, cached tables).
+            for (e, p) in group.iter().zip(prepared.iter_mut()) {
+                *p = self.prepare(&e.flow);
             }
-            // Stage 2: the records found, and their neighbours when they will be unlinked.
-            for (e, hint) in group.iter().zip(hints.iter()) {
-                if *hint != u32::MAX {
-                    self.flows
-                        .warm_rec(*hint, e.kind == crate::flow::EventKind::Destroy);
+            // Stage 2: the home slots and instance lines, in a tight loop so that the
+            // cache misses are all in flight at once.
+            for (p, hint) in prepared.iter().zip(hints.iter_mut()) {
+                if let Some((slot, _)) = p.class {
+                    *hint = (self.flows.warm_slot(p.hash), self.warm_instance(slot));
                 }
             }
-            // Stage 3: apply, in order. Flow events never change the address index, so
+            // Stage 3: the records found, and for a NEW the instance's list head (the
+            // flow is linked in front of it) and the shape it will likely share.
+            let mut links = [(u32::MAX, u32::MAX, u32::MAX); GROUP];
+            for (((e, p), &(rec, head)), link) in group
+                .iter()
+                .zip(prepared.iter())
+                .zip(hints.iter())
+                .zip(links.iter_mut())
+            {
+                if e.kind == EventKind::New {
+                    self.flows.warm_rec(head);
+                    if let Some((slot, _)) = p.class {
+                        self.flows.warm_shape(u32::MAX, slot);
+                    }
+                } else {
+                    let found = self.flows.warm_rec(rec);
+                    if e.kind == EventKind::Destroy {
+                        *link = found;
+                    }
+                }
+            }
+            // Stage 4: the list neighbours and the shape of the records a DESTROY will
+            // unlink.
+            for &(prev, next, shape) in &links {
+                self.flows.warm_rec(prev);
+                self.flows.warm_rec(next);
+                self.flows.warm_shape(shape, u32::MAX);
+            }
+            // Stage 5: apply, in order. Flow events never change the address index, so
             // the classifications made in stage 1 still hold.
             for (e, p) in group.iter().zip(prepared.iter()) {
                 self.stats.flow_events += 1;

@@ -226,3 +226,20 @@ fn flows_with_unspecified_addresses_match_nothing() {
     h.new_flow(f4, T0);
     assert_eq!(h.e.stats().flow_events_unmatched, 2);
 }
+
+#[test]
+fn traffic_between_an_instances_own_addresses_is_not_inbound() {
+    let mut h = H::new();
+    let (a, b, c) = (guest(), ip("fd00::10"), ip("192.168.100.77"));
+    let mut s = spec(MIN);
+    s.addresses = vec![a, b, c];
+    h.reg(1, s, T0);
+    let est = Some(TcpState::ESTABLISHED);
+    // From its third address (beyond the two kept in the hot line) to its first: own.
+    h.new_flow(flow(proto::TCP, c, 1, a, 80, est, 1), T0);
+    h.new_flow(flow(proto::TCP, a, 2, c, 80, est, 2), T0);
+    assert_eq!(h.st(1, T0).active_inbound, 0);
+    // A client to the third address: inbound.
+    h.new_flow(flow(proto::TCP, ip("203.0.113.5"), 3, c, 80, est, 3), T0);
+    assert_eq!(h.st(1, T0).active_inbound, 1);
+}
