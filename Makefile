@@ -4,7 +4,7 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-rust test-c test-go demo bench bench-engine bench-conntrack bench-controller bench-go e2e lint header-check clean
+.PHONY: all deps build test test-all test-rust test-c test-go demo demo-engine bench bench-engine bench-conntrack bench-controller bench-go e2e lint header-check clean
 
 all: build
 
@@ -27,8 +27,14 @@ lint: deps
 	  out=$$(gofmt -l go); [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }; \
 	  cd go && $(GO) vet ./...; fi
 
-# Everything CI runs.
-test: deps header-check lint test-rust test-c test-go e2e
+# Everything CI runs, logged to build/test.log and closed by one summary line that
+# counts the test cases of every runner (scripts/test-summary.sh).
+test: deps
+	@mkdir -p build
+	@set -o pipefail; $(MAKE) --no-print-directory test-all 2>&1 | tee build/test.log; \
+	  status=$$?; bash scripts/test-summary.sh build/test.log $$status; exit $$status
+
+test-all: header-check lint test-rust test-c test-go e2e
 
 test-rust: deps
 	$(CARGO) test --all-targets
@@ -37,7 +43,7 @@ test-rust: deps
 # pure-Go (CGO_ENABLED=0) build that reports "unsupported". Links target/release's
 # libautostandby.a, so the Rust library is built first. Root: the kernel test creates
 # network namespaces.
-GO_TEST_FLAGS ?= -count=1 -timeout 600s
+GO_TEST_FLAGS ?= -count=1 -v -timeout 600s
 test-go: deps
 	$(CARGO) build --release --lib
 	cd go && $(GO) vet ./...
@@ -64,6 +70,10 @@ e2e: deps
 
 demo: deps
 	bash tests/e2e/demo.sh
+
+# The engine alone deciding on a scripted scenario (no root, no VM).
+demo-engine: deps
+	$(CARGO) run --release --example engine_demo
 
 bench: deps bench-engine bench-conntrack bench-controller bench-go
 

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Prints one closing line for a `make test` log: the test cases that passed and failed
+# across every runner (cargo test, go test -v, the C scenarios).
+#   usage: test-summary.sh LOG EXIT_STATUS
+set -euo pipefail
+log=$1 status=${2:-0}
+
+read -r passed failed < <(awk '
+  /^test result: / {            # cargo: "test result: ok. 12 passed; 0 failed; ..."
+    for (i = 1; i <= NF; i++) {
+      if ($(i) ~ /^passed;?$/) p += $(i-1)
+      if ($(i) ~ /^failed;?$/) f += $(i-1)
+    }
+  }
+  /^--- PASS: / { p++ }         # go test -v, top-level tests only (subtests are indented)
+  /^--- FAIL: / { f++ }
+  /^[a-z_]+_scenario: ok$/ { p++ }   # tests/c scenarios
+  END { print p + 0, f + 0 }' "$log")
+
+# A runner that died before reporting still fails the run.
+if [[ $status -ne 0 && $failed -eq 0 ]]; then failed=1; fi
+echo "summary: $passed passed, $failed failed"
