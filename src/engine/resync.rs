@@ -245,6 +245,11 @@ impl Engine {
                     self.request_standby(slot, now, true);
                     continue;
                 }
+                // Confirmed ahead of the deadline: standby at the deadline, unless
+                // something invalidates this first.
+                if self.inst(slot).due_at().is_some() && self.blocked(slot).is_none() {
+                    self.inst_mut(slot).confirmed_idle = true;
+                }
             }
             self.rearm(slot);
         }
