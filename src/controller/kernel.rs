@@ -15,26 +15,18 @@
 //! The engine itself sits behind the shared mutex; each thread holds it only for engine
 //! calls, never across a system call.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use parking_lot::Mutex;
-
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, bounded, unbounded};
 
 use super::{ControllerConfig, ControllerError, EventsSysctlMode, Shared};
 use crate::conntrack::{ConntrackError, EventSocket, EventsSysctl, ObserverConfig, QuerySocket};
 use crate::engine::{ObserverHealth, ObserverRequest, ResyncScope};
-use crate::flow::{Flow, FlowEvent, FlowKey};
-
-/// Flows an event touched while the current resync's dump ran (`None` when no resync
-/// runs). A dump entry is older than any event applied after the dump began, so such
-/// entries are not replayed over the event's state at the end of the resync.
-type Touched = Arc<Mutex<Option<HashSet<FlowKey>>>>;
+use crate::flow::{Flow, FlowEvent};
 
 /// How long the event thread blocks in poll(2) before looking at its commands.
 const EVENT_POLL: Duration = Duration::from_millis(50);
@@ -61,8 +53,8 @@ enum EngineMsg {
     EventsUp,
     /// A resync's dump failed.
     ResyncFailed(String),
-    /// A resync succeeded; it began when the loss counter read this value.
-    ResyncDone(u64),
+    /// A resync succeeded.
+    ResyncDone,
     /// Stop.
     Shutdown,
 }
@@ -143,7 +135,6 @@ impl KernelRuntime {
         let (to_events, events_rx) = unbounded::<EventCmd>();
         let (stop_events, stop_rx) = bounded::<()>(1);
         let resync_interval = Duration::from_millis(config.resync_interval_ms);
-        let touched: Touched = Arc::new(Mutex::new(None));
 
         let mut threads = Vec::new();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -156,12 +147,10 @@ impl KernelRuntime {
         {
             let shared = shared.clone();
             let to_query = to_query.clone();
-            let touched = touched.clone();
             threads.push(spawn(
                 "as-engine",
                 Box::new(move || {
-                    EngineThread::new(shared, touched, to_query, to_events, resync_interval)
-                        .run(engine_rx)
+                    EngineThread::new(shared, to_query, to_events, resync_interval).run(engine_rx)
                 }),
             )?);
         }
@@ -178,7 +167,7 @@ impl KernelRuntime {
             let to_engine = to_engine.clone();
             threads.push(spawn(
                 "as-query",
-                Box::new(move || query_thread(query, ocfg, shared, touched, to_engine, query_rx)),
+                Box::new(move || query_thread(query, ocfg, shared, to_engine, query_rx)),
             )?);
         }
         // The first resync of everything registered so far (nothing, at start); it also
@@ -322,7 +311,6 @@ fn query_thread(
     socket: QuerySocket,
     cfg: ObserverConfig,
     shared: Arc<Shared>,
-    touched: Touched,
     to_engine: Sender<EngineMsg>,
     cmds: Receiver<QueryCmd>,
 ) {
@@ -361,18 +349,12 @@ fn query_thread(
             }
         }
         let sock = socket.as_mut().expect("opened above");
-        let (id, addrs, lost_at_begin) = {
+        let (id, addrs) = {
             let mut engine = shared.engine.lock();
             let now = shared.clock.now();
-            // Read under the engine lock: the engine thread counts a loss under it too.
-            let lost = shared.events_lost.load(Ordering::Relaxed);
-            // Under the engine lock, so no event is applied between `begin_resync` and
-            // the start of the bookkeeping.
-            *touched.lock() = Some(HashSet::new());
             (
                 engine.begin_resync(scope.clone(), now),
                 engine.scope_addresses(&scope),
-                lost,
             )
         };
         flows.clear();
@@ -380,11 +362,11 @@ fn query_thread(
         let dumped = sock.dump_addresses(&addrs, &mut |f| flows.push(*f));
         let mut engine = shared.engine.lock();
         let now = shared.clock.now();
-        let newer = touched.lock().take().unwrap_or_default();
         match dumped {
             Ok(_) => {
                 let mut result = Ok(());
-                for f in flows.iter().filter(|f| !newer.contains(&f.key())) {
+                // The engine skips entries older than an event it applied meanwhile.
+                for f in &flows {
                     if let Err(e) = engine.resync_flow(id, f) {
                         result = Err(e);
                         break;
@@ -406,7 +388,7 @@ fn query_thread(
                     );
                 }
                 backoff = BACKOFF_INITIAL;
-                let _ = to_engine.send(EngineMsg::ResyncDone(lost_at_begin));
+                let _ = to_engine.send(EngineMsg::ResyncDone);
             }
             Err(e) => {
                 let _ = engine.fail_resync(id, now);
@@ -448,7 +430,6 @@ fn sleep_or_stop_query(
 /// The engine thread's state.
 struct EngineThread {
     shared: Arc<Shared>,
-    touched: Touched,
     to_query: Sender<QueryCmd>,
     to_events: Sender<EventCmd>,
     resync_interval: Duration,
@@ -465,14 +446,12 @@ struct EngineThread {
 impl EngineThread {
     fn new(
         shared: Arc<Shared>,
-        touched: Touched,
         to_query: Sender<QueryCmd>,
         to_events: Sender<EventCmd>,
         resync_interval: Duration,
     ) -> Self {
         Self {
             shared,
-            touched,
             to_query,
             to_events,
             resync_interval,
@@ -531,9 +510,6 @@ impl EngineThread {
             EngineMsg::Rearm | EngineMsg::Shutdown => {}
             EngineMsg::Events(batch) => {
                 let mut engine = self.shared.engine.lock();
-                if let Some(keys) = self.touched.lock().as_mut() {
-                    keys.extend(batch.iter().map(|ev| ev.flow.key()));
-                }
                 for ev in &batch {
                     engine.on_flow_event(ev, now);
                 }
@@ -560,13 +536,7 @@ impl EngineThread {
                 self.shared.observer_errors.fetch_add(1, Ordering::Relaxed);
                 self.resync_error = Some(why);
             }
-            EngineMsg::ResyncDone(lost_at_begin) => {
-                // Events lost while that dump ran may belong to flows it had already
-                // walked past, and the engine may have counted that loss as covered by
-                // it: report the loss again so one more resync runs.
-                if self.shared.events_lost.load(Ordering::Relaxed) > lost_at_begin {
-                    self.shared.engine.lock().events_lost(ResyncScope::All, now);
-                }
+            EngineMsg::ResyncDone => {
                 self.resync_error = None;
                 if self.events_down.is_none() {
                     self.awaiting_resync = false;

@@ -84,6 +84,9 @@ pub struct ControllerConfig {
     /// Kernel mode: confirm idleness with a targeted dump right before each standby
     /// (default on). Off only to measure the rest of the pipeline; never in production.
     pub confirm_before_standby: bool,
+    /// How long before each deadline the confirmation is asked for (default 2,000 ms;
+    /// the engine caps it at half the idle timeout).
+    pub confirm_lead_ms: u64,
 }
 
 impl ControllerConfig {
@@ -106,6 +109,7 @@ impl ControllerConfig {
             events_sysctl: EventsSysctlMode::ReportOnly,
             log_level: Level::INFO,
             confirm_before_standby: true,
+            confirm_lead_ms: EngineConfig::default().confirm_lead_ms,
         }
     }
 }
@@ -195,6 +199,7 @@ impl Controller {
         let engine_config = EngineConfig {
             max_concurrent_standbys: config.max_concurrent_standbys,
             confirm_before_standby: config.mode == Mode::Kernel && config.confirm_before_standby,
+            confirm_lead_ms: config.confirm_lead_ms,
             ..EngineConfig::default()
         };
         let clock = match config.mode {

@@ -9,6 +9,7 @@ impl Engine {
     /// refresh): clears state when ineligible, seeds or resumes the countdown otherwise.
     pub(super) fn refresh(&mut self, slot: u32, now: UnixMillis) {
         let inst = self.inst_mut(slot);
+        inst.confirmed_idle = false;
         if !inst.eligible() {
             let had = inst.idle_since.is_some()
                 || inst.last_inbound.is_some()
@@ -48,6 +49,7 @@ impl Engine {
         if !inst.eligible() {
             return;
         }
+        inst.confirmed_idle = false;
         inst.last_inbound = Some(now.max(inst.last_inbound.unwrap_or(0)));
         if inst.phase != Phase::None && inst.phase != Phase::Executing {
             self.cancel_standby(slot, Reason::ActiveInboundConnections);
@@ -115,7 +117,7 @@ impl Engine {
     pub(super) fn rearm(&mut self, slot: u32) {
         let inst = self.inst(slot);
         match inst.phase {
-            Phase::None => match inst.due_at() {
+            Phase::None => match self.arm_at(slot) {
                 Some(at) => self.deadlines.set(slot, at),
                 None => self.deadlines.remove(slot),
             },

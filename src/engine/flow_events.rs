@@ -129,6 +129,10 @@ impl Engine {
                     && let Some(st) = flow.tcp_state
                     && st.is_finished()
                 {
+                    // An event saying the flow ended outranks any dump entry read before it.
+                    if source != Source::Dump {
+                        self.tombstone(probe, now);
+                    }
                     self.remove_flow(idx, now);
                     return true;
                 }
@@ -164,7 +168,14 @@ impl Engine {
                 }
                 let state = if tcp {
                     match flow.tcp_state {
-                        Some(st) if st.is_finished() => return true,
+                        Some(st) if st.is_finished() => {
+                            // An event saying the flow ended outranks any dump entry
+                            // read before it.
+                            if source != Source::Dump {
+                                self.tombstone(probe, now);
+                            }
+                            return true;
+                        }
                         Some(st) => st.0,
                         // Missing protoinfo on an unknown flow: assume live (safe side).
                         None => STATE_UNKNOWN,

@@ -93,6 +93,10 @@ pub(crate) struct Inst {
     pub resync_requested: bool,
     /// The last confirmation dump failed.
     pub confirm_failed: bool,
+    /// A confirmation finished with the instance idle and nothing has happened since
+    /// that could make it stale (activity, a loss, a hold, an update, an observer
+    /// failure): standby may follow at the deadline without another dump.
+    pub confirmed_idle: bool,
     /// A `Wake` was emitted for the current Standby period.
     pub wake_sent: bool,
     /// Index of this instance's pending `PersistRuntime` in the decision queue, valid
@@ -128,6 +132,7 @@ impl Inst {
             lost_seq: None,
             resync_requested: false,
             confirm_failed: false,
+            confirmed_idle: false,
             wake_sent: false,
             persist_idx: u32::MAX,
             persist_epoch: u64::MAX,
@@ -272,6 +277,7 @@ impl Inst {
         self.retry_at = None;
         self.failures = 0;
         self.confirm_failed = false;
+        self.confirmed_idle = false;
     }
 
     /// Forgets the whole countdown, hold included (ineligible, or now in Standby).

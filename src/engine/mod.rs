@@ -350,6 +350,11 @@ pub struct EngineConfig {
     pub max_concurrent_standbys: u32,
     /// Ask the observer to confirm idleness right before each standby (kernel mode).
     pub confirm_before_standby: bool,
+    /// With `confirm_before_standby`, how long before the deadline the confirmation is
+    /// asked for (default 2,000 ms; capped at half the idle timeout), so the dump's
+    /// latency does not delay the standby. A confirmation stays valid until activity, a
+    /// loss, a hold, an update or an observer failure.
+    pub confirm_lead_ms: u64,
     /// First retry delay after a failed standby (doubled per failure, capped by the
     /// instance's idle timeout).
     pub standby_retry_initial_ms: u64,
@@ -362,6 +367,7 @@ impl Default for EngineConfig {
         Self {
             max_concurrent_standbys: 16,
             confirm_before_standby: false,
+            confirm_lead_ms: 2_000,
             standby_retry_initial_ms: 1_000,
             tombstone_ttl_ms: 60_000,
         }

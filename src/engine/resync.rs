@@ -59,16 +59,21 @@ impl Engine {
 
     pub(super) fn do_events_lost(&mut self, scope: ResyncScope, now: UnixMillis) {
         self.see(now);
+        // Only a resync that begins from now on covers this loss: keep the latest.
         let seq = self.next_resync;
+        // A resync still open began before the loss; when it ends, `finish_resync` asks
+        // for one more, so nothing is asked for now.
+        let all_open = self.resyncs.iter().any(|r| r.scope.is_none());
         if scope == ResyncScope::All {
-            self.all_lost_seq.get_or_insert(seq);
+            self.all_lost_seq = Some(seq);
         }
         let mut fresh = Vec::new();
         for (slot, key) in self.scope_slots(&scope) {
             let all_req = self.all_resync_requested;
+            let open = all_open || self.open_resync_covers(slot, key, 0);
             let inst = self.inst_mut(slot);
-            inst.lost_seq.get_or_insert(seq);
-            if !inst.resync_requested && !all_req {
+            inst.lost_seq = Some(seq);
+            if !inst.resync_requested && !all_req && !open {
                 inst.resync_requested = true;
                 fresh.push(key);
             }
@@ -76,7 +81,7 @@ impl Engine {
             self.rearm(slot);
         }
         if scope == ResyncScope::All {
-            if !self.all_resync_requested {
+            if !self.all_resync_requested && !all_open {
                 self.all_resync_requested = true;
                 self.requests
                     .push(ObserverRequest::Resync(ResyncScope::All));
@@ -84,6 +89,16 @@ impl Engine {
         } else {
             self.queue_resync(fresh);
         }
+    }
+
+    /// Whether a resync with an id of at least `min_id` is open and covers `slot`.
+    fn open_resync_covers(&self, slot: u32, key: InstanceKey, min_id: u64) -> bool {
+        self.resyncs.iter().any(|r| {
+            r.id >= min_id
+                && r.scope
+                    .as_ref()
+                    .is_none_or(|v| v.iter().any(|&(s, k)| s == slot && k == key))
+        })
     }
 
     /// Queues `request` unless an identical one is still undrained.
@@ -161,8 +176,17 @@ impl Engine {
         if !self.resyncs.iter().any(|r| r.id == id.0) {
             return Err(EngineError::UnknownResync(id));
         }
+        // An entry for a flow an event reported since this resync began is older than
+        // that event: the event's view stands.
+        let prepared = self.prepare(flow);
+        if prepared.class.is_some()
+            && let Some(idx) = self.flows.find(&prepared.probe, prepared.hash)
+            && (self.flows.rec(idx).touch.wrapping_sub(id.0 as u32) as i32) >= 0
+        {
+            return Ok(());
+        }
         let now = self.last_now;
-        self.apply_flow(flow, Source::Dump, now);
+        self.apply_prepared(flow, &prepared, Source::Dump, now);
         Ok(())
     }
 
@@ -174,6 +198,7 @@ impl Engine {
         self.see(now);
         let (r, members) = self.close_resync(id)?;
         let seq = r.id as u32;
+        let mut again = Vec::new();
         for &slot in &members {
             // Flows neither dumped nor mentioned by an event since the resync began are
             // gone; they ended no later than the dump, so count idleness from its start.
@@ -181,16 +206,36 @@ impl Engine {
             for p in stale {
                 self.remove_probe(&p, r.began_at);
             }
-            let inst = self.inst_mut(slot);
-            if inst.lost_seq.is_some_and(|l| l <= r.id) {
-                inst.lost_seq = None;
-                inst.resync_requested = false;
+            let key = self.inst(slot).key;
+            match self.inst(slot).lost_seq {
+                Some(l) if l <= r.id => {
+                    let inst = self.inst_mut(slot);
+                    inst.lost_seq = None;
+                    inst.resync_requested = false;
+                }
+                // Lost while this resync ran: it may have walked past the lost flows.
+                // One more, unless a resync begun after the loss is already open.
+                Some(l) if !self.open_resync_covers(slot, key, l) => {
+                    self.inst_mut(slot).resync_requested = true;
+                    again.push(key);
+                }
+                _ => {}
             }
         }
-        if r.scope.is_none() && self.all_lost_seq.is_some_and(|l| l <= r.id) {
-            self.all_lost_seq = None;
-            self.all_resync_requested = false;
+        if r.scope.is_none() {
+            match self.all_lost_seq {
+                Some(l) if l <= r.id => {
+                    self.all_lost_seq = None;
+                    self.all_resync_requested = false;
+                }
+                Some(l) if !self.resyncs.iter().any(|o| o.scope.is_none() && o.id >= l) => {
+                    self.all_resync_requested = true;
+                    self.request_once(ObserverRequest::Resync(ResyncScope::All));
+                }
+                _ => {}
+            }
         }
+        self.queue_resync(again);
         for &slot in &members {
             let inst = self.inst(slot);
             if inst.phase == Phase::Confirming && inst.confirm_seq <= r.id {
@@ -199,6 +244,11 @@ impl Engine {
                 if self.ready_for_standby(slot, now) {
                     self.request_standby(slot, now, true);
                     continue;
+                }
+                // Confirmed ahead of the deadline: standby at the deadline, unless
+                // something invalidates this first.
+                if self.inst(slot).due_at().is_some() && self.blocked(slot).is_none() {
+                    self.inst_mut(slot).confirmed_idle = true;
                 }
             }
             self.rearm(slot);

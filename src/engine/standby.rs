@@ -9,7 +9,7 @@ use super::{
 
 impl Engine {
     /// Why standby is blocked engine-wide or by lost events.
-    fn blocked(&self, slot: u32) -> Option<Reason> {
+    pub(super) fn blocked(&self, slot: u32) -> Option<Reason> {
         if self.observer_error.is_some() {
             Some(Reason::ObserverError)
         } else if self.inst(slot).lost_seq.is_some() {
@@ -46,28 +46,57 @@ impl Engine {
             return;
         }
         let Some(due) = inst.due_at() else { return };
-        if due > now {
+        let confirmed = inst.confirmed_idle;
+        let at = self.arm_at(slot).unwrap_or(due);
+        if at > now {
             // Early or stale delivery (a hold, a re-arm, a clock step): wait again.
-            self.deadlines.set(slot, due);
+            self.deadlines.set(slot, at);
             return;
         }
         if self.blocked(slot).is_some() {
             // Re-armed when the block lifts.
             return;
         }
-        self.request_standby(slot, now, false);
+        if due > now {
+            // Within the lead: confirm now so the dump is over by the deadline.
+            self.start_confirm(slot, now);
+            return;
+        }
+        self.request_standby(slot, now, confirmed);
+    }
+
+    /// How far ahead of the deadline the confirmation is asked for.
+    fn confirm_lead(&self, slot: u32) -> u64 {
+        let inst = self.inst(slot);
+        if !self.config.confirm_before_standby || inst.confirmed_idle {
+            return 0;
+        }
+        self.config.confirm_lead_ms.min(inst.idle_timeout() / 2)
+    }
+
+    /// When the instance's deadline should fire: at the due time, or the confirmation
+    /// lead before it while a confirmation is still needed.
+    pub(super) fn arm_at(&self, slot: u32) -> Option<UnixMillis> {
+        let due = self.inst(slot).due_at()?;
+        Some(due.saturating_sub(self.confirm_lead(slot)))
+    }
+
+    fn start_confirm(&mut self, slot: u32, now: UnixMillis) {
+        let seq = self.next_resync;
+        let inst = self.inst_mut(slot);
+        inst.phase = Phase::Confirming;
+        inst.confirm_seq = seq;
+        self.ask_confirm(slot, now);
     }
 
     pub(super) fn request_standby(&mut self, slot: u32, now: UnixMillis, confirmed: bool) {
         if self.config.confirm_before_standby && !confirmed {
-            let seq = self.next_resync;
-            let inst = self.inst_mut(slot);
-            inst.phase = Phase::Confirming;
-            inst.confirm_seq = seq;
-            self.ask_confirm(slot, now);
+            self.start_confirm(slot, now);
             return;
         }
-        self.inst_mut(slot).confirm_failed = false;
+        let inst = self.inst_mut(slot);
+        inst.confirm_failed = false;
+        inst.confirmed_idle = false;
         if self.in_flight < self.config.max_concurrent_standbys.max(1) {
             self.emit_standby(slot);
         } else {
@@ -107,8 +136,10 @@ impl Engine {
     }
 
     /// Cancels a standby not yet executing.
+    /// Every caller is also something that makes an earlier confirmation stale.
     pub(super) fn cancel_standby(&mut self, slot: u32, reason: Reason) {
         let inst = self.inst_mut(slot);
+        inst.confirmed_idle = false;
         match inst.phase {
             Phase::Queued => {
                 inst.phase = Phase::None;

@@ -35,12 +35,14 @@ impl Engine {
         s.active_inbound = inst.live;
         s.idle_since = inst.idle_since;
         s.last_inbound_activity_at = inst.last_inbound;
-        if matches!(inst.phase, Phase::None | Phase::EmittedCancelled) {
+        // A confirmation asked for ahead of the deadline is still a countdown.
+        let ahead = inst.phase == Phase::Confirming && inst.due_at().is_some_and(|d| d > now);
+        if ahead || matches!(inst.phase, Phase::None | Phase::EmittedCancelled) {
             s.next_standby_at = inst.due_at();
         }
         s.hold_until = inst.hold_until.filter(|h| *h > now);
         s.countdown_remaining_ms = s.next_standby_at.map(|n| n.saturating_sub(now));
-        (s.status, s.reason) = if inst.phase.requested() {
+        (s.status, s.reason) = if inst.phase.requested() && !ahead {
             (Status::StandbyRequested, Reason::ReadyForStandby)
         } else if self.observer_error.is_some() {
             (Status::Error, Reason::ObserverError)

@@ -34,6 +34,10 @@ enum Op {
         inst: u64,
         running: bool,
     },
+    /// Answers the oldest pending confirmation: a consistent dump, or a failed one.
+    Confirm {
+        fail: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -48,6 +52,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..INSTANCES).prop_map(Op::Lost),
         1 => (0..INSTANCES, any::<bool>()).prop_map(|(inst, ignore_port)| Op::Policy { inst, ignore_port }),
         1 => (0..INSTANCES, any::<bool>()).prop_map(|(inst, running)| Op::Lifecycle { inst, running }),
+        2 => (0u8..4).prop_map(|f| Op::Confirm { fail: f == 0 }),
     ]
 }
 
@@ -100,11 +105,36 @@ impl Model {
     }
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// Runs a consistent dump of `inst` (what the model says is live) as resync `r`.
+fn dump_model(h: &mut H, m: &Model, inst: u64, now: UnixMillis) {
+    let r = h.e.begin_resync(ResyncScope::Instances(vec![inst]), now);
+    let set = m.live.get(&inst).cloned().unwrap_or_default();
+    for &p in &set {
+        h.e.resync_flow(r, &mkflow(inst, p, Some(3))).unwrap();
+    }
+    h.e.finish_resync(r, now).unwrap();
+}
+
+/// Moves the engine's confirmation requests into `pending` (other requests are
+/// answered by the ops that cause them).
+fn collect_confirms(h: &mut H, pending: &mut Vec<u64>) {
+    for r in h.requests() {
+        if let ObserverRequest::Confirm(k) = r
+            && !pending.contains(&k)
+        {
+            pending.push(k);
+        }
+    }
+}
+
+fn run(ops: Vec<Op>, confirm: bool) -> Result<(), TestCaseError> {
     let mut h = H::with(EngineConfig {
         max_concurrent_standbys: 2,
+        confirm_before_standby: confirm,
+        confirm_lead_ms: 3 * SEC,
         ..EngineConfig::default()
     });
+    let mut confirms: Vec<u64> = Vec::new();
     let mut m = Model::default();
     let mut now = T0;
     for i in 0..INSTANCES {
@@ -197,14 +227,20 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Lost(inst) => {
                 h.e.events_lost(ResyncScope::Instances(vec![inst]), now);
-                h.requests();
+                collect_confirms(&mut h, &mut confirms);
                 // The loss is repaired at once by a consistent dump.
-                let r = h.e.begin_resync(ResyncScope::Instances(vec![inst]), now);
-                let set = m.live.get(&inst).cloned().unwrap_or_default();
-                for &p in &set {
-                    h.e.resync_flow(r, &mkflow(inst, p, Some(3))).unwrap();
+                dump_model(&mut h, &m, inst, now);
+            }
+            Op::Confirm { fail } => {
+                if !confirms.is_empty() {
+                    let inst = confirms.remove(0);
+                    if fail {
+                        let r = h.e.begin_resync(ResyncScope::Instances(vec![inst]), now);
+                        h.e.fail_resync(r, now).unwrap();
+                    } else {
+                        dump_model(&mut h, &m, inst, now);
+                    }
                 }
-                h.e.finish_resync(r, now).unwrap();
             }
             Op::Policy { inst, ignore_port } => {
                 if ignore_port {
@@ -227,6 +263,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let _ = h.e.update(inst, s, now);
             }
         }
+        collect_confirms(&mut h, &mut confirms);
         check(&mut h, &m, &mut emitted)?;
     }
     // Liveness: finish whatever is in flight, then leave every running instance
@@ -249,6 +286,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     for _ in 0..8 {
         now += TIMEOUT;
         h.e.tick(now);
+        collect_confirms(&mut h, &mut confirms);
+        for inst in std::mem::take(&mut confirms) {
+            dump_model(&mut h, &m, inst, now);
+        }
         for k in h.standbys() {
             got.insert(k);
             prop_assert_eq!(h.e.begin_standby(k, now), Ok(BeginStandby::Proceed));
@@ -270,6 +311,13 @@ proptest! {
     fn never_standby_while_live_and_always_standby_when_idle(
         ops in proptest::collection::vec(op(), 0..80)
     ) {
-        run(ops)?;
+        run(ops, false)?;
+    }
+
+    #[test]
+    fn confirmed_ahead_never_standby_while_live_and_always_standby_when_idle(
+        ops in proptest::collection::vec(op(), 0..80)
+    ) {
+        run(ops, true)?;
     }
 }

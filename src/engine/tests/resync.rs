@@ -254,3 +254,97 @@ fn tombstones_expire_after_their_ttl() {
     h.e.finish_resync(r, T0 + 10 * SEC).unwrap();
     assert_eq!(h.st(1, T0 + 10 * SEC).active_inbound, 1);
 }
+
+#[test]
+fn dump_entry_read_before_a_close_does_not_revive_the_flow() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0);
+    let r = h.e.begin_resync(ResyncScope::All, T0 + 1);
+    // The connection closes while the dump runs; the DESTROY comes much later.
+    h.update_flow(inbound(1, Some(TcpState::TIME_WAIT)), T0 + 2);
+    assert_eq!(h.st(1, T0 + 2).active_inbound, 0);
+    // The dump had read the entry while it was still established.
+    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED)))
+        .unwrap();
+    h.e.finish_resync(r, T0 + 3).unwrap();
+    assert_eq!(h.st(1, T0 + 3).active_inbound, 0);
+    assert_eq!(h.e.stats().tracked_flows, 0);
+}
+
+#[test]
+fn dump_entry_does_not_overwrite_a_newer_event() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0);
+    let r = h.e.begin_resync(ResyncScope::All, T0 + 1);
+    h.update_flow(inbound(1, Some(TcpState::FIN_WAIT)), T0 + 2);
+    h.e.resync_flow(r, &inbound(1, Some(TcpState::ESTABLISHED)))
+        .unwrap();
+    h.e.finish_resync(r, T0 + 3).unwrap();
+    let mut why = Vec::new();
+    h.e.explain(1, T0 + 3, &mut why).unwrap();
+    assert_eq!(why.len(), 1);
+    assert_eq!(why[0].tcp_state, Some(TcpState::FIN_WAIT));
+}
+
+#[test]
+fn dump_entry_older_than_the_resync_is_still_applied() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.new_flow(inbound(1, Some(TcpState::SYN_RECV)), T0);
+    // The event came before the resync began: the dump is newer and wins.
+    let r = h.e.begin_resync(ResyncScope::All, T0 + 1);
+    h.e.resync_flow(r, &inbound(1, Some(TcpState::TIME_WAIT)))
+        .unwrap();
+    h.e.finish_resync(r, T0 + 2).unwrap();
+    assert_eq!(h.e.stats().tracked_flows, 0);
+}
+
+#[test]
+fn loss_during_the_resync_answering_an_earlier_loss_stays_pending() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.e.events_lost(ResyncScope::All, T0);
+    assert_eq!(
+        h.requests(),
+        vec![ObserverRequest::Resync(ResyncScope::All)]
+    );
+    let r = h.e.begin_resync(ResyncScope::All, T0 + 1);
+    h.e.events_lost(ResyncScope::All, T0 + 2);
+    assert!(h.requests().is_empty(), "queued when the open resync ends");
+    h.e.finish_resync(r, T0 + 3).unwrap();
+    assert_eq!(h.st(1, T0 + 3).reason, Reason::ResyncPending);
+    assert_eq!(
+        h.requests(),
+        vec![ObserverRequest::Resync(ResyncScope::All)]
+    );
+    h.e.tick(T0 + 2 * MIN);
+    assert!(h.standbys().is_empty());
+    let r = h.e.begin_resync(ResyncScope::All, T0 + 2 * MIN);
+    h.e.finish_resync(r, T0 + 2 * MIN).unwrap();
+    assert_ne!(h.st(1, T0 + 2 * MIN).reason, Reason::ResyncPending);
+    assert!(h.requests().is_empty());
+}
+
+#[test]
+fn scoped_loss_during_its_resync_asks_once_more() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.e.events_lost(ResyncScope::Instances(vec![1]), T0);
+    assert_eq!(h.requests().len(), 1);
+    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + 1);
+    h.e.events_lost(ResyncScope::Instances(vec![1]), T0 + 2);
+    h.e.events_lost(ResyncScope::Instances(vec![1]), T0 + 3);
+    assert!(h.requests().is_empty());
+    h.e.finish_resync(r, T0 + 4).unwrap();
+    assert_eq!(h.st(1, T0 + 4).reason, Reason::ResyncPending);
+    assert_eq!(
+        h.requests(),
+        vec![ObserverRequest::Resync(ResyncScope::Instances(vec![1]))]
+    );
+    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + 5);
+    h.e.finish_resync(r, T0 + 6).unwrap();
+    assert_ne!(h.st(1, T0 + 6).reason, Reason::ResyncPending);
+    assert!(h.requests().is_empty());
+}

@@ -409,3 +409,129 @@ fn raced_connection_during_snapshot_wakes_the_instance_back() {
         }]
     );
 }
+
+/// Instance 1 (idle timeout one minute, due at `T0 + MIN`) confirmed idle by a dump that
+/// began and ended ahead of its deadline.
+fn confirmed_ahead() -> H {
+    let mut h = confirm_first();
+    h.reg(1, spec(MIN), T0);
+    let ask = T0 + MIN - 2 * SEC;
+    assert_eq!(h.e.next_deadline(), Some(ask), "asks the lead ahead");
+    h.e.tick(ask - 1);
+    assert!(h.requests().is_empty());
+    h.e.tick(ask);
+    assert_eq!(h.requests(), vec![ObserverRequest::Confirm(1)]);
+    let st = h.st(1, ask);
+    assert_eq!(
+        (st.status, st.next_standby_at),
+        (Status::IdleCountdown, Some(T0 + MIN)),
+        "still counting down while confirming ahead"
+    );
+    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), ask);
+    h.e.finish_resync(r, ask + 150).unwrap();
+    assert!(h.standbys().is_empty(), "not before the deadline");
+    assert_eq!(h.e.next_deadline(), Some(T0 + MIN));
+    h
+}
+
+#[test]
+fn confirmed_ahead_gets_standby_exactly_at_the_deadline() {
+    let mut h = confirmed_ahead();
+    h.e.tick(T0 + MIN - 1);
+    assert!(h.standbys().is_empty());
+    h.e.tick(T0 + MIN);
+    assert_eq!(h.standbys(), vec![1]);
+    assert!(h.requests().is_empty(), "no second dump");
+}
+
+#[test]
+fn activity_after_an_early_confirmation_prevents_standby() {
+    let mut h = confirmed_ahead();
+    let f = inbound(1, Some(TcpState::ESTABLISHED));
+    h.new_flow(f, T0 + MIN - SEC);
+    h.e.tick(T0 + MIN);
+    assert!(h.standbys().is_empty(), "live flow");
+    h.destroy(f, T0 + MIN - SEC + 10);
+    h.e.tick(T0 + MIN);
+    assert!(h.standbys().is_empty(), "the countdown restarted");
+    // The next deadline needs a new confirmation.
+    let due = T0 + 2 * MIN - SEC + 10;
+    h.e.tick(due);
+    assert!(h.standbys().is_empty());
+    assert_eq!(h.requests(), vec![ObserverRequest::Confirm(1)]);
+}
+
+#[test]
+fn hold_loss_update_or_observer_failure_void_an_early_confirmation() {
+    type Void = fn(&mut H, UnixMillis);
+    let voids: [(&str, Void); 4] = [
+        ("hold", |h, now| {
+            h.e.hold(1, now).unwrap();
+        }),
+        ("loss", |h, now| {
+            h.e.events_lost(ResyncScope::Instances(vec![1]), now);
+            let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), now);
+            h.e.finish_resync(r, now).unwrap();
+        }),
+        ("update", |h, now| h.e.update(1, spec(MIN), now).unwrap()),
+        ("observer", |h, now| {
+            h.e.set_observer_health(ObserverHealth::Failed("x".into()), now);
+            h.e.set_observer_health(ObserverHealth::Healthy, now);
+        }),
+    ];
+    for (what, void) in voids {
+        let mut h = confirmed_ahead();
+        void(&mut h, T0 + MIN - SEC);
+        h.requests();
+        h.e.tick(T0 + MIN);
+        assert!(
+            h.standbys().is_empty(),
+            "{what}: standby without a new dump"
+        );
+    }
+}
+
+#[test]
+fn early_confirmation_failure_restarts_the_countdown() {
+    let mut h = confirm_first();
+    h.reg(1, spec(MIN), T0);
+    let ask = T0 + MIN - 2 * SEC;
+    h.e.tick(ask);
+    assert_eq!(h.requests(), vec![ObserverRequest::Confirm(1)]);
+    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), ask);
+    h.e.fail_resync(r, ask + 100).unwrap();
+    let st = h.st(1, ask + 100);
+    assert_eq!(
+        (st.status, st.reason, st.idle_since, st.next_standby_at),
+        (
+            Status::IdleCountdown,
+            Reason::ConfirmFailed,
+            Some(ask + 100),
+            Some(ask + 100 + MIN)
+        )
+    );
+    h.e.tick(T0 + MIN);
+    assert!(h.standbys().is_empty());
+}
+
+#[test]
+fn confirmation_finishing_after_the_deadline_is_followed_by_standby() {
+    let mut h = confirm_first();
+    h.reg(1, spec(MIN), T0);
+    let ask = T0 + MIN - 2 * SEC;
+    h.e.tick(ask);
+    h.requests();
+    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), ask);
+    h.e.tick(T0 + MIN);
+    assert!(h.standbys().is_empty(), "the confirmation is not in yet");
+    assert_eq!(h.st(1, T0 + MIN).status, Status::StandbyRequested);
+    h.e.finish_resync(r, T0 + MIN + 500).unwrap();
+    assert_eq!(h.standbys(), vec![1]);
+}
+
+#[test]
+fn confirmation_lead_is_capped_at_half_the_idle_timeout() {
+    let mut h = confirm_first();
+    h.reg(1, spec(2 * SEC), T0);
+    assert_eq!(h.e.next_deadline(), Some(T0 + SEC));
+}
