@@ -437,8 +437,6 @@ struct EngineThread {
     address_generation: Option<u64>,
     events_down: Option<String>,
     resync_error: Option<String>,
-    /// A resync must succeed before the observer counts healthy again.
-    awaiting_resync: bool,
     reported: ObserverHealth,
     requests: Vec<ObserverRequest>,
 }
@@ -450,6 +448,11 @@ impl EngineThread {
         to_events: Sender<EventCmd>,
         resync_interval: Duration,
     ) -> Self {
+        // Nothing is known of the flows that began before the event socket listened:
+        // every instance is resync-pending (kept awake, and saying so) until the first
+        // resync has run. That is not an observer failure.
+        let now = shared.clock.now();
+        shared.engine.lock().events_lost(ResyncScope::All, now);
         Self {
             shared,
             to_query,
@@ -459,7 +462,6 @@ impl EngineThread {
             address_generation: None,
             events_down: None,
             resync_error: None,
-            awaiting_resync: true,
             reported: ObserverHealth::Healthy,
             requests: Vec::new(),
         }
@@ -522,12 +524,11 @@ impl EngineThread {
             EngineMsg::EventsDown(why) => {
                 self.shared.observer_errors.fetch_add(1, Ordering::Relaxed);
                 self.events_down = Some(why);
-                self.awaiting_resync = true;
             }
             EngineMsg::EventsUp => {
                 self.events_down = None;
-                self.awaiting_resync = true;
                 // Whatever happened while the socket was down is unknown.
+                self.shared.engine.lock().events_lost(ResyncScope::All, now);
                 let _ = self.to_query.send(QueryCmd::Resync(ResyncScope::All));
                 // Put the address filter back on the new socket.
                 self.address_generation = None;
@@ -536,12 +537,7 @@ impl EngineThread {
                 self.shared.observer_errors.fetch_add(1, Ordering::Relaxed);
                 self.resync_error = Some(why);
             }
-            EngineMsg::ResyncDone => {
-                self.resync_error = None;
-                if self.events_down.is_none() {
-                    self.awaiting_resync = false;
-                }
-            }
+            EngineMsg::ResyncDone => self.resync_error = None,
         }
     }
 
@@ -551,8 +547,6 @@ impl EngineThread {
             ObserverHealth::Failed(format!("conntrack events: {why}"))
         } else if let Some(why) = &self.resync_error {
             ObserverHealth::Failed(format!("conntrack dump: {why}"))
-        } else if self.awaiting_resync {
-            ObserverHealth::Failed("waiting for a conntrack resync".into())
         } else {
             ObserverHealth::Healthy
         };
