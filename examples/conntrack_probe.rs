@@ -4,7 +4,7 @@
 //! - `insert COUNT`: fills the current namespace's table with COUNT established TCP
 //!   entries from 10.200.0.0/16 to 10.250.0.1:80, through batched ctnetlink requests;
 //! - `dump [REPEAT]`: dumps and classifies the IPv4 table, prints entries and seconds;
-//! - `filtered ADDR [REPEAT] [--reply-only]`: the kernel-filtered dump of one address;
+//! - `filtered ADDR [REPEAT] [--orig-destination-too]`: the kernel-filtered dump of one address;
 //! - `events --expect-new N [--filter ADDR]... [--idle-ms MS] [--linger-us US]`: reads
 //!   events (lingering US after each wake-up, default 2000) until N NEW
 //!   were seen (or the stream is idle, or `--max-ms` passed), prints counts, loss and
@@ -51,7 +51,7 @@ fn main() -> Result<(), ConntrackError> {
         Some("filtered") => dump(
             Some(args.get(1).expect("address").parse().expect("address")),
             args.get(2).and_then(|v| v.parse().ok()).unwrap_or(1),
-            args.iter().any(|a| a == "--reply-only"),
+            args.iter().any(|a| a == "--orig-destination-too"),
         ),
         Some("events") => events(&args),
         Some("load") => load(&args),
@@ -102,9 +102,9 @@ fn insert(count: u32) -> Result<(), ConntrackError> {
     Ok(())
 }
 
-fn dump(filter: Option<IpAddr>, repeat: u32, reply_only: bool) -> Result<(), ConntrackError> {
+fn dump(filter: Option<IpAddr>, repeat: u32, orig_too: bool) -> Result<(), ConntrackError> {
     let mut q = QuerySocket::open(&ObserverConfig::default())?;
-    q.set_match_orig_destination(!reply_only);
+    q.set_match_orig_destination(orig_too);
     let mut best = f64::MAX;
     let (mut live, mut finished, mut total) = (0u64, 0u64, 0u64);
     for _ in 0..repeat.max(1) {

@@ -78,7 +78,7 @@ impl QuerySocket {
             buf: vec![0; DUMP_BUF_BYTES],
             seq: 0,
             filter: FilterSupport::Kernel,
-            match_orig_destination: true,
+            match_orig_destination: false,
         };
         me.filter = me.probe_filter()?;
         Ok(me)
@@ -90,10 +90,12 @@ impl QuerySocket {
     }
 
     /// Whether [`QuerySocket::dump_addresses`] also matches the original destination
-    /// (default `true`, as the engine counts such flows). With `false` only the reply
-    /// source is matched: one kernel walk per address instead of two. The reply source
-    /// is the guest whether or not DNAT is in front of it; what the original-destination
-    /// walk adds are flows dialled to the address but answered by another host.
+    /// (default `false`: one kernel walk per address instead of two). The reply source
+    /// names the host that really answers the flow, so it is the guest exactly when the
+    /// guest serves the flow, with or without DNAT in front of it. What the
+    /// original-destination walk adds are flows dialled to the address but answered by
+    /// another host, which the guest never sees; the event filter still passes them, so
+    /// they only keep a guest awake until the next resync drops them.
     pub fn set_match_orig_destination(&mut self, on: bool) {
         self.match_orig_destination = on;
     }
@@ -214,13 +216,13 @@ impl QuerySocket {
         Ok(stats)
     }
 
-    /// Only flows whose original destination or reply source is one of `addrs`,
-    /// filtered in the kernel (`CTA_FILTER`) when the start-up probe says it works, else
-    /// in userspace. Each flow is reported once.
+    /// Only flows whose reply source (and, when asked for, original destination) is one
+    /// of `addrs`, filtered in the kernel (`CTA_FILTER`) when the start-up probe says it
+    /// works, else in userspace. Each flow is reported once.
     ///
     /// IPv4 addresses are filtered in the kernel: one walk per address for the reply
-    /// source (the guest, with or without DNAT) and one for the original destination
-    /// (see [`QuerySocket::set_match_orig_destination`]);
+    /// source (the guest, with or without DNAT), and one more for the original
+    /// destination if [`QuerySocket::set_match_orig_destination`] asked for it;
     /// above [`MAX_FILTERED_WALKS`] walks, one full dump with a userspace filter is used
     /// instead. IPv6 addresses always use a full IPv6 dump filtered in userspace: on
     /// Linux 6.18 the kernel's IPv6 `CTA_FILTER` address match is inverted (asking for
