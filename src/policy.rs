@@ -1,8 +1,7 @@
 //! Per-instance auto-standby policy: validation and normalisation.
 //!
-//! CONTRACT (shared by the engine, the C ABI and the Go bindings): the field names and
-//! meanings of [`Policy`], [`Cidr`] and [`PolicyError`] are fixed; the bodies are the
-//! engine's to implement.
+//! The C ABI and the Go bindings mirror [`Policy`] and [`PolicyError`] field for field;
+//! a change here is a change to both.
 
 use std::net::IpAddr;
 

@@ -4,9 +4,8 @@
 //! Unix epoch on the host's wall clock) and the engine answers with decisions for the
 //! host, requests for the observer, status, and its next deadline.
 //!
-//! CONTRACT: the public names and signatures in this file are what the controller, the C
-//! ABI and the Go bindings are written against. Add to them freely; do not rename or
-//! remove without updating every user.
+//! The controller, the C ABI and the Go bindings are written against the public names
+//! in this file: renaming one changes all three.
 //!
 //! Layout: `flows` stores every tracked flow compactly (one table for all instances,
 //! per-instance lists); `addrs` finds an instance by address; `deadlines` is the indexed
