@@ -15,7 +15,7 @@ packages=(
 
 missing=()
 for pkg in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep "install ok installed" >/dev/null || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
@@ -31,4 +31,4 @@ fi
 for tool in cargo go; do
   command -v "$tool" >/dev/null || { echo "install-deps: '$tool' is not on PATH" >&2; exit 1; }
 done
-rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+rustup component list --installed 2>/dev/null | grep '^clippy' >/dev/null || rustup component add clippy rustfmt

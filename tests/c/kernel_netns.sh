@@ -40,7 +40,7 @@ NFT
 ip netns exec "$ns" socat "TCP-LISTEN:$port,bind=$net.2,fork,reuseaddr" SYSTEM:cat &
 server=$!
 for _ in $(seq 50); do
-  ip netns exec "$ns" ss -ltn | grep -q ":$port " && break
+  ip netns exec "$ns" ss -ltn | grep ":$port " >/dev/null && break
   sleep 0.1
 done
 

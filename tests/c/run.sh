@@ -23,7 +23,7 @@ g++ -std=c++11 -Wall -Wextra -Werror -pedantic -Iinclude -x c++ -c "$out/header_
 echo "== exported symbols"
 bad=$(nm -D --defined-only "$so" | awk '{print $3}' | grep -v '^autostandby_' | grep -v '^rust_eh_personality$' || true)
 [[ -z $bad ]] || { echo "libautostandby.so exports non-autostandby symbols:" >&2; echo "$bad" >&2; exit 1; }
-nm -D --defined-only "$so" | grep -q ' T autostandby_controller_new$'
+nm -D --defined-only "$so" | grep ' T autostandby_controller_new$' >/dev/null
 # In the archive, every global symbol outside the reserved `__` namespace (compiler
 # runtime) and Rust's mangled names must carry the prefix.
 bad=$(nm -g --defined-only "$a" 2>/dev/null | awk 'NF==3 {print $3}' \

@@ -20,7 +20,7 @@ fi
 
 [[ $(id -u) -eq 0 ]] || die "run as root (the harness needs apt-get, network namespaces and TAP devices)"
 bash "$root/scripts/install-deps.sh" >&2
-[[ -x /bin/busybox ]] && /bin/busybox --list | grep -qx httpd || die "/bin/busybox (busybox-static) with httpd is required"
+[[ -x /bin/busybox ]] && /bin/busybox --list | grep -x httpd >/dev/null || die "/bin/busybox (busybox-static) with httpd is required"
 
 work=$(mktemp -d /tmp/as-vm-guest.XXXXXX)
 trap 'rm -rf "$work"' EXIT

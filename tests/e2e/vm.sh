@@ -39,7 +39,7 @@ export AS_E2E_PREFIX="$prefix"
 teardown() {
   local rc=$?
   trap - EXIT INT TERM
-  if ip netns list | grep -qw "$ns"; then
+  if ip netns list | grep -w "$ns" >/dev/null; then
     # Everything inside the namespace was started by this harness (QEMU, the test).
     local pids
     pids=$(ip netns pids "$ns" 2>/dev/null || true)
@@ -143,7 +143,7 @@ case "$cmd" in
     end=$(date +%s.%N)
     [[ "$body" == *"e2e guest"* ]] || { cat "$run_dir/boot.serial" >&2; die "the guest did not answer HTTP within 60 s"; }
     printf 'vm: boot to first HTTP answer: %.2f s (kernel %s)\n' "$(echo "$end - $start" | bc -l)" "$(cat "$guest_dir/kernel-package")"
-    ip netns exec "$ns" conntrack -L -d "$guest_ip" 2>/dev/null | grep -q "dport=80" \
+    ip netns exec "$ns" conntrack -L -d "$guest_ip" 2>/dev/null | grep "dport=80" >/dev/null \
       || die "conntrack in $ns does not track the guest's flows"
     log "conntrack in $ns tracks the guest's HTTP flow"
     ;;
