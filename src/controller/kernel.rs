@@ -70,13 +70,22 @@ enum QueryCmd {
 #[derive(Debug)]
 enum EventCmd {
     Addresses(Vec<IpAddr>),
+    /// Test-only: fail the socket as a failed receive does, and make every reopen
+    /// attempt fail until the given instant.
+    Fail {
+        reopen_after: Instant,
+    },
 }
+
+/// What a controller thread runs.
+type ThreadBody = Box<dyn FnOnce() + Send>;
 
 /// The threads of a kernel-mode controller.
 #[derive(Debug)]
 pub(crate) struct KernelRuntime {
     to_engine: Sender<EngineMsg>,
     to_query: Sender<QueryCmd>,
+    to_events: Sender<EventCmd>,
     stop_events: Sender<()>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -136,49 +145,62 @@ impl KernelRuntime {
         let (stop_events, stop_rx) = bounded::<()>(1);
         let resync_interval = Duration::from_millis(config.resync_interval_ms);
 
-        let mut threads = Vec::new();
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        let mut runtime = Self {
+            to_engine,
+            to_query,
+            to_events,
+            stop_events,
+            threads: Vec::new(),
+        };
+        let engine = {
+            let shared = shared.clone();
+            let to_query = runtime.to_query.clone();
+            let to_events = runtime.to_events.clone();
+            move || EngineThread::new(shared, to_query, to_events, resync_interval).run(engine_rx)
+        };
+        let event = {
+            let to_engine = runtime.to_engine.clone();
+            let ocfg = ocfg.clone();
+            move || event_thread(events, ocfg, to_engine, events_rx, stop_rx)
+        };
+        let query = {
+            let shared = shared.clone();
+            let to_engine = runtime.to_engine.clone();
+            move || query_thread(query, ocfg, shared, to_engine, query_rx)
+        };
+        let threads: [(&str, ThreadBody); 3] = [
+            ("as-engine", Box::new(engine)),
+            ("as-events", Box::new(event)),
+            ("as-query", Box::new(query)),
+        ];
+        for (name, f) in threads {
             let dispatch = shared.dispatch.clone();
-            std::thread::Builder::new()
+            match std::thread::Builder::new()
                 .name(name.into())
                 .spawn(move || tracing::dispatcher::with_default(&dispatch, f))
-                .map_err(|e| ControllerError::Io(format!("spawn {name}: {e}")))
-        };
-        {
-            let shared = shared.clone();
-            let to_query = to_query.clone();
-            threads.push(spawn(
-                "as-engine",
-                Box::new(move || {
-                    EngineThread::new(shared, to_query, to_events, resync_interval).run(engine_rx)
-                }),
-            )?);
-        }
-        {
-            let to_engine = to_engine.clone();
-            let ocfg = ocfg.clone();
-            threads.push(spawn(
-                "as-events",
-                Box::new(move || event_thread(events, ocfg, to_engine, events_rx, stop_rx)),
-            )?);
-        }
-        {
-            let shared = shared.clone();
-            let to_engine = to_engine.clone();
-            threads.push(spawn(
-                "as-query",
-                Box::new(move || query_thread(query, ocfg, shared, to_engine, query_rx)),
-            )?);
+            {
+                Ok(handle) => runtime.threads.push(handle),
+                Err(e) => {
+                    // The threads already running would otherwise outlive the failed
+                    // start. The closures not yet spawned are dropped with their
+                    // channel ends, so `stop` never waits on a thread that is not there.
+                    runtime.stop();
+                    return Err(ControllerError::Io(format!("spawn {name}: {e}")));
+                }
+            }
         }
         // The first resync of everything registered so far (nothing, at start); it also
         // makes the observer count healthy.
-        let _ = to_query.send(QueryCmd::Resync(ResyncScope::All));
-        Ok(Self {
-            to_engine,
-            to_query,
-            stop_events,
-            threads,
-        })
+        let _ = runtime.to_query.send(QueryCmd::Resync(ResyncScope::All));
+        Ok(runtime)
+    }
+
+    /// Test-only: makes the event thread lose its socket through the same path as a
+    /// failed receive, and fail every reopen attempt for `down_for`.
+    pub(crate) fn fail_event_socket(&self, down_for: Duration) {
+        let _ = self.to_events.send(EventCmd::Fail {
+            reopen_after: Instant::now() + down_for,
+        });
     }
 
     /// Tells the engine thread that deadlines or the address set may have changed.
@@ -216,20 +238,39 @@ fn event_thread(
     let mut filter_dirty = false;
     let mut backoff = BACKOFF_INITIAL;
     let mut batch = Vec::new();
+    // Test-only failure injection (see `EventCmd::Fail`).
+    let mut fail_now = false;
+    let mut reopen_after: Option<Instant> = None;
     loop {
         match stop.try_recv() {
             Ok(()) | Err(TryRecvError::Disconnected) => return,
             Err(TryRecvError::Empty) => {}
         }
-        while let Ok(EventCmd::Addresses(a)) = cmds.try_recv() {
-            addresses = Some(a);
-            filter_dirty = true;
+        while let Ok(cmd) = cmds.try_recv() {
+            match cmd {
+                EventCmd::Addresses(a) => {
+                    addresses = Some(a);
+                    filter_dirty = true;
+                }
+                EventCmd::Fail { reopen_after: at } => {
+                    fail_now = true;
+                    reopen_after = Some(at);
+                }
+            }
         }
         let Some(sock) = socket.as_mut() else {
             if sleep_or_stop(&stop, backoff) {
                 return;
             }
-            match EventSocket::open(&cfg) {
+            let opened = if reopen_after.is_some_and(|at| Instant::now() < at) {
+                Err(ConntrackError::io(
+                    "open event socket",
+                    std::io::Error::other("failure injected by a test"),
+                ))
+            } else {
+                EventSocket::open(&cfg)
+            };
+            match opened {
                 Ok(s) => {
                     tracing::info!("auto-standby conntrack subscription restored");
                     socket = Some(s);
@@ -245,6 +286,12 @@ fn event_thread(
             continue;
         };
         let result = (|| -> Result<(), ConntrackError> {
+            if std::mem::take(&mut fail_now) {
+                return Err(ConntrackError::io(
+                    "receive conntrack events",
+                    std::io::Error::other("failure injected by a test"),
+                ));
+            }
             if filter_dirty {
                 // With no address registered there is no filter at all rather than one
                 // that drops everything: after such a filter was replaced, later events

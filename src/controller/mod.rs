@@ -415,6 +415,21 @@ impl Controller {
         })
     }
 
+    /// Test-only (kernel mode): the event thread drops its conntrack socket exactly as
+    /// after a failed receive, and its reopen attempts fail for `down_for`; it then
+    /// reopens through the usual backoff and the engine resyncs.
+    #[doc(hidden)]
+    pub fn fail_event_socket_for_test(&self, down_for: Duration) -> Result<(), ControllerError> {
+        let kernel = self
+            .kernel
+            .as_ref()
+            .ok_or(ControllerError::InvalidArgument(
+                "fail_event_socket_for_test needs kernel mode".into(),
+            ))?;
+        kernel.fail_event_socket(down_for);
+        Ok(())
+    }
+
     /// Wakes every blocked poller with [`ControllerError::Shutdown`], now and for every
     /// later poll, without waiting for the threads.
     pub fn begin_shutdown(&self) {
