@@ -90,7 +90,7 @@ setup() {
   # Flows created before a listener exists never report events under the default (2):
   # the harness's own probes of the guest, made before a controller starts, must still
   # report their close. The controllers under test ask for the same setting.
-  ip netns exec "$ns" sysctl -qw net.netfilter.nf_conntrack_events=1
+  ip netns exec "$ns" sh -c 'echo 1 >/proc/sys/net/netfilter/nf_conntrack_events'
   # Conntrack only tracks a namespace once a rule needs it; count the guest's flows.
   ip netns exec "$ns" nft -f - <<NFT
 table inet as_vm {
@@ -125,7 +125,7 @@ cmd=${1:-}
 case "$cmd" in
   boot)
     setup
-    start=$(date +%s.%N)
+    start=$(date +%s%N)
     eval "ip netns exec $ns $(qemu_cmd boot)" &
     qemu=$!
     body=""
@@ -140,9 +140,10 @@ case "$cmd" in
       fi
       sleep 0.05
     done
-    end=$(date +%s.%N)
+    end=$(date +%s%N)
     [[ "$body" == *"e2e guest"* ]] || { cat "$run_dir/boot.serial" >&2; die "the guest did not answer HTTP within 60 s"; }
-    printf 'vm: boot to first HTTP answer: %.2f s (kernel %s)\n' "$(echo "$end - $start" | bc -l)" "$(cat "$guest_dir/kernel-package")"
+    ms=$(((end - start) / 1000000))
+    printf 'vm: boot to first HTTP answer: %d.%03d s (kernel %s)\n' $((ms / 1000)) $((ms % 1000)) "$(cat "$guest_dir/kernel-package")"
     ip netns exec "$ns" conntrack -L -d "$guest_ip" 2>/dev/null | grep "dport=80" >/dev/null \
       || die "conntrack in $ns does not track the guest's flows"
     log "conntrack in $ns tracks the guest's HTTP flow"
