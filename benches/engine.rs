@@ -8,14 +8,17 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use autostandby::engine::{Decision, Engine, EngineConfig, InstanceSpec, Lifecycle};
-use autostandby::flow::{EventKind, Flow, FlowEvent, FlowKey, TcpState, Tuple, proto};
-use autostandby::policy::Policy;
+use autostandby::engine::{Decision, Engine, EngineConfig};
+use autostandby::flow::{EventKind, FlowEvent, FlowKey, TcpState};
 use criterion::{Criterion, Throughput};
+
+#[path = "support/engine_workload.rs"]
+mod workload;
+use workload::{INSTANCES, T0, ev, flow, guest, ring, spec};
 
 /// Counts allocations and live bytes; forwards to the system allocator.
 struct Counting;
@@ -44,7 +47,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const INSTANCES: u32 = 10_000;
 /// Tracked flows in the full run (`cargo bench`).
 const FLOWS: u32 = 1_000_000;
 /// Sizes in use: the full ones under `cargo bench`, small ones when `cargo test` runs
@@ -61,74 +63,8 @@ fn churn() -> u32 {
 }
 /// Flows replaced per half of the event ring (full run).
 const CHURN: u32 = 1 << 15;
-const T0: u64 = 1_780_000_000_000;
 /// Events per `on_flow_events` call, as an observer hands them over after one read.
 const BATCH: usize = 256;
-
-fn guest(i: u32) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))
-}
-
-/// Flow `n`: a client from 100.64/10 to guest `n % INSTANCES`, port 443. `gen` varies
-/// the client port and id so a replacement flow differs from the one it replaces.
-fn flow(n: u32, generation: u32, state: Option<TcpState>) -> Flow {
-    let client = IpAddr::V4(Ipv4Addr::from(0x6440_0000 + (n / INSTANCES)));
-    let port = 1024 + (n % 50_000) as u16 + (generation as u16) * 7;
-    let g = guest(n % INSTANCES);
-    Flow {
-        protocol: proto::TCP,
-        orig: Tuple::new(client, port, g, 443),
-        reply: Tuple::new(g, 443, client, port),
-        zone: 0,
-        id: n.wrapping_mul(2_654_435_761) ^ (generation << 31),
-        tcp_state: state,
-        status: 0,
-        mark: 0,
-    }
-}
-
-fn ev(kind: EventKind, flow: Flow) -> FlowEvent {
-    FlowEvent { kind, flow }
-}
-
-fn spec(i: u32) -> InstanceSpec {
-    InstanceSpec {
-        addresses: vec![guest(i)],
-        policy: Some(Policy {
-            enabled: true,
-            idle_timeout_ms: 300_000,
-            ..Policy::default()
-        }),
-        lifecycle: Lifecycle::Running,
-        network_enabled: true,
-        ..InstanceSpec::default()
-    }
-}
-
-/// A cyclic event stream that keeps the table at `flows()`: the first half replaces
-/// flows `0..churn()` (generation 0) by generation 1, the second half swaps them back.
-/// Each step: DESTROY old, NEW replacement (SYN_SENT), UPDATE it (ESTABLISHED), and an
-/// UPDATE without protoinfo for a pseudo-random long-lived flow.
-fn ring() -> Vec<FlowEvent> {
-    let mut v = Vec::with_capacity(8 * churn() as usize);
-    let mut x: u32 = 12345;
-    for (old, new) in [(0, 1), (1, 0)] {
-        for i in 0..churn() {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            let other = churn() + x % (flows() - churn());
-            v.push(ev(EventKind::Destroy, flow(i, old, None)));
-            v.push(ev(EventKind::New, flow(i, new, Some(TcpState::SYN_SENT))));
-            v.push(ev(
-                EventKind::Update,
-                flow(i, new, Some(TcpState::ESTABLISHED)),
-            ));
-            v.push(ev(EventKind::Update, flow(other, 0, None)));
-        }
-    }
-    v
-}
 
 fn build_engine() -> (Engine, u64) {
     let mut e = Engine::new(EngineConfig::default());
@@ -207,7 +143,7 @@ struct Figures {
 
 fn measure() -> Figures {
     let (mut e, bytes) = build_engine();
-    let events = ring();
+    let events = ring(flows(), churn());
     // Warm up: one full cycle, so every buffer has reached its steady size.
     for x in &events {
         e.on_flow_event(x, T0 + 2);
@@ -315,7 +251,7 @@ fn main() {
     );
     if full {
         let (mut e, _) = build_engine();
-        let events = ring();
+        let events = ring(flows(), churn());
         criterion_run(&mut e, &events);
     } else {
         println!("smoke run (cargo test): sizes reduced, figures not meaningful");
