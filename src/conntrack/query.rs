@@ -2,7 +2,7 @@
 //! kernel (`CTA_FILTER`) with a userspace fallback. Never carries a BPF filter: a dump
 //! datagram holds many entries and a socket filter sees only the first.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use netlink_sys::Socket;
 
@@ -16,16 +16,20 @@ use crate::flow::{Family, Flow};
 /// when the reader offers at least that much; more gains nothing.
 const DUMP_BUF_BYTES: usize = 64 * 1024;
 
-/// Above this many kernel walks for one `dump_addresses` call (two per address), one
-/// full dump per family with a userspace filter is cheaper: each filtered walk still
-/// visits the whole global hash.
-pub const MAX_FILTERED_WALKS: usize = 16;
+/// Above this many kernel walks for one `dump_addresses` call (one or two per address),
+/// one full dump per family with a userspace filter is cheaper: each filtered walk still
+/// visits the whole global hash, and on a large table a walk costs about a tenth of a
+/// full dump.
+pub const MAX_FILTERED_WALKS: usize = 8;
 
 /// Whether the kernel applies `CTA_FILTER` address filters to dumps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FilterSupport {
-    /// The start-up probe passed: filtered dumps run in the kernel (and every entry is
-    /// still checked in userspace; a mismatch switches to [`FilterSupport::Userspace`]).
+    /// No filtered dump has run yet. The first one is tried in the kernel and settles
+    /// the question: a separate probe would cost a walk of the whole hash table.
+    Untried,
+    /// A filtered dump ran in the kernel (every entry is still checked in userspace; a
+    /// mismatch switches to [`FilterSupport::Userspace`]).
     Kernel,
     /// The kernel refused or ignored the filter: full dumps filtered in userspace.
     Userspace,
@@ -70,21 +74,19 @@ pub struct QuerySocket {
 }
 
 impl QuerySocket {
-    /// Opens the query socket in the configured namespace and probes `CTA_FILTER`.
+    /// Opens the query socket in the configured namespace.
     pub fn open(cfg: &ObserverConfig) -> Result<Self, ConntrackError> {
         let sock = netns::run_in(cfg.netns.as_deref(), socket::open_netfilter)?;
-        let mut me = Self {
+        Ok(Self {
             sock,
             buf: vec![0; DUMP_BUF_BYTES],
             seq: 0,
-            filter: FilterSupport::Kernel,
+            filter: FilterSupport::Untried,
             match_orig_destination: false,
-        };
-        me.filter = me.probe_filter()?;
-        Ok(me)
+        })
     }
 
-    /// What the probe (and later dumps) found about kernel-side filtering.
+    /// What the filtered dumps so far found about kernel-side filtering.
     pub fn filter_support(&self) -> FilterSupport {
         self.filter
     }
@@ -103,32 +105,6 @@ impl QuerySocket {
     /// Forces userspace filtering (for comparisons and tests).
     pub fn force_userspace_filter(&mut self) {
         self.filter = FilterSupport::Userspace;
-    }
-
-    /// Asks for the flows whose reply source is 0.0.0.0, which no real flow has: a
-    /// kernel that applies the filter returns nothing; one that ignores it returns other
-    /// flows; one that rejects it returns an error.
-    fn probe_filter(&mut self) -> Result<FilterSupport, ConntrackError> {
-        let probe = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-        let req = request::filtered_dump(probe, AddressMatch::ReplySource, self.next_seq());
-        let mut foreign = 0u64;
-        match self.run_dump(&req, &mut |ct, _| {
-            if ct.flow.reply.src != probe {
-                foreign += 1;
-            }
-        }) {
-            Ok(_) if foreign == 0 => Ok(FilterSupport::Kernel),
-            Ok(_) => Ok(FilterSupport::Userspace),
-            Err(ConntrackError::Io { source, .. })
-                if matches!(
-                    source.raw_os_error(),
-                    Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
-                ) =>
-            {
-                Ok(FilterSupport::Userspace)
-            }
-            Err(e) => Err(e),
-        }
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -217,8 +193,8 @@ impl QuerySocket {
     }
 
     /// Only flows whose reply source (and, when asked for, original destination) is one
-    /// of `addrs`, filtered in the kernel (`CTA_FILTER`) when the start-up probe says it
-    /// works, else in userspace. Each flow is reported once.
+    /// of `addrs`, filtered in the kernel (`CTA_FILTER`) unless an earlier dump found that
+    /// the kernel refuses or ignores it, else in userspace. Each flow is reported once.
     ///
     /// IPv4 addresses are filtered in the kernel: one walk per address for the reply
     /// source (the guest, with or without DNAT), and one more for the original
@@ -242,15 +218,28 @@ impl QuerySocket {
         let mut total = DumpStats::default();
         if !v4.is_empty() {
             let mut done = false;
-            if self.filter == FilterSupport::Kernel && v4.len() * 2 <= MAX_FILTERED_WALKS {
-                match self.dump_addresses_kernel(v4, on_flow)? {
-                    Some(stats) => {
+            let walks = v4.len() * if self.match_orig_destination { 2 } else { 1 };
+            if self.filter != FilterSupport::Userspace && walks <= MAX_FILTERED_WALKS {
+                match self.dump_addresses_kernel(v4, on_flow) {
+                    Ok(Some(stats)) => {
+                        self.filter = FilterSupport::Kernel;
                         total.add(&stats);
                         done = true;
                     }
                     // The kernel ignored the filter: what was delivered was correct
                     // (checked in userspace) but may be incomplete; run the fallback.
-                    None => self.filter = FilterSupport::Userspace,
+                    Ok(None) => self.filter = FilterSupport::Userspace,
+                    // A kernel without CTA_FILTER refuses the first filtered dump.
+                    Err(ConntrackError::Io { source, .. })
+                        if self.filter == FilterSupport::Untried
+                            && matches!(
+                                source.raw_os_error(),
+                                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+                            ) =>
+                    {
+                        self.filter = FilterSupport::Userspace;
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             if !done {
