@@ -8,7 +8,7 @@ use netlink_sys::Socket;
 
 use super::error::ConntrackError;
 use super::socket::{self, MmsgBuffers, MmsgResult};
-use super::{EventsSysctl, ObserverConfig, bpf, netns, parse, sysctl, wire};
+use super::{EventsSysctl, ObserverConfig, Wakeup, bpf, netns, parse, sysctl, wire};
 use crate::flow::FlowEvent;
 
 /// Datagrams per `recvmmsg` call.
@@ -239,17 +239,39 @@ impl EventSocket {
 
     /// Waits up to `timeout` for the socket to become readable.
     pub fn wait_readable(&self, timeout: Duration) -> Result<bool, ConntrackError> {
-        let mut pfd = libc::pollfd {
-            fd: self.sock.as_raw_fd(),
+        self.wait(timeout, None)
+    }
+
+    /// Like [`EventSocket::wait_readable`], but also returns (false, unless events are
+    /// queued too) as soon as `wakeup` is set, and clears it.
+    pub fn wait_readable_or_woken(
+        &self,
+        timeout: Duration,
+        wakeup: &Wakeup,
+    ) -> Result<bool, ConntrackError> {
+        self.wait(timeout, Some(wakeup))
+    }
+
+    fn wait(&self, timeout: Duration, wakeup: Option<&Wakeup>) -> Result<bool, ConntrackError> {
+        let pfd = |fd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
         };
+        let mut pfds = [pfd(self.sock.as_raw_fd()), pfd(-1)];
+        if let Some(w) = wakeup {
+            pfds[1] = pfd(w.raw_fd());
+        }
+        let count = if wakeup.is_some() { 2 } else { 1 };
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         loop {
-            // SAFETY: one valid pollfd, count 1.
-            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            // SAFETY: `count` valid pollfds.
+            let rc = unsafe { libc::poll(pfds.as_mut_ptr(), count, ms) };
             if rc >= 0 {
-                return Ok(rc > 0);
+                if let Some(w) = wakeup.filter(|_| pfds[1].revents != 0) {
+                    w.clear();
+                }
+                return Ok(pfds[0].revents != 0);
             }
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() != Some(libc::EINTR) {

@@ -21,6 +21,7 @@ pub mod query;
 pub mod request;
 pub mod socket;
 pub mod sysctl;
+mod wakeup;
 pub mod wire;
 
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ pub use error::ConntrackError;
 pub use events::{EventSocket, EventStats, RecvBatch};
 pub use query::{DumpStats, FilterSupport, QuerySocket};
 pub use sysctl::events_sysctl;
+pub use wakeup::Wakeup;
 
 /// What the observer does about `net.netfilter.nf_conntrack_events` in its namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

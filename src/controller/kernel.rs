@@ -3,14 +3,18 @@
 //! Three threads per controller:
 //! - the **event thread** owns the [`EventSocket`]: it reads batches of flow events and
 //!   hands each batch to the engine thread over a bounded crossbeam channel, reports
-//!   loss, keeps the kernel address filter equal to the registered address set, and
-//!   reopens the socket with backoff after a failure;
+//!   loss, keeps the kernel address filter equal to the registered address set (and
+//!   asks for a resync once a new set is in place), and reopens the socket with backoff
+//!   after a failure;
 //! - the **query thread** owns the [`QuerySocket`]: it runs the resyncs (address-filtered
 //!   dumps) the engine asks for, including the confirmation before each standby and the
-//!   periodic reconcile, and reopens its socket with backoff after a failure;
-//! - the **engine thread** applies event batches, owns the deadlines (it sleeps until the
-//!   engine's next one), forwards the engine's requests, tracks observer health (failed
-//!   until a resync has succeeded after any failure), and schedules the reconcile.
+//!   periodic reconcile, streams what it reads to the engine thread in chunks, and
+//!   reopens its socket with backoff after a failure;
+//! - the **engine thread** applies event batches and resync chunks (so a large dump is
+//!   applied while the kernel is still producing it), owns the deadlines (it sleeps until
+//!   the engine's next one), forwards the engine's requests, tracks observer health
+//!   (failed until a resync has succeeded after any failure), and schedules the
+//!   reconcile.
 //!
 //! The engine itself sits behind the shared mutex; each thread holds it only for engine
 //! calls, never across a system call.
@@ -24,18 +28,29 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, bounded, unbounded};
 
 use super::{ControllerConfig, ControllerError, EventsSysctlMode, Shared};
-use crate::conntrack::{ConntrackError, EventSocket, EventsSysctl, ObserverConfig, QuerySocket};
-use crate::engine::{ObserverHealth, ObserverRequest, ResyncScope};
+use crate::conntrack::{
+    ConntrackError, EventSocket, EventsSysctl, ObserverConfig, QuerySocket, Wakeup,
+};
+use crate::engine::{ObserverHealth, ObserverRequest, ResyncId, ResyncScope};
 use crate::flow::{Flow, FlowEvent};
 
-/// How long the event thread blocks in poll(2) before looking at its commands.
+/// How long the event thread blocks in poll(2) when nothing wakes it.
 const EVENT_POLL: Duration = Duration::from_millis(50);
+/// A resync of everything mostly answers a change of the address set, and those come in
+/// bursts (a host registering its instances one by one at start-up): the query thread
+/// starts the dump once no request has come for this long...
+const BURST_QUIET: Duration = Duration::from_millis(5);
+/// ...or once the burst has lasted this long.
+const BURST_MAX: Duration = Duration::from_millis(50);
 /// First delay before reopening a failed socket; doubled per failure.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// Longest delay between reopen attempts.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Event batches queued for the engine thread before the event thread waits.
+/// Event batches and resync chunks queued for the engine thread before senders wait.
 const BATCH_QUEUE: usize = 256;
+/// Dumped flows per chunk sent to the engine thread: small enough that the engine lock
+/// is held well under a millisecond per chunk.
+const RESYNC_CHUNK: usize = 1024;
 
 /// What the observer threads tell the engine thread.
 #[derive(Debug)]
@@ -51,10 +66,13 @@ enum EngineMsg {
     EventsDown(String),
     /// The event socket works again; a full resync must succeed before it counts healthy.
     EventsUp,
-    /// A resync's dump failed.
+    /// The query socket could not be opened.
     ResyncFailed(String),
-    /// A resync succeeded.
-    ResyncDone,
+    /// Entries of the dump for a resync, in kernel order.
+    ResyncFlows(ResyncId, Vec<Flow>),
+    /// The dump for a resync ended (with its error, if it failed). The engine thread
+    /// answers on the resync-applied channel once it has finished or abandoned it.
+    ResyncEnd(ResyncId, Result<(), String>),
     /// Stop.
     Shutdown,
 }
@@ -69,23 +87,38 @@ enum QueryCmd {
 /// What the engine thread asks of the event thread.
 #[derive(Debug)]
 enum EventCmd {
+    /// Filter on these addresses, then ask for a resync: flows of an address that is new
+    /// may predate the filter, and a dump that began before the filter was in place
+    /// could miss a flow created in between.
     Addresses(Vec<IpAddr>),
     /// Test-only: fail the socket as a failed receive does, and make every reopen
     /// attempt fail until the given instant.
-    Fail {
-        reopen_after: Instant,
-    },
+    Fail { reopen_after: Instant },
 }
 
 /// What a controller thread runs.
 type ThreadBody = Box<dyn FnOnce() + Send>;
+
+/// The event thread's command channel; sending also interrupts its poll(2).
+#[derive(Clone, Debug)]
+struct ToEvents {
+    tx: Sender<EventCmd>,
+    wakeup: Arc<Wakeup>,
+}
+
+impl ToEvents {
+    fn send(&self, cmd: EventCmd) {
+        let _ = self.tx.send(cmd);
+        self.wakeup.wake();
+    }
+}
 
 /// The threads of a kernel-mode controller.
 #[derive(Debug)]
 pub(crate) struct KernelRuntime {
     to_engine: Sender<EngineMsg>,
     to_query: Sender<QueryCmd>,
-    to_events: Sender<EventCmd>,
+    to_events: ToEvents,
     stop_events: Sender<()>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -135,20 +168,25 @@ impl KernelRuntime {
         // Subscribe before the first dump: nothing created in between is missed.
         let events = EventSocket::open(&ocfg).map_err(where_)?;
         let query = QuerySocket::open(&ocfg).map_err(where_)?;
+        let wakeup = Arc::new(Wakeup::new().map_err(where_)?);
         if let Some(path) = &ocfg.netns {
             tracing::info!(netns = %path.display(), "observing conntrack in a network namespace");
         }
 
         let (to_engine, engine_rx) = bounded::<EngineMsg>(BATCH_QUEUE);
+        let (applied_tx, applied_rx) = bounded::<()>(1);
         let (to_query, query_rx) = unbounded::<QueryCmd>();
-        let (to_events, events_rx) = unbounded::<EventCmd>();
+        let (events_tx, events_rx) = unbounded::<EventCmd>();
         let (stop_events, stop_rx) = bounded::<()>(1);
         let resync_interval = Duration::from_millis(config.resync_interval_ms);
 
         let mut runtime = Self {
             to_engine,
             to_query,
-            to_events,
+            to_events: ToEvents {
+                tx: events_tx,
+                wakeup,
+            },
             stop_events,
             threads: Vec::new(),
         };
@@ -156,17 +194,29 @@ impl KernelRuntime {
             let shared = shared.clone();
             let to_query = runtime.to_query.clone();
             let to_events = runtime.to_events.clone();
-            move || EngineThread::new(shared, to_query, to_events, resync_interval).run(engine_rx)
+            move || {
+                EngineThread::new(shared, to_query, to_events, applied_tx, resync_interval)
+                    .run(engine_rx)
+            }
         };
         let event = {
             let to_engine = runtime.to_engine.clone();
+            let to_query = runtime.to_query.clone();
+            let wakeup = runtime.to_events.wakeup.clone();
             let ocfg = ocfg.clone();
-            move || event_thread(events, ocfg, to_engine, events_rx, stop_rx)
+            let channels = EventThreadChannels {
+                to_engine,
+                to_query,
+                cmds: events_rx,
+                stop: stop_rx,
+                wakeup,
+            };
+            move || event_thread(events, ocfg, channels)
         };
         let query = {
             let shared = shared.clone();
             let to_engine = runtime.to_engine.clone();
-            move || query_thread(query, ocfg, shared, to_engine, query_rx)
+            move || query_thread(query, ocfg, shared, to_engine, applied_rx, query_rx)
         };
         let threads: [(&str, ThreadBody); 3] = [
             ("as-engine", Box::new(engine)),
@@ -198,7 +248,7 @@ impl KernelRuntime {
     /// Test-only: makes the event thread lose its socket through the same path as a
     /// failed receive, and fail every reopen attempt for `down_for`.
     pub(crate) fn fail_event_socket(&self, down_for: Duration) {
-        let _ = self.to_events.send(EventCmd::Fail {
+        self.to_events.send(EventCmd::Fail {
             reopen_after: Instant::now() + down_for,
         });
     }
@@ -212,6 +262,7 @@ impl KernelRuntime {
     /// Stops and joins every thread.
     pub(crate) fn stop(&mut self) {
         let _ = self.stop_events.try_send(());
+        self.to_events.wakeup.wake();
         let _ = self.to_query.send(QueryCmd::Shutdown);
         // Blocking is fine: the engine thread keeps draining its queue until it reads this.
         let _ = self.to_engine.send(EngineMsg::Shutdown);
@@ -226,16 +277,29 @@ fn sleep_or_stop<T>(stop: &Receiver<T>, d: Duration) -> bool {
     !matches!(stop.recv_timeout(d), Err(RecvTimeoutError::Timeout))
 }
 
-fn event_thread(
-    socket: EventSocket,
-    cfg: ObserverConfig,
+/// The event thread's channels.
+struct EventThreadChannels {
     to_engine: Sender<EngineMsg>,
+    to_query: Sender<QueryCmd>,
     cmds: Receiver<EventCmd>,
     stop: Receiver<()>,
-) {
+    wakeup: Arc<Wakeup>,
+}
+
+fn event_thread(socket: EventSocket, cfg: ObserverConfig, ch: EventThreadChannels) {
+    let EventThreadChannels {
+        to_engine,
+        to_query,
+        cmds,
+        stop,
+        wakeup,
+    } = ch;
     let mut socket = Some(socket);
     let mut addresses: Option<Vec<IpAddr>> = None;
     let mut filter_dirty = false;
+    // A new address set arrived: resync once it is the filter. A reopened socket needs
+    // none from here: the engine thread asks for one when it hears `EventsUp`.
+    let mut resync_after_filter = false;
     let mut backoff = BACKOFF_INITIAL;
     let mut batch = Vec::new();
     // Test-only failure injection (see `EventCmd::Fail`).
@@ -251,6 +315,7 @@ fn event_thread(
                 EventCmd::Addresses(a) => {
                     addresses = Some(a);
                     filter_dirty = true;
+                    resync_after_filter = true;
                 }
                 EventCmd::Fail { reopen_after: at } => {
                     fail_now = true;
@@ -275,6 +340,7 @@ fn event_thread(
                     tracing::info!("auto-standby conntrack subscription restored");
                     socket = Some(s);
                     filter_dirty = true;
+                    resync_after_filter = false;
                     backoff = BACKOFF_INITIAL;
                     let _ = to_engine.send(EngineMsg::EventsUp);
                 }
@@ -315,8 +381,11 @@ fn event_thread(
                     }
                 }
                 filter_dirty = false;
+                if std::mem::take(&mut resync_after_filter) {
+                    let _ = to_query.send(QueryCmd::Resync(ResyncScope::All));
+                }
             }
-            if !sock.wait_readable(EVENT_POLL)? {
+            if !sock.wait_readable_or_woken(EVENT_POLL, &wakeup)? {
                 return Ok(());
             }
             loop {
@@ -359,25 +428,34 @@ fn query_thread(
     cfg: ObserverConfig,
     shared: Arc<Shared>,
     to_engine: Sender<EngineMsg>,
+    applied: Receiver<()>,
     cmds: Receiver<QueryCmd>,
 ) {
     let mut socket = Some(socket);
     let mut backoff = BACKOFF_INITIAL;
-    let mut flows: Vec<Flow> = Vec::new();
     let mut pending: Option<ResyncScope> = None;
     loop {
-        // Block for the first command, then coalesce whatever else is queued.
+        // Block for the first command, then coalesce what is queued. A resync of
+        // everything also waits for the rest of its burst, so that one dump answers a
+        // host that registers many instances in a row; a confirmation before a standby
+        // does not wait.
         if pending.is_none() {
             match cmds.recv() {
                 Ok(QueryCmd::Resync(s)) => pending = Some(s),
                 Ok(QueryCmd::Shutdown) | Err(_) => return,
             }
         }
+        let burst_end = Instant::now() + BURST_MAX;
         loop {
-            match cmds.try_recv() {
+            let wait = if matches!(pending, Some(ResyncScope::All)) {
+                BURST_QUIET.min(burst_end.saturating_duration_since(Instant::now()))
+            } else {
+                Duration::ZERO
+            };
+            match cmds.recv_timeout(wait) {
                 Ok(QueryCmd::Resync(s)) => pending = Some(merge_scope(pending.take(), s)),
-                Ok(QueryCmd::Shutdown) | Err(TryRecvError::Disconnected) => return,
-                Err(TryRecvError::Empty) => break,
+                Ok(QueryCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => break,
             }
         }
         let scope = pending.take().expect("set above");
@@ -404,52 +482,43 @@ fn query_thread(
                 engine.scope_addresses(&scope),
             )
         };
-        flows.clear();
-        let started = Instant::now();
-        let dumped = sock.dump_addresses(&addrs, &mut |f| flows.push(*f));
-        let mut engine = shared.engine.lock();
-        let now = shared.clock.now();
-        match dumped {
-            Ok(_) => {
-                let mut result = Ok(());
-                // The engine skips entries older than an event it applied meanwhile.
-                for f in &flows {
-                    if let Err(e) = engine.resync_flow(id, f) {
-                        result = Err(e);
-                        break;
-                    }
-                }
-                let result = result.and_then(|()| engine.finish_resync(id, now));
-                shared.settle(&mut engine, now);
-                drop(engine);
-                if let Err(e) = result {
-                    // The engine forgot the resync (a newer one replaced it): not an
-                    // observer failure.
-                    tracing::debug!(error = %e, "resync superseded");
-                } else {
-                    tracing::debug!(
-                        flows = flows.len(),
-                        addresses = addrs.len(),
-                        elapsed_us = started.elapsed().as_micros() as u64,
-                        "resync finished"
-                    );
-                }
-                backoff = BACKOFF_INITIAL;
-                let _ = to_engine.send(EngineMsg::ResyncDone);
+        let mut chunk = Vec::with_capacity(RESYNC_CHUNK);
+        let dumped = sock.dump_addresses(&addrs, &mut |f| {
+            chunk.push(*f);
+            if chunk.len() == RESYNC_CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(RESYNC_CHUNK));
+                let _ = to_engine.send(EngineMsg::ResyncFlows(id, full));
             }
-            Err(e) => {
-                let _ = engine.fail_resync(id, now);
-                shared.settle(&mut engine, now);
-                drop(engine);
-                tracing::warn!(error = %e, "auto-standby resync failed");
-                socket = None;
-                let _ = to_engine.send(EngineMsg::ResyncFailed(e.to_string()));
-                pending = Some(merge_scope(pending.take(), scope));
-                if sleep_or_stop_query(&cmds, backoff, &mut pending) {
-                    return;
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+        });
+        if !chunk.is_empty() {
+            let _ = to_engine.send(EngineMsg::ResyncFlows(id, chunk));
+        }
+        let ok = dumped.is_ok();
+        match &dumped {
+            Ok(stats) => tracing::debug!(
+                flows = stats.flows,
+                addresses = addrs.len(),
+                walks = stats.walks,
+                "resync dump finished"
+            ),
+            Err(e) => tracing::warn!(error = %e, "auto-standby resync failed"),
+        }
+        let end = dumped.map(|_| ()).map_err(|e| e.to_string());
+        let _ = to_engine.send(EngineMsg::ResyncEnd(id, end));
+        // The next resync begins only once this one is applied, so it cannot supersede
+        // it halfway. A closed channel means the engine thread has stopped.
+        if applied.recv().is_err() {
+            return;
+        }
+        if ok {
+            backoff = BACKOFF_INITIAL;
+        } else {
+            socket = None;
+            pending = Some(merge_scope(pending.take(), scope));
+            if sleep_or_stop_query(&cmds, backoff, &mut pending) {
+                return;
             }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 }
@@ -478,7 +547,8 @@ fn sleep_or_stop_query(
 struct EngineThread {
     shared: Arc<Shared>,
     to_query: Sender<QueryCmd>,
-    to_events: Sender<EventCmd>,
+    to_events: ToEvents,
+    resync_applied: Sender<()>,
     resync_interval: Duration,
     next_reconcile: Instant,
     address_generation: Option<u64>,
@@ -492,7 +562,8 @@ impl EngineThread {
     fn new(
         shared: Arc<Shared>,
         to_query: Sender<QueryCmd>,
-        to_events: Sender<EventCmd>,
+        to_events: ToEvents,
+        resync_applied: Sender<()>,
         resync_interval: Duration,
     ) -> Self {
         // Nothing is known of the flows that began before the event socket listened:
@@ -504,6 +575,7 @@ impl EngineThread {
             shared,
             to_query,
             to_events,
+            resync_applied,
             resync_interval,
             next_reconcile: Instant::now() + resync_interval,
             address_generation: None,
@@ -584,7 +656,30 @@ impl EngineThread {
                 self.shared.observer_errors.fetch_add(1, Ordering::Relaxed);
                 self.resync_error = Some(why);
             }
-            EngineMsg::ResyncDone => self.resync_error = None,
+            EngineMsg::ResyncFlows(id, flows) => {
+                let mut engine = self.shared.engine.lock();
+                // The engine skips entries older than an event it applied meanwhile. An
+                // error means a newer resync replaced this one: the rest is moot.
+                for f in &flows {
+                    if engine.resync_flow(id, f).is_err() {
+                        break;
+                    }
+                }
+            }
+            EngineMsg::ResyncEnd(id, Ok(())) => {
+                if let Err(e) = self.shared.engine.lock().finish_resync(id, now) {
+                    // Not an observer failure.
+                    tracing::debug!(error = %e, "resync superseded");
+                }
+                self.resync_error = None;
+                let _ = self.resync_applied.send(());
+            }
+            EngineMsg::ResyncEnd(id, Err(why)) => {
+                let _ = self.shared.engine.lock().fail_resync(id, now);
+                self.shared.observer_errors.fetch_add(1, Ordering::Relaxed);
+                self.resync_error = Some(why);
+                let _ = self.resync_applied.send(());
+            }
         }
     }
 
@@ -610,9 +705,8 @@ impl EngineThread {
 
         if let Some(addresses) = addresses {
             self.address_generation = Some(generation);
-            let _ = self.to_events.send(EventCmd::Addresses(addresses));
-            // Flows of new addresses may predate the filter change: look them up.
-            let _ = self.to_query.send(QueryCmd::Resync(ResyncScope::All));
+            // The event thread asks for the resync once the filter is in place.
+            self.to_events.send(EventCmd::Addresses(addresses));
         }
         for req in self.requests.drain(..) {
             let scope = match req {

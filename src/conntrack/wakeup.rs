@@ -1,0 +1,80 @@
+//! An eventfd that interrupts [`EventSocket::wait_readable_or_woken`]: the thread that
+//! reads events sleeps in poll(2), and a command for it (a new address filter, stop)
+//! should not wait for the poll to time out.
+//!
+//! [`EventSocket::wait_readable_or_woken`]: super::EventSocket::wait_readable_or_woken
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::ConntrackError;
+
+/// A wake-up flag shared between threads (`Send + Sync`).
+#[derive(Debug)]
+pub struct Wakeup {
+    fd: OwnedFd,
+}
+
+impl Wakeup {
+    /// A new, unset flag (a non-blocking, close-on-exec eventfd).
+    pub fn new() -> Result<Self, ConntrackError> {
+        // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(ConntrackError::io(
+                "eventfd",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Sets the flag: a waiter returns now, or its next wait returns at once.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64. The only possible failure is EAGAIN
+        // when the counter is saturated, which means the flag is set already.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Clears the flag.
+    pub(super) fn clear(&self) {
+        let mut n: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64; EAGAIN means already clear.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+    }
+
+    pub(super) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_set(w: &Wakeup) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: w.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no wait.
+        unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn wake_sets_and_clear_resets() {
+        let w = Wakeup::new().unwrap();
+        assert!(!is_set(&w));
+        w.wake();
+        w.wake();
+        assert!(is_set(&w));
+        w.clear();
+        assert!(!is_set(&w));
+        w.clear();
+        assert!(!is_set(&w));
+    }
+}
