@@ -185,6 +185,7 @@ func classifyOursOpen(nsPath string, specs []binding.Instance, want int) (*bindi
 		}
 	}
 	registered := time.Now()
+	debugf("registered %d instances in %v", len(specs), registered.Sub(start))
 	sweeps := 0
 	defer func() { debugf("classified %v after registering, %d status sweeps", time.Since(registered), sweeps) }()
 	// Classification is done when every instance reports its live flows. Statuses are
