@@ -264,7 +264,7 @@ func BenchmarkClassifyTable(b *testing.B) {
 		bytes  uint64
 	}
 	// The table is built once: rounds are repeated here rather than through b.N.
-	const rounds = 3
+	const rounds = 5
 	measure := func(label string, f func() (int, error)) result {
 		r := result{best: time.Duration(1 << 62)}
 		for range rounds {
