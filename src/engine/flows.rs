@@ -156,11 +156,6 @@ impl Probe {
     /// 32-bit hash of the identity; the index uses its low bits as the home slot.
     #[inline]
     pub(crate) fn hash32(&self) -> u32 {
-        self.hash() as u32
-    }
-
-    #[inline]
-    fn hash(&self) -> u64 {
         let k = 0x9e37_79b9_7f4a_7c15u64;
         let mut h = (self.remote as u64) ^ ((self.remote >> 64) as u64).rotate_left(29);
         h = (h ^ (self.orig_dst as u64)).wrapping_mul(k);
@@ -172,8 +167,16 @@ impl Probe {
                 | (u64::from(self.zone) << 40)))
             .wrapping_mul(k);
         h ^= u64::from(self.id) << 13;
-        fmix64(h)
+        fmix64(h) as u32
     }
+}
+
+/// A record [`FlowTable::lookup_at`] found, and its position in the index (valid until
+/// the index next changes).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Found {
+    pub rec: u32,
+    pos: usize,
 }
 
 /// Where a failed [`FlowTable::lookup`] ended: a free index position, valid until the
@@ -289,6 +292,13 @@ impl FlowTable {
     /// probing again.
     #[inline]
     pub(crate) fn lookup(&self, p: &Probe, h: u32) -> Result<u32, Vacant> {
+        self.lookup_at(p, h).map(|f| f.rec)
+    }
+
+    /// [`FlowTable::lookup`], also returning where in the index the record was found,
+    /// so that [`FlowTable::remove_found`] need not probe again.
+    #[inline(always)]
+    pub(crate) fn lookup_at(&self, p: &Probe, h: u32) -> Result<Found, Vacant> {
         let mut i = h as usize & self.mask;
         loop {
             let s = self.slots[i];
@@ -298,26 +308,27 @@ impl FlowTable {
                     generation: self.generation,
                 });
             }
-            if s.hash == h {
-                let r = &self.recs[s.rec as usize];
-                if r.id == p.id
-                    && r.sport == p.sport
-                    && r.dport == p.dport
-                    && r.proto == p.proto
-                    && r.zone == p.zone
-                    && r.remote_bits() == p.remote
-                    && r.odst32 == p.orig_dst as u32
-                    && if r.flags & F_ODST_V4 != 0 {
-                        p.orig_dst >> 32 == V4_MAPPED_HIGH
-                    } else {
-                        self.shapes[r.shape as usize].key.orig_dst == p.orig_dst
-                    }
-                {
-                    return Ok(s.rec);
-                }
+            if s.hash == h && self.matches(&self.recs[s.rec as usize], p) {
+                return Ok(Found { rec: s.rec, pos: i });
             }
             i = (i + 1) & self.mask;
         }
+    }
+
+    #[inline(always)]
+    fn matches(&self, r: &FlowRec, p: &Probe) -> bool {
+        r.id == p.id
+            && r.sport == p.sport
+            && r.dport == p.dport
+            && r.proto == p.proto
+            && r.zone == p.zone
+            && r.remote_bits() == p.remote
+            && r.odst32 == p.orig_dst as u32
+            && if r.flags & F_ODST_V4 != 0 {
+                p.orig_dst >> 32 == V4_MAPPED_HIGH
+            } else {
+                self.shapes[r.shape as usize].key.orig_dst == p.orig_dst
+            }
     }
 
     /// Loads the home slot of hash `h` so a later [`FlowTable::find`] hits the cache.
@@ -510,9 +521,22 @@ impl FlowTable {
 
     /// Removes record `idx` and returns it.
     pub(crate) fn remove(&mut self, idx: u32) -> FlowRec {
+        let pos = self.slot_of(idx);
+        self.remove_at(idx, pos)
+    }
+
+    /// Removes the record `f` names, found by a [`FlowTable::lookup_at`] with no change
+    /// to the table since, and returns it.
+    #[inline]
+    pub(crate) fn remove_found(&mut self, f: Found) -> FlowRec {
+        debug_assert_eq!(self.slots[f.pos].rec, f.rec, "stale lookup");
+        self.remove_at(f.rec, f.pos)
+    }
+
+    fn remove_at(&mut self, idx: u32, pos: usize) -> FlowRec {
         // Index: backward-shift deletion keeps every probe chain unbroken.
         self.generation = self.generation.wrapping_add(1);
-        let mut hole = self.slot_of(idx);
+        let mut hole = pos;
         let mut j = (hole + 1) & self.mask;
         loop {
             let s = self.slots[j];

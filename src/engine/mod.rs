@@ -514,56 +514,60 @@ impl Engine {
     /// latencies overlap instead of adding up.
     pub fn on_flow_events(&mut self, events: &[FlowEvent], now: UnixMillis) {
         const GROUP: usize = 32;
+        const NIL: u32 = u32::MAX;
         self.see(now);
+        let mut prepared = [flow_events::Prepared::NONE; GROUP];
+        let mut hints = [NIL; GROUP];
+        let mut links = [(NIL, NIL, NIL); GROUP];
         for group in events.chunks(GROUP) {
-            let mut prepared = [flow_events::Prepared::default(); GROUP];
-            let mut hints = [(u32::MAX, u32::MAX); GROUP];
+            let prepared = &mut prepared[..group.len()];
+            let hints = &mut hints[..group.len()];
+            let links = &mut links[..group.len()];
+            self.stats.flow_events += group.len() as u64;
             // Stage 1: addresses, identities, hashes and instances (small, cached tables).
             for (e, p) in group.iter().zip(prepared.iter_mut()) {
                 *p = self.prepare(&e.flow);
+                self.stats.flow_events_unmatched += u64::from(!p.classified());
             }
             // Stage 2: the home slots and instance lines, in a tight loop so that the
-            // cache misses are all in flight at once.
-            for (p, hint) in prepared.iter().zip(hints.iter_mut()) {
-                if let Some((slot, _)) = p.class {
-                    *hint = (self.flows.warm_slot(p.hash), self.warm_instance(slot));
+            // cache misses are all in flight at once. A NEW will link its record in
+            // front of the instance's list head; the others want the record found.
+            for ((e, p), hint) in group.iter().zip(prepared.iter()).zip(hints.iter_mut()) {
+                *hint = NIL;
+                if p.classified() {
+                    let rec = self.flows.warm_slot(p.hash);
+                    let head = self.warm_instance(p.slot);
+                    *hint = if e.kind == EventKind::New { head } else { rec };
                 }
             }
-            // Stage 3: the records found, and for a NEW the instance's list head (the
-            // flow is linked in front of it) and the shape it will likely share.
-            let mut links = [(u32::MAX, u32::MAX, u32::MAX); GROUP];
-            for (((e, p), &(rec, head)), link) in group
+            // Stage 3: those records, and for a NEW the shape it will likely share.
+            for (((e, p), &hint), link) in group
                 .iter()
                 .zip(prepared.iter())
                 .zip(hints.iter())
                 .zip(links.iter_mut())
             {
-                if e.kind == EventKind::New {
-                    self.flows.warm_rec(head);
-                    if let Some((slot, _)) = p.class {
-                        self.flows.warm_shape(u32::MAX, slot);
-                    }
-                } else {
-                    let found = self.flows.warm_rec(rec);
-                    if e.kind == EventKind::Destroy {
-                        *link = found;
-                    }
+                let found = self.flows.warm_rec(hint);
+                *link = (NIL, NIL, NIL);
+                match e.kind {
+                    EventKind::New if p.classified() => self.flows.warm_shape(NIL, p.slot),
+                    EventKind::Destroy => *link = found,
+                    _ => {}
                 }
             }
             // Stage 4: the list neighbours and the shape of the records a DESTROY will
             // unlink.
-            for &(prev, next, shape) in &links {
-                self.flows.warm_rec(prev);
-                self.flows.warm_rec(next);
-                self.flows.warm_shape(shape, u32::MAX);
+            for &(prev, next, shape) in links.iter() {
+                if shape != NIL {
+                    self.flows.warm_rec(prev);
+                    self.flows.warm_rec(next);
+                    self.flows.warm_shape(shape, NIL);
+                }
             }
             // Stage 5: apply, in order. Flow events never change the address index, so
             // the classifications made in stage 1 still hold.
             for (e, p) in group.iter().zip(prepared.iter()) {
-                self.stats.flow_events += 1;
-                if !self.apply_prepared(&e.flow, p, flow_events::Source::Event(e.kind), now) {
-                    self.stats.flow_events_unmatched += 1;
-                }
+                self.apply_prepared(&e.flow, p, flow_events::Source::Event(e.kind), now);
             }
         }
     }
