@@ -66,7 +66,7 @@ impl Engine {
     /// instance it is inbound for: the reply source (the responder, also under DNAT) or
     /// the original destination. Flows whose client is the instance itself are its own
     /// outbound traffic.
-    #[inline]
+    #[inline(always)]
     pub(super) fn prepare(&self, flow: &Flow) -> Prepared {
         if flow.protocol != proto::TCP && flow.protocol != proto::UDP {
             return Prepared::NONE;
@@ -97,7 +97,7 @@ impl Engine {
 
     /// Whether a stored flow counts under the instance's policy (stored flows are
     /// always in a live state). Without a policy, hypeman's rule: TCP only.
-    #[inline]
+    #[inline(always)]
     fn counts(inst: &Inst, rec: &FlowRec, shape: &ShapeKey) -> bool {
         let bit = match rec.proto {
             proto::TCP => Q_COUNT_TCP,
@@ -131,14 +131,6 @@ impl Engine {
     pub(super) fn apply_flow(&mut self, flow: &Flow, source: Source, now: UnixMillis) -> bool {
         let prepared = self.prepare(flow);
         self.apply_prepared(flow, &prepared, source, now)
-    }
-
-    /// Loads the instance line a classified event will touch; returns the head of the
-    /// instance's flow list, which a new flow is linked in front of.
-    #[inline]
-    pub(super) fn warm_instance(&self, slot: u32) -> u32 {
-        std::hint::black_box(self.inst(slot).live);
-        self.flows.head(slot)
     }
 
     /// [`Engine::apply_flow`] with the preparation already done.
@@ -377,13 +369,20 @@ impl Engine {
         }
     }
 
+    #[inline]
     pub(super) fn maybe_wake(&mut self, slot: u32, flow: &Flow) {
         // Q_MAY_WAKE: in Standby with wake-on-traffic enabled.
         let inst = self.inst(slot);
         if inst.quick & Q_MAY_WAKE == 0 || inst.wake_sent {
             return;
         }
-        let key = inst.key;
+        self.wake(slot, flow);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wake(&mut self, slot: u32, flow: &Flow) {
+        let key = self.inst(slot).key;
         self.inst_mut(slot).wake_sent = true;
         self.stats.wake_decisions += 1;
         self.decisions.push(Decision::Wake {

@@ -363,6 +363,7 @@ impl FlowTable {
     }
 
     /// Interns `key`, taking a reference.
+    #[inline]
     pub(crate) fn intern_shape(&mut self, key: ShapeKey) -> u32 {
         // Most flows of an instance share one shape: try the instance's last one first.
         let inst = key.inst as usize;
@@ -383,6 +384,8 @@ impl FlowTable {
         s
     }
 
+    #[cold]
+    #[inline(never)]
     fn intern_slow(&mut self, key: ShapeKey) -> u32 {
         if let Some(&s) = self.shape_index.get(&key) {
             self.shapes[s as usize].refs += 1;
@@ -423,6 +426,7 @@ impl FlowTable {
     /// head of its instance's list. Returns its index. `vacant`, from a failed
     /// [`FlowTable::lookup`] of the same flow, saves probing again while the index is
     /// unchanged since; otherwise it is ignored.
+    #[inline]
     pub(crate) fn insert_at(&mut self, mut rec: FlowRec, h: u32, vacant: Option<Vacant>) -> u32 {
         // At most half full: linear probing stays short, misses included.
         if (self.len() + 1) * 2 > self.slots.len() {

@@ -529,15 +529,19 @@ impl Engine {
                 *p = self.prepare(&e.flow);
                 self.stats.flow_events_unmatched += u64::from(!p.classified());
             }
-            // Stage 2: the home slots and instance lines, in a tight loop so that the
-            // cache misses are all in flight at once. A NEW will link its record in
-            // front of the instance's list head; the others want the record found.
+            // Stage 2: the home slots, in a tight loop so that the cache misses are all
+            // in flight at once (stage 1 loaded the instance lines). A NEW will link its
+            // record in front of the instance's list head; the others want the record
+            // found.
             for ((e, p), hint) in group.iter().zip(prepared.iter()).zip(hints.iter_mut()) {
                 *hint = NIL;
                 if p.classified() {
                     let rec = self.flows.warm_slot(p.hash);
-                    let head = self.warm_instance(p.slot);
-                    *hint = if e.kind == EventKind::New { head } else { rec };
+                    *hint = if e.kind == EventKind::New {
+                        self.flows.head(p.slot)
+                    } else {
+                        rec
+                    };
                 }
             }
             // Stage 3: those records, and for a NEW the shape it will likely share.
