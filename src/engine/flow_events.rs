@@ -266,9 +266,8 @@ impl Engine {
         let counted = Self::counts(self.inst(slot), &rec, &shape_key);
         rec.set_counted(counted);
         self.flows.insert_at(rec, prepared.hash, Some(vacant));
-        let inst = self.inst_mut(slot);
-        inst.flows += 1;
         if counted {
+            let inst = self.inst_mut(slot);
             inst.live += 1;
             let became = inst.live == 1;
             self.activity(slot, now, became);
@@ -309,9 +308,8 @@ impl Engine {
     /// Accounts for record `rec` of instance `slot` having been removed.
     #[inline]
     fn removed(&mut self, slot: u32, rec: &FlowRec, at: UnixMillis) {
-        let inst = self.inst_mut(slot);
-        inst.flows -= 1;
         if rec.counted() {
+            let inst = self.inst_mut(slot);
             inst.live -= 1;
             if inst.live == 0 {
                 self.drained(slot, at);
