@@ -332,10 +332,20 @@ impl FlowTable {
     }
 
     /// Loads the home slot of hash `h` so a later [`FlowTable::find`] hits the cache.
-    /// Returns the record found there (or [`NIL`]), which callers may warm in turn.
+    /// Returns the first record on the probe chain with hash `h` (or [`NIL`]), which
+    /// callers may warm in turn: a flow displaced from its home slot sits a few slots on,
+    /// most often on the line just loaded.
     #[inline]
     pub(crate) fn warm_slot(&self, h: u32) -> u32 {
-        std::hint::black_box(self.slots[h as usize & self.mask]).rec
+        let mut i = h as usize & self.mask;
+        for _ in 0..4 {
+            let s = self.slots[i];
+            if s.rec == NIL || s.hash == h {
+                return s.rec;
+            }
+            i = (i + 1) & self.mask;
+        }
+        NIL
     }
 
     /// Loads record `i` (if any) so a later access hits the cache. Returns its list

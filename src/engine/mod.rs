@@ -536,7 +536,7 @@ impl Engine {
             for ((e, p), hint) in group.iter().zip(prepared.iter()).zip(hints.iter_mut()) {
                 *hint = NIL;
                 if p.classified() {
-                    let rec = self.flows.warm_slot(p.hash);
+                    let rec = std::hint::black_box(self.flows.warm_slot(p.hash));
                     *hint = if e.kind == EventKind::New {
                         self.flows.head(p.slot)
                     } else {
