@@ -68,6 +68,15 @@ impl Engine {
     /// outbound traffic.
     #[inline(always)]
     pub(super) fn prepare(&self, flow: &Flow) -> Prepared {
+        let mut p = self.prepare_unchecked(flow);
+        self.drop_outbound(&mut p);
+        p
+    }
+
+    /// [`Engine::prepare`] without the outbound check, which reads the instance's line:
+    /// the batch path does it in a later stage, with many such loads in flight at once.
+    #[inline(always)]
+    pub(super) fn prepare_unchecked(&self, flow: &Flow) -> Prepared {
         if flow.protocol != proto::TCP && flow.protocol != proto::UDP {
             return Prepared::NONE;
         }
@@ -80,12 +89,8 @@ impl Engine {
                 None => return Prepared::NONE,
             },
         };
-        let remote = addr_bits(flow.orig.src);
-        if self.inst(slot).owns(remote) {
-            return Prepared::NONE;
-        }
         let mut p = Prepared {
-            remote,
+            remote: addr_bits(flow.orig.src),
             orig_dst,
             hash: 0,
             slot,
@@ -93,6 +98,14 @@ impl Engine {
         };
         p.hash = p.probe(flow).hash32();
         p
+    }
+
+    /// Unclassifies a flow whose client is its instance itself (outbound traffic).
+    #[inline(always)]
+    pub(super) fn drop_outbound(&self, p: &mut Prepared) {
+        if p.classified() && self.inst(p.slot).owns(p.remote) {
+            *p = Prepared::NONE;
+        }
     }
 
     /// Whether a stored flow counts under the instance's policy (stored flows are

@@ -524,16 +524,17 @@ impl Engine {
             let hints = &mut hints[..group.len()];
             let links = &mut links[..group.len()];
             self.stats.flow_events += group.len() as u64;
-            // Stage 1: addresses, identities, hashes and instances (small, cached tables).
+            // Stage 1: addresses, identities, hashes and instances (small tables).
             for (e, p) in group.iter().zip(prepared.iter_mut()) {
-                *p = self.prepare(&e.flow);
-                self.stats.flow_events_unmatched += u64::from(!p.classified());
+                *p = self.prepare_unchecked(&e.flow);
             }
-            // Stage 2: the home slots, in a tight loop so that the cache misses are all
-            // in flight at once (stage 1 loaded the instance lines). A NEW will link its
-            // record in front of the instance's list head; the others want the record
-            // found.
-            for ((e, p), hint) in group.iter().zip(prepared.iter()).zip(hints.iter_mut()) {
+            // Stage 2: the instance lines (for the outbound check) and the home slots,
+            // in a tight loop so that the cache misses are all in flight at once. A NEW
+            // will link its record in front of the instance's list head; the others want
+            // the record found.
+            for ((e, p), hint) in group.iter().zip(prepared.iter_mut()).zip(hints.iter_mut()) {
+                self.drop_outbound(p);
+                self.stats.flow_events_unmatched += u64::from(!p.classified());
                 *hint = NIL;
                 if p.classified() {
                     let rec = std::hint::black_box(self.flows.warm_slot(p.hash));
