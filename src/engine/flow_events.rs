@@ -349,9 +349,11 @@ impl Engine {
         let mut i = self.flows.head(slot);
         while i != NIL {
             let r = *self.flows.rec(i);
-            let c = Self::counts(self.inst(slot), &r, self.flows.shape(r.shape));
-            self.flows.rec_mut(i).set_counted(c);
-            live += u32::from(c);
+            if !r.is_spare() {
+                let c = Self::counts(self.inst(slot), &r, self.flows.shape(r.shape));
+                self.flows.rec_mut(i).set_counted(c);
+                live += u32::from(c);
+            }
             i = r.next;
         }
         self.inst_mut(slot).live = live;

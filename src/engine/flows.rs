@@ -26,6 +26,9 @@ const F_FREE: u8 = 2;
 /// Record flag: the original destination is an IPv4(-mapped) address, so `odst32`
 /// holds all of it and [`FlowTable::find`] need not read the shape.
 const F_ODST_V4: u8 = 4;
+/// Record flag: a spare. The flow was removed by an event, but the record stays on its
+/// instance's list for the instance's next new flow (see [`FlowTable::remove_found`]).
+const F_SPARE: u8 = 8;
 /// The upper 96 bits of an IPv4-mapped [`addr_bits`] value.
 const V4_MAPPED_HIGH: u128 = 0xffff;
 
@@ -64,6 +67,7 @@ pub(crate) struct FlowRec {
     /// Resync sequence at the last event or dump entry that mentioned the flow.
     pub touch: u32,
     /// The flow's 32-bit hash (its home slot), so the index never re-reads records.
+    /// For a spare, the next spare of the same instance.
     pub hash: u32,
     /// Original source port.
     pub sport: u16,
@@ -89,6 +93,12 @@ impl FlowRec {
     #[inline]
     pub(crate) fn remote_bits(&self) -> u128 {
         u128::from_ne_bytes(self.remote)
+    }
+
+    /// A spare: no flow, kept on its instance's list for reuse.
+    #[inline]
+    pub(crate) fn is_spare(&self) -> bool {
+        self.flags & F_SPARE != 0
     }
 
     /// Counted in its instance's live qualifying total.
@@ -211,7 +221,12 @@ pub(crate) struct FlowTable {
     shape_index: FastMap<ShapeKey, u32>,
     /// Per instance: the shape it used last (a hint, checked before use).
     last_shape: Vec<u32>,
+    /// Per instance: the first record of its list.
     heads: Vec<u32>,
+    /// Per instance: the top of its stack of spares, linked through `hash`.
+    spares: Vec<u32>,
+    /// Spares of all instances, at most [`FlowTable::spare_cap`].
+    spare_count: u32,
 }
 
 impl Default for FlowTable {
@@ -228,6 +243,8 @@ impl Default for FlowTable {
             shape_index: FastMap::default(),
             last_shape: Vec::new(),
             heads: Vec::new(),
+            spares: Vec::new(),
+            spare_count: 0,
         }
     }
 }
@@ -236,7 +253,15 @@ impl FlowTable {
     /// Number of flows.
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.recs.len() - self.free_count as usize
+        self.recs.len() - self.free_count as usize - self.spare_count as usize
+    }
+
+    /// How many spares a removal may leave: a small share of the flows (so at most a
+    /// sixteenth of the most the table held, or 64), so spares, which only their own
+    /// instance reuses, never hold much of the storage.
+    #[inline]
+    fn spare_cap(&self) -> u32 {
+        (self.len() / 16).max(64) as u32
     }
 
     /// Record `i`.
@@ -257,10 +282,20 @@ impl FlowTable {
         &self.shapes[s as usize].key
     }
 
-    /// First record of instance `inst`.
+    /// First record of instance `inst`'s list (spares included).
     #[inline]
     pub(crate) fn head(&self, inst: u32) -> u32 {
         self.heads.get(inst as usize).copied().unwrap_or(NIL)
+    }
+
+    /// The record a new flow of instance `inst` will take if it has a spare, else the
+    /// head of its list (which the new record is linked in front of); [`NIL`] if none.
+    #[inline]
+    pub(crate) fn insert_target(&self, inst: u32) -> u32 {
+        match self.spares.get(inst as usize) {
+            Some(&s) if s != NIL => s,
+            _ => self.head(inst),
+        }
     }
 
     /// Indices of instance `inst`'s records, head first.
@@ -270,6 +305,26 @@ impl FlowTable {
             let next = self.recs[i as usize].next;
             (next != NIL).then_some(next)
         })
+        .filter(|&i| !self.recs[i as usize].is_spare())
+    }
+
+    /// Removes every record of instance `inst`, spares included.
+    pub(crate) fn clear_instance(&mut self, inst: u32) {
+        loop {
+            let head = self.head(inst);
+            if head == NIL {
+                break;
+            }
+            if self.recs[head as usize].flags & F_SPARE != 0 {
+                self.unlink_and_free(head, inst as usize);
+                self.spare_count -= 1;
+            } else {
+                self.remove(head);
+            }
+        }
+        if let Some(s) = self.spares.get_mut(inst as usize) {
+            *s = NIL;
+        }
     }
 
     /// Reserves room for `additional` more flows.
@@ -451,22 +506,36 @@ impl FlowTable {
         }
         if inst >= self.heads.len() {
             self.heads.resize(inst + 1, NIL);
+            self.spares.resize(inst + 1, NIL);
         }
-        let idx = if self.free_head != NIL {
-            let i = self.free_head;
-            self.free_head = self.recs[i as usize].next;
-            self.free_count -= 1;
-            i
+        let spare = self.spares[inst];
+        let idx = if spare != NIL {
+            // A spare of the instance is on its list already: the list is unchanged,
+            // so no other record is touched.
+            let old = &self.recs[spare as usize];
+            self.spares[inst] = old.hash;
+            self.spare_count -= 1;
+            rec.prev = old.prev;
+            rec.next = old.next;
+            spare
         } else {
-            self.recs.len() as u32
+            let idx = if self.free_head != NIL {
+                let i = self.free_head;
+                self.free_head = self.recs[i as usize].next;
+                self.free_count -= 1;
+                i
+            } else {
+                self.recs.len() as u32
+            };
+            rec.prev = NIL;
+            rec.next = self.heads[inst];
+            if rec.next != NIL {
+                self.recs[rec.next as usize].prev = idx;
+            }
+            self.heads[inst] = idx;
+            idx
         };
         rec.hash = h;
-        rec.prev = NIL;
-        rec.next = self.heads[inst];
-        if rec.next != NIL {
-            self.recs[rec.next as usize].prev = idx;
-        }
-        self.heads[inst] = idx;
         if idx as usize == self.recs.len() {
             self.recs.push(rec);
         } else {
@@ -500,7 +569,7 @@ impl FlowTable {
         self.mask = cap - 1;
         for i in 0..self.recs.len() {
             let r = &self.recs[i];
-            if r.flags & F_FREE == 0 {
+            if r.flags & (F_FREE | F_SPARE) == 0 {
                 let slot = Slot {
                     hash: r.hash,
                     rec: i as u32,
@@ -536,18 +605,23 @@ impl FlowTable {
     /// Removes record `idx` and returns it.
     pub(crate) fn remove(&mut self, idx: u32) -> FlowRec {
         let pos = self.slot_of(idx);
-        self.remove_at(idx, pos)
+        self.remove_at(idx, pos, false)
     }
 
     /// Removes the record `f` names, found by a [`FlowTable::lookup_at`] with no change
     /// to the table since, and returns it.
+    ///
+    /// Flows come and go per instance, so the record is kept as a spare on its
+    /// instance's list (while the table has fewer than [`FlowTable::spare_cap`]): the
+    /// instance's next new flow takes it in place, and neither removal nor insertion
+    /// touches a neighbour's record.
     #[inline]
     pub(crate) fn remove_found(&mut self, f: Found) -> FlowRec {
         debug_assert_eq!(self.slots[f.pos].rec, f.rec, "stale lookup");
-        self.remove_at(f.rec, f.pos)
+        self.remove_at(f.rec, f.pos, true)
     }
 
-    fn remove_at(&mut self, idx: u32, pos: usize) -> FlowRec {
+    fn remove_at(&mut self, idx: u32, pos: usize, spare: bool) -> FlowRec {
         // Index: backward-shift deletion keeps every probe chain unbroken.
         self.generation = self.generation.wrapping_add(1);
         let mut hole = pos;
@@ -572,26 +646,38 @@ impl FlowTable {
         }
         self.slots[hole] = EMPTY;
 
-        // Instance list.
         let rec = self.recs[idx as usize];
         let inst = self.shapes[rec.shape as usize].key.inst as usize;
-        if rec.prev != NIL {
-            self.recs[rec.prev as usize].next = rec.next;
+        if spare && self.spare_count < self.spare_cap() {
+            let r = &mut self.recs[idx as usize];
+            r.flags = F_SPARE;
+            r.hash = self.spares[inst];
+            self.spares[inst] = idx;
+            self.spare_count += 1;
         } else {
-            self.heads[inst] = rec.next;
+            self.unlink_and_free(idx, inst);
         }
-        if rec.next != NIL {
-            self.recs[rec.next as usize].prev = rec.prev;
-        }
+        self.release_shape(rec.shape);
+        rec
+    }
 
-        // Storage: onto the free list.
+    /// Takes record `idx` off instance `inst`'s list and onto the free list.
+    fn unlink_and_free(&mut self, idx: u32, inst: usize) {
+        let rec = &self.recs[idx as usize];
+        let (prev, next) = (rec.prev, rec.next);
+        if prev != NIL {
+            self.recs[prev as usize].next = next;
+        } else {
+            self.heads[inst] = next;
+        }
+        if next != NIL {
+            self.recs[next as usize].prev = prev;
+        }
         let slot = &mut self.recs[idx as usize];
         slot.flags = F_FREE;
         slot.next = self.free_head;
         self.free_head = idx;
         self.free_count += 1;
-        self.release_shape(rec.shape);
-        rec
     }
 
     /// Bytes held by the table's own buffers (capacity, not length).
@@ -600,6 +686,7 @@ impl FlowTable {
             + self.slots.capacity() * size_of::<Slot>()
             + self.shapes.capacity() * size_of::<ShapeEntry>()
             + self.heads.capacity() * 4
+            + self.spares.capacity() * 4
             + self.last_shape.capacity() * 4
     }
 }
@@ -721,6 +808,95 @@ mod tests {
         let mut stranger = probes[0].0;
         stranger.orig_dst = addr_bits("2001:db8:2::c000:209".parse().unwrap());
         assert_eq!(t.find(&stranger, 7), None);
+    }
+
+    /// Inserts flow `n` for instance `inst` (guest `192.168.0.inst`); returns its
+    /// probe and record.
+    fn add(t: &mut FlowTable, inst: u32, n: u32) -> (Probe, u32) {
+        let guest = 0xffff_c0a8_0000 + u128::from(inst);
+        let s = t.intern_shape(ShapeKey {
+            inst,
+            orig_dst: guest,
+            reply_src: guest,
+            reply_dst: None,
+            guest_is_orig_dst: true,
+        });
+        let r = rec(s, n);
+        let p = Probe {
+            remote: r.remote_bits(),
+            orig_dst: guest,
+            sport: r.sport,
+            dport: r.dport,
+            proto: r.proto,
+            zone: r.zone,
+            id: r.id,
+        };
+        let idx = t.insert(r, p.hash32());
+        (p, idx)
+    }
+
+    fn remove_by_event(t: &mut FlowTable, p: &Probe) {
+        let f = t.lookup_at(p, p.hash32()).expect("present");
+        t.remove_found(f);
+    }
+
+    #[test]
+    fn a_record_removed_by_an_event_is_reused_in_place_by_its_instance_only() {
+        let mut t = FlowTable::default();
+        let (p1, _) = add(&mut t, 0, 1);
+        let (p2, i2) = add(&mut t, 0, 2);
+        add(&mut t, 0, 3);
+        add(&mut t, 1, 9);
+        remove_by_event(&mut t, &p2);
+        assert_eq!(t.find(&p2, p2.hash32()), None);
+        assert_eq!(list(&t, 0), vec![1, 3], "a spare is not listed");
+        assert_eq!(t.len(), 3);
+        // Another instance's new flow does not take it.
+        let (_, j) = add(&mut t, 1, 10);
+        assert_ne!(j, i2);
+        // The instance's next flow takes it, and is found and listed.
+        let (p4, i4) = add(&mut t, 0, 4);
+        assert_eq!(i4, i2);
+        assert_eq!(t.find(&p4, p4.hash32()), Some(i4));
+        assert_eq!(list(&t, 0), vec![1, 3, 4]);
+        assert_eq!(t.len(), 5);
+        // Clearing the instance frees its spares too, for any instance to reuse.
+        remove_by_event(&mut t, &p1);
+        t.clear_instance(0);
+        assert_eq!(list(&t, 0), Vec::<u32>::new());
+        assert_eq!(t.len(), 2);
+        let before = t.recs.len();
+        add(&mut t, 1, 11);
+        add(&mut t, 1, 12);
+        assert_eq!(t.recs.len(), before, "freed records are reused");
+        assert_eq!(list(&t, 1), vec![9, 10, 11, 12]);
+    }
+
+    #[test]
+    fn spares_stay_a_small_share_of_the_table() {
+        let mut t = FlowTable::default();
+        let probes: Vec<Probe> = (0..2000).map(|n| add(&mut t, n % 3, n).0).collect();
+        // A removal keeps a spare only under the cap of the moment: at most a
+        // sixteenth of the most flows the table held (or 64).
+        let cap = t.spare_cap();
+        assert_eq!(cap, 2000 / 16);
+        for p in &probes {
+            remove_by_event(&mut t, p);
+            assert!(t.spare_count <= cap);
+        }
+        assert_eq!(t.len(), 0);
+        assert!(t.spare_count >= 64);
+        for inst in 0..3 {
+            assert_eq!(list(&t, inst), Vec::<u32>::new());
+        }
+        // Refilling reuses spares and freed records: the storage does not grow.
+        let before = t.recs.len();
+        for n in 0..2000 {
+            add(&mut t, n % 3, n);
+        }
+        assert_eq!(t.recs.len(), before);
+        assert_eq!(t.len(), 2000);
+        assert_eq!(t.spare_count, 0);
     }
 
     #[test]

@@ -518,11 +518,11 @@ impl Engine {
         self.see(now);
         let mut prepared = [flow_events::Prepared::NONE; GROUP];
         let mut hints = [NIL; GROUP];
-        let mut links = [(NIL, NIL, NIL); GROUP];
+        let mut shapes = [NIL; GROUP];
         for group in events.chunks(GROUP) {
             let prepared = &mut prepared[..group.len()];
             let hints = &mut hints[..group.len()];
-            let links = &mut links[..group.len()];
+            let shapes = &mut shapes[..group.len()];
             self.stats.flow_events += group.len() as u64;
             // Stage 1: addresses, identities, hashes and instances (small tables).
             for (e, p) in group.iter().zip(prepared.iter_mut()) {
@@ -539,33 +539,33 @@ impl Engine {
                 if p.classified() {
                     let rec = std::hint::black_box(self.flows.warm_slot(p.hash));
                     *hint = if e.kind == EventKind::New {
-                        self.flows.head(p.slot)
+                        self.flows.insert_target(p.slot)
                     } else {
                         rec
                     };
                 }
             }
-            // Stage 3: those records, and for a NEW the shape it will likely share.
-            for (((e, p), &hint), link) in group
+            // Stage 3: those records (for a NEW, the spare it will reuse or the list
+            // head it will be linked in front of), and for a NEW the shape it will
+            // likely share.
+            for (((e, p), &hint), shape) in group
                 .iter()
                 .zip(prepared.iter())
                 .zip(hints.iter())
-                .zip(links.iter_mut())
+                .zip(shapes.iter_mut())
             {
-                let found = self.flows.warm_rec(hint);
-                *link = (NIL, NIL, NIL);
+                let (_, _, found) = self.flows.warm_rec(hint);
+                *shape = NIL;
                 match e.kind {
                     EventKind::New if p.classified() => self.flows.warm_shape(NIL, p.slot),
-                    EventKind::Destroy => *link = found,
+                    EventKind::Destroy => *shape = found,
                     _ => {}
                 }
             }
-            // Stage 4: the list neighbours and the shape of the records a DESTROY will
-            // unlink.
-            for &(prev, next, shape) in links.iter() {
+            // Stage 4: the shapes DESTROYs release. (A removed record stays on its
+            // instance's list as a spare, so its list neighbours are not touched.)
+            for &shape in shapes.iter() {
                 if shape != NIL {
-                    self.flows.warm_rec(prev);
-                    self.flows.warm_rec(next);
                     self.flows.warm_shape(shape, NIL);
                 }
             }
