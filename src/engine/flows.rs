@@ -2,9 +2,11 @@
 //!
 //! Records live in one `Vec` (freed records are reused through a free list), found
 //! through an open-addressing index of `(32-bit hash, record)` pairs, at most half full,
-//! with linear probing and backward-shift deletion. Each record is on an intrusive doubly linked list of its
-//! instance, so per-instance work (recount, explain, unregister, resync sweep) touches
-//! only that instance's flows.
+//! with linear probing and backward-shift deletion. Each record is on an intrusive
+//! doubly linked list of its instance, so per-instance work (recount, explain,
+//! unregister, resync sweep) touches only that instance's flows. A record a flow event
+//! removes stays on that list as a spare for the instance's next new flow, so the
+//! churn of flows touches no list neighbours (see [`FlowTable::remove_found`]).
 //!
 //! The parts of a flow shared by many flows (instance, guest-side addresses, NAT shape)
 //! are interned in a small refcounted "shape" table; a record keeps the client address,

@@ -24,6 +24,10 @@
 //!   `last_inbound_activity_at` advances on each event, the persisted one on transitions.
 //! - DESTROY tombstones are kept only while a resync is open (that is the only time a
 //!   dump can resurrect a flow), each for at most `tombstone_ttl_ms`.
+//! - The flow-event path is laid out for memory: one 64-byte line per instance in a
+//!   dense array, one line per flow record, a record removed by an event kept as a
+//!   spare for its instance's next flow, and [`Engine::on_flow_events`] loading the
+//!   lines a group of events needs before applying any of them.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
