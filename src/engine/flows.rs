@@ -15,7 +15,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use super::fasthash::{FastMap, fmix64};
+use super::fasthash::FastMap;
 
 /// "No record / no link".
 pub(crate) const NIL: u32 = u32::MAX;
@@ -168,18 +168,20 @@ impl Probe {
     /// 32-bit hash of the identity; the index uses its low bits as the home slot.
     #[inline]
     pub(crate) fn hash32(&self) -> u32 {
-        let k = 0x9e37_79b9_7f4a_7c15u64;
-        let mut h = (self.remote as u64) ^ ((self.remote >> 64) as u64).rotate_left(29);
-        h = (h ^ (self.orig_dst as u64)).wrapping_mul(k);
-        h ^= ((self.orig_dst >> 64) as u64).rotate_left(17);
-        h = (h
+        // Two 64-bit halves, one full 64x64->128 multiply, folded: every input bit
+        // reaches the low bits the index uses.
+        let a = (self.remote as u64)
+            ^ ((self.remote >> 64) as u64).rotate_left(29)
+            ^ (u64::from(self.id) << 32);
+        let b = (self.orig_dst as u64)
+            ^ ((self.orig_dst >> 64) as u64).rotate_left(17)
             ^ (u64::from(self.sport)
                 | (u64::from(self.dport) << 16)
                 | (u64::from(self.proto) << 32)
-                | (u64::from(self.zone) << 40)))
-            .wrapping_mul(k);
-        h ^= u64::from(self.id) << 13;
-        fmix64(h) as u32
+                | (u64::from(self.zone) << 40));
+        let m = u128::from(a ^ 0x243f_6a88_85a3_08d3) * u128::from(b ^ 0x1319_8a2e_0370_7344);
+        let h = (m as u64) ^ ((m >> 64) as u64);
+        (h ^ (h >> 32)) as u32
     }
 }
 
