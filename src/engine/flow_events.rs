@@ -147,7 +147,7 @@ impl Engine {
     }
 
     /// [`Engine::apply_flow`] with the preparation already done.
-    #[inline]
+    #[inline(always)]
     pub(super) fn apply_prepared(
         &mut self,
         flow: &Flow,
@@ -306,22 +306,22 @@ impl Engine {
 
     fn remove_flow(&mut self, idx: u32, at: UnixMillis) {
         let slot = self.flows.shape(self.flows.rec(idx).shape).inst;
-        let rec = self.flows.remove(idx);
-        self.removed(slot, &rec, at);
+        let counted = self.flows.remove(idx);
+        self.removed(slot, counted, at);
     }
 
     /// [`Engine::remove_flow`] for a record just found.
     #[inline]
     fn remove_found(&mut self, found: Found, at: UnixMillis) {
         let slot = self.flows.shape(self.flows.rec(found.rec).shape).inst;
-        let rec = self.flows.remove_found(found);
-        self.removed(slot, &rec, at);
+        let counted = self.flows.remove_found(found);
+        self.removed(slot, counted, at);
     }
 
     /// Accounts for record `rec` of instance `slot` having been removed.
     #[inline]
-    fn removed(&mut self, slot: u32, rec: &FlowRec, at: UnixMillis) {
-        if rec.counted() {
+    fn removed(&mut self, slot: u32, counted: bool, at: UnixMillis) {
+        if counted {
             let inst = self.inst_mut(slot);
             inst.live -= 1;
             if inst.live == 0 {

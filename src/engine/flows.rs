@@ -606,26 +606,26 @@ impl FlowTable {
         i
     }
 
-    /// Removes record `idx` and returns it.
-    pub(crate) fn remove(&mut self, idx: u32) -> FlowRec {
+    /// Removes record `idx`; returns whether it was counted (see [`FlowRec::counted`]).
+    pub(crate) fn remove(&mut self, idx: u32) -> bool {
         let pos = self.slot_of(idx);
         self.remove_at(idx, pos, false)
     }
 
     /// Removes the record `f` names, found by a [`FlowTable::lookup_at`] with no change
-    /// to the table since, and returns it.
+    /// to the table since; returns whether it was counted.
     ///
     /// Flows come and go per instance, so the record is kept as a spare on its
     /// instance's list (while the table has fewer than [`FlowTable::spare_cap`]): the
     /// instance's next new flow takes it in place, and neither removal nor insertion
     /// touches a neighbour's record.
     #[inline]
-    pub(crate) fn remove_found(&mut self, f: Found) -> FlowRec {
+    pub(crate) fn remove_found(&mut self, f: Found) -> bool {
         debug_assert_eq!(self.slots[f.pos].rec, f.rec, "stale lookup");
         self.remove_at(f.rec, f.pos, true)
     }
 
-    fn remove_at(&mut self, idx: u32, pos: usize, spare: bool) -> FlowRec {
+    fn remove_at(&mut self, idx: u32, pos: usize, spare: bool) -> bool {
         // Index: backward-shift deletion keeps every probe chain unbroken.
         self.generation = self.generation.wrapping_add(1);
         let mut hole = pos;
@@ -650,8 +650,9 @@ impl FlowTable {
         }
         self.slots[hole] = EMPTY;
 
-        let rec = self.recs[idx as usize];
-        let inst = self.shapes[rec.shape as usize].key.inst as usize;
+        let rec = &self.recs[idx as usize];
+        let (shape, counted) = (rec.shape, rec.counted());
+        let inst = self.shapes[shape as usize].key.inst as usize;
         if spare && self.spare_count < self.spare_cap() {
             let r = &mut self.recs[idx as usize];
             r.flags = F_SPARE;
@@ -661,8 +662,8 @@ impl FlowTable {
         } else {
             self.unlink_and_free(idx, inst);
         }
-        self.release_shape(rec.shape);
-        rec
+        self.release_shape(shape);
+        counted
     }
 
     /// Takes record `idx` off instance `inst`'s list and onto the free list.
