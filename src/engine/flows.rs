@@ -358,9 +358,13 @@ impl FlowTable {
     /// so that [`FlowTable::remove_found`] need not probe again.
     #[inline(always)]
     pub(crate) fn lookup_at(&self, p: &Probe, h: u32) -> Result<Found, Vacant> {
-        let mut i = h as usize & self.mask;
+        // Masking with the slice's own length lets the compiler drop the bounds check
+        // (the length is a power of two, never zero).
+        let slots = &self.slots[..];
+        let mask = slots.len() - 1;
+        let mut i = h as usize & mask;
         loop {
-            let s = self.slots[i];
+            let s = slots[i];
             if s.rec == NIL {
                 return Err(Vacant {
                     pos: i,
@@ -370,7 +374,7 @@ impl FlowTable {
             if s.hash == h && self.matches(&self.recs[s.rec as usize], p) {
                 return Ok(Found { rec: s.rec, pos: i });
             }
-            i = (i + 1) & self.mask;
+            i = (i + 1) & mask;
         }
     }
 
@@ -396,13 +400,15 @@ impl FlowTable {
     /// most often on the line just loaded.
     #[inline]
     pub(crate) fn warm_slot(&self, h: u32) -> u32 {
-        let mut i = h as usize & self.mask;
+        let slots = &self.slots[..];
+        let mask = slots.len() - 1;
+        let mut i = h as usize & mask;
         for _ in 0..4 {
-            let s = self.slots[i];
+            let s = slots[i];
             if s.rec == NIL || s.hash == h {
                 return s.rec;
             }
-            i = (i + 1) & self.mask;
+            i = (i + 1) & mask;
         }
         NIL
     }
