@@ -278,7 +278,8 @@ impl Engine {
         };
         let counted = Self::counts(self.inst(slot), &rec, &shape_key);
         rec.set_counted(counted);
-        self.flows.insert_at(rec, prepared.hash, Some(vacant));
+        self.flows
+            .insert_shaped(rec, &shape_key, prepared.hash, Some(vacant));
         if counted {
             let inst = self.inst_mut(slot);
             inst.live += 1;

@@ -347,7 +347,7 @@ impl FlowTable {
     }
 
     /// Finds the record identified by `p` (with hash `h`), or else the free index
-    /// position where the probe ended, which [`FlowTable::insert_at`] can take without
+    /// position where the probe ended, which [`FlowTable::insert_shaped`] can take without
     /// probing again.
     #[inline]
     pub(crate) fn lookup(&self, p: &Probe, h: u32) -> Result<u32, Vacant> {
@@ -497,17 +497,31 @@ impl FlowTable {
         self.insert_at(rec, h, None)
     }
 
-    /// Inserts `rec` (whose `shape` reference the caller took) with hash `h`, at the
-    /// head of its instance's list. Returns its index. `vacant`, from a failed
-    /// [`FlowTable::lookup`] of the same flow, saves probing again while the index is
-    /// unchanged since; otherwise it is ignored.
+    /// [`FlowTable::insert_shaped`], reading the shape key from the table.
+    #[cfg(test)]
+    pub(crate) fn insert_at(&mut self, rec: FlowRec, h: u32, vacant: Option<Vacant>) -> u32 {
+        let key = *self.shape(rec.shape);
+        self.insert_shaped(rec, &key, h, vacant)
+    }
+
+    /// Inserts `rec` (whose `shape` reference the caller took, with key `key`) with hash
+    /// `h`: in place of a spare of its instance, or at the head of the instance's list.
+    /// Returns its index. `vacant`, from a failed [`FlowTable::lookup`] of the same
+    /// flow, saves probing again while the index is unchanged since; otherwise it is
+    /// ignored.
     #[inline]
-    pub(crate) fn insert_at(&mut self, mut rec: FlowRec, h: u32, vacant: Option<Vacant>) -> u32 {
+    pub(crate) fn insert_shaped(
+        &mut self,
+        mut rec: FlowRec,
+        key: &ShapeKey,
+        h: u32,
+        vacant: Option<Vacant>,
+    ) -> u32 {
+        debug_assert!(self.shape(rec.shape) == key, "shape key of another shape");
         // At most half full: linear probing stays short, misses included.
         if (self.len() + 1) * 2 > self.slots.len() {
             self.rehash(self.slots.len() * 2);
         }
-        let key = &self.shapes[rec.shape as usize].key;
         let inst = key.inst as usize;
         rec.odst32 = key.orig_dst as u32;
         rec.flags &= !F_ODST_V4;
