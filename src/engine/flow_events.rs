@@ -306,16 +306,14 @@ impl Engine {
     }
 
     fn remove_flow(&mut self, idx: u32, at: UnixMillis) {
-        let slot = self.flows.shape(self.flows.rec(idx).shape).inst;
-        let counted = self.flows.remove(idx);
+        let (slot, counted) = self.flows.remove(idx);
         self.removed(slot, counted, at);
     }
 
     /// [`Engine::remove_flow`] for a record just found.
     #[inline]
     fn remove_found(&mut self, found: Found, at: UnixMillis) {
-        let slot = self.flows.shape(self.flows.rec(found.rec).shape).inst;
-        let counted = self.flows.remove_found(found);
+        let (slot, counted) = self.flows.remove_found(found);
         self.removed(slot, counted, at);
     }
 

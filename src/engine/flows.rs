@@ -626,26 +626,27 @@ impl FlowTable {
         i
     }
 
-    /// Removes record `idx`; returns whether it was counted (see [`FlowRec::counted`]).
-    pub(crate) fn remove(&mut self, idx: u32) -> bool {
+    /// Removes record `idx`; returns its instance and whether it was counted (see
+    /// [`FlowRec::counted`]).
+    pub(crate) fn remove(&mut self, idx: u32) -> (u32, bool) {
         let pos = self.slot_of(idx);
         self.remove_at(idx, pos, false)
     }
 
     /// Removes the record `f` names, found by a [`FlowTable::lookup_at`] with no change
-    /// to the table since; returns whether it was counted.
+    /// to the table since; returns its instance and whether it was counted.
     ///
     /// Flows come and go per instance, so the record is kept as a spare on its
     /// instance's list (while the table has fewer than [`FlowTable::spare_cap`]): the
     /// instance's next new flow takes it in place, and neither removal nor insertion
     /// touches a neighbour's record.
     #[inline]
-    pub(crate) fn remove_found(&mut self, f: Found) -> bool {
+    pub(crate) fn remove_found(&mut self, f: Found) -> (u32, bool) {
         debug_assert_eq!(self.slots[f.pos].rec, f.rec, "stale lookup");
         self.remove_at(f.rec, f.pos, true)
     }
 
-    fn remove_at(&mut self, idx: u32, pos: usize, spare: bool) -> bool {
+    fn remove_at(&mut self, idx: u32, pos: usize, spare: bool) -> (u32, bool) {
         // Index: backward-shift deletion keeps every probe chain unbroken.
         self.generation = self.generation.wrapping_add(1);
         let mut hole = pos;
@@ -683,7 +684,7 @@ impl FlowTable {
             self.unlink_and_free(idx, inst);
         }
         self.release_shape(shape);
-        counted
+        (inst as u32, counted)
     }
 
     /// Takes record `idx` off instance `inst`'s list and onto the free list.
