@@ -132,6 +132,8 @@ fn thread_cpu() -> Duration {
 
 struct Figures {
     events_per_s: f64,
+    /// Per-round rates of the batched run, sorted: the spread other load causes.
+    round_rates: Vec<f64>,
     single_events_per_s: f64,
     events_per_wall_s: f64,
     peer_events_per_wall_s: f64,
@@ -151,17 +153,21 @@ fn measure() -> Figures {
     let mut sink = Vec::with_capacity(1024);
     e.drain_decisions(&mut sink);
     let rounds = 8;
+    let mut round_rates = Vec::with_capacity(rounds as usize);
     let a0 = ALLOCS.load(Relaxed);
     let t = Instant::now();
     let c = thread_cpu();
     for r in 0..rounds {
+        let rc = thread_cpu();
         for batch in events.chunks(BATCH) {
             e.on_flow_events(black_box(batch), T0 + 3 + r);
         }
         sink.clear();
         e.drain_decisions(&mut sink);
+        round_rates.push(events.len() as f64 / (thread_cpu() - rc).as_secs_f64());
     }
     let dt = thread_cpu() - c;
+    round_rates.sort_by(f64::total_cmp);
     let wall = t.elapsed();
     let allocs = ALLOCS.load(Relaxed) - a0;
     let n = (rounds as usize * events.len()) as f64;
@@ -198,6 +204,7 @@ fn measure() -> Figures {
     let peer_wall = t.elapsed();
     Figures {
         events_per_s: n / dt.as_secs_f64(),
+        round_rates,
         single_events_per_s: single,
         events_per_wall_s: n / wall.as_secs_f64(),
         peer_events_per_wall_s: slice.len() as f64 / peer_wall.as_secs_f64(),
@@ -275,6 +282,14 @@ fn main() {
         f.events_per_s,
         f.peer_events_per_s,
         f.events_per_s / f.peer_events_per_s
+    );
+    let rr = &f.round_rates;
+    println!(
+        "  spread over {} rounds:    min {:.0}   median {:.0}   max {:.0}",
+        rr.len(),
+        rr[0],
+        rr[rr.len() / 2],
+        rr[rr.len() - 1]
     );
     println!(
         "  one call per event:       {:>12.0}",

@@ -4,7 +4,8 @@
 //! 1,000,000), warms it with one cycle of the event ring through `on_flow_event`, then
 //! applies `ROUNDS` cycles (default 1) through `on_flow_events` in batches of 256. The
 //! instructions per event are `on_flow_events`' inclusive cost divided by the event
-//! count it prints:
+//! count it prints (with `ROUNDS` above 1 it also prints the best, median and worst
+//! rate of the cycles, a quick A/B figure on a shared machine):
 //!
 //! ```text
 //! cargo build --release --example engine_event_profile
@@ -53,12 +54,26 @@ fn main() {
     }
     let mut sink: Vec<Decision> = Vec::with_capacity(1024);
     e.drain_decisions(&mut sink);
+    let mut rates = Vec::with_capacity(rounds as usize);
     for r in 0..rounds {
+        let t = std::time::Instant::now();
         for batch in events.chunks(256) {
             e.on_flow_events(black_box(batch), T0 + 3 + u64::from(r));
         }
         sink.clear();
         e.drain_decisions(&mut sink);
+        rates.push(events.len() as f64 / t.elapsed().as_secs_f64());
+    }
+    if rounds > 1 {
+        // Per-cycle rates: on a shared machine the best and the median tell more than
+        // the mean, which other load drags down.
+        rates.sort_by(f64::total_cmp);
+        println!(
+            "events/s per cycle (wall): best {:.0}, median {:.0}, worst {:.0}",
+            rates[rates.len() - 1],
+            rates[rates.len() / 2],
+            rates[0]
+        );
     }
     assert_eq!(e.stats().tracked_flows, u64::from(flows));
     println!(

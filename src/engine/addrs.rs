@@ -43,9 +43,12 @@ impl AddrIndex {
     /// The slot owning address `k`.
     #[inline]
     pub(crate) fn get(&self, k: u128) -> Option<u32> {
-        let mut i = home(k, self.mask);
+        // Masking with the slice's own length (a power of two) drops the bounds check.
+        let entries = &self.entries[..];
+        let mask = entries.len() - 1;
+        let mut i = home(k, mask);
         loop {
-            let e = self.entries[i];
+            let e = entries[i];
             // Checked first: a lookup of `::` itself must not match an empty slot.
             if e.key == EMPTY {
                 return None;
@@ -53,7 +56,7 @@ impl AddrIndex {
             if e.key == k {
                 return Some(e.val);
             }
-            i = (i + 1) & self.mask;
+            i = (i + 1) & mask;
         }
     }
 

@@ -44,6 +44,7 @@ impl Engine {
     }
 
     /// A qualifying flow was created or changed.
+    #[inline]
     pub(super) fn activity(&mut self, slot: u32, now: UnixMillis, became_live: bool) {
         let inst = self.inst_mut(slot);
         if !inst.eligible() {
@@ -51,7 +52,18 @@ impl Engine {
         }
         inst.confirmed_idle = false;
         inst.last_inbound = Some(now.max(inst.last_inbound.unwrap_or(0)));
-        if inst.phase != Phase::None && inst.phase != Phase::Executing {
+        // Most events change nothing else: the rest is out of line.
+        if became_live || (inst.phase != Phase::None && inst.phase != Phase::Executing) {
+            self.activity_transition(slot, became_live);
+        }
+    }
+
+    /// [`Engine::activity`] cancelling a standby under way or ending an idle period.
+    #[cold]
+    #[inline(never)]
+    fn activity_transition(&mut self, slot: u32, became_live: bool) {
+        let phase = self.inst(slot).phase;
+        if phase != Phase::None && phase != Phase::Executing {
             self.cancel_standby(slot, Reason::ActiveInboundConnections);
         }
         if became_live {

@@ -1,20 +1,57 @@
 //! Flow reports, from events and from dumps: which instance a flow is inbound for,
 //! whether it counts under the policy, and storing, updating and removing it.
 
-use super::flows::{FlowRec, FlowTable, NIL, Probe, STATE_UNKNOWN, ShapeKey, addr_bits, bits_addr};
+use super::flows::{
+    FlowRec, FlowTable, Found, NIL, Probe, STATE_UNKNOWN, ShapeKey, Vacant, addr_bits, bits_addr,
+};
 use super::instance::{Inst, Q_COUNT_TCP, Q_COUNT_UDP, Q_FILTERS, Q_MAY_WAKE};
 use super::{Decision, Engine, UnixMillis};
 use crate::flow::{EventKind, Flow, TcpState, Tuple, proto};
 
 /// A flow event with its addresses converted, identity hashed and instance found.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Prepared {
-    pub probe: Probe,
-    /// `probe.hash32()`, when `class` is set.
+    /// Original source (the client), as [`addr_bits`].
+    pub remote: u128,
+    /// Original destination, as [`addr_bits`].
+    pub orig_dst: u128,
+    /// The identity's [`Probe::hash32`], when `slot` is set.
     pub hash: u32,
-    pub reply_src: u128,
-    /// Instance slot and whether the guest is the original destination.
-    pub class: Option<(u32, bool)>,
+    /// The instance the flow is inbound for, or [`NIL`].
+    pub slot: u32,
+    /// The guest is the original destination (else it is the reply source).
+    pub guest_is_orig_dst: bool,
+}
+
+impl Prepared {
+    /// Not inbound for any instance.
+    pub const NONE: Self = Self {
+        remote: 0,
+        orig_dst: 0,
+        hash: 0,
+        slot: NIL,
+        guest_is_orig_dst: false,
+    };
+
+    /// Whether the flow is inbound for an instance.
+    #[inline]
+    pub(crate) fn classified(&self) -> bool {
+        self.slot != NIL
+    }
+
+    /// The flow's identity.
+    #[inline(always)]
+    pub(crate) fn probe(&self, flow: &Flow) -> Probe {
+        Probe {
+            remote: self.remote,
+            orig_dst: self.orig_dst,
+            sport: flow.orig.src_port,
+            dport: flow.orig.dst_port,
+            proto: flow.protocol,
+            zone: flow.zone,
+            id: flow.id,
+        }
+    }
 }
 
 /// How a flow report reached the engine.
@@ -29,44 +66,51 @@ impl Engine {
     /// instance it is inbound for: the reply source (the responder, also under DNAT) or
     /// the original destination. Flows whose client is the instance itself are its own
     /// outbound traffic.
-    #[inline]
+    #[inline(always)]
     pub(super) fn prepare(&self, flow: &Flow) -> Prepared {
-        let probe = Probe {
-            remote: addr_bits(flow.orig.src),
-            orig_dst: addr_bits(flow.orig.dst),
-            sport: flow.orig.src_port,
-            dport: flow.orig.dst_port,
-            proto: flow.protocol,
-            zone: flow.zone,
-            id: flow.id,
+        let mut p = self.prepare_unchecked(flow);
+        self.drop_outbound(&mut p);
+        p
+    }
+
+    /// [`Engine::prepare`] without the outbound check, which reads the instance's line:
+    /// the batch path does it in a later stage, with many such loads in flight at once.
+    #[inline(always)]
+    pub(super) fn prepare_unchecked(&self, flow: &Flow) -> Prepared {
+        if flow.protocol != proto::TCP && flow.protocol != proto::UDP {
+            return Prepared::NONE;
+        }
+        let reply_src = addr_bits(flow.reply.src);
+        let orig_dst = addr_bits(flow.orig.dst);
+        let (slot, guest_is_orig_dst) = match self.by_addr.get(reply_src) {
+            Some(s) => (s, reply_src == orig_dst),
+            None => match self.by_addr.get(orig_dst) {
+                Some(s) => (s, true),
+                None => return Prepared::NONE,
+            },
         };
         let mut p = Prepared {
-            probe,
+            remote: addr_bits(flow.orig.src),
+            orig_dst,
             hash: 0,
-            reply_src: 0,
-            class: None,
+            slot,
+            guest_is_orig_dst,
         };
-        if flow.protocol != proto::TCP && flow.protocol != proto::UDP {
-            return p;
-        }
-        p.reply_src = addr_bits(flow.reply.src);
-        let odst = probe.orig_dst;
-        let found = match self.by_addr.get(p.reply_src) {
-            Some(s) => Some((s, p.reply_src == odst)),
-            None => self.by_addr.get(odst).map(|s| (s, true)),
-        };
-        if let Some((slot, _)) = found
-            && !self.inst(slot).owns(probe.remote)
-        {
-            p.class = found;
-            p.hash = probe.hash32();
-        }
+        p.hash = p.probe(flow).hash32();
         p
+    }
+
+    /// Unclassifies a flow whose client is its instance itself (outbound traffic).
+    #[inline(always)]
+    pub(super) fn drop_outbound(&self, p: &mut Prepared) {
+        if p.classified() && self.inst(p.slot).owns(p.remote) {
+            *p = Prepared::NONE;
+        }
     }
 
     /// Whether a stored flow counts under the instance's policy (stored flows are
     /// always in a live state). Without a policy, hypeman's rule: TCP only.
-    #[inline]
+    #[inline(always)]
     fn counts(inst: &Inst, rec: &FlowRec, shape: &ShapeKey) -> bool {
         let bit = match rec.proto {
             proto::TCP => Q_COUNT_TCP,
@@ -79,6 +123,12 @@ impl Engine {
         if inst.quick & Q_FILTERS == 0 {
             return true;
         }
+        Self::counts_filtered(inst, rec, shape)
+    }
+
+    /// [`Engine::counts`] under a policy that ignores some ports or sources.
+    #[cold]
+    fn counts_filtered(inst: &Inst, rec: &FlowRec, shape: &ShapeKey) -> bool {
         let Some(p) = inst.spec.policy.as_ref() else {
             return true;
         };
@@ -96,15 +146,8 @@ impl Engine {
         self.apply_prepared(flow, &prepared, source, now)
     }
 
-    /// Loads the instance line a classified event will touch; returns the head of the
-    /// instance's flow list, which a new flow is linked in front of.
-    #[inline]
-    pub(super) fn warm_instance(&self, slot: u32) -> u32 {
-        std::hint::black_box(self.inst(slot).live);
-        self.flows.head(slot)
-    }
-
     /// [`Engine::apply_flow`] with the preparation already done.
+    #[inline(always)]
     pub(super) fn apply_prepared(
         &mut self,
         flow: &Flow,
@@ -112,123 +155,143 @@ impl Engine {
         source: Source,
         now: UnixMillis,
     ) -> bool {
-        let Some((slot, guest_is_orig_dst)) = prepared.class else {
+        if !prepared.classified() {
             return false;
-        };
-        let probe = prepared.probe;
-        let h = prepared.hash;
-        let tcp = flow.protocol == proto::TCP;
-        match self.flows.lookup(&probe, h) {
-            Ok(idx) => {
-                if source == Source::Event(EventKind::Destroy) {
-                    self.tombstone(probe, now);
-                    self.remove_flow(idx, now);
-                    return true;
-                }
-                if tcp
-                    && let Some(st) = flow.tcp_state
-                    && st.is_finished()
-                {
-                    // An event saying the flow ended outranks any dump entry read before it.
-                    if source != Source::Dump {
-                        self.tombstone(probe, now);
-                    }
-                    self.remove_flow(idx, now);
-                    return true;
-                }
-                let seq = self.touch_seq;
-                let rec = self.flows.rec_mut(idx);
-                // Written only when changed: most events leave the record as it is, and
-                // a clean line costs no write-back.
-                if rec.touch != seq {
-                    rec.touch = seq;
-                }
-                if tcp
-                    && let Some(st) = flow.tcp_state
-                    && rec.state != st.0
-                {
-                    rec.state = st.0;
-                }
-                let counted = rec.counted();
-                if counted && let Source::Event(kind) = source {
-                    self.activity(slot, now, false);
-                    if kind == EventKind::New {
-                        self.maybe_wake(slot, flow);
-                    }
-                }
-            }
-            Err(vacant) => {
-                match source {
-                    Source::Event(EventKind::Destroy) => {
-                        self.tombstone(probe, now);
-                        return true;
-                    }
-                    Source::Dump if self.tombstones.contains_key(&probe) => return true,
-                    _ => {}
-                }
-                let state = if tcp {
-                    match flow.tcp_state {
-                        Some(st) if st.is_finished() => {
-                            // An event saying the flow ended outranks any dump entry
-                            // read before it.
-                            if source != Source::Dump {
-                                self.tombstone(probe, now);
-                            }
-                            return true;
-                        }
-                        Some(st) => st.0,
-                        // Missing protoinfo on an unknown flow: assume live (safe side).
-                        None => STATE_UNKNOWN,
-                    }
-                } else {
-                    0
-                };
-                let rdst = addr_bits(flow.reply.dst);
-                let shape_key = ShapeKey {
-                    inst: slot,
-                    orig_dst: probe.orig_dst,
-                    reply_src: prepared.reply_src,
-                    reply_dst: (rdst != probe.remote).then_some(rdst),
-                    guest_is_orig_dst,
-                };
-                let shape = self.flows.intern_shape(shape_key);
-                let mut rec = FlowRec {
-                    remote: probe.remote.to_ne_bytes(),
-                    id: probe.id,
-                    shape,
-                    prev: NIL,
-                    next: NIL,
-                    first_seen_s: u32::try_from(now / 1000).unwrap_or(u32::MAX),
-                    touch: self.touch_seq,
-                    hash: h,
-                    sport: probe.sport,
-                    dport: probe.dport,
-                    rsport: flow.reply.src_port,
-                    rdport: flow.reply.dst_port,
-                    zone: probe.zone,
-                    proto: probe.proto,
-                    state,
-                    flags: 0,
-                    odst32: 0,
-                };
-                let counted = Self::counts(self.inst(slot), &rec, &shape_key);
-                rec.set_counted(counted);
-                self.flows.insert_at(rec, h, Some(vacant));
-                let inst = self.inst_mut(slot);
-                inst.flows += 1;
-                if counted {
-                    inst.live += 1;
-                    let became = inst.live == 1;
-                    self.activity(slot, now, became);
-                    if source == Source::Event(EventKind::New) {
-                        self.maybe_wake(slot, flow);
-                    }
-                }
-            }
+        }
+        let probe = prepared.probe(flow);
+        match self.flows.lookup_at(&probe, prepared.hash) {
+            Ok(found) => self.apply_known(flow, prepared, found, source, now),
+            Err(vacant) => self.apply_unknown(flow, prepared, vacant, source, now),
         }
         true
     }
 
+    /// A report of a flow already stored.
+    #[inline(always)]
+    fn apply_known(
+        &mut self,
+        flow: &Flow,
+        prepared: &Prepared,
+        found: Found,
+        source: Source,
+        now: UnixMillis,
+    ) {
+        let tcp = flow.protocol == proto::TCP;
+        let finished = tcp && flow.tcp_state.is_some_and(TcpState::is_finished);
+        if source == Source::Event(EventKind::Destroy) || finished {
+            // An event saying the flow ended outranks any dump entry read before it.
+            if source != Source::Dump {
+                self.tombstone(prepared.probe(flow), now);
+            }
+            self.remove_found(found, now);
+            return;
+        }
+        let seq = self.touch_seq;
+        let rec = self.flows.rec_mut(found.rec);
+        // Written only when changed: most events leave the record as it is, and a clean
+        // line costs no write-back.
+        if rec.touch != seq {
+            rec.touch = seq;
+        }
+        if tcp
+            && let Some(st) = flow.tcp_state
+            && rec.state != st.0
+        {
+            rec.state = st.0;
+        }
+        if rec.counted()
+            && let Source::Event(kind) = source
+        {
+            self.activity(prepared.slot, now, false);
+            if kind == EventKind::New {
+                self.maybe_wake(prepared.slot, flow);
+            }
+        }
+    }
+
+    /// A report of a flow not stored yet.
+    #[inline(never)]
+    fn apply_unknown(
+        &mut self,
+        flow: &Flow,
+        prepared: &Prepared,
+        vacant: Vacant,
+        source: Source,
+        now: UnixMillis,
+    ) {
+        let probe = prepared.probe(flow);
+        match source {
+            Source::Event(EventKind::Destroy) => {
+                self.tombstone(probe, now);
+                return;
+            }
+            Source::Dump if self.tombstones.contains_key(&probe) => return,
+            _ => {}
+        }
+        let tcp = flow.protocol == proto::TCP;
+        let state = if tcp {
+            match flow.tcp_state {
+                Some(st) if st.is_finished() => {
+                    // An event saying the flow ended outranks any dump entry read
+                    // before it.
+                    if source != Source::Dump {
+                        self.tombstone(probe, now);
+                    }
+                    return;
+                }
+                Some(st) => st.0,
+                // Missing protoinfo on an unknown flow: assume live (safe side).
+                None => STATE_UNKNOWN,
+            }
+        } else {
+            0
+        };
+        let slot = prepared.slot;
+        let rdst = addr_bits(flow.reply.dst);
+        let reply_src = addr_bits(flow.reply.src);
+        let shape_key = ShapeKey {
+            inst: slot,
+            orig_dst: probe.orig_dst,
+            reply_src,
+            reply_dst: (rdst != probe.remote).then_some(rdst),
+            guest_is_orig_dst: prepared.guest_is_orig_dst,
+        };
+        let shape = self.flows.intern_shape(shape_key);
+        let mut rec = FlowRec {
+            remote: probe.remote.to_ne_bytes(),
+            id: probe.id,
+            shape,
+            prev: NIL,
+            next: NIL,
+            first_seen_s: u32::try_from(now / 1000).unwrap_or(u32::MAX),
+            touch: self.touch_seq,
+            hash: prepared.hash,
+            sport: probe.sport,
+            dport: probe.dport,
+            rsport: flow.reply.src_port,
+            rdport: flow.reply.dst_port,
+            zone: probe.zone,
+            proto: probe.proto,
+            state,
+            flags: 0,
+            odst32: 0,
+        };
+        let counted = Self::counts(self.inst(slot), &rec, &shape_key);
+        rec.set_counted(counted);
+        self.flows
+            .insert_shaped(rec, &shape_key, prepared.hash, Some(vacant));
+        if counted {
+            let inst = self.inst_mut(slot);
+            inst.live += 1;
+            let became = inst.live == 1;
+            self.activity(slot, now, became);
+            if source == Source::Event(EventKind::New) {
+                self.maybe_wake(slot, flow);
+            }
+        }
+    }
+
+    #[inline]
     fn tombstone(&mut self, probe: Probe, now: UnixMillis) {
         if !self.resyncs.is_empty() {
             self.tombstones
@@ -243,11 +306,22 @@ impl Engine {
     }
 
     fn remove_flow(&mut self, idx: u32, at: UnixMillis) {
-        let slot = self.flows.shape(self.flows.rec(idx).shape).inst;
-        let rec = self.flows.remove(idx);
-        let inst = self.inst_mut(slot);
-        inst.flows -= 1;
-        if rec.counted() {
+        let (slot, counted) = self.flows.remove(idx);
+        self.removed(slot, counted, at);
+    }
+
+    /// [`Engine::remove_flow`] for a record just found.
+    #[inline]
+    fn remove_found(&mut self, found: Found, at: UnixMillis) {
+        let (slot, counted) = self.flows.remove_found(found);
+        self.removed(slot, counted, at);
+    }
+
+    /// Accounts for record `rec` of instance `slot` having been removed.
+    #[inline]
+    fn removed(&mut self, slot: u32, counted: bool, at: UnixMillis) {
+        if counted {
+            let inst = self.inst_mut(slot);
             inst.live -= 1;
             if inst.live == 0 {
                 self.drained(slot, at);
@@ -274,9 +348,11 @@ impl Engine {
         let mut i = self.flows.head(slot);
         while i != NIL {
             let r = *self.flows.rec(i);
-            let c = Self::counts(self.inst(slot), &r, self.flows.shape(r.shape));
-            self.flows.rec_mut(i).set_counted(c);
-            live += u32::from(c);
+            if !r.is_spare() {
+                let c = Self::counts(self.inst(slot), &r, self.flows.shape(r.shape));
+                self.flows.rec_mut(i).set_counted(c);
+                live += u32::from(c);
+            }
             i = r.next;
         }
         self.inst_mut(slot).live = live;
@@ -305,13 +381,20 @@ impl Engine {
         }
     }
 
+    #[inline]
     pub(super) fn maybe_wake(&mut self, slot: u32, flow: &Flow) {
         // Q_MAY_WAKE: in Standby with wake-on-traffic enabled.
         let inst = self.inst(slot);
         if inst.quick & Q_MAY_WAKE == 0 || inst.wake_sent {
             return;
         }
-        let key = inst.key;
+        self.wake(slot, flow);
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn wake(&mut self, slot: u32, flow: &Flow) {
+        let key = self.inst(slot).key;
         self.inst_mut(slot).wake_sent = true;
         self.stats.wake_decisions += 1;
         self.decisions.push(Decision::Wake {

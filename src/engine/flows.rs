@@ -2,9 +2,11 @@
 //!
 //! Records live in one `Vec` (freed records are reused through a free list), found
 //! through an open-addressing index of `(32-bit hash, record)` pairs, at most half full,
-//! with linear probing and backward-shift deletion. Each record is on an intrusive doubly linked list of its
-//! instance, so per-instance work (recount, explain, unregister, resync sweep) touches
-//! only that instance's flows.
+//! with linear probing and backward-shift deletion. Each record is on an intrusive
+//! doubly linked list of its instance, so per-instance work (recount, explain,
+//! unregister, resync sweep) touches only that instance's flows. A record a flow event
+//! removes stays on that list as a spare for the instance's next new flow, so the
+//! churn of flows touches no list neighbours (see [`FlowTable::remove_found`]).
 //!
 //! The parts of a flow shared by many flows (instance, guest-side addresses, NAT shape)
 //! are interned in a small refcounted "shape" table; a record keeps the client address,
@@ -13,7 +15,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use super::fasthash::{FastMap, fmix64};
+use super::fasthash::FastMap;
 
 /// "No record / no link".
 pub(crate) const NIL: u32 = u32::MAX;
@@ -26,6 +28,9 @@ const F_FREE: u8 = 2;
 /// Record flag: the original destination is an IPv4(-mapped) address, so `odst32`
 /// holds all of it and [`FlowTable::find`] need not read the shape.
 const F_ODST_V4: u8 = 4;
+/// Record flag: a spare. The flow was removed by an event, but the record stays on its
+/// instance's list for the instance's next new flow (see [`FlowTable::remove_found`]).
+const F_SPARE: u8 = 8;
 /// The upper 96 bits of an IPv4-mapped [`addr_bits`] value.
 const V4_MAPPED_HIGH: u128 = 0xffff;
 
@@ -64,6 +69,7 @@ pub(crate) struct FlowRec {
     /// Resync sequence at the last event or dump entry that mentioned the flow.
     pub touch: u32,
     /// The flow's 32-bit hash (its home slot), so the index never re-reads records.
+    /// For a spare, the next spare of the same instance.
     pub hash: u32,
     /// Original source port.
     pub sport: u16,
@@ -89,6 +95,12 @@ impl FlowRec {
     #[inline]
     pub(crate) fn remote_bits(&self) -> u128 {
         u128::from_ne_bytes(self.remote)
+    }
+
+    /// A spare: no flow, kept on its instance's list for reuse.
+    #[inline]
+    pub(crate) fn is_spare(&self) -> bool {
+        self.flags & F_SPARE != 0
     }
 
     /// Counted in its instance's live qualifying total.
@@ -156,24 +168,29 @@ impl Probe {
     /// 32-bit hash of the identity; the index uses its low bits as the home slot.
     #[inline]
     pub(crate) fn hash32(&self) -> u32 {
-        self.hash() as u32
-    }
-
-    #[inline]
-    fn hash(&self) -> u64 {
-        let k = 0x9e37_79b9_7f4a_7c15u64;
-        let mut h = (self.remote as u64) ^ ((self.remote >> 64) as u64).rotate_left(29);
-        h = (h ^ (self.orig_dst as u64)).wrapping_mul(k);
-        h ^= ((self.orig_dst >> 64) as u64).rotate_left(17);
-        h = (h
+        // Two 64-bit halves, one full 64x64->128 multiply, folded: every input bit
+        // reaches the low bits the index uses.
+        let a = (self.remote as u64)
+            ^ ((self.remote >> 64) as u64).rotate_left(29)
+            ^ (u64::from(self.id) << 32);
+        let b = (self.orig_dst as u64)
+            ^ ((self.orig_dst >> 64) as u64).rotate_left(17)
             ^ (u64::from(self.sport)
                 | (u64::from(self.dport) << 16)
                 | (u64::from(self.proto) << 32)
-                | (u64::from(self.zone) << 40)))
-            .wrapping_mul(k);
-        h ^= u64::from(self.id) << 13;
-        fmix64(h)
+                | (u64::from(self.zone) << 40));
+        let m = u128::from(a ^ 0x243f_6a88_85a3_08d3) * u128::from(b ^ 0x1319_8a2e_0370_7344);
+        let h = (m as u64) ^ ((m >> 64) as u64);
+        (h ^ (h >> 32)) as u32
     }
+}
+
+/// A record [`FlowTable::lookup_at`] found, and its position in the index (valid until
+/// the index next changes).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Found {
+    pub rec: u32,
+    pos: usize,
 }
 
 /// Where a failed [`FlowTable::lookup`] ended: a free index position, valid until the
@@ -208,7 +225,12 @@ pub(crate) struct FlowTable {
     shape_index: FastMap<ShapeKey, u32>,
     /// Per instance: the shape it used last (a hint, checked before use).
     last_shape: Vec<u32>,
+    /// Per instance: the first record of its list.
     heads: Vec<u32>,
+    /// Per instance: the top of its stack of spares, linked through `hash`.
+    spares: Vec<u32>,
+    /// Spares of all instances, at most [`FlowTable::spare_cap`].
+    spare_count: u32,
 }
 
 impl Default for FlowTable {
@@ -225,6 +247,8 @@ impl Default for FlowTable {
             shape_index: FastMap::default(),
             last_shape: Vec::new(),
             heads: Vec::new(),
+            spares: Vec::new(),
+            spare_count: 0,
         }
     }
 }
@@ -233,7 +257,15 @@ impl FlowTable {
     /// Number of flows.
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.recs.len() - self.free_count as usize
+        self.recs.len() - self.free_count as usize - self.spare_count as usize
+    }
+
+    /// How many spares a removal may leave: a small share of the flows (so at most a
+    /// sixteenth of the most the table held, or 64), so spares, which only their own
+    /// instance reuses, never hold much of the storage.
+    #[inline]
+    fn spare_cap(&self) -> u32 {
+        (self.len() / 16).max(64) as u32
     }
 
     /// Record `i`.
@@ -254,10 +286,20 @@ impl FlowTable {
         &self.shapes[s as usize].key
     }
 
-    /// First record of instance `inst`.
+    /// First record of instance `inst`'s list (spares included).
     #[inline]
     pub(crate) fn head(&self, inst: u32) -> u32 {
         self.heads.get(inst as usize).copied().unwrap_or(NIL)
+    }
+
+    /// The record a new flow of instance `inst` will take if it has a spare, else the
+    /// head of its list (which the new record is linked in front of); [`NIL`] if none.
+    #[inline]
+    pub(crate) fn insert_target(&self, inst: u32) -> u32 {
+        match self.spares.get(inst as usize) {
+            Some(&s) if s != NIL => s,
+            _ => self.head(inst),
+        }
     }
 
     /// Indices of instance `inst`'s records, head first.
@@ -267,6 +309,26 @@ impl FlowTable {
             let next = self.recs[i as usize].next;
             (next != NIL).then_some(next)
         })
+        .filter(|&i| !self.recs[i as usize].is_spare())
+    }
+
+    /// Removes every record of instance `inst`, spares included.
+    pub(crate) fn clear_instance(&mut self, inst: u32) {
+        loop {
+            let head = self.head(inst);
+            if head == NIL {
+                break;
+            }
+            if self.recs[head as usize].flags & F_SPARE != 0 {
+                self.unlink_and_free(head, inst as usize);
+                self.spare_count -= 1;
+            } else {
+                self.remove(head);
+            }
+        }
+        if let Some(s) = self.spares.get_mut(inst as usize) {
+            *s = NIL;
+        }
     }
 
     /// Reserves room for `additional` more flows.
@@ -285,46 +347,70 @@ impl FlowTable {
     }
 
     /// Finds the record identified by `p` (with hash `h`), or else the free index
-    /// position where the probe ended, which [`FlowTable::insert_at`] can take without
+    /// position where the probe ended, which [`FlowTable::insert_shaped`] can take without
     /// probing again.
     #[inline]
     pub(crate) fn lookup(&self, p: &Probe, h: u32) -> Result<u32, Vacant> {
-        let mut i = h as usize & self.mask;
+        self.lookup_at(p, h).map(|f| f.rec)
+    }
+
+    /// [`FlowTable::lookup`], also returning where in the index the record was found,
+    /// so that [`FlowTable::remove_found`] need not probe again.
+    #[inline(always)]
+    pub(crate) fn lookup_at(&self, p: &Probe, h: u32) -> Result<Found, Vacant> {
+        // Masking with the slice's own length lets the compiler drop the bounds check
+        // (the length is a power of two, never zero).
+        let slots = &self.slots[..];
+        let mask = slots.len() - 1;
+        let mut i = h as usize & mask;
         loop {
-            let s = self.slots[i];
+            let s = slots[i];
             if s.rec == NIL {
                 return Err(Vacant {
                     pos: i,
                     generation: self.generation,
                 });
             }
-            if s.hash == h {
-                let r = &self.recs[s.rec as usize];
-                if r.id == p.id
-                    && r.sport == p.sport
-                    && r.dport == p.dport
-                    && r.proto == p.proto
-                    && r.zone == p.zone
-                    && r.remote_bits() == p.remote
-                    && r.odst32 == p.orig_dst as u32
-                    && if r.flags & F_ODST_V4 != 0 {
-                        p.orig_dst >> 32 == V4_MAPPED_HIGH
-                    } else {
-                        self.shapes[r.shape as usize].key.orig_dst == p.orig_dst
-                    }
-                {
-                    return Ok(s.rec);
-                }
+            if s.hash == h && self.matches(&self.recs[s.rec as usize], p) {
+                return Ok(Found { rec: s.rec, pos: i });
             }
-            i = (i + 1) & self.mask;
+            i = (i + 1) & mask;
         }
     }
 
+    #[inline(always)]
+    fn matches(&self, r: &FlowRec, p: &Probe) -> bool {
+        r.id == p.id
+            && r.sport == p.sport
+            && r.dport == p.dport
+            && r.proto == p.proto
+            && r.zone == p.zone
+            && r.remote_bits() == p.remote
+            && r.odst32 == p.orig_dst as u32
+            && if r.flags & F_ODST_V4 != 0 {
+                p.orig_dst >> 32 == V4_MAPPED_HIGH
+            } else {
+                self.shapes[r.shape as usize].key.orig_dst == p.orig_dst
+            }
+    }
+
     /// Loads the home slot of hash `h` so a later [`FlowTable::find`] hits the cache.
-    /// Returns the record found there (or [`NIL`]), which callers may warm in turn.
+    /// Returns the first record on the probe chain with hash `h` (or [`NIL`]), which
+    /// callers may warm in turn: a flow displaced from its home slot sits a few slots on,
+    /// most often on the line just loaded.
     #[inline]
     pub(crate) fn warm_slot(&self, h: u32) -> u32 {
-        std::hint::black_box(self.slots[h as usize & self.mask]).rec
+        let slots = &self.slots[..];
+        let mask = slots.len() - 1;
+        let mut i = h as usize & mask;
+        for _ in 0..4 {
+            let s = slots[i];
+            if s.rec == NIL || s.hash == h {
+                return s.rec;
+            }
+            i = (i + 1) & mask;
+        }
+        NIL
     }
 
     /// Loads record `i` (if any) so a later access hits the cache. Returns its list
@@ -352,6 +438,7 @@ impl FlowTable {
     }
 
     /// Interns `key`, taking a reference.
+    #[inline]
     pub(crate) fn intern_shape(&mut self, key: ShapeKey) -> u32 {
         // Most flows of an instance share one shape: try the instance's last one first.
         let inst = key.inst as usize;
@@ -372,6 +459,8 @@ impl FlowTable {
         s
     }
 
+    #[cold]
+    #[inline(never)]
     fn intern_slow(&mut self, key: ShapeKey) -> u32 {
         if let Some(&s) = self.shape_index.get(&key) {
             self.shapes[s as usize].refs += 1;
@@ -408,16 +497,31 @@ impl FlowTable {
         self.insert_at(rec, h, None)
     }
 
-    /// Inserts `rec` (whose `shape` reference the caller took) with hash `h`, at the
-    /// head of its instance's list. Returns its index. `vacant`, from a failed
-    /// [`FlowTable::lookup`] of the same flow, saves probing again while the index is
-    /// unchanged since; otherwise it is ignored.
-    pub(crate) fn insert_at(&mut self, mut rec: FlowRec, h: u32, vacant: Option<Vacant>) -> u32 {
+    /// [`FlowTable::insert_shaped`], reading the shape key from the table.
+    #[cfg(test)]
+    pub(crate) fn insert_at(&mut self, rec: FlowRec, h: u32, vacant: Option<Vacant>) -> u32 {
+        let key = *self.shape(rec.shape);
+        self.insert_shaped(rec, &key, h, vacant)
+    }
+
+    /// Inserts `rec` (whose `shape` reference the caller took, with key `key`) with hash
+    /// `h`: in place of a spare of its instance, or at the head of the instance's list.
+    /// Returns its index. `vacant`, from a failed [`FlowTable::lookup`] of the same
+    /// flow, saves probing again while the index is unchanged since; otherwise it is
+    /// ignored.
+    #[inline]
+    pub(crate) fn insert_shaped(
+        &mut self,
+        mut rec: FlowRec,
+        key: &ShapeKey,
+        h: u32,
+        vacant: Option<Vacant>,
+    ) -> u32 {
+        debug_assert!(self.shape(rec.shape) == key, "shape key of another shape");
         // At most half full: linear probing stays short, misses included.
         if (self.len() + 1) * 2 > self.slots.len() {
             self.rehash(self.slots.len() * 2);
         }
-        let key = &self.shapes[rec.shape as usize].key;
         let inst = key.inst as usize;
         rec.odst32 = key.orig_dst as u32;
         rec.flags &= !F_ODST_V4;
@@ -426,22 +530,36 @@ impl FlowTable {
         }
         if inst >= self.heads.len() {
             self.heads.resize(inst + 1, NIL);
+            self.spares.resize(inst + 1, NIL);
         }
-        let idx = if self.free_head != NIL {
-            let i = self.free_head;
-            self.free_head = self.recs[i as usize].next;
-            self.free_count -= 1;
-            i
+        let spare = self.spares[inst];
+        let idx = if spare != NIL {
+            // A spare of the instance is on its list already: the list is unchanged,
+            // so no other record is touched.
+            let old = &self.recs[spare as usize];
+            self.spares[inst] = old.hash;
+            self.spare_count -= 1;
+            rec.prev = old.prev;
+            rec.next = old.next;
+            spare
         } else {
-            self.recs.len() as u32
+            let idx = if self.free_head != NIL {
+                let i = self.free_head;
+                self.free_head = self.recs[i as usize].next;
+                self.free_count -= 1;
+                i
+            } else {
+                self.recs.len() as u32
+            };
+            rec.prev = NIL;
+            rec.next = self.heads[inst];
+            if rec.next != NIL {
+                self.recs[rec.next as usize].prev = idx;
+            }
+            self.heads[inst] = idx;
+            idx
         };
         rec.hash = h;
-        rec.prev = NIL;
-        rec.next = self.heads[inst];
-        if rec.next != NIL {
-            self.recs[rec.next as usize].prev = idx;
-        }
-        self.heads[inst] = idx;
         if idx as usize == self.recs.len() {
             self.recs.push(rec);
         } else {
@@ -475,7 +593,7 @@ impl FlowTable {
         self.mask = cap - 1;
         for i in 0..self.recs.len() {
             let r = &self.recs[i];
-            if r.flags & F_FREE == 0 {
+            if r.flags & (F_FREE | F_SPARE) == 0 {
                 let slot = Slot {
                     hash: r.hash,
                     rec: i as u32,
@@ -508,11 +626,30 @@ impl FlowTable {
         i
     }
 
-    /// Removes record `idx` and returns it.
-    pub(crate) fn remove(&mut self, idx: u32) -> FlowRec {
+    /// Removes record `idx`; returns its instance and whether it was counted (see
+    /// [`FlowRec::counted`]).
+    pub(crate) fn remove(&mut self, idx: u32) -> (u32, bool) {
+        let pos = self.slot_of(idx);
+        self.remove_at(idx, pos, false)
+    }
+
+    /// Removes the record `f` names, found by a [`FlowTable::lookup_at`] with no change
+    /// to the table since; returns its instance and whether it was counted.
+    ///
+    /// Flows come and go per instance, so the record is kept as a spare on its
+    /// instance's list (while the table has fewer than [`FlowTable::spare_cap`]): the
+    /// instance's next new flow takes it in place, and neither removal nor insertion
+    /// touches a neighbour's record.
+    #[inline]
+    pub(crate) fn remove_found(&mut self, f: Found) -> (u32, bool) {
+        debug_assert_eq!(self.slots[f.pos].rec, f.rec, "stale lookup");
+        self.remove_at(f.rec, f.pos, true)
+    }
+
+    fn remove_at(&mut self, idx: u32, pos: usize, spare: bool) -> (u32, bool) {
         // Index: backward-shift deletion keeps every probe chain unbroken.
         self.generation = self.generation.wrapping_add(1);
-        let mut hole = self.slot_of(idx);
+        let mut hole = pos;
         let mut j = (hole + 1) & self.mask;
         loop {
             let s = self.slots[j];
@@ -534,26 +671,39 @@ impl FlowTable {
         }
         self.slots[hole] = EMPTY;
 
-        // Instance list.
-        let rec = self.recs[idx as usize];
-        let inst = self.shapes[rec.shape as usize].key.inst as usize;
-        if rec.prev != NIL {
-            self.recs[rec.prev as usize].next = rec.next;
+        let rec = &self.recs[idx as usize];
+        let (shape, counted) = (rec.shape, rec.counted());
+        let inst = self.shapes[shape as usize].key.inst as usize;
+        if spare && self.spare_count < self.spare_cap() {
+            let r = &mut self.recs[idx as usize];
+            r.flags = F_SPARE;
+            r.hash = self.spares[inst];
+            self.spares[inst] = idx;
+            self.spare_count += 1;
         } else {
-            self.heads[inst] = rec.next;
+            self.unlink_and_free(idx, inst);
         }
-        if rec.next != NIL {
-            self.recs[rec.next as usize].prev = rec.prev;
-        }
+        self.release_shape(shape);
+        (inst as u32, counted)
+    }
 
-        // Storage: onto the free list.
+    /// Takes record `idx` off instance `inst`'s list and onto the free list.
+    fn unlink_and_free(&mut self, idx: u32, inst: usize) {
+        let rec = &self.recs[idx as usize];
+        let (prev, next) = (rec.prev, rec.next);
+        if prev != NIL {
+            self.recs[prev as usize].next = next;
+        } else {
+            self.heads[inst] = next;
+        }
+        if next != NIL {
+            self.recs[next as usize].prev = prev;
+        }
         let slot = &mut self.recs[idx as usize];
         slot.flags = F_FREE;
         slot.next = self.free_head;
         self.free_head = idx;
         self.free_count += 1;
-        self.release_shape(rec.shape);
-        rec
     }
 
     /// Bytes held by the table's own buffers (capacity, not length).
@@ -562,6 +712,7 @@ impl FlowTable {
             + self.slots.capacity() * size_of::<Slot>()
             + self.shapes.capacity() * size_of::<ShapeEntry>()
             + self.heads.capacity() * 4
+            + self.spares.capacity() * 4
             + self.last_shape.capacity() * 4
     }
 }
@@ -683,6 +834,95 @@ mod tests {
         let mut stranger = probes[0].0;
         stranger.orig_dst = addr_bits("2001:db8:2::c000:209".parse().unwrap());
         assert_eq!(t.find(&stranger, 7), None);
+    }
+
+    /// Inserts flow `n` for instance `inst` (guest `192.168.0.inst`); returns its
+    /// probe and record.
+    fn add(t: &mut FlowTable, inst: u32, n: u32) -> (Probe, u32) {
+        let guest = 0xffff_c0a8_0000 + u128::from(inst);
+        let s = t.intern_shape(ShapeKey {
+            inst,
+            orig_dst: guest,
+            reply_src: guest,
+            reply_dst: None,
+            guest_is_orig_dst: true,
+        });
+        let r = rec(s, n);
+        let p = Probe {
+            remote: r.remote_bits(),
+            orig_dst: guest,
+            sport: r.sport,
+            dport: r.dport,
+            proto: r.proto,
+            zone: r.zone,
+            id: r.id,
+        };
+        let idx = t.insert(r, p.hash32());
+        (p, idx)
+    }
+
+    fn remove_by_event(t: &mut FlowTable, p: &Probe) {
+        let f = t.lookup_at(p, p.hash32()).expect("present");
+        t.remove_found(f);
+    }
+
+    #[test]
+    fn a_record_removed_by_an_event_is_reused_in_place_by_its_instance_only() {
+        let mut t = FlowTable::default();
+        let (p1, _) = add(&mut t, 0, 1);
+        let (p2, i2) = add(&mut t, 0, 2);
+        add(&mut t, 0, 3);
+        add(&mut t, 1, 9);
+        remove_by_event(&mut t, &p2);
+        assert_eq!(t.find(&p2, p2.hash32()), None);
+        assert_eq!(list(&t, 0), vec![1, 3], "a spare is not listed");
+        assert_eq!(t.len(), 3);
+        // Another instance's new flow does not take it.
+        let (_, j) = add(&mut t, 1, 10);
+        assert_ne!(j, i2);
+        // The instance's next flow takes it, and is found and listed.
+        let (p4, i4) = add(&mut t, 0, 4);
+        assert_eq!(i4, i2);
+        assert_eq!(t.find(&p4, p4.hash32()), Some(i4));
+        assert_eq!(list(&t, 0), vec![1, 3, 4]);
+        assert_eq!(t.len(), 5);
+        // Clearing the instance frees its spares too, for any instance to reuse.
+        remove_by_event(&mut t, &p1);
+        t.clear_instance(0);
+        assert_eq!(list(&t, 0), Vec::<u32>::new());
+        assert_eq!(t.len(), 2);
+        let before = t.recs.len();
+        add(&mut t, 1, 11);
+        add(&mut t, 1, 12);
+        assert_eq!(t.recs.len(), before, "freed records are reused");
+        assert_eq!(list(&t, 1), vec![9, 10, 11, 12]);
+    }
+
+    #[test]
+    fn spares_stay_a_small_share_of_the_table() {
+        let mut t = FlowTable::default();
+        let probes: Vec<Probe> = (0..2000).map(|n| add(&mut t, n % 3, n).0).collect();
+        // A removal keeps a spare only under the cap of the moment: at most a
+        // sixteenth of the most flows the table held (or 64).
+        let cap = t.spare_cap();
+        assert_eq!(cap, 2000 / 16);
+        for p in &probes {
+            remove_by_event(&mut t, p);
+            assert!(t.spare_count <= cap);
+        }
+        assert_eq!(t.len(), 0);
+        assert!(t.spare_count >= 64);
+        for inst in 0..3 {
+            assert_eq!(list(&t, inst), Vec::<u32>::new());
+        }
+        // Refilling reuses spares and freed records: the storage does not grow.
+        let before = t.recs.len();
+        for n in 0..2000 {
+            add(&mut t, n % 3, n);
+        }
+        assert_eq!(t.recs.len(), before);
+        assert_eq!(t.len(), 2000);
+        assert_eq!(t.spare_count, 0);
     }
 
     #[test]

@@ -24,6 +24,10 @@
 //!   `last_inbound_activity_at` advances on each event, the persisted one on transitions.
 //! - DESTROY tombstones are kept only while a resync is open (that is the only time a
 //!   dump can resurrect a flow), each for at most `tombstone_ttl_ms`.
+//! - The flow-event path is laid out for memory: one 64-byte line per instance in a
+//!   dense array, one line per flow record, a record removed by an event kept as a
+//!   spare for its instance's next flow, and [`Engine::on_flow_events`] loading the
+//!   lines a group of events needs before applying any of them.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -514,56 +518,65 @@ impl Engine {
     /// latencies overlap instead of adding up.
     pub fn on_flow_events(&mut self, events: &[FlowEvent], now: UnixMillis) {
         const GROUP: usize = 32;
+        const NIL: u32 = u32::MAX;
         self.see(now);
+        let mut prepared = [flow_events::Prepared::NONE; GROUP];
+        let mut hints = [NIL; GROUP];
+        let mut shapes = [NIL; GROUP];
         for group in events.chunks(GROUP) {
-            let mut prepared = [flow_events::Prepared::default(); GROUP];
-            let mut hints = [(u32::MAX, u32::MAX); GROUP];
-            // Stage 1: addresses, identities, hashes and instances (small, cached tables).
+            let prepared = &mut prepared[..group.len()];
+            let hints = &mut hints[..group.len()];
+            let shapes = &mut shapes[..group.len()];
+            self.stats.flow_events += group.len() as u64;
+            // Stage 1: addresses, identities, hashes and instances (small tables).
             for (e, p) in group.iter().zip(prepared.iter_mut()) {
-                *p = self.prepare(&e.flow);
+                *p = self.prepare_unchecked(&e.flow);
             }
-            // Stage 2: the home slots and instance lines, in a tight loop so that the
-            // cache misses are all in flight at once.
-            for (p, hint) in prepared.iter().zip(hints.iter_mut()) {
-                if let Some((slot, _)) = p.class {
-                    *hint = (self.flows.warm_slot(p.hash), self.warm_instance(slot));
+            // Stage 2: the instance lines (for the outbound check) and the home slots,
+            // in a tight loop so that the cache misses are all in flight at once. A NEW
+            // will link its record in front of the instance's list head; the others want
+            // the record found.
+            for ((e, p), hint) in group.iter().zip(prepared.iter_mut()).zip(hints.iter_mut()) {
+                self.drop_outbound(p);
+                self.stats.flow_events_unmatched += u64::from(!p.classified());
+                *hint = NIL;
+                if p.classified() {
+                    let rec = std::hint::black_box(self.flows.warm_slot(p.hash));
+                    *hint = if e.kind == EventKind::New {
+                        self.flows.insert_target(p.slot)
+                    } else {
+                        rec
+                    };
                 }
             }
-            // Stage 3: the records found, and for a NEW the instance's list head (the
-            // flow is linked in front of it) and the shape it will likely share.
-            let mut links = [(u32::MAX, u32::MAX, u32::MAX); GROUP];
-            for (((e, p), &(rec, head)), link) in group
+            // Stage 3: those records (for a NEW, the spare it will reuse or the list
+            // head it will be linked in front of), and for a NEW the shape it will
+            // likely share.
+            for (((e, p), &hint), shape) in group
                 .iter()
                 .zip(prepared.iter())
                 .zip(hints.iter())
-                .zip(links.iter_mut())
+                .zip(shapes.iter_mut())
             {
-                if e.kind == EventKind::New {
-                    self.flows.warm_rec(head);
-                    if let Some((slot, _)) = p.class {
-                        self.flows.warm_shape(u32::MAX, slot);
-                    }
-                } else {
-                    let found = self.flows.warm_rec(rec);
-                    if e.kind == EventKind::Destroy {
-                        *link = found;
-                    }
+                let (_, _, found) = self.flows.warm_rec(hint);
+                *shape = NIL;
+                match e.kind {
+                    EventKind::New if p.classified() => self.flows.warm_shape(NIL, p.slot),
+                    EventKind::Destroy => *shape = found,
+                    _ => {}
                 }
             }
-            // Stage 4: the list neighbours and the shape of the records a DESTROY will
-            // unlink.
-            for &(prev, next, shape) in &links {
-                self.flows.warm_rec(prev);
-                self.flows.warm_rec(next);
-                self.flows.warm_shape(shape, u32::MAX);
+            // Stage 4: the shapes DESTROYs release. (A removed record stays on its
+            // instance's list as a spare, so its list neighbours are not touched.)
+            for &shape in shapes.iter() {
+                if shape != NIL {
+                    self.flows.warm_shape(shape, NIL);
+                }
             }
             // Stage 5: apply, in order. Flow events never change the address index, so
             // the classifications made in stage 1 still hold.
             for (e, p) in group.iter().zip(prepared.iter()) {
-                self.stats.flow_events += 1;
-                if !self.apply_prepared(&e.flow, p, flow_events::Source::Event(e.kind), now) {
-                    self.stats.flow_events_unmatched += 1;
-                }
+                self.apply_prepared(&e.flow, p, flow_events::Source::Event(e.kind), now);
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::flows::{NIL, addr_bits};
+use super::flows::addr_bits;
 use super::instance::{Inst, Phase};
 use super::{
     Decision, Engine, EngineError, InstanceKey, InstanceSpec, Lifecycle, ObserverRequest, Reason,
@@ -175,13 +175,7 @@ impl Engine {
     }
 
     pub(super) fn remove_instance(&mut self, slot: u32, now: UnixMillis) {
-        loop {
-            let head = self.flows.head(slot);
-            if head == NIL {
-                break;
-            }
-            self.flows.remove(head);
-        }
+        self.flows.clear_instance(slot);
         let inst = self.insts[slot as usize].take().expect("live slot");
         self.by_key.remove(&inst.key);
         for a in &inst.spec.addresses {

@@ -179,8 +179,8 @@ impl Engine {
         // An entry for a flow an event reported since this resync began is older than
         // that event: the event's view stands.
         let prepared = self.prepare(flow);
-        if prepared.class.is_some()
-            && let Some(idx) = self.flows.find(&prepared.probe, prepared.hash)
+        if prepared.classified()
+            && let Some(idx) = self.flows.find(&prepared.probe(flow), prepared.hash)
             && (self.flows.rec(idx).touch.wrapping_sub(id.0 as u32) as i32) >= 0
         {
             return Ok(());

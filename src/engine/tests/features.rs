@@ -294,3 +294,58 @@ fn batched_events_have_the_same_effect_as_single_ones() {
     b.e.explain(1, T0 + SEC, &mut wb).unwrap();
     assert_eq!(wa, wb);
 }
+
+/// Ports of the flows keeping instance `key` awake, sorted.
+fn awake_ports(h: &H, key: InstanceKey, now: UnixMillis) -> Vec<u16> {
+    let mut why = Vec::new();
+    h.e.explain(key, now, &mut why).unwrap();
+    let mut ports: Vec<u16> = why.iter().map(|k| k.orig.src_port).collect();
+    ports.sort();
+    ports
+}
+
+#[test]
+fn replaced_flows_leave_no_trace_in_explanations_recounts_or_a_reused_slot() {
+    let est = Some(TcpState::ESTABLISHED);
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.reg(2, spec_with(ip("192.168.100.11"), policy(MIN)), T0);
+    // Churn: flows come and go on instance 1, as conntrack events report them.
+    for p in 1..=5 {
+        h.new_flow(inbound(p, est), T0);
+    }
+    for p in 1..=4 {
+        h.destroy(inbound(p, None), T0 + SEC);
+    }
+    h.new_flow(inbound(6, est), T0 + 2 * SEC);
+    assert_eq!(awake_ports(&h, 1, T0 + 3 * SEC), vec![5, 6]);
+    assert_eq!(h.e.stats().tracked_flows, 2);
+
+    // A policy change recounts the live flows only: ignoring port 80 leaves none.
+    let mut ignoring = spec(MIN);
+    ignoring.policy.as_mut().unwrap().ignore_destination_ports = vec![80];
+    h.e.update(1, ignoring, T0 + 3 * SEC).unwrap();
+    assert_eq!(awake_ports(&h, 1, T0 + 3 * SEC), Vec::<u16>::new());
+    h.e.update(1, spec(MIN), T0 + 4 * SEC).unwrap();
+    assert_eq!(awake_ports(&h, 1, T0 + 4 * SEC), vec![5, 6]);
+
+    // Unregistering frees everything; an instance registered in the freed slot with
+    // the same address starts clean, and the flow it gets is its only one.
+    h.destroy(inbound(5, None), T0 + 5 * SEC);
+    h.e.unregister(1, T0 + 5 * SEC).unwrap();
+    assert_eq!(h.e.stats().tracked_flows, 0);
+    h.reg(3, spec(MIN), T0 + 5 * SEC);
+    assert_eq!(awake_ports(&h, 3, T0 + 5 * SEC), Vec::<u16>::new());
+    h.new_flow(inbound(7, est), T0 + 6 * SEC);
+    assert_eq!(awake_ports(&h, 3, T0 + 6 * SEC), vec![7]);
+    assert_eq!(awake_ports(&h, 2, T0 + 6 * SEC), Vec::<u16>::new());
+    assert_eq!(h.e.stats().tracked_flows, 1);
+
+    // Once that flow ends, the instance is idle and goes to Standby on time.
+    h.destroy(inbound(7, None), T0 + 7 * SEC);
+    h.drain();
+    h.e.tick(T0 + 7 * SEC + MIN - 1);
+    assert!(!h.standbys().contains(&3));
+    h.e.tick(T0 + 7 * SEC + MIN);
+    assert_eq!(h.standbys(), vec![3]);
+}
