@@ -8,11 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use autostandby::conntrack::{EventSocket, QuerySocket};
-use autostandby::engine::{
-    Engine, EngineConfig, InstanceSpec, Lifecycle, ObserverRequest, Reason, ResyncScope, Runtime,
-    UnixMillis,
-};
-use autostandby::policy::Policy;
+use autostandby::engine::{Engine, EngineConfig, ObserverRequest, Reason, ResyncScope, UnixMillis};
 use conntrack_support::*;
 
 const KEY: u64 = 1;
@@ -27,19 +23,8 @@ impl Clock {
 
 fn engine_with_guest(clock: &Clock) -> Engine {
     let mut e = Engine::new(EngineConfig::default());
-    let spec = InstanceSpec {
-        addresses: vec![ip(SERVER)],
-        policy: Some(Policy {
-            enabled: true,
-            idle_timeout_ms: 600_000,
-            ..Policy::default()
-        }),
-        lifecycle: Lifecycle::Running,
-        network_enabled: true,
-        has_vgpu: false,
-        runtime: Runtime::default(),
-    };
-    e.register(KEY, spec, clock.now()).unwrap();
+    e.register(KEY, running_instance(ip(SERVER), 600_000), clock.now())
+        .unwrap();
     e
 }
 

@@ -13,35 +13,12 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use autostandby::controller::{Controller, ControllerConfig};
-use autostandby::engine::{Decision, InstanceSpec, Lifecycle, Reason, Status};
-use autostandby::policy::{Policy, Protocols};
+use autostandby::engine::{Decision, Reason, Status};
 use conntrack_support::*;
 
 const KEY: u64 = 7;
 const IDLE_MS: u64 = 2_000;
 const DOWN_FOR: Duration = Duration::from_secs(3);
-
-fn spec() -> InstanceSpec {
-    InstanceSpec {
-        addresses: vec![ip(SERVER)],
-        policy: Some(Policy {
-            enabled: true,
-            idle_timeout_ms: IDLE_MS,
-            ignore_source_cidrs: vec![],
-            ignore_destination_ports: vec![],
-            protocols: Protocols {
-                tcp: true,
-                udp: false,
-            },
-            wake_on_traffic: false,
-            min_uptime_ms: 0,
-        }),
-        lifecycle: Lifecycle::Running,
-        network_enabled: true,
-        has_vgpu: false,
-        runtime: Default::default(),
-    }
-}
 
 fn fail_with_logs(ctl: &Controller, what: &str) -> ! {
     let mut logs = Vec::new();
@@ -88,7 +65,8 @@ fn a_failed_event_socket_is_reported_reopened_and_followed_by_a_resync() {
     // the connection opened while the socket was down.
     cfg.resync_interval_ms = 600_000;
     let ctl = Controller::new(cfg).expect("kernel controller");
-    ctl.register(KEY, spec()).unwrap();
+    ctl.register(KEY, running_instance(ip(SERVER), IDLE_MS))
+        .unwrap();
 
     // The first resync finds nothing: the idle countdown runs.
     wait_until(&ctl, Duration::from_secs(5), "the first resync", || {

@@ -8,34 +8,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use autostandby::controller::{Controller, ControllerConfig};
-use autostandby::engine::{InstanceSpec, Lifecycle, Reason, Status};
-use autostandby::policy::{Policy, Protocols};
+use autostandby::engine::{Reason, Status};
 use conntrack_support::*;
 
 /// Instances registered besides the one that serves the connection.
 const OTHERS: u64 = 199;
-
-fn spec(addr: IpAddr) -> InstanceSpec {
-    InstanceSpec {
-        addresses: vec![addr],
-        policy: Some(Policy {
-            enabled: true,
-            idle_timeout_ms: 600_000,
-            ignore_source_cidrs: vec![],
-            ignore_destination_ports: vec![],
-            protocols: Protocols {
-                tcp: true,
-                udp: false,
-            },
-            wake_on_traffic: false,
-            min_uptime_ms: 0,
-        }),
-        lifecycle: Lifecycle::Running,
-        network_enabled: true,
-        has_vgpu: false,
-        runtime: Default::default(),
-    }
-}
+/// Long enough that no countdown ends during the test.
+const IDLE_MS: u64 = 600_000;
 
 #[test]
 fn registrations_in_a_burst_share_a_resync_that_finds_existing_connections() {
@@ -49,10 +28,11 @@ fn registrations_in_a_burst_share_a_resync_that_finds_existing_connections() {
     cfg.netns = Some(pair.b_path());
     cfg.resync_interval_ms = 600_000;
     let ctl = Controller::new(cfg).expect("kernel controller");
-    ctl.register(1, spec(ip(SERVER))).unwrap();
+    ctl.register(1, running_instance(ip(SERVER), IDLE_MS))
+        .unwrap();
     for key in 2..=OTHERS + 1 {
         let addr = IpAddr::V4(Ipv4Addr::from(0x0aea_0000 + key as u32));
-        ctl.register(key, spec(addr)).unwrap();
+        ctl.register(key, running_instance(addr, IDLE_MS)).unwrap();
     }
 
     let until = Instant::now() + Duration::from_secs(10);

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use autostandby::conntrack::{ConntrackError, EventSocket, ObserverConfig, netns};
+use autostandby::engine::{InstanceSpec, Lifecycle};
 use autostandby::flow::FlowEvent;
+use autostandby::policy::Policy;
 
 /// Client address (namespace A).
 pub const CLIENT: &str = "10.231.0.1";
@@ -231,4 +233,21 @@ pub fn collect_until(
 /// Parses an address.
 pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
+}
+
+/// A running instance at `addr` with an enabled policy of `idle_timeout_ms` and the
+/// defaults otherwise (TCP only, nothing ignored, no minimum uptime).
+pub fn running_instance(addr: IpAddr, idle_timeout_ms: u64) -> InstanceSpec {
+    InstanceSpec {
+        addresses: vec![addr],
+        policy: Some(Policy {
+            enabled: true,
+            idle_timeout_ms,
+            ..Policy::default()
+        }),
+        lifecycle: Lifecycle::Running,
+        network_enabled: true,
+        has_vgpu: false,
+        runtime: Default::default(),
+    }
 }
