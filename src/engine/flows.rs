@@ -312,6 +312,13 @@ impl FlowTable {
         .filter(|&i| !self.recs[i as usize].is_spare())
     }
 
+    /// Every flow of every instance, in storage order: a sequential read, where walking
+    /// each instance's list jumps around memory.
+    pub(crate) fn all(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.recs.len() as u32)
+            .filter(|&i| self.recs[i as usize].flags & (F_FREE | F_SPARE) == 0)
+    }
+
     /// Removes every record of instance `inst`, spares included.
     pub(crate) fn clear_instance(&mut self, inst: u32) {
         loop {

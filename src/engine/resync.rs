@@ -2,6 +2,7 @@
 //! a dump from resurrecting a flow.
 
 use super::flow_events::Source;
+use super::flows::{FlowRec, Probe};
 use super::instance::Phase;
 use super::{
     Engine, EngineError, InstanceKey, ObserverRequest, Reason, ResyncId, ResyncScope, UnixMillis,
@@ -198,14 +199,27 @@ impl Engine {
         self.see(now);
         let (r, members) = self.close_resync(id)?;
         let seq = r.id as u32;
+        // Flows neither dumped nor mentioned by an event since the resync began are gone;
+        // they ended no later than the dump, so count idleness from its start.
+        let stale = |rec: &FlowRec| (seq.wrapping_sub(rec.touch) as i32) > 0;
+        let gone: Vec<Probe> = if r.scope.is_none() {
+            // Every live instance: one pass over the storage.
+            self.flows
+                .all()
+                .filter(|&i| stale(self.flows.rec(i)))
+                .map(|i| self.flows.probe_of(i))
+                .collect()
+        } else {
+            members
+                .iter()
+                .flat_map(|&slot| self.collect(slot, |_, rec| stale(rec)))
+                .collect()
+        };
+        for p in gone {
+            self.remove_probe(&p, r.began_at);
+        }
         let mut again = Vec::new();
         for &slot in &members {
-            // Flows neither dumped nor mentioned by an event since the resync began are
-            // gone; they ended no later than the dump, so count idleness from its start.
-            let stale = self.collect(slot, |_, rec| (seq.wrapping_sub(rec.touch) as i32) > 0);
-            for p in stale {
-                self.remove_probe(&p, r.began_at);
-            }
             let key = self.inst(slot).key;
             match self.inst(slot).lost_seq {
                 Some(l) if l <= r.id => {

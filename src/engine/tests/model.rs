@@ -22,6 +22,8 @@ enum Op {
         inst: u64,
         ports: Vec<u16>,
     },
+    /// A consistent dump of every instance at once (`ResyncScope::All`).
+    DumpAll(Vec<(u64, u16)>),
     Hold(u64),
     Advance(u64),
     Outcome(u8),
@@ -46,6 +48,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(inst, port, kind, state)| Op::Event { inst, port, kind, state }),
         1 => (0..INSTANCES, proptest::collection::vec(1u16..6, 0..3))
             .prop_map(|(inst, ports)| Op::Dump { inst, ports }),
+        1 => proptest::collection::vec((0..INSTANCES, 1u16..6), 0..6).prop_map(Op::DumpAll),
         1 => (0..INSTANCES).prop_map(Op::Hold),
         4 => (0u64..15_000).prop_map(Op::Advance),
         2 => (0u8..3).prop_map(Op::Outcome),
@@ -200,6 +203,17 @@ fn run(ops: Vec<Op>, confirm: bool) -> Result<(), TestCaseError> {
                 }
                 h.e.finish_resync(r, now).unwrap();
                 m.live.insert(inst, set);
+            }
+            Op::DumpAll(flows) => {
+                let r = h.e.begin_resync(ResyncScope::All, now);
+                for i in 0..INSTANCES {
+                    m.live.insert(i, BTreeSet::new());
+                }
+                for (inst, p) in flows {
+                    h.e.resync_flow(r, &mkflow(inst, p, Some(3))).unwrap();
+                    m.live.entry(inst).or_default().insert(p);
+                }
+                h.e.finish_resync(r, now).unwrap();
             }
             Op::Hold(inst) => {
                 let _ = h.e.hold(inst, now);
