@@ -349,18 +349,26 @@ func BenchmarkClassifyTable(b *testing.B) {
 	for _, s := range []*side{ours, peer, floor} {
 		fmt.Printf("  %-30s %12v %12d %12d\n", s.label, best(s).Round(time.Microsecond), s.allocs, s.bytes)
 	}
-	ratios := make([]float64, rounds)
-	for i := range ratios {
-		ratios[i] = float64(peer.times[i]) / float64(ours.times[i])
+	// perRound gives the range and median of a/b over the rounds.
+	perRound := func(a, b *side) (lo, hi, median float64) {
+		r := make([]float64, rounds)
+		for i := range r {
+			r[i] = float64(a.times[i]) / float64(b.times[i])
+		}
+		slices.Sort(r)
+		return r[0], r[rounds-1], r[rounds/2]
 	}
-	slices.Sort(ratios)
 	speed := float64(best(peer)) / float64(best(ours))
 	allocRatio := float64(peer.allocs) / float64(max(ours.allocs, 1))
+	lo, hi, med := perRound(peer, ours)
 	fmt.Printf("  speed-up %.1fx best against best (target >= 3x); per round %.1fx to %.1fx, median %.1fx\n",
-		speed, ratios[0], ratios[rounds-1], ratios[rounds/2])
+		speed, lo, hi, med)
 	fmt.Printf("  Go allocations %.0fx fewer (target >= 10x)\n", allocRatio)
-	fmt.Printf("  the kernel's dump alone is %.0f%% of ours and %.0f%% of the peer's time (best rounds)\n",
-		100*float64(best(floor))/float64(best(ours)), 100*float64(best(floor))/float64(best(peer)))
+	lo, hi, med = perRound(ours, floor)
+	fmt.Printf("  against the bare kernel dump: ours takes %.2fx to %.2fx of it per round (median %.2fx);\n",
+		lo, hi, med)
+	lo, hi, med = perRound(peer, floor)
+	fmt.Printf("  the peer %.1fx to %.1fx (median %.1fx), which bounds any speed-up\n", lo, hi, med)
 	b.ReportMetric(speed, "speedup_x")
 	b.ReportMetric(allocRatio, "fewer_allocs_x")
 
