@@ -82,6 +82,7 @@ fn insert(count: u32) -> Result<(), ConntrackError> {
             tcp_state: Some(TcpState::ESTABLISHED),
             status: 0,
             mark: 0,
+            timeout_s: None,
         };
         let seq = q.alloc_seq();
         batch.extend_from_slice(&request::create(&flow, 3600, false, seq));

@@ -80,6 +80,7 @@ fn tcp(client: IpAddr, port: u16, vm: IpAddr, state: Option<TcpState>) -> Flow {
         tcp_state: state,
         status: 0,
         mark: 0,
+        timeout_s: None,
     }
 }
 

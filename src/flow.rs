@@ -169,6 +169,9 @@ pub struct Flow {
     pub status: u32,
     /// `CTA_MARK` (0 when absent).
     pub mark: u32,
+    /// `CTA_TIMEOUT`: seconds until conntrack expires the entry unless traffic refreshes
+    /// it (which reports no event); `None` when unknown.
+    pub timeout_s: Option<u32>,
 }
 
 impl Flow {

@@ -89,6 +89,7 @@ fn oracle(bytes: &[u8]) -> Flow {
         tcp_state: None,
         status: 0,
         mark: 0,
+        timeout_s: None,
     };
     for a in attrs {
         match a {
@@ -96,6 +97,7 @@ fn oracle(bytes: &[u8]) -> Flow {
             ConntrackAttribute::CtaTupleReply(t) => f.reply = tuple(&t).0,
             ConntrackAttribute::CtaStatus(s) => f.status = s.bits(),
             ConntrackAttribute::CtaMark(m) => f.mark = m,
+            ConntrackAttribute::CtaTimeout(t) => f.timeout_s = Some(t),
             ConntrackAttribute::CtaProtoInfo(infos) => {
                 for i in infos {
                     if let ProtoInfo::TCP(tcp) = i {
@@ -196,6 +198,7 @@ fn arb_flow() -> impl Strategy<Value = Flow> {
                 tcp_state: state.map(TcpState),
                 status,
                 mark,
+                timeout_s: None,
             },
         )
         // Port 0 on both sides is how port-less protocols look; the builder omits them.

@@ -32,6 +32,7 @@ pub fn flow(n: u32, generation: u32, state: Option<TcpState>) -> Flow {
         tcp_state: state,
         status: 0,
         mark: 0,
+        timeout_s: None,
     }
 }
 

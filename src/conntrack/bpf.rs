@@ -287,6 +287,7 @@ mod tests {
             tcp_state: Some(TcpState::ESTABLISHED),
             status: 0,
             mark: 0,
+            timeout_s: None,
         }
     }
 

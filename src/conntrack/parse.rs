@@ -164,8 +164,6 @@ pub struct CtMessage {
     pub family: u8,
     /// The flow the message describes.
     pub flow: Flow,
-    /// `CTA_TIMEOUT` in seconds, when present.
-    pub timeout: Option<u32>,
     /// `CTA_TIMESTAMP_EVENT` in nanoseconds, when present.
     pub timestamp_event: Option<u64>,
 }
@@ -329,8 +327,8 @@ pub fn parse_conntrack(msg: &RawMessage<'_>) -> Result<CtMessage, ParseError> {
             tcp_state,
             status,
             mark,
+            timeout_s: timeout,
         },
-        timeout,
         timestamp_event,
     })
 }
@@ -373,6 +371,7 @@ mod tests {
             tcp_state: Some(TcpState::ESTABLISHED),
             status: 0xe,
             mark: 7,
+            timeout_s: None,
         }
     }
 
@@ -431,6 +430,7 @@ mod tests {
             5000,
         );
         f.zone = 9;
+        f.timeout_s = Some(30);
         let bytes = build_flow_message(&f, wire::IPCTNL_MSG_CT_NEW, wire::NLM_F_CREATE);
         let raw = messages(&bytes).next().unwrap().unwrap();
         let ct = parse_conntrack(&raw).unwrap();

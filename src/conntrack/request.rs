@@ -194,8 +194,10 @@ pub mod testing {
             ConntrackAttribute::CtaTupleOrig(tuple_attrs(&flow.orig, flow.protocol)),
             ConntrackAttribute::CtaTupleReply(tuple_attrs(&flow.reply, flow.protocol)),
             ConntrackAttribute::CtaStatus(Status::from_bits_retain(flow.status)),
-            ConntrackAttribute::CtaTimeout(120),
         ];
+        if let Some(secs) = flow.timeout_s {
+            attrs.push(ConntrackAttribute::CtaTimeout(secs));
+        }
         if let Some(state) = flow.tcp_state {
             attrs.push(protoinfo(state));
         }

@@ -76,6 +76,7 @@ impl Engine {
     /// The last qualifying flow ended at `at`.
     pub(super) fn drained(&mut self, slot: u32, at: UnixMillis) {
         let inst = self.inst_mut(slot);
+        inst.udp_expiry = None;
         if !inst.eligible() {
             return;
         }

@@ -199,13 +199,17 @@ impl Engine {
         {
             rec.state = st.0;
         }
-        if rec.counted()
-            && let Source::Event(kind) = source
-        {
+        if !rec.counted() {
+            return;
+        }
+        if let Source::Event(kind) = source {
             self.activity(prepared.slot, now, false);
             if kind == EventKind::New {
                 self.maybe_wake(prepared.slot, flow);
             }
+        }
+        if !tcp {
+            self.note_expiry(prepared.slot, flow, now);
         }
     }
 
@@ -287,6 +291,9 @@ impl Engine {
             self.activity(slot, now, became);
             if source == Source::Event(EventKind::New) {
                 self.maybe_wake(slot, flow);
+            }
+            if !tcp {
+                self.note_expiry(slot, flow, now);
             }
         }
     }
@@ -378,6 +385,7 @@ impl Engine {
                 .then_some(TcpState(r.state)),
             status: 0,
             mark: 0,
+            timeout_s: None,
         }
     }
 

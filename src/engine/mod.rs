@@ -9,12 +9,14 @@
 //!
 //! Layout: `flows` stores every tracked flow compactly (one table for all instances,
 //! per-instance lists); `addrs` finds an instance by address; `deadlines` is the indexed
-//! heap of standby deadlines (one entry per instance, moved in place, never dropped);
+//! heap of deadlines (one entry per instance, moved in place, never dropped: the standby
+//! countdown of an idle instance, the expiry check of an active one);
 //! `instance` holds per-instance state and the derived rules (eligibility, due time).
 //! The transitions: `registry` (register, update, unregister), `flow_events` (classify
 //! and apply flow reports), `countdown` (idleness, holds, persistence), `standby` (the
-//! pipeline from a due deadline to the host's report) and `resync` (observer health,
-//! lost events, dumps). `status` builds snapshots and explanations.
+//! pipeline from a due deadline to the host's report), `resync` (observer health,
+//! lost events, dumps) and `expiry` (checks for UDP flows conntrack may have expired
+//! without an event). `status` builds snapshots and explanations.
 //!
 //! Choices worth knowing:
 //! - Flows are stored whatever the policy says, so a policy change recounts without a
@@ -38,6 +40,7 @@ use crate::policy::{Policy, PolicyError};
 mod addrs;
 mod countdown;
 mod deadlines;
+mod expiry;
 mod fasthash;
 mod flow_events;
 mod flows;

@@ -110,7 +110,7 @@ impl Engine {
     }
 
     /// Adds instances to the one undrained `Resync` request, or queues one.
-    fn queue_resync(&mut self, keys: Vec<InstanceKey>) {
+    pub(super) fn queue_resync(&mut self, keys: Vec<InstanceKey>) {
         if keys.is_empty() {
             return;
         }

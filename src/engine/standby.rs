@@ -45,6 +45,10 @@ impl Engine {
         if inst.phase != Phase::None {
             return;
         }
+        if inst.live > 0 {
+            self.check_expiry(slot, now);
+            return;
+        }
         let Some(due) = inst.due_at() else { return };
         let confirmed = inst.confirmed_idle;
         let at = self.arm_at(slot).unwrap_or(due);
@@ -77,6 +81,9 @@ impl Engine {
     /// When the instance's deadline should fire: at the due time, or the confirmation
     /// lead before it while a confirmation is still needed.
     pub(super) fn arm_at(&self, slot: u32) -> Option<UnixMillis> {
+        if self.inst(slot).live > 0 {
+            return self.expiry_check_at(slot);
+        }
         let due = self.inst(slot).due_at()?;
         Some(due.saturating_sub(self.confirm_lead(slot)))
     }

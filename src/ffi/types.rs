@@ -623,6 +623,7 @@ impl autostandby_flow_event {
             tcp_state: self.has_tcp_state.then_some(TcpState(self.tcp_state)),
             status: 0,
             mark: 0,
+            timeout_s: None,
         })
     }
 

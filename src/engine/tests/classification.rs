@@ -85,6 +85,7 @@ fn dnat_port_forward_counts_for_the_guest_behind_it() {
         tcp_state: Some(TcpState::ESTABLISHED),
         status: 0,
         mark: 0,
+        timeout_s: None,
     };
     h.new_flow(f, T0);
     assert_eq!(h.st(1, T0).active_inbound, 1);

@@ -68,6 +68,7 @@ pub(super) fn flow(
         tcp_state: state,
         status: 0,
         mark: 0,
+        timeout_s: None,
     }
 }
 

@@ -348,3 +348,113 @@ fn scoped_loss_during_its_resync_asks_once_more() {
     assert_ne!(h.st(1, T0 + 6).reason, Reason::ResyncPending);
     assert!(h.requests().is_empty());
 }
+
+/// A UDP flow from 203.0.113.8:5353 to the default guest's port 53, reported with
+/// `timeout_s` seconds left before conntrack expires it.
+fn udp(timeout_s: Option<u32>) -> Flow {
+    Flow {
+        timeout_s,
+        ..flow(proto::UDP, ip("203.0.113.8"), 5353, guest(), 53, None, 9)
+    }
+}
+
+fn udp_spec() -> InstanceSpec {
+    let mut p = policy(MIN);
+    p.protocols.udp = true;
+    spec_with(guest(), p)
+}
+
+#[test]
+fn a_silently_expired_udp_flow_is_checked_at_its_expiry_and_dropped() {
+    let mut h = H::new();
+    h.reg(1, udp_spec(), T0);
+    h.new_flow(udp(Some(30)), T0);
+    assert_eq!(h.st(1, T0).status, Status::Active);
+    // Nothing is asked before the expiry (30 s, plus a second of rounding).
+    h.e.tick(T0 + 30 * SEC);
+    assert_eq!(h.requests(), vec![]);
+    assert_eq!(h.e.next_deadline(), Some(T0 + 31 * SEC));
+    h.e.tick(T0 + 31 * SEC);
+    assert_eq!(
+        h.requests(),
+        vec![ObserverRequest::Resync(ResyncScope::Instances(vec![1]))]
+    );
+    // The dump no longer lists the expired entry: the countdown starts from the dump.
+    let r =
+        h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + 31 * SEC);
+    h.e.finish_resync(r, T0 + 31 * SEC).unwrap();
+    let st = h.st(1, T0 + 31 * SEC);
+    assert_eq!((st.status, st.active_inbound), (Status::IdleCountdown, 0));
+    assert_eq!(st.next_standby_at, Some(T0 + 31 * SEC + MIN));
+    assert_eq!(
+        h.run_standbys(T0 + 31 * SEC + MIN, StandbyOutcome::Success),
+        vec![1]
+    );
+}
+
+#[test]
+fn a_udp_flow_still_in_the_dump_is_checked_again_at_its_new_expiry() {
+    let mut h = H::new();
+    h.reg(1, udp_spec(), T0);
+    h.new_flow(udp(Some(30)), T0);
+    // A reply makes the flow a stream: the UPDATE carries the longer timeout.
+    h.update_flow(udp(Some(120)), T0 + SEC);
+    h.e.tick(T0 + 31 * SEC);
+    assert_eq!(h.requests(), vec![]);
+    h.e.tick(T0 + 122 * SEC);
+    assert_eq!(h.requests().len(), 1);
+    // Traffic refreshed the entry without events: the dump lists it with 100 s left.
+    let r =
+        h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + 122 * SEC);
+    h.e.resync_flow(r, &udp(Some(100))).unwrap();
+    h.e.finish_resync(r, T0 + 122 * SEC).unwrap();
+    assert_eq!(h.st(1, T0 + 122 * SEC).status, Status::Active);
+    assert_eq!(h.e.next_deadline(), Some(T0 + 223 * SEC));
+    h.e.tick(T0 + 200 * SEC);
+    assert_eq!(h.requests(), vec![]);
+    assert!(h.standbys().is_empty());
+}
+
+#[test]
+fn flows_without_a_timeout_or_over_tcp_are_never_checked_for_expiry() {
+    let mut h = H::new();
+    h.reg(1, udp_spec(), T0);
+    h.reg(2, spec_with(ip("10.0.0.9"), policy(MIN)), T0);
+    // Manual mode reports no timeouts; TCP flows end through their state.
+    h.new_flow(udp(None), T0);
+    h.new_flow(
+        Flow {
+            timeout_s: Some(30),
+            ..flow(
+                proto::TCP,
+                ip("203.0.113.9"),
+                4000,
+                ip("10.0.0.9"),
+                80,
+                Some(TcpState::ESTABLISHED),
+                10,
+            )
+        },
+        T0,
+    );
+    assert_eq!(h.e.next_deadline(), None);
+    h.e.tick(T0 + 10 * MIN);
+    assert_eq!(h.requests(), vec![]);
+    assert_eq!(h.st(1, T0 + 10 * MIN).status, Status::Active);
+    assert_eq!(h.st(2, T0 + 10 * MIN).status, Status::Active);
+}
+
+#[test]
+fn an_expiry_check_is_forgotten_once_the_instance_drains() {
+    let mut h = H::new();
+    h.reg(1, udp_spec(), T0);
+    h.new_flow(udp(Some(30)), T0);
+    h.destroy(udp(None), T0 + 5 * SEC);
+    // A TCP flow later keeps it active: no check is due for the UDP flow that ended,
+    // even once something re-arms the instance.
+    h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0 + 6 * SEC);
+    h.e.update(1, udp_spec(), T0 + 7 * SEC).unwrap();
+    h.e.tick(T0 + 40 * SEC);
+    assert_eq!(h.requests(), vec![]);
+    assert_eq!(h.e.next_deadline(), None);
+}
