@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -80,7 +81,8 @@ func newFixture(t *testing.T, policy autostandby.Policy) *fixture {
 	f := &fixture{t: t, records: make(chan qemustore.Record, 64)}
 	f.store = qemustore.New(f.records)
 	f.inst = autostandby.Instance{
-		ID: instanceID, Name: "e2e", NetworkEnabled: true, IP: harness.GuestIP, AutoStandby: &policy,
+		ID: instanceID, Name: "e2e", NetworkEnabled: true, IP: harness.GuestIP,
+		ExtraIPs: []string{harness.GuestIP6}, AutoStandby: &policy,
 	}
 	f.store.Add(f.inst, guest)
 	f.start()
@@ -387,6 +389,77 @@ func TestRestartWithOpenConnection(t *testing.T) {
 	f.assertRunningFor(idleTimeout + 3*time.Second)
 	get(t, conn)
 	f.assertStandbyAfterClose(time.Now())
+}
+
+// Test 5: UDP and IPv6 count when the policy says so. An exchange with the guest's UDP
+// echo service over IPv6 keeps it running past the idle timeout. Once the flow's
+// conntrack entry has expired, the library notices within a few seconds (conntrack
+// itself reports the end only when its garbage collector gets there, which took up to a
+// minute here), and the guest goes into Standby.
+func TestUDPOverIPv6KeepsRunning(t *testing.T) {
+	// Short UDP timeouts in this namespace: the entry expires soon after the last datagram.
+	const udpTimeout = 2 * time.Second
+	sysctl(t, "net/netfilter/nf_conntrack_udp_timeout", "2")
+	sysctl(t, "net/netfilter/nf_conntrack_udp_timeout_stream", "2")
+	p := policy(false)
+	p.Protocols = []string{"tcp", "udp"}
+	f := newFixture(t, p)
+
+	conn, err := net.Dial("udp", harness.GuestUDPEcho6())
+	if err != nil {
+		t.Fatalf("UDP socket to the guest: %v", err)
+	}
+	defer conn.Close()
+	exchange := func(i int) {
+		t.Helper()
+		msg := fmt.Sprintf("ping %d", i)
+		conn.SetDeadline(time.Now().Add(2 * time.Second))
+		buf := make([]byte, 64)
+		if _, err := conn.Write([]byte(msg)); err != nil {
+			t.Fatalf("UDP send: %v", err)
+		}
+		n, err := conn.Read(buf)
+		if err != nil || string(buf[:n]) != msg {
+			t.Fatalf("UDP echo from the guest: %q, %v", buf[:n], err)
+		}
+	}
+	exchange(0)
+	s := f.waitStatus(5*time.Second, func(s autostandby.StatusSnapshot) bool { return s.ActiveInboundCount >= 1 })
+	guest6 := netip.MustParseAddr(harness.GuestIP6)
+	if len(s.KeptAwakeBy) != 1 || s.KeptAwakeBy[0].Protocol != "udp" || s.KeptAwakeBy[0].Destination.Addr() != guest6 {
+		t.Fatalf("want the guest kept awake by one UDP flow to %s, got%s", guest6, flows(s))
+	}
+	t.Logf("kept awake by %s", strings.TrimPrefix(flows(s), "; "))
+	for i := 1; time.Since(s.KeptAwakeBy[0].FirstSeen) < idleTimeout+3*time.Second; i++ {
+		f.assertRunningFor(500 * time.Millisecond)
+		exchange(i)
+	}
+	last := time.Now()
+	conn.Close()
+
+	// The library checks the flow once its reported timeout has passed (plus a second for
+	// rounding); the check's dump no longer lists the expired entry.
+	gone := time.Now()
+	f.waitStatus(udpTimeout+3*time.Second, func(s autostandby.StatusSnapshot) bool {
+		gone = time.Now()
+		return s.ActiveInboundCount == 0
+	})
+	t.Logf("the flow's end was noticed %v after its last datagram", gone.Sub(last).Round(time.Millisecond))
+	f.assertStandbyAfterClose(gone)
+}
+
+// sysctl sets /proc/sys/KEY in the test's namespace and restores it after the test.
+func sysctl(t *testing.T, key, value string) {
+	t.Helper()
+	path := "/proc/sys/" + key
+	old, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read %s: %v", path, err)
+	}
+	if err := os.WriteFile(path, []byte(value), 0o644); err != nil {
+		t.Fatalf("set %s: %v", path, err)
+	}
+	t.Cleanup(func() { os.WriteFile(path, old, 0o644) })
 }
 
 // flows lists the flows keeping an instance awake, for failure messages.

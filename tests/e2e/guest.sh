@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the end-to-end guest from Debian packages: the Debian cloud kernel and a busybox
-# initramfs whose init loads the virtio network modules, gives eth0 a static address and
-# serves HTTP on port 80. Nothing else runs in the guest.
+# initramfs whose init loads the virtio network modules, gives eth0 static IPv4 and IPv6
+# addresses, serves HTTP on TCP port 80 and echoes UDP on port 7
+# (tests/e2e/guest/udp_echo.c). Nothing else runs in the guest.
 #
-# Output (cached; rebuilt only when missing): build/e2e/guest/{vmlinuz,initramfs.cpio.gz,kernel-package}
+# Output (cached; rebuilt when missing or when this script or the guest's sources change):
+# build/e2e/guest/{vmlinuz,initramfs.cpio.gz,kernel-package,stamp}
 # Usage: tests/e2e/guest.sh            build if needed, print the guest directory
 #        tests/e2e/guest.sh --rebuild  build again
 set -euo pipefail
@@ -13,7 +15,9 @@ out="$root/build/e2e/guest"
 log() { echo "guest: $*" >&2; }
 die() { echo "guest: error: $*" >&2; exit 1; }
 
-if [[ "${1:-}" != "--rebuild" && -s "$out/vmlinuz" && -s "$out/initramfs.cpio.gz" && -s "$out/kernel-package" ]]; then
+stamp=$(cat "${BASH_SOURCE[0]}" "$root"/tests/e2e/guest/* | sha256sum | cut -c1-16)
+if [[ "${1:-}" != "--rebuild" && -s "$out/vmlinuz" && -s "$out/initramfs.cpio.gz" && -s "$out/kernel-package" &&
+      "$(cat "$out/stamp" 2>/dev/null)" == "$stamp" ]]; then
   echo "$out"
   exit 0
 fi
@@ -21,6 +25,7 @@ fi
 [[ $(id -u) -eq 0 ]] || die "run as root (the harness needs apt-get, network namespaces and TAP devices)"
 bash "$root/scripts/install-deps.sh" >&2
 [[ -x /bin/busybox ]] && /bin/busybox --list | grep -x httpd >/dev/null || die "/bin/busybox (busybox-static) with httpd is required"
+command -v gcc >/dev/null || die "gcc is required for the guest's UDP responder (scripts/install-deps.sh installs it)"
 
 work=$(mktemp -d /tmp/as-vm-guest.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -47,6 +52,8 @@ moddir="$work/kernel/lib/modules/$kver/kernel"
 ir="$work/initramfs"
 mkdir -p "$ir"/{bin,dev,proc,sys,tmp,www,lib/modules}
 cp /bin/busybox "$ir/bin/busybox"
+gcc -static -Os -s -Wall -Wextra -Werror -o "$ir/bin/udp_echo" "$root/tests/e2e/guest/udp_echo.c" \
+  || die "building the guest's UDP responder failed (static glibc from libc6-dev is required)"
 modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net)
 for m in "${modules[@]}"; do
   f=$(find "$moddir" -name "$m.ko*" | head -n1)
@@ -62,7 +69,7 @@ printf '%s\n' "${modules[@]}" >"$ir/lib/modules/order"
 echo "libautostandby e2e guest" >"$ir/www/index.html"
 
 # The kernel passes unknown name=value boot parameters to init as environment variables:
-# as_ip is the guest's address (CIDR), as_gw the host side of the bridge.
+# as_ip and as_ip6 are the guest's addresses (CIDR), as_gw the host side of the bridge.
 cat >"$ir/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -72,11 +79,15 @@ mount -t devtmpfs devtmpfs /dev
 while read -r m; do insmod "/lib/modules/$m.ko" || echo "guest: insmod $m failed"; done </lib/modules/order
 ip link set lo up
 ip addr add "${as_ip:?as_ip= missing on the kernel command line}" dev eth0
+# No duplicate address detection: the address is usable at once, and the link is ours.
+echo 0 >/proc/sys/net/ipv6/conf/eth0/accept_dad
+[ -n "$as_ip6" ] && ip -6 addr add "$as_ip6" dev eth0
 ip link set eth0 up
 [ -n "$as_gw" ] && ip route add default via "$as_gw"
 httpd -p 80 -h /www
-echo "guest: ready $as_ip"
-# Keep PID 1 alive; the HTTP responder is the only service.
+udp_echo 7 &
+echo "guest: ready $as_ip $as_ip6"
+# Keep PID 1 alive; the HTTP and UDP responders are the only services.
 while :; do sleep 3600; done
 INIT
 chmod +x "$ir/init"
@@ -87,5 +98,6 @@ cp "$work/kernel/boot/vmlinuz-$kver" "$out/vmlinuz.tmp"
 mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
 mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 echo "$pkg" >"$out/kernel-package"
+echo "$stamp" >"$out/stamp"
 log "built $out ($pkg, initramfs $(du -h "$out/initramfs.cpio.gz" | cut -f1))"
 echo "$out"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end VM harness. It creates a network namespace holding a bridge (the host
-# side, 10.213.0.1/24) and a TAP device on it for the guest (10.213.0.2), with an nft rule
+# side, 10.213.0.1/24 and fd00:213::1/64) and a TAP device on it for the guest
+# (10.213.0.2 and fd00:213::2), with an nft rule
 # that makes conntrack track the namespace's flows, and removes all of it, and every
 # process inside the namespace, on exit, failure or interrupt.
 #
@@ -27,6 +28,9 @@ run_dir="$root/build/e2e/run/$ns"
 host_ip=10.213.0.1
 guest_ip=10.213.0.2
 prefix=24
+host_ip6=fd00:213::1
+guest_ip6=fd00:213::2
+prefix6=64
 
 export AS_E2E_NS="$ns"                # the namespace everything runs in
 export AS_E2E_RUN_DIR="$run_dir"      # sockets, logs, pid files and snapshots; removed at exit
@@ -35,6 +39,9 @@ export AS_E2E_TAP=tap0                # the guest's TAP device (inside the names
 export AS_E2E_HOST_IP="$host_ip"
 export AS_E2E_GUEST_IP="$guest_ip"
 export AS_E2E_PREFIX="$prefix"
+export AS_E2E_HOST_IP6="$host_ip6"
+export AS_E2E_GUEST_IP6="$guest_ip6"
+export AS_E2E_PREFIX6="$prefix6"
 
 teardown() {
   local rc=$?
@@ -83,6 +90,7 @@ setup() {
   ip -n "$ns" link set lo up
   ip -n "$ns" link add br0 type bridge
   ip -n "$ns" addr add "$host_ip/$prefix" dev br0
+  ip -n "$ns" addr add "$host_ip6/$prefix6" dev br0 nodad
   ip -n "$ns" link set br0 up
   ip -n "$ns" tuntap add dev tap0 mode tap
   ip -n "$ns" link set tap0 master br0
@@ -97,10 +105,11 @@ table inet as_vm {
   chain output {
     type filter hook output priority filter; policy accept;
     ip daddr $guest_ip ct state new,established,related counter
+    ip6 daddr $guest_ip6 ct state new,established,related counter
   }
 }
 NFT
-  log "namespace $ns: br0 $host_ip/$prefix, tap0 for the guest at $guest_ip"
+  log "namespace $ns: br0 $host_ip/$prefix $host_ip6/$prefix6, tap0 for the guest at $guest_ip $guest_ip6"
 }
 
 # qemu_cmd PREFIX: the guest's QEMU command line (TCG, no KVM). PREFIX names the run files.
@@ -109,7 +118,7 @@ qemu_cmd() {
   echo qemu-system-x86_64 -accel tcg -machine pc -cpu qemu64 -m 128M -smp 1 \
     -nodefaults -no-user-config -display none -no-reboot \
     -kernel "$guest_dir/vmlinuz" -initrd "$guest_dir/initramfs.cpio.gz" \
-    -append "\"console=ttyS0 quiet panic=-1 init_on_free=1 as_ip=$guest_ip/$prefix as_gw=$host_ip\"" \
+    -append "\"console=ttyS0 quiet panic=-1 init_on_free=1 as_ip=$guest_ip/$prefix as_ip6=$guest_ip6/$prefix6 as_gw=$host_ip\"" \
     -netdev tap,id=n0,ifname=tap0,script=no,downscript=no \
     -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56 \
     -serial "file:$p.serial" -qmp "unix:$p.qmp,server=on,wait=off" -pidfile "$p.pid"

@@ -22,6 +22,9 @@ type Harness struct {
 	HostIP    string // the bridge's address
 	GuestIP   string // the guest's address
 	Prefix    string // prefix length of the bridge network
+	HostIP6   string // the bridge's IPv6 address
+	GuestIP6  string // the guest's IPv6 address
+	Prefix6   string // prefix length of the bridge's IPv6 network
 }
 
 // HarnessFromEnv reads the AS_E2E_* variables of tests/e2e/vm.sh. It fails with a clear
@@ -35,10 +38,14 @@ func HarnessFromEnv() (Harness, error) {
 		HostIP:    os.Getenv("AS_E2E_HOST_IP"),
 		GuestIP:   os.Getenv("AS_E2E_GUEST_IP"),
 		Prefix:    os.Getenv("AS_E2E_PREFIX"),
+		HostIP6:   os.Getenv("AS_E2E_HOST_IP6"),
+		GuestIP6:  os.Getenv("AS_E2E_GUEST_IP6"),
+		Prefix6:   os.Getenv("AS_E2E_PREFIX6"),
 	}
 	for name, v := range map[string]string{
 		"AS_E2E_NS": h.Namespace, "AS_E2E_RUN_DIR": h.RunDir, "AS_E2E_GUEST_DIR": h.GuestDir,
 		"AS_E2E_TAP": h.Tap, "AS_E2E_HOST_IP": h.HostIP, "AS_E2E_GUEST_IP": h.GuestIP, "AS_E2E_PREFIX": h.Prefix,
+		"AS_E2E_HOST_IP6": h.HostIP6, "AS_E2E_GUEST_IP6": h.GuestIP6, "AS_E2E_PREFIX6": h.Prefix6,
 	} {
 		if v == "" {
 			return h, fmt.Errorf("%s is not set: run this through 'tests/e2e/vm.sh run ...' (make e2e), as root", name)
@@ -54,14 +61,18 @@ func (h Harness) Config(name string) Config {
 		Dir:    h.RunDir,
 		Kernel: filepath.Join(h.GuestDir, "vmlinuz"),
 		Initrd: filepath.Join(h.GuestDir, "initramfs.cpio.gz"),
-		Append: fmt.Sprintf("console=ttyS0 quiet panic=-1 init_on_free=1 as_ip=%s/%s as_gw=%s", h.GuestIP, h.Prefix, h.HostIP),
-		Tap:    h.Tap,
-		MAC:    "52:54:00:12:34:56",
+		Append: fmt.Sprintf("console=ttyS0 quiet panic=-1 init_on_free=1 as_ip=%s/%s as_ip6=%s/%s as_gw=%s",
+			h.GuestIP, h.Prefix, h.GuestIP6, h.Prefix6, h.HostIP),
+		Tap: h.Tap,
+		MAC: "52:54:00:12:34:56",
 	}
 }
 
 // GuestHTTP is the guest's HTTP address.
 func (h Harness) GuestHTTP() string { return net.JoinHostPort(h.GuestIP, "80") }
+
+// GuestUDPEcho6 is the guest's UDP echo service on its IPv6 address.
+func (h Harness) GuestUDPEcho6() string { return net.JoinHostPort(h.GuestIP6, "7") }
 
 // HTTPGet sends one HTTP/1.0 GET over conn and returns the status line. It reads the
 // answer to the end, so the guest closes first and the caller's Close ends the
