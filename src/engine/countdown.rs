@@ -76,7 +76,7 @@ impl Engine {
     /// The last qualifying flow ended at `at`.
     pub(super) fn drained(&mut self, slot: u32, at: UnixMillis) {
         let inst = self.inst_mut(slot);
-        inst.udp_expiry = None;
+        inst.udp_check_at = None;
         if !inst.eligible() {
             return;
         }

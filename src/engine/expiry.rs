@@ -5,6 +5,11 @@
 //! the engine notes the latest expiry its counted UDP flows reported and, once that has
 //! passed, asks for a resync of the instance: the dump skips (and reaps) expired
 //! entries, so the resync drops them, and live ones report their new expiry.
+//!
+//! Checks fall on a grid (a power of two of milliseconds, about a quarter of the
+//! timeout, at most 8 s), so instances whose flows expire around the same time share
+//! one resync, and a host with many UDP-serving instances pays for a few dumps rather
+//! than one per instance.
 
 use super::instance::Phase;
 use super::{Engine, UnixMillis};
@@ -12,6 +17,17 @@ use crate::flow::{Flow, proto};
 
 /// `CTA_TIMEOUT` is rounded down to whole seconds.
 const EXPIRY_MARGIN_MS: u64 = 1_000;
+/// The coarsest check grid.
+const MAX_GRID_MS: u64 = 8_192;
+
+/// When to check a flow that reported `secs` left at `now`: a second after its expiry,
+/// rounded up to the grid for its timeout.
+fn check_time(now: UnixMillis, secs: u32) -> UnixMillis {
+    let timeout = u64::from(secs) * 1_000;
+    let grid = (timeout / 4).clamp(1, MAX_GRID_MS);
+    let grid = 1 << grid.ilog2();
+    (now.saturating_add(timeout + EXPIRY_MARGIN_MS)).next_multiple_of(grid)
+}
 
 impl Engine {
     /// A counted flow of `slot` was reported at `now`, possibly with its timeout.
@@ -20,27 +36,25 @@ impl Engine {
         if flow.protocol == proto::UDP
             && let Some(secs) = flow.timeout_s
         {
-            self.note_udp_expiry(slot, now.saturating_add(u64::from(secs) * 1_000));
+            self.note_udp_check(slot, check_time(now, secs));
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn note_udp_expiry(&mut self, slot: u32, at: UnixMillis) {
+    fn note_udp_check(&mut self, slot: u32, at: UnixMillis) {
         let inst = self.inst_mut(slot);
-        if inst.udp_expiry.is_some_and(|e| e >= at) {
+        if inst.udp_check_at.is_some_and(|e| e >= at) {
             return;
         }
-        inst.udp_expiry = Some(at);
+        inst.udp_check_at = Some(at);
         self.rearm(slot);
     }
 
     /// When an active instance's expiry check is due.
     pub(super) fn expiry_check_at(&self, slot: u32) -> Option<UnixMillis> {
         let inst = self.inst(slot);
-        (inst.live > 0)
-            .then_some(inst.udp_expiry?)
-            .map(|e| e.saturating_add(EXPIRY_MARGIN_MS))
+        (inst.live > 0).then_some(inst.udp_check_at?)
     }
 
     /// The deadline of an active instance fired: check its flows if they may have
@@ -55,7 +69,7 @@ impl Engine {
         }
         let inst = self.inst_mut(slot);
         debug_assert_eq!(inst.phase, Phase::None);
-        inst.udp_expiry = None;
+        inst.udp_check_at = None;
         let key = inst.key;
         self.queue_resync(vec![key]);
     }

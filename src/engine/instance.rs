@@ -107,9 +107,9 @@ pub(crate) struct InstCold {
     /// A `Wake` was emitted for the current Standby period (read only when
     /// [`Q_MAY_WAKE`] is set).
     pub wake_sent: bool,
-    /// While the instance is active: the latest conntrack expiry its counted UDP flows
-    /// reported (see `expiry.rs`).
-    pub udp_expiry: Option<UnixMillis>,
+    /// While the instance is active: when to check whether its counted UDP flows have
+    /// expired, from the latest expiry they reported (see `expiry.rs`).
+    pub udp_check_at: Option<UnixMillis>,
     /// Index of this instance's pending `PersistRuntime` in the decision queue, valid
     /// while `persist_epoch` equals the engine's drain epoch.
     pub persist_idx: u32,
@@ -155,7 +155,7 @@ impl Inst {
                 resync_requested: false,
                 confirm_failed: false,
                 wake_sent: false,
-                udp_expiry: None,
+                udp_check_at: None,
                 persist_idx: u32::MAX,
                 persist_epoch: u64::MAX,
             }),

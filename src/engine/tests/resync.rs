@@ -364,32 +364,41 @@ fn udp_spec() -> InstanceSpec {
     spec_with(guest(), p)
 }
 
+/// The pending deadline, checked to lie in `[from, from + grid)`.
+fn deadline_within(h: &H, from: UnixMillis, grid: u64) -> UnixMillis {
+    let at = h.e.next_deadline().expect("a deadline");
+    assert!(
+        (from..from + grid).contains(&at),
+        "deadline {} after {from}",
+        at - from
+    );
+    at
+}
+
 #[test]
 fn a_silently_expired_udp_flow_is_checked_at_its_expiry_and_dropped() {
     let mut h = H::new();
     h.reg(1, udp_spec(), T0);
     h.new_flow(udp(Some(30)), T0);
     assert_eq!(h.st(1, T0).status, Status::Active);
-    // Nothing is asked before the expiry (30 s, plus a second of rounding).
-    h.e.tick(T0 + 30 * SEC);
+    // Checked a second after the expiry (CTA_TIMEOUT is rounded down), on the 4.096 s
+    // grid of a 30 s timeout, and not before.
+    let at = deadline_within(&h, T0 + 31 * SEC, 4_096);
+    assert_eq!(at % 4_096, 0);
+    h.e.tick(at - 1);
     assert_eq!(h.requests(), vec![]);
-    assert_eq!(h.e.next_deadline(), Some(T0 + 31 * SEC));
-    h.e.tick(T0 + 31 * SEC);
+    h.e.tick(at);
     assert_eq!(
         h.requests(),
         vec![ObserverRequest::Resync(ResyncScope::Instances(vec![1]))]
     );
     // The dump no longer lists the expired entry: the countdown starts from the dump.
-    let r =
-        h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + 31 * SEC);
-    h.e.finish_resync(r, T0 + 31 * SEC).unwrap();
-    let st = h.st(1, T0 + 31 * SEC);
+    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), at);
+    h.e.finish_resync(r, at).unwrap();
+    let st = h.st(1, at);
     assert_eq!((st.status, st.active_inbound), (Status::IdleCountdown, 0));
-    assert_eq!(st.next_standby_at, Some(T0 + 31 * SEC + MIN));
-    assert_eq!(
-        h.run_standbys(T0 + 31 * SEC + MIN, StandbyOutcome::Success),
-        vec![1]
-    );
+    assert_eq!(st.next_standby_at, Some(at + MIN));
+    assert_eq!(h.run_standbys(at + MIN, StandbyOutcome::Success), vec![1]);
 }
 
 #[test]
@@ -399,20 +408,56 @@ fn a_udp_flow_still_in_the_dump_is_checked_again_at_its_new_expiry() {
     h.new_flow(udp(Some(30)), T0);
     // A reply makes the flow a stream: the UPDATE carries the longer timeout.
     h.update_flow(udp(Some(120)), T0 + SEC);
-    h.e.tick(T0 + 31 * SEC);
+    let at = deadline_within(&h, T0 + 122 * SEC, 8_192);
+    h.e.tick(T0 + 60 * SEC);
     assert_eq!(h.requests(), vec![]);
-    h.e.tick(T0 + 122 * SEC);
+    h.e.tick(at);
     assert_eq!(h.requests().len(), 1);
     // Traffic refreshed the entry without events: the dump lists it with 100 s left.
-    let r =
-        h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + 122 * SEC);
+    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), at);
     h.e.resync_flow(r, &udp(Some(100))).unwrap();
-    h.e.finish_resync(r, T0 + 122 * SEC).unwrap();
-    assert_eq!(h.st(1, T0 + 122 * SEC).status, Status::Active);
-    assert_eq!(h.e.next_deadline(), Some(T0 + 223 * SEC));
-    h.e.tick(T0 + 200 * SEC);
+    h.e.finish_resync(r, at).unwrap();
+    assert_eq!(h.st(1, at).status, Status::Active);
+    let again = deadline_within(&h, at + 101 * SEC, 8_192);
+    h.e.tick(again - 1);
     assert_eq!(h.requests(), vec![]);
     assert!(h.standbys().is_empty());
+}
+
+#[test]
+fn instances_whose_udp_flows_expire_close_together_share_one_check() {
+    let mut h = H::new();
+    let mut keys = Vec::new();
+    for k in 1..=3u64 {
+        let addr = ip(&format!("10.0.1.{k}"));
+        let mut p = policy(MIN);
+        p.protocols.udp = true;
+        h.reg(k, spec_with(addr, p), T0);
+        let f = flow(
+            proto::UDP,
+            ip("203.0.113.8"),
+            5353,
+            addr,
+            53,
+            None,
+            k as u32,
+        );
+        // Reported 400 ms apart, all with 120 s left.
+        h.new_flow(
+            Flow {
+                timeout_s: Some(120),
+                ..f
+            },
+            T0 + 400 * (k - 1),
+        );
+        keys.push(k);
+    }
+    let at = h.e.next_deadline().unwrap();
+    h.e.tick(at);
+    assert_eq!(
+        h.requests(),
+        vec![ObserverRequest::Resync(ResyncScope::Instances(keys))]
+    );
 }
 
 #[test]
