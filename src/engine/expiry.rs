@@ -51,10 +51,11 @@ impl Engine {
         self.rearm(slot);
     }
 
-    /// When an active instance's expiry check is due.
+    /// When an active instance's expiry check is due. None for an instance that could
+    /// not go into Standby anyway (stopped, in Standby, disabled).
     pub(super) fn expiry_check_at(&self, slot: u32) -> Option<UnixMillis> {
         let inst = self.inst(slot);
-        (inst.live > 0).then_some(inst.udp_check_at?)
+        (inst.live > 0 && inst.eligible()).then_some(inst.udp_check_at?)
     }
 
     /// The deadline of an active instance fired: check its flows if they may have

@@ -503,3 +503,16 @@ fn an_expiry_check_is_forgotten_once_the_instance_drains() {
     assert_eq!(h.requests(), vec![]);
     assert_eq!(h.e.next_deadline(), None);
 }
+
+#[test]
+fn an_instance_that_cannot_go_into_standby_is_not_checked_for_expiry() {
+    let mut h = H::new();
+    let mut s = udp_spec();
+    s.lifecycle = Lifecycle::Other;
+    h.reg(1, s, T0);
+    h.new_flow(udp(Some(30)), T0);
+    assert_eq!(h.e.next_deadline(), None);
+    // Running again: the check is armed from the expiry the flow reported.
+    h.e.update(1, udp_spec(), T0 + SEC).unwrap();
+    deadline_within(&h, T0 + 31 * SEC, 4_096);
+}
