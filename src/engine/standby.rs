@@ -78,8 +78,9 @@ impl Engine {
         self.config.confirm_lead_ms.min(inst.idle_timeout() / 2)
     }
 
-    /// When the instance's deadline should fire: at the due time, or the confirmation
-    /// lead before it while a confirmation is still needed.
+    /// When the instance's deadline should fire: for an active instance, at its expiry
+    /// check (see `expiry.rs`); else at the due time, or the confirmation lead before it
+    /// while a confirmation is still needed.
     pub(super) fn arm_at(&self, slot: u32) -> Option<UnixMillis> {
         if self.inst(slot).live > 0 {
             return self.expiry_check_at(slot);
