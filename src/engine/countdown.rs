@@ -126,7 +126,8 @@ impl Engine {
         }
     }
 
-    /// Arms (or disarms) the instance's standby deadline from its current state.
+    /// Arms (or disarms) the instance's deadline from its current state (see
+    /// [`Engine::arm_at`]).
     pub(super) fn rearm(&mut self, slot: u32) {
         let inst = self.inst(slot);
         match inst.phase {

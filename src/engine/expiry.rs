@@ -6,10 +6,11 @@
 //! passed, asks for a resync of the instance: the dump skips (and reaps) expired
 //! entries, so the resync drops them, and live ones report their new expiry.
 //!
-//! Checks fall on a grid (a power of two of milliseconds, about a quarter of the
-//! timeout, at most 8 s), so instances whose flows expire around the same time share
-//! one resync, and a host with many UDP-serving instances pays for a few dumps rather
-//! than one per instance.
+//! Checks fall on a grid (a power of two of milliseconds, between an eighth and a quarter
+//! of the timeout, at most 8 s), so instances whose flows expire around the same time
+//! share one resync, and a host with many UDP-serving instances pays for a few dumps
+//! rather than one per instance. One check time covers all of an instance's UDP flows:
+//! the latest any of them reported, so a flow with a shorter timeout is checked then.
 
 use super::instance::Phase;
 use super::{Engine, UnixMillis};
@@ -26,7 +27,9 @@ fn check_time(now: UnixMillis, secs: u32) -> UnixMillis {
     let timeout = u64::from(secs) * 1_000;
     let grid = (timeout / 4).clamp(1, MAX_GRID_MS);
     let grid = 1 << grid.ilog2();
-    (now.saturating_add(timeout + EXPIRY_MARGIN_MS)).next_multiple_of(grid)
+    now.saturating_add(timeout + EXPIRY_MARGIN_MS)
+        .checked_next_multiple_of(grid)
+        .unwrap_or(UnixMillis::MAX)
 }
 
 impl Engine {
@@ -71,7 +74,49 @@ impl Engine {
         let inst = self.inst_mut(slot);
         debug_assert_eq!(inst.phase, Phase::None);
         inst.udp_check_at = None;
+        inst.expiry_asked = true;
         let key = inst.key;
         self.queue_resync(vec![key]);
+    }
+
+    /// A resync covering `slot` finished: it answered any check asked for.
+    pub(super) fn expiry_answered(&mut self, slot: u32) {
+        self.inst_mut(slot).expiry_asked = false;
+    }
+
+    /// A resync covering `slot` failed: if it was to answer a check, check again a
+    /// little later (the caller re-arms).
+    pub(super) fn expiry_unanswered(&mut self, slot: u32, now: UnixMillis) {
+        let inst = self.inst_mut(slot);
+        if std::mem::take(&mut inst.expiry_asked) && inst.udp_check_at.is_none() {
+            inst.udp_check_at = Some(now.saturating_add(EXPIRY_MARGIN_MS));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_times_fall_on_a_grid_of_an_eighth_to_a_quarter_of_the_timeout() {
+        // 30 s: a 4.096 s grid; 120 s: capped at 8.192 s; 2 s: 256 ms; 0 s: 1 ms.
+        for (secs, grid) in [(30, 4_096), (120, 8_192), (2, 256), (0, 1)] {
+            for now in [0, 1, 1_780_000_000_123] {
+                let at = check_time(now, secs);
+                let earliest = now + u64::from(secs) * 1_000 + EXPIRY_MARGIN_MS;
+                assert_eq!(at % grid, 0, "{secs} s at {now}");
+                assert!(
+                    (earliest..earliest + grid).contains(&at),
+                    "{secs} s at {now}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn check_times_saturate_instead_of_wrapping() {
+        assert_eq!(check_time(UnixMillis::MAX - 10, 30), UnixMillis::MAX);
+        assert_eq!(check_time(UnixMillis::MAX, u32::MAX), UnixMillis::MAX);
     }
 }

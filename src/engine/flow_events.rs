@@ -362,7 +362,12 @@ impl Engine {
             }
             i = r.next;
         }
-        self.inst_mut(slot).live = live;
+        let inst = self.inst_mut(slot);
+        inst.live = live;
+        if live == 0 {
+            // As when the last flow ends (`drained`): a later flow brings its own check.
+            inst.udp_check_at = None;
+        }
     }
 
     /// Rebuilds the flow view of record `i` (for explanations and wake-ups).

@@ -110,6 +110,8 @@ pub(crate) struct InstCold {
     /// While the instance is active: when to check whether its counted UDP flows have
     /// expired, from the latest expiry they reported (see `expiry.rs`).
     pub udp_check_at: Option<UnixMillis>,
+    /// An expiry check asked for a resync that has not finished yet.
+    pub expiry_asked: bool,
     /// Index of this instance's pending `PersistRuntime` in the decision queue, valid
     /// while `persist_epoch` equals the engine's drain epoch.
     pub persist_idx: u32,
@@ -156,6 +158,7 @@ impl Inst {
                 confirm_failed: false,
                 wake_sent: false,
                 udp_check_at: None,
+                expiry_asked: false,
                 persist_idx: u32::MAX,
                 persist_epoch: u64::MAX,
             }),

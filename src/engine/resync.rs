@@ -220,6 +220,7 @@ impl Engine {
         }
         let mut again = Vec::new();
         for &slot in &members {
+            self.expiry_answered(slot);
             let key = self.inst(slot).key;
             match self.inst(slot).lost_seq {
                 Some(l) if l <= r.id => {
@@ -291,6 +292,7 @@ impl Engine {
                 self.deadlines.remove(slot);
                 self.persist(slot);
             }
+            self.expiry_unanswered(slot, now);
             // The failed dump answered any request covering the loss: ask again.
             let inst = self.inst_mut(slot);
             if inst.lost_seq.is_some() {

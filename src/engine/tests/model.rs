@@ -12,11 +12,15 @@ const TIMEOUT: u64 = 10 * SEC;
 
 #[derive(Clone, Debug)]
 enum Op {
+    /// A TCP event, or with `udp` a UDP event reporting `timeout` seconds left (on a
+    /// port of its own: 100 + `port` in the model).
     Event {
         inst: u64,
         port: u16,
         kind: u8,
         state: Option<u8>,
+        udp: bool,
+        timeout: u8,
     },
     Dump {
         inst: u64,
@@ -44,8 +48,8 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0..INSTANCES, 1u16..6, 0u8..3, proptest::option::of(0u8..13))
-            .prop_map(|(inst, port, kind, state)| Op::Event { inst, port, kind, state }),
+        6 => (0..INSTANCES, 1u16..6, 0u8..3, proptest::option::of(0u8..13), proptest::bool::weighted(0.3), 0u8..40)
+            .prop_map(|(inst, port, kind, state, udp, timeout)| Op::Event { inst, port, kind, state, udp, timeout }),
         1 => (0..INSTANCES, proptest::collection::vec(1u16..6, 0..3))
             .prop_map(|(inst, ports)| Op::Dump { inst, ports }),
         1 => proptest::collection::vec((0..INSTANCES, 1u16..6), 0..6).prop_map(Op::DumpAll),
@@ -65,6 +69,7 @@ fn addr(inst: u64) -> IpAddr {
 
 fn mkspec(ignore_port: bool, running: bool) -> InstanceSpec {
     let mut p = policy(TIMEOUT);
+    p.protocols.udp = true;
     if ignore_port {
         p.ignore_destination_ports = vec![5];
     }
@@ -75,6 +80,33 @@ fn mkspec(ignore_port: bool, running: bool) -> InstanceSpec {
             Lifecycle::Other
         },
         ..spec_with(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), p)
+    }
+}
+
+/// Model ports from 100 up are UDP flows.
+const UDP_PORTS: u16 = 100;
+
+fn mkudp(inst: u64, port: u16, timeout: Option<u32>) -> Flow {
+    Flow {
+        timeout_s: timeout,
+        ..flow(
+            proto::UDP,
+            ip("198.51.100.1"),
+            port,
+            addr(inst),
+            port,
+            None,
+            u32::from(port),
+        )
+    }
+}
+
+/// The flow a consistent dump reports for a model port.
+fn dumped(inst: u64, port: u16) -> Flow {
+    if port >= UDP_PORTS {
+        mkudp(inst, port, Some(30))
+    } else {
+        mkflow(inst, port, Some(3))
     }
 }
 
@@ -113,19 +145,23 @@ fn dump_model(h: &mut H, m: &Model, inst: u64, now: UnixMillis) {
     let r = h.e.begin_resync(ResyncScope::Instances(vec![inst]), now);
     let set = m.live.get(&inst).cloned().unwrap_or_default();
     for &p in &set {
-        h.e.resync_flow(r, &mkflow(inst, p, Some(3))).unwrap();
+        h.e.resync_flow(r, &dumped(inst, p)).unwrap();
     }
     h.e.finish_resync(r, now).unwrap();
 }
 
-/// Moves the engine's confirmation requests into `pending` (other requests are
-/// answered by the ops that cause them).
-fn collect_confirms(h: &mut H, pending: &mut Vec<u64>) {
+/// Moves the engine's confirmation requests into `pending`, and answers its requests
+/// for resyncs of some instances (expiry checks, losses) with consistent dumps.
+fn collect_confirms(h: &mut H, m: &Model, pending: &mut Vec<u64>, now: UnixMillis) {
     for r in h.requests() {
-        if let ObserverRequest::Confirm(k) = r
-            && !pending.contains(&k)
-        {
-            pending.push(k);
+        match r {
+            ObserverRequest::Confirm(k) if !pending.contains(&k) => pending.push(k),
+            ObserverRequest::Resync(ResyncScope::Instances(keys)) => {
+                for k in keys {
+                    dump_model(h, m, k, now);
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -161,7 +197,31 @@ fn run(ops: Vec<Op>, confirm: bool) -> Result<(), TestCaseError> {
                 inst,
                 port,
                 kind,
+                udp: true,
+                timeout,
+                ..
+            } => {
+                let port = UDP_PORTS + port;
+                let set = m.live.entry(inst).or_default();
+                if kind < 2 {
+                    set.insert(port);
+                    let f = mkudp(inst, port, Some(u32::from(timeout)));
+                    if kind == 0 {
+                        h.new_flow(f, now);
+                    } else {
+                        h.update_flow(f, now);
+                    }
+                } else {
+                    set.remove(&port);
+                    h.destroy(mkudp(inst, port, None), now);
+                }
+            }
+            Op::Event {
+                inst,
+                port,
+                kind,
                 state,
+                ..
             } => {
                 let f = mkflow(inst, port, state);
                 let set = m.live.entry(inst).or_default();
@@ -199,7 +259,7 @@ fn run(ops: Vec<Op>, confirm: bool) -> Result<(), TestCaseError> {
                 let r = h.e.begin_resync(ResyncScope::Instances(vec![inst]), now);
                 let set: BTreeSet<u16> = ports.into_iter().collect();
                 for &p in &set {
-                    h.e.resync_flow(r, &mkflow(inst, p, Some(3))).unwrap();
+                    h.e.resync_flow(r, &dumped(inst, p)).unwrap();
                 }
                 h.e.finish_resync(r, now).unwrap();
                 m.live.insert(inst, set);
@@ -241,7 +301,7 @@ fn run(ops: Vec<Op>, confirm: bool) -> Result<(), TestCaseError> {
             }
             Op::Lost(inst) => {
                 h.e.events_lost(ResyncScope::Instances(vec![inst]), now);
-                collect_confirms(&mut h, &mut confirms);
+                collect_confirms(&mut h, &m, &mut confirms, now);
                 // The loss is repaired at once by a consistent dump.
                 dump_model(&mut h, &m, inst, now);
             }
@@ -277,7 +337,7 @@ fn run(ops: Vec<Op>, confirm: bool) -> Result<(), TestCaseError> {
                 let _ = h.e.update(inst, s, now);
             }
         }
-        collect_confirms(&mut h, &mut confirms);
+        collect_confirms(&mut h, &m, &mut confirms, now);
         check(&mut h, &m, &mut emitted)?;
     }
     // Liveness: finish whatever is in flight, then leave every running instance
@@ -293,14 +353,19 @@ fn run(ops: Vec<Op>, confirm: bool) -> Result<(), TestCaseError> {
     for i in 0..INSTANCES {
         let set = m.live.entry(i).or_default();
         for p in std::mem::take(set) {
-            h.destroy(mkflow(i, p, None), now);
+            let f = if p >= UDP_PORTS {
+                mkudp(i, p, None)
+            } else {
+                mkflow(i, p, None)
+            };
+            h.destroy(f, now);
         }
     }
     let mut got = BTreeSet::new();
     for _ in 0..8 {
         now += TIMEOUT;
         h.e.tick(now);
-        collect_confirms(&mut h, &mut confirms);
+        collect_confirms(&mut h, &m, &mut confirms, now);
         for inst in std::mem::take(&mut confirms) {
             dump_model(&mut h, &m, inst, now);
         }

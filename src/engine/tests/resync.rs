@@ -516,3 +516,45 @@ fn an_instance_that_cannot_go_into_standby_is_not_checked_for_expiry() {
     h.e.update(1, udp_spec(), T0 + SEC).unwrap();
     deadline_within(&h, T0 + 31 * SEC, 4_096);
 }
+
+#[test]
+fn a_udp_flow_after_a_policy_change_gets_its_own_expiry_check() {
+    let mut h = H::new();
+    h.reg(1, udp_spec(), T0);
+    h.new_flow(udp(Some(120)), T0);
+    // UDP stops counting, the flow ends, UDP counts again: the old check is forgotten.
+    let mut tcp_only = udp_spec();
+    tcp_only.policy.as_mut().unwrap().protocols.udp = false;
+    h.e.update(1, tcp_only, T0 + SEC).unwrap();
+    h.destroy(udp(None), T0 + 2 * SEC);
+    h.e.update(1, udp_spec(), T0 + 3 * SEC).unwrap();
+    let f = Flow {
+        timeout_s: Some(30),
+        ..flow(proto::UDP, ip("203.0.113.9"), 6000, guest(), 53, None, 11)
+    };
+    h.new_flow(f, T0 + 4 * SEC);
+    deadline_within(&h, T0 + 35 * SEC, 4_096);
+}
+
+#[test]
+fn a_failed_expiry_check_is_asked_again() {
+    let mut h = H::new();
+    h.reg(1, udp_spec(), T0);
+    h.new_flow(udp(Some(30)), T0);
+    let at = h.e.next_deadline().unwrap();
+    h.e.tick(at);
+    assert_eq!(h.requests().len(), 1);
+    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), at);
+    h.e.fail_resync(r, at + 10).unwrap();
+    assert_eq!(h.e.next_deadline(), Some(at + 10 + SEC));
+    h.e.tick(at + 10 + SEC);
+    assert_eq!(
+        h.requests(),
+        vec![ObserverRequest::Resync(ResyncScope::Instances(vec![1]))]
+    );
+    // Answered this time: nothing more is asked until the flow reports again.
+    let r =
+        h.e.begin_resync(ResyncScope::Instances(vec![1]), at + 2 * SEC);
+    h.e.finish_resync(r, at + 2 * SEC).unwrap();
+    assert_eq!(h.st(1, at + 2 * SEC).status, Status::IdleCountdown);
+}
