@@ -438,8 +438,9 @@ func TestUDPOverIPv6KeepsRunning(t *testing.T) {
 	conn.Close()
 
 	// The library checks the flow once its reported timeout has passed (plus a second for
-	// rounding and a grid step of a quarter of the timeout, so that checks can share a
-	// dump); the check's dump no longer lists the expired entry.
+	// rounding and a grid step of at most a quarter of the timeout, so that checks can
+	// share a dump): about 3.3 s at worst here. The check's dump no longer lists the
+	// expired entry.
 	gone := time.Now()
 	f.waitStatus(udpTimeout+3*time.Second, func(s autostandby.StatusSnapshot) bool {
 		gone = time.Now()

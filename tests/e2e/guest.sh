@@ -85,7 +85,7 @@ echo 0 >/proc/sys/net/ipv6/conf/eth0/accept_dad
 ip link set eth0 up
 [ -n "$as_gw" ] && ip route add default via "$as_gw"
 httpd -p 80 -h /www
-udp_echo 7 &
+udp_echo 7 || echo "guest: udp_echo failed"
 echo "guest: ready $as_ip $as_ip6"
 # Keep PID 1 alive; the HTTP and UDP responders are the only services.
 while :; do sleep 3600; done
