@@ -191,6 +191,9 @@ func kernelDump(ns netns.NsHandle, buf []byte) (int, error) {
 			case unix.NLMSG_DONE:
 				return entries, nil
 			case unix.NLMSG_ERROR:
+				if m.Len < unix.SizeofNlMsghdr+4 {
+					return entries, fmt.Errorf("short NLMSG_ERROR at offset %d", off)
+				}
 				errno := *(*int32)(unsafe.Pointer(&buf[off+unix.SizeofNlMsghdr]))
 				return entries, fmt.Errorf("dump refused: %w", unix.Errno(-errno))
 			}
@@ -300,8 +303,9 @@ func BenchmarkClassifyTable(b *testing.B) {
 		}
 	}
 
-	// A round runs each side once, in turn, so drift on the machine reaches all of them
-	// alike. The table is built once: rounds are repeated here rather than through b.N.
+	// A round runs each side once, in turn, starting with a different side each round,
+	// so drift on the machine reaches all of them alike. The table is built once: rounds
+	// are repeated here rather than through b.N.
 	const rounds = 5
 	type side struct {
 		label         string
@@ -319,8 +323,10 @@ func BenchmarkClassifyTable(b *testing.B) {
 		run: func() (int, error) { return classifyOurs(nsPath, specs, want) }}
 	debugf = b.Logf
 	b.ResetTimer()
-	for range rounds {
-		for _, s := range []*side{floor, peer, ours} {
+	order := []*side{floor, peer, ours}
+	for r := range rounds {
+		for i := range order {
+			s := order[(r+i)%len(order)]
 			runtime.GC()
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
