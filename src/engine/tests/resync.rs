@@ -349,19 +349,29 @@ fn scoped_loss_during_its_resync_asks_once_more() {
     assert!(h.requests().is_empty());
 }
 
-/// A UDP flow from 203.0.113.8:5353 to the default guest's port 53, reported with
-/// `timeout_s` seconds left before conntrack expires it.
-fn udp(timeout_s: Option<u32>) -> Flow {
+/// A UDP flow from 203.0.113.8:`cport` to `server` port 53, with conntrack id `id`,
+/// reported with `timeout_s` seconds left before conntrack expires it.
+fn udp_to(server: IpAddr, cport: u16, id: u32, timeout_s: Option<u32>) -> Flow {
     Flow {
         timeout_s,
-        ..flow(proto::UDP, ip("203.0.113.8"), 5353, guest(), 53, None, 9)
+        ..flow(proto::UDP, ip("203.0.113.8"), cport, server, 53, None, id)
     }
 }
 
-fn udp_spec() -> InstanceSpec {
+/// [`udp_to`] the default guest from port 5353.
+fn udp(timeout_s: Option<u32>) -> Flow {
+    udp_to(guest(), 5353, 9, timeout_s)
+}
+
+/// A running instance at `addr` whose policy counts UDP too.
+fn udp_spec_at(addr: IpAddr) -> InstanceSpec {
     let mut p = policy(MIN);
     p.protocols.udp = true;
-    spec_with(guest(), p)
+    spec_with(addr, p)
+}
+
+fn udp_spec() -> InstanceSpec {
+    udp_spec_at(guest())
 }
 
 /// The pending deadline, checked to lie in `[from, from + grid)`.
@@ -430,26 +440,9 @@ fn instances_whose_udp_flows_expire_close_together_share_one_check() {
     let mut keys = Vec::new();
     for k in 1..=3u64 {
         let addr = ip(&format!("10.0.1.{k}"));
-        let mut p = policy(MIN);
-        p.protocols.udp = true;
-        h.reg(k, spec_with(addr, p), T0);
-        let f = flow(
-            proto::UDP,
-            ip("203.0.113.8"),
-            5353,
-            addr,
-            53,
-            None,
-            k as u32,
-        );
+        h.reg(k, udp_spec_at(addr), T0);
         // Reported 400 ms apart, all with 120 s left.
-        h.new_flow(
-            Flow {
-                timeout_s: Some(120),
-                ..f
-            },
-            T0 + 400 * (k - 1),
-        );
+        h.new_flow(udp_to(addr, 5353, k as u32, Some(120)), T0 + 400 * (k - 1));
         keys.push(k);
     }
     let at = h.e.next_deadline().unwrap();
@@ -528,11 +521,7 @@ fn a_udp_flow_after_a_policy_change_gets_its_own_expiry_check() {
     h.e.update(1, tcp_only, T0 + SEC).unwrap();
     h.destroy(udp(None), T0 + 2 * SEC);
     h.e.update(1, udp_spec(), T0 + 3 * SEC).unwrap();
-    let f = Flow {
-        timeout_s: Some(30),
-        ..flow(proto::UDP, ip("203.0.113.9"), 6000, guest(), 53, None, 11)
-    };
-    h.new_flow(f, T0 + 4 * SEC);
+    h.new_flow(udp_to(guest(), 6000, 11, Some(30)), T0 + 4 * SEC);
     deadline_within(&h, T0 + 35 * SEC, 4_096);
 }
 
