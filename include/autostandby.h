@@ -91,6 +91,9 @@ typedef struct autostandby_log_record autostandby_log_record;
 // `autostandby_status.reason`: `resync_pending`.
 #define AUTOSTANDBY_REASON_RESYNC_PENDING 13
 
+// `autostandby_status.reason`: `confirm_failed`.
+#define AUTOSTANDBY_REASON_CONFIRM_FAILED 14
+
 // Success.
 #define AUTOSTANDBY_OK 0
 
