@@ -27,8 +27,8 @@ use tracing::{Dispatch, Level};
 
 use crate::engine::{
     BeginStandby, Decision, Engine, EngineConfig, EngineError, EngineStats, InstanceKey,
-    InstanceSpec, KeptAwakeBy, ObserverHealth, ResyncScope, StandbyOutcome, StatusSnapshot,
-    UnixMillis,
+    InstanceSpec, KeptAwakeBy, ObserverHealth, ResyncScope, StandbyOutcome, StandbyRetry,
+    StatusSnapshot, UnixMillis,
 };
 use crate::flow::{Flow, FlowEvent};
 use clock::Clock;
@@ -87,6 +87,8 @@ pub struct ControllerConfig {
     /// How long before each deadline the confirmation is asked for (default 2,000 ms;
     /// the engine caps it at half the idle timeout).
     pub confirm_lead_ms: u64,
+    /// What a failed standby does to the countdown (default: a full new countdown).
+    pub standby_retry: StandbyRetry,
 }
 
 impl ControllerConfig {
@@ -110,6 +112,7 @@ impl ControllerConfig {
             log_level: Level::INFO,
             confirm_before_standby: true,
             confirm_lead_ms: EngineConfig::default().confirm_lead_ms,
+            standby_retry: StandbyRetry::default(),
         }
     }
 }
@@ -200,6 +203,7 @@ impl Controller {
             max_concurrent_standbys: config.max_concurrent_standbys,
             confirm_before_standby: config.mode == Mode::Kernel && config.confirm_before_standby,
             confirm_lead_ms: config.confirm_lead_ms,
+            standby_retry: config.standby_retry,
             ..EngineConfig::default()
         };
         let clock = match config.mode {

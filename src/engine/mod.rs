@@ -159,7 +159,7 @@ pub struct ResyncId(pub u64);
 pub enum StandbyOutcome {
     /// The instance is in Standby.
     Success = 0,
-    /// The attempt failed; retried with a bounded backoff.
+    /// The attempt failed; retried as [`EngineConfig::standby_retry`] says.
     Failed = 1,
     /// The instance no longer exists; its state is dropped.
     NotFound = 2,
@@ -349,6 +349,23 @@ pub struct EngineStats {
     pub resyncs: u64,
 }
 
+/// When a standby is tried again after the host reported it failed (with no qualifying
+/// flow live; a flow that became live during the attempt makes the instance active and
+/// nothing is re-armed, whichever the policy).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum StandbyRetry {
+    /// hypeman's behaviour: the failure starts a new idle period (`idle_since` moves
+    /// forward to the failure, and is persisted), so the retry comes one full idle timeout
+    /// later and a restart of the host resumes that countdown from the persisted value.
+    #[default]
+    Countdown = 0,
+    /// Retry after [`EngineConfig::standby_retry_initial_ms`], doubled per consecutive
+    /// failure and capped at the idle timeout; the idle period is kept (a transient
+    /// failure is retried sooner, but the retry time lives in memory only).
+    Backoff = 1,
+}
+
 /// Tunables. `Default` gives hypeman's defaults where hypeman has one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -361,8 +378,10 @@ pub struct EngineConfig {
     /// latency does not delay the standby. A confirmation stays valid until activity, a
     /// loss, a hold, an update or an observer failure.
     pub confirm_lead_ms: u64,
-    /// First retry delay after a failed standby (doubled per failure, capped by the
-    /// instance's idle timeout).
+    /// What a failed standby does to the countdown (default: a full new countdown).
+    pub standby_retry: StandbyRetry,
+    /// With [`StandbyRetry::Backoff`], the first retry delay after a failed standby
+    /// (doubled per failure, capped by the instance's idle timeout).
     pub standby_retry_initial_ms: u64,
     /// How long a DESTROY tombstone keeps a dump from resurrecting a flow.
     pub tombstone_ttl_ms: u64,
@@ -374,6 +393,7 @@ impl Default for EngineConfig {
             max_concurrent_standbys: 16,
             confirm_before_standby: false,
             confirm_lead_ms: 2_000,
+            standby_retry: StandbyRetry::Countdown,
             standby_retry_initial_ms: 1_000,
             tombstone_ttl_ms: 60_000,
         }
