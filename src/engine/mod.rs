@@ -128,6 +128,14 @@ pub enum Decision {
         /// The value to store.
         runtime: Option<Runtime>,
     },
+    /// Confirm that the instance is idle: answer with the instance's current flows (or
+    /// a failure). The engine itself never emits this: it asks its observer with
+    /// [`ObserverRequest::Confirm`], which a manual-mode controller with confirmation
+    /// turned on hands to the host as this decision (the host is its observer).
+    Confirm {
+        /// The instance.
+        key: InstanceKey,
+    },
 }
 
 /// What the engine asks of the observer. Taken with [`Engine::drain_requests`].
@@ -426,6 +434,10 @@ pub enum EngineError {
     /// `begin_standby`/`report_standby` for an instance with no outstanding standby.
     #[error("instance {0} has no outstanding standby")]
     NoStandbyOutstanding(InstanceKey),
+    /// A confirmation answer for an instance with no confirmation pending (never asked,
+    /// already answered, or cancelled by activity, a hold or an update since).
+    #[error("instance {0} has no confirmation pending")]
+    NoConfirmPending(InstanceKey),
     /// Unknown resync handle.
     #[error("unknown resync {0:?}")]
     UnknownResync(ResyncId),
@@ -663,6 +675,13 @@ impl Engine {
         self.do_begin_standby(key, now)
     }
 
+    /// Whether a confirmation of `key`'s idleness is pending: an
+    /// [`ObserverRequest::Confirm`] was asked and neither answered nor cancelled since.
+    /// A resync of `key` that begins now answers it.
+    pub fn confirm_pending(&self, key: InstanceKey) -> Result<bool, EngineError> {
+        Ok(self.inst(self.slot(key)?).phase == instance::Phase::Confirming)
+    }
+
     /// The host's report on a standby it began.
     pub fn report_standby(
         &mut self,
@@ -737,6 +756,11 @@ impl Engine {
                 v
             }
         }
+    }
+
+    /// Why the observer is failed, while it is (see [`Engine::set_observer_health`]).
+    pub fn observer_error(&self) -> Option<&str> {
+        self.observer_error.as_deref()
     }
 
     /// Counters.

@@ -72,6 +72,8 @@ pub const AUTOSTANDBY_REASON_STANDBY_HELD: u32 = 11;
 pub const AUTOSTANDBY_REASON_MIN_UPTIME_NOT_ELAPSED: u32 = 12;
 /// `autostandby_status.reason`: `resync_pending`.
 pub const AUTOSTANDBY_REASON_RESYNC_PENDING: u32 = 13;
+/// `autostandby_status.reason`: `confirm_failed`.
+pub const AUTOSTANDBY_REASON_CONFIRM_FAILED: u32 = 14;
 
 /// The same wire strings as `Status::as_str`/`Reason::as_str`, NUL-terminated.
 const STATUS_NAMES: [&str; 8] = [
@@ -85,7 +87,7 @@ const STATUS_NAMES: [&str; 8] = [
     "error\0",
 ];
 
-const REASON_NAMES: [&str; 14] = [
+const REASON_NAMES: [&str; 15] = [
     "unsupported_platform\0",
     "policy_missing\0",
     "policy_disabled\0",
@@ -100,6 +102,7 @@ const REASON_NAMES: [&str; 14] = [
     "standby_held\0",
     "min_uptime_not_elapsed\0",
     "resync_pending\0",
+    "confirm_failed\0",
 ];
 
 fn c_str(s: Option<&'static str>) -> *const c_char {
@@ -159,7 +162,7 @@ mod tests {
         Status::Error,
     ];
 
-    const REASONS: [Reason; 14] = [
+    const REASONS: [Reason; 15] = [
         Reason::UnsupportedPlatform,
         Reason::PolicyMissing,
         Reason::PolicyDisabled,
@@ -174,6 +177,7 @@ mod tests {
         Reason::StandbyHeld,
         Reason::MinUptimeNotElapsed,
         Reason::ResyncPending,
+        Reason::ConfirmFailed,
     ];
 
     #[test]
@@ -190,6 +194,10 @@ mod tests {
         assert_eq!(
             Reason::ResyncPending as u32,
             AUTOSTANDBY_REASON_RESYNC_PENDING
+        );
+        assert_eq!(
+            Reason::ConfirmFailed as u32,
+            AUTOSTANDBY_REASON_CONFIRM_FAILED
         );
         assert_eq!(
             Reason::ActiveInboundConnections as u32,
