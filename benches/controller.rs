@@ -134,6 +134,7 @@ fn bench_status(instances: u64) {
         resync_interval_ms: 0,
         events_sysctl: 0,
         manual_start_ms: 1_700_000_000_000,
+        ..Default::default()
     };
     let mut raw = ptr::null_mut();
     // SAFETY: valid pointers.
@@ -261,6 +262,7 @@ fn run_c_abi(ns: &Netns, instances: u64, spread_ms: u64, base: u64) -> (Vec<i64>
         resync_interval_ms: 0,
         events_sysctl: AUTOSTANDBY_EVENTS_SYSCTL_REPORT,
         manual_start_ms: 0,
+        ..Default::default()
     };
     let mut raw = ptr::null_mut();
     // SAFETY: valid pointers.

@@ -60,6 +60,7 @@ impl Demo {
                             .map_or("-".into(), |t| self.at(t)),
                     ),
                 },
+                Decision::Confirm { key } => format!("Confirm(vm {key})"),
             };
             println!("        -> decision: {text}");
         }

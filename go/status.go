@@ -43,6 +43,9 @@ const (
 	ReasonMinUptimeNotElapsed Reason = "min_uptime_not_elapsed"
 	// ReasonResyncPending: conntrack events were lost; no standby until a resync ran.
 	ReasonResyncPending Reason = "resync_pending"
+	// ReasonConfirmFailed: the confirmation before a standby failed; the countdown
+	// restarted.
+	ReasonConfirmFailed Reason = "confirm_failed"
 )
 
 // KnownStatuses lists every Status value, indexed by the library's number for it.
@@ -55,7 +58,7 @@ var KnownReasons = []Reason{ReasonUnsupportedPlatform, ReasonPolicyMissing,
 	ReasonPolicyDisabled, ReasonInstanceNotRunning, ReasonNetworkDisabled, ReasonMissingIP,
 	ReasonHasVGPU, ReasonActiveInboundConnections, ReasonIdleTimeoutNotElapsed,
 	ReasonObserverError, ReasonReadyForStandby, ReasonStandbyHeld,
-	ReasonMinUptimeNotElapsed, ReasonResyncPending}
+	ReasonMinUptimeNotElapsed, ReasonResyncPending, ReasonConfirmFailed}
 
 // Tracking modes reported in StatusSnapshot.TrackingMode.
 const (

@@ -162,6 +162,15 @@ fn manual_only_calls_are_refused_in_kernel_mode() {
             autostandby_set_observer_error(h.0, ptr::null(), &mut e),
             AUTOSTANDBY_ERR_WRONG_MODE
         );
+        assert_eq!(
+            autostandby_confirm(h.0, 1, AUTOSTANDBY_CONFIRM_OK, ptr::null(), 0, &mut e),
+            AUTOSTANDBY_ERR_WRONG_MODE
+        );
+        assert!(
+            msg(&e).contains("confirm is only available in manual mode"),
+            "{}",
+            msg(&e)
+        );
         let mut s = stats_out();
         assert_eq!(autostandby_stats(h.0, &mut s, &mut e), AUTOSTANDBY_OK);
         let _ = size_of::<autostandby_stats>();

@@ -561,3 +561,293 @@ fn a_blocked_poll_wakes_when_another_thread_advances_the_clock() {
     assert_eq!(keys, vec![7]);
     assert!(waited < Duration::from_secs(20));
 }
+
+/// A manual controller that hands its confirmations to the host.
+fn confirming(start_ms: u64) -> Handle {
+    Handle::new(&autostandby_config {
+        confirm_before_standby: true,
+        ..manual_config(start_ms)
+    })
+}
+
+fn confirm(h: &Handle, key: u64, outcome: u32, flows: &[autostandby_flow_event]) -> (u32, String) {
+    let mut e = err();
+    // SAFETY: valid pointers.
+    let rc = unsafe { autostandby_confirm(h.0, key, outcome, flows.as_ptr(), flows.len(), &mut e) };
+    (rc, msg(&e))
+}
+
+fn kinds(decisions: &[autostandby_decision]) -> Vec<(u32, u64)> {
+    decisions
+        .iter()
+        .filter(|d| d.kind != AUTOSTANDBY_DECISION_PERSIST_RUNTIME)
+        .map(|d| (d.kind, d.key))
+        .collect()
+}
+
+#[test]
+fn confirm_round_trip_idle_then_standby() {
+    let h = confirming(T0);
+    assert_eq!(register(&h, 1, GUEST, &policy(10_000)).0, AUTOSTANDBY_OK);
+    advance(&h, 10_000);
+    assert_eq!(kinds(&poll(&h)), vec![(AUTOSTANDBY_DECISION_CONFIRM, 1)]);
+    assert_eq!(
+        status(&h, 1).unwrap().status,
+        AUTOSTANDBY_STATUS_STANDBY_REQUESTED
+    );
+    assert_eq!(
+        confirm(&h, 1, AUTOSTANDBY_CONFIRM_OK, &[]).0,
+        AUTOSTANDBY_OK
+    );
+    assert_eq!(kinds(&poll(&h)), vec![(AUTOSTANDBY_DECISION_STANDBY, 1)]);
+    // Answering again is stale and changes nothing.
+    let (rc, m) = confirm(&h, 1, AUTOSTANDBY_CONFIRM_OK, &[]);
+    assert_eq!(rc, AUTOSTANDBY_ERR_NO_CONFIRM_PENDING, "{m}");
+    assert!(m.contains("no confirmation pending"), "{m}");
+    let (mut proceed, mut reason) = (false, 0);
+    // SAFETY: valid pointers.
+    unsafe {
+        assert_eq!(
+            autostandby_begin_standby(h.0, 1, &mut proceed, &mut reason, ptr::null_mut()),
+            AUTOSTANDBY_OK
+        );
+    }
+    assert!(proceed);
+}
+
+#[test]
+fn confirm_with_a_live_flow_or_a_failure_keeps_the_instance_awake() {
+    let h = confirming(T0);
+    assert_eq!(register(&h, 1, GUEST, &policy(10_000)).0, AUTOSTANDBY_OK);
+    assert_eq!(
+        register(&h, 2, "10.0.0.3", &policy(10_000)).0,
+        AUTOSTANDBY_OK
+    );
+    advance(&h, 10_000);
+    assert_eq!(
+        kinds(&poll(&h)),
+        vec![
+            (AUTOSTANDBY_DECISION_CONFIRM, 1),
+            (AUTOSTANDBY_DECISION_CONFIRM, 2)
+        ]
+    );
+    assert_eq!(
+        confirm(&h, 1, AUTOSTANDBY_CONFIRM_OK, &[established(40_000, 1)]).0,
+        AUTOSTANDBY_OK
+    );
+    let st = status(&h, 1).unwrap();
+    assert_eq!(
+        (st.status, st.active_inbound),
+        (AUTOSTANDBY_STATUS_ACTIVE, 1)
+    );
+
+    assert_eq!(
+        confirm(&h, 2, AUTOSTANDBY_CONFIRM_FAILED, &[]).0,
+        AUTOSTANDBY_OK
+    );
+    let st = status(&h, 2).unwrap();
+    assert_eq!(
+        (st.status, st.reason),
+        (
+            AUTOSTANDBY_STATUS_IDLE_COUNTDOWN,
+            AUTOSTANDBY_REASON_CONFIRM_FAILED
+        )
+    );
+    assert_eq!(st.next_standby_at_ms, T0 + 20_000);
+    // SAFETY: a static string.
+    let name = unsafe { CStr::from_ptr(autostandby_reason_name(st.reason)) };
+    assert_eq!(name, c"confirm_failed");
+    assert!(kinds(&poll(&h)).is_empty(), "no standby for either");
+}
+
+#[test]
+fn confirm_rejects_bad_input_and_stale_answers_without_changing_anything() {
+    let h = confirming(T0);
+    assert_eq!(register(&h, 1, GUEST, &policy(10_000)).0, AUTOSTANDBY_OK);
+    advance(&h, 10_000);
+    assert_eq!(kinds(&poll(&h)), vec![(AUTOSTANDBY_DECISION_CONFIRM, 1)]);
+
+    let (rc, m) = confirm(&h, 1, 2, &[]);
+    assert_eq!(rc, AUTOSTANDBY_ERR_INVALID_ARGUMENT);
+    assert!(m.contains("outcome is 2"), "{m}");
+    let (rc, m) = confirm(&h, 1, AUTOSTANDBY_CONFIRM_FAILED, &[established(1, 1)]);
+    assert_eq!(rc, AUTOSTANDBY_ERR_INVALID_ARGUMENT, "{m}");
+    let mut bad = established(1, 1);
+    bad.orig_src.family = 5;
+    let (rc, m) = confirm(&h, 1, AUTOSTANDBY_CONFIRM_OK, &[bad]);
+    assert_eq!(rc, AUTOSTANDBY_ERR_INVALID_ARGUMENT);
+    assert!(m.starts_with("flows[0]"), "{m}");
+    let mut e = err();
+    // SAFETY: NULL with a non-zero length is what is being tested.
+    let rc = unsafe { autostandby_confirm(h.0, 1, AUTOSTANDBY_CONFIRM_OK, ptr::null(), 3, &mut e) };
+    assert_eq!(rc, AUTOSTANDBY_ERR_NULL_POINTER, "{}", msg(&e));
+    assert_eq!(
+        confirm(&h, 9, AUTOSTANDBY_CONFIRM_OK, &[]).0,
+        AUTOSTANDBY_ERR_NOT_FOUND
+    );
+    // Still pending after all of that: a hold cancels it, and the answer is then stale.
+    assert_eq!(
+        status(&h, 1).unwrap().status,
+        AUTOSTANDBY_STATUS_STANDBY_REQUESTED
+    );
+    let mut st = status_out();
+    // SAFETY: valid pointers.
+    assert_eq!(
+        unsafe { autostandby_hold(h.0, 1, &mut st, ptr::null_mut()) },
+        AUTOSTANDBY_OK
+    );
+    assert_eq!(
+        confirm(&h, 1, AUTOSTANDBY_CONFIRM_OK, &[]).0,
+        AUTOSTANDBY_ERR_NO_CONFIRM_PENDING
+    );
+    assert!(kinds(&poll(&h)).is_empty());
+    assert_eq!(
+        status(&h, 1).unwrap().reason,
+        AUTOSTANDBY_REASON_STANDBY_HELD
+    );
+}
+
+#[test]
+fn manual_mode_without_the_option_never_asks_to_confirm() {
+    let h = Handle::manual(T0);
+    assert_eq!(register(&h, 1, GUEST, &policy(10_000)).0, AUTOSTANDBY_OK);
+    advance(&h, 10_000);
+    assert_eq!(kinds(&poll(&h)), vec![(AUTOSTANDBY_DECISION_STANDBY, 1)]);
+    assert_eq!(
+        confirm(&h, 1, AUTOSTANDBY_CONFIRM_OK, &[]).0,
+        AUTOSTANDBY_ERR_NO_CONFIRM_PENDING
+    );
+}
+
+/// Begins and fails the standby of 1, then returns its status.
+fn fail_standby(h: &Handle) -> autostandby_status {
+    assert_eq!(kinds(&poll(h)), vec![(AUTOSTANDBY_DECISION_STANDBY, 1)]);
+    let (mut proceed, mut reason) = (false, 0);
+    // SAFETY: valid pointers.
+    unsafe {
+        assert_eq!(
+            autostandby_begin_standby(h.0, 1, &mut proceed, &mut reason, ptr::null_mut()),
+            AUTOSTANDBY_OK
+        );
+        assert_eq!(
+            autostandby_report_standby(h.0, 1, AUTOSTANDBY_OUTCOME_FAILED, ptr::null_mut()),
+            AUTOSTANDBY_OK
+        );
+    }
+    status(h, 1).unwrap()
+}
+
+#[test]
+fn failed_standby_retry_policy_is_configurable() {
+    // Default: a full countdown from the failure, persisted.
+    let h = Handle::manual(T0);
+    assert_eq!(register(&h, 1, GUEST, &policy(10_000)).0, AUTOSTANDBY_OK);
+    advance(&h, 10_000);
+    let st = fail_standby(&h);
+    assert_eq!(
+        (st.idle_since_ms, st.next_standby_at_ms),
+        (T0 + 10_000, T0 + 20_000)
+    );
+    let last = poll(&h)
+        .into_iter()
+        .rfind(|d| d.kind == AUTOSTANDBY_DECISION_PERSIST_RUNTIME)
+        .expect("the new countdown is persisted");
+    assert!(last.runtime.has_idle_since && last.runtime.idle_since_ms == T0 + 10_000);
+
+    // Backoff: retried 1 s later, idle period kept.
+    let h = Handle::new(&autostandby_config {
+        standby_retry: AUTOSTANDBY_STANDBY_RETRY_BACKOFF,
+        ..manual_config(T0)
+    });
+    assert_eq!(register(&h, 1, GUEST, &policy(10_000)).0, AUTOSTANDBY_OK);
+    advance(&h, 10_000);
+    let st = fail_standby(&h);
+    assert_eq!((st.idle_since_ms, st.next_standby_at_ms), (T0, T0 + 11_000));
+}
+
+#[test]
+fn config_from_an_older_header_gets_the_defaults_and_unknown_values_are_refused() {
+    // The first release's struct ended at `manual_start_ms`: whatever follows in memory
+    // (here an invalid retry value and confirmation on) must not be read.
+    let old_size = std::mem::offset_of!(autostandby_config, manual_start_ms) + 8;
+    let cfg = autostandby_config {
+        struct_size: old_size as u32,
+        standby_retry: 77,
+        confirm_before_standby: true,
+        ..manual_config(T0)
+    };
+    let h = Handle::new(&cfg);
+    assert_eq!(register(&h, 1, GUEST, &policy(10_000)).0, AUTOSTANDBY_OK);
+    advance(&h, 10_000);
+    let st = fail_standby(&h);
+    assert_eq!(st.next_standby_at_ms, T0 + 20_000, "countdown, the default");
+
+    let mut out = ptr::null_mut();
+    let mut e = err();
+    let bad = autostandby_config {
+        standby_retry: 2,
+        ..manual_config(T0)
+    };
+    // SAFETY: valid pointers.
+    let rc = unsafe { autostandby_controller_new(&bad, &mut out, &mut e) };
+    assert_eq!(rc, AUTOSTANDBY_ERR_INVALID_ARGUMENT);
+    assert!(msg(&e).contains("standby_retry is 2"), "{}", msg(&e));
+    // A size that is neither release's.
+    let odd = autostandby_config {
+        struct_size: old_size as u32 + 4,
+        ..manual_config(T0)
+    };
+    // SAFETY: valid pointers.
+    let rc = unsafe { autostandby_controller_new(&odd, &mut out, &mut e) };
+    assert_eq!(rc, AUTOSTANDBY_ERR_STRUCT_SIZE, "{}", msg(&e));
+    assert!(out.is_null());
+}
+
+#[test]
+fn stats_report_a_failed_observer_and_serve_older_callers() {
+    let h = Handle::manual(T0);
+    let why = c"netlink socket closed";
+    // SAFETY: valid pointers.
+    assert_eq!(
+        unsafe { autostandby_set_observer_error(h.0, why.as_ptr(), ptr::null_mut()) },
+        AUTOSTANDBY_OK
+    );
+    let mut s = stats_out();
+    // SAFETY: valid pointers.
+    assert_eq!(
+        unsafe { autostandby_stats(h.0, &mut s, ptr::null_mut()) },
+        AUTOSTANDBY_OK
+    );
+    assert!(s.observer_failed);
+
+    // A caller built against the first release: `observer_failed` is beyond its struct
+    // and must not be written.
+    let old_size = std::mem::offset_of!(autostandby_stats, log_records_dropped) + 8;
+    let mut old = autostandby_stats {
+        struct_size: old_size as u32,
+        ..Default::default()
+    };
+    // SAFETY: valid pointers; the struct is larger than the size it claims.
+    assert_eq!(
+        unsafe { autostandby_stats(h.0, &mut old, ptr::null_mut()) },
+        AUTOSTANDBY_OK
+    );
+    assert_eq!(old.observer_errors, 1);
+    assert!(
+        !old.observer_failed,
+        "written past the caller's struct_size"
+    );
+
+    // SAFETY: valid pointers.
+    unsafe {
+        assert_eq!(
+            autostandby_set_observer_error(h.0, ptr::null(), ptr::null_mut()),
+            AUTOSTANDBY_OK
+        );
+        assert_eq!(
+            autostandby_stats(h.0, &mut s, ptr::null_mut()),
+            AUTOSTANDBY_OK
+        );
+    }
+    assert!(!s.observer_failed);
+}

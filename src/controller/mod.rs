@@ -27,8 +27,8 @@ use tracing::{Dispatch, Level};
 
 use crate::engine::{
     BeginStandby, Decision, Engine, EngineConfig, EngineError, EngineStats, InstanceKey,
-    InstanceSpec, KeptAwakeBy, ObserverHealth, ResyncScope, StandbyOutcome, StatusSnapshot,
-    UnixMillis,
+    InstanceSpec, KeptAwakeBy, ObserverHealth, ObserverRequest, ResyncScope, StandbyOutcome,
+    StandbyRetry, StatusSnapshot, UnixMillis,
 };
 use crate::flow::{Flow, FlowEvent};
 use clock::Clock;
@@ -81,19 +81,28 @@ pub struct ControllerConfig {
     pub events_sysctl: EventsSysctlMode,
     /// Most verbose level captured into the log buffer.
     pub log_level: Level,
-    /// Kernel mode: confirm idleness with a targeted dump right before each standby
-    /// (default on). Off only to measure the rest of the pipeline; never in production.
+    /// Confirm idleness right before each standby. Kernel mode (default on): with a
+    /// targeted dump; off only to measure the rest of the pipeline, never in production.
+    /// Manual mode (default off, so hosts that never answer are unchanged): each
+    /// confirmation becomes a [`Decision::Confirm`] that the host answers with
+    /// [`Controller::confirm`].
     pub confirm_before_standby: bool,
-    /// How long before each deadline the confirmation is asked for (default 2,000 ms;
-    /// the engine caps it at half the idle timeout).
+    /// How long before each deadline the confirmation is asked for (the engine caps it
+    /// at half the idle timeout). Default 2,000 ms in kernel mode, so the dump's latency
+    /// does not delay the standby; 0 in manual mode, so a host that moves its clock
+    /// straight to the deadline sees `Confirm` there, answers it, then sees `Standby`.
     pub confirm_lead_ms: u64,
+    /// What a failed standby does to the countdown (default: a full new countdown).
+    pub standby_retry: StandbyRetry,
 }
 
 impl ControllerConfig {
-    /// A manual-mode configuration whose clock starts at `start_ms`.
+    /// A manual-mode configuration whose clock starts at `start_ms` (no confirmation).
     pub fn manual(start_ms: UnixMillis) -> Self {
         Self {
             mode: Mode::Manual { start_ms },
+            confirm_before_standby: false,
+            confirm_lead_ms: 0,
             ..Self::kernel()
         }
     }
@@ -110,6 +119,7 @@ impl ControllerConfig {
             log_level: Level::INFO,
             confirm_before_standby: true,
             confirm_lead_ms: EngineConfig::default().confirm_lead_ms,
+            standby_retry: StandbyRetry::default(),
         }
     }
 }
@@ -150,6 +160,9 @@ pub struct ControllerStats {
     pub decisions_pending: u64,
     /// Log records dropped because the buffer was full.
     pub log_records_dropped: u64,
+    /// The observer is failed now: no standby anywhere, and eligible instances report
+    /// `error`/`observer_error` (hosts use it for instances not registered yet).
+    pub observer_failed: bool,
 }
 
 /// State shared by the host-facing handle and the controller's threads.
@@ -162,6 +175,16 @@ pub(crate) struct Shared {
     pub(crate) dispatch: Dispatch,
     pub(crate) events_lost: AtomicU64,
     pub(crate) observer_errors: AtomicU64,
+}
+
+/// The host's answer to a [`Decision::Confirm`] (manual mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfirmAnswer<'a> {
+    /// The confirmation dump succeeded: the instance's current conntrack flows, as a
+    /// dump filtered to its addresses returns them (empty: it is idle).
+    Flows(&'a [Flow]),
+    /// The confirmation dump failed.
+    Failed,
 }
 
 impl Shared {
@@ -198,8 +221,9 @@ impl Controller {
         }
         let engine_config = EngineConfig {
             max_concurrent_standbys: config.max_concurrent_standbys,
-            confirm_before_standby: config.mode == Mode::Kernel && config.confirm_before_standby,
+            confirm_before_standby: config.confirm_before_standby,
             confirm_lead_ms: config.confirm_lead_ms,
+            standby_retry: config.standby_retry,
             ..EngineConfig::default()
         };
         let clock = match config.mode {
@@ -269,8 +293,19 @@ impl Controller {
         self.shared.settle(engine, now);
         if self.kernel.is_none() {
             // No observer in manual mode: the host answers a lost-events report with
-            // `resync`, so the engine's requests have no reader.
-            engine.drain_requests(&mut Vec::new());
+            // `resync`, so resync requests have no reader. The host is the observer for
+            // confirmations, though: with them on, each becomes a decision it answers
+            // with `confirm` (the engine only asks while one is needed).
+            let mut requests = Vec::new();
+            engine.drain_requests(&mut requests);
+            let mut asks: Vec<Decision> = requests
+                .into_iter()
+                .filter_map(|r| match r {
+                    ObserverRequest::Confirm(key) => Some(Decision::Confirm { key }),
+                    ObserverRequest::Resync(_) => None,
+                })
+                .collect();
+            self.shared.decisions.push_all(&mut asks);
         }
     }
 
@@ -344,9 +379,13 @@ impl Controller {
 
     /// Counters.
     pub fn stats(&self) -> ControllerStats {
-        let engine = self.shared.engine.lock().stats();
+        let (engine, observer_failed) = {
+            let e = self.shared.engine.lock();
+            (e.stats(), e.observer_error().is_some())
+        };
         ControllerStats {
             engine,
+            observer_failed,
             events_lost: self.shared.events_lost.load(Ordering::Relaxed),
             observer_errors: self.shared.observer_errors.load(Ordering::Relaxed),
             decisions_pending: self.shared.decisions.len() as u64,
@@ -400,6 +439,47 @@ impl Controller {
             }
             e.finish_resync(id, now)
         })
+    }
+
+    /// Manual mode: answers a [`Decision::Confirm`] for `key`, exactly as the kernel
+    /// observer's confirmation dump would: a resync scoped to the instance that begins
+    /// now, fed `flows` and finished, or failed. Flows of the instance missing from the
+    /// answer are gone; a live one keeps it awake; an empty answer lets the standby
+    /// proceed; a failure keeps it awake with reason `confirm_failed` and restarts the
+    /// countdown.
+    ///
+    /// A stale answer changes nothing: [`EngineError::NotFound`] when the instance is
+    /// gone, [`EngineError::NoConfirmPending`] when no confirmation is pending for it
+    /// (already answered, or cancelled by activity, a hold or an update).
+    pub fn confirm(
+        &self,
+        key: InstanceKey,
+        answer: ConfirmAnswer<'_>,
+    ) -> Result<(), ControllerError> {
+        self.manual_only("confirm")?;
+        let applied = self.mutate(|e, now| {
+            if !e.confirm_pending(key)? {
+                return Err(EngineError::NoConfirmPending(key));
+            }
+            // The same engine calls the kernel observer makes for a `Confirm` request.
+            let id = e.begin_resync(ResyncScope::Instances(vec![key]), now);
+            match answer {
+                ConfirmAnswer::Flows(flows) => {
+                    for flow in flows {
+                        e.resync_flow(id, flow)?;
+                    }
+                    e.finish_resync(id, now)
+                }
+                ConfirmAnswer::Failed => e.fail_resync(id, now),
+            }
+        });
+        // As in kernel mode, a failed dump counts as an observer error; unlike there, it
+        // does not mark the observer failed: in manual mode the host reports that with
+        // `set_observer_error`, and the status says `confirm_failed`.
+        if applied.is_ok() && answer == ConfirmAnswer::Failed {
+            self.shared.observer_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        applied
     }
 
     /// Manual mode: reports the observer failed (`Some(why)`) or healthy again (`None`).

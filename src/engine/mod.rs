@@ -128,6 +128,14 @@ pub enum Decision {
         /// The value to store.
         runtime: Option<Runtime>,
     },
+    /// Confirm that the instance is idle: answer with the instance's current flows (or
+    /// a failure). The engine itself never emits this: it asks its observer with
+    /// [`ObserverRequest::Confirm`], which a manual-mode controller with confirmation
+    /// turned on hands to the host as this decision (the host is its observer).
+    Confirm {
+        /// The instance.
+        key: InstanceKey,
+    },
 }
 
 /// What the engine asks of the observer. Taken with [`Engine::drain_requests`].
@@ -159,7 +167,7 @@ pub struct ResyncId(pub u64);
 pub enum StandbyOutcome {
     /// The instance is in Standby.
     Success = 0,
-    /// The attempt failed; retried with a bounded backoff.
+    /// The attempt failed; retried as [`EngineConfig::standby_retry`] says.
     Failed = 1,
     /// The instance no longer exists; its state is dropped.
     NotFound = 2,
@@ -349,6 +357,23 @@ pub struct EngineStats {
     pub resyncs: u64,
 }
 
+/// When a standby is tried again after the host reported it failed (with no qualifying
+/// flow live; a flow that became live during the attempt makes the instance active and
+/// nothing is re-armed, whichever the policy).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum StandbyRetry {
+    /// hypeman's behaviour: the failure starts a new idle period (`idle_since` moves
+    /// forward to the failure, and is persisted), so the retry comes one full idle timeout
+    /// later and a restart of the host resumes that countdown from the persisted value.
+    #[default]
+    Countdown = 0,
+    /// Retry after [`EngineConfig::standby_retry_initial_ms`], doubled per consecutive
+    /// failure and capped at the idle timeout; the idle period is kept (a transient
+    /// failure is retried sooner, but the retry time lives in memory only).
+    Backoff = 1,
+}
+
 /// Tunables. `Default` gives hypeman's defaults where hypeman has one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -361,8 +386,10 @@ pub struct EngineConfig {
     /// latency does not delay the standby. A confirmation stays valid until activity, a
     /// loss, a hold, an update or an observer failure.
     pub confirm_lead_ms: u64,
-    /// First retry delay after a failed standby (doubled per failure, capped by the
-    /// instance's idle timeout).
+    /// What a failed standby does to the countdown (default: a full new countdown).
+    pub standby_retry: StandbyRetry,
+    /// With [`StandbyRetry::Backoff`], the first retry delay after a failed standby
+    /// (doubled per failure, capped by the instance's idle timeout).
     pub standby_retry_initial_ms: u64,
     /// How long a DESTROY tombstone keeps a dump from resurrecting a flow.
     pub tombstone_ttl_ms: u64,
@@ -374,6 +401,7 @@ impl Default for EngineConfig {
             max_concurrent_standbys: 16,
             confirm_before_standby: false,
             confirm_lead_ms: 2_000,
+            standby_retry: StandbyRetry::Countdown,
             standby_retry_initial_ms: 1_000,
             tombstone_ttl_ms: 60_000,
         }
@@ -406,6 +434,10 @@ pub enum EngineError {
     /// `begin_standby`/`report_standby` for an instance with no outstanding standby.
     #[error("instance {0} has no outstanding standby")]
     NoStandbyOutstanding(InstanceKey),
+    /// A confirmation answer for an instance with no confirmation pending (never asked,
+    /// already answered, or cancelled by activity, a hold or an update since).
+    #[error("instance {0} has no confirmation pending")]
+    NoConfirmPending(InstanceKey),
     /// Unknown resync handle.
     #[error("unknown resync {0:?}")]
     UnknownResync(ResyncId),
@@ -643,6 +675,13 @@ impl Engine {
         self.do_begin_standby(key, now)
     }
 
+    /// Whether a confirmation of `key`'s idleness is pending: an
+    /// [`ObserverRequest::Confirm`] was asked and neither answered nor cancelled since.
+    /// A resync of `key` that begins now answers it.
+    pub fn confirm_pending(&self, key: InstanceKey) -> Result<bool, EngineError> {
+        Ok(self.inst(self.slot(key)?).phase == instance::Phase::Confirming)
+    }
+
     /// The host's report on a standby it began.
     pub fn report_standby(
         &mut self,
@@ -717,6 +756,11 @@ impl Engine {
                 v
             }
         }
+    }
+
+    /// Why the observer is failed, while it is (see [`Engine::set_observer_health`]).
+    pub fn observer_error(&self) -> Option<&str> {
+        self.observer_error.as_deref()
     }
 
     /// Counters.

@@ -191,7 +191,8 @@ impl Engine {
         self.decisions.retain(|d| match d {
             Decision::Standby { key: k }
             | Decision::PersistRuntime { key: k, .. }
-            | Decision::Wake { key: k, .. } => *k != key,
+            | Decision::Wake { key: k, .. }
+            | Decision::Confirm { key: k } => *k != key,
         });
         let epoch = self.drain_epoch;
         for i in 0..self.decisions.len() {

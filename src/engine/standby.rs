@@ -4,7 +4,7 @@
 use super::instance::{Inst, Phase};
 use super::{
     BeginStandby, Decision, Engine, EngineError, InstanceKey, Lifecycle, ObserverRequest, Reason,
-    StandbyOutcome, UnixMillis,
+    StandbyOutcome, StandbyRetry, UnixMillis,
 };
 
 impl Engine {
@@ -259,18 +259,29 @@ impl Engine {
                 self.remove_instance(slot, now);
             }
             StandbyOutcome::Failed => {
+                let retry = self.config.standby_retry;
                 let initial = self.config.standby_retry_initial_ms.max(1);
                 let inst = self.inst_mut(slot);
                 inst.failures = inst.failures.saturating_add(1);
                 // Never re-arm while flows are live: activity already restarted things.
                 if inst.live == 0 && inst.eligible() {
-                    let shift = (inst.failures - 1).min(40);
-                    let backoff = initial
-                        .saturating_mul(1u64 << shift)
-                        .min(inst.idle_timeout().max(1));
-                    inst.retry_at = Some(now.saturating_add(backoff));
-                    if inst.idle_since.is_none() {
-                        inst.idle_since = Some(now);
+                    match retry {
+                        StandbyRetry::Countdown => {
+                            // A new idle period from the failure, persisted below so a
+                            // restart resumes it; `idle_since` never moves backwards.
+                            inst.idle_since = Some(now.max(inst.idle_since.unwrap_or(0)));
+                            inst.retry_at = None;
+                        }
+                        StandbyRetry::Backoff => {
+                            let shift = (inst.failures - 1).min(40);
+                            let backoff = initial
+                                .saturating_mul(1u64 << shift)
+                                .min(inst.idle_timeout().max(1));
+                            inst.retry_at = Some(now.saturating_add(backoff));
+                            if inst.idle_since.is_none() {
+                                inst.idle_since = Some(now);
+                            }
+                        }
                     }
                 }
                 self.persist(slot);

@@ -11,7 +11,39 @@ use crate::controller::{
     Controller, ControllerConfig, DEFAULT_MAX_CONCURRENT_STANDBYS, DEFAULT_RCVBUF_BYTES,
     DEFAULT_RESYNC_INTERVAL_MS, EventsSysctlMode, Mode,
 };
-use crate::engine::{BeginStandby, Decision, Reason, StandbyOutcome};
+use crate::engine::{BeginStandby, Decision, Reason, StandbyOutcome, StandbyRetry};
+
+/// `sizeof(autostandby_config)` in the first release, which ended at `manual_start_ms`.
+/// Callers built against that header still pass it; the later fields take defaults.
+const CONFIG_SIZE_V1: usize =
+    std::mem::offset_of!(autostandby_config, manual_start_ms) + std::mem::size_of::<u64>();
+
+/// `sizeof(struct autostandby_stats)` in the first release, which ended at
+/// `log_records_dropped`. Such callers get every field their struct has.
+const STATS_SIZE_V1: usize =
+    std::mem::offset_of!(autostandby_stats, log_records_dropped) + std::mem::size_of::<u64>();
+
+/// How much of a caller struct that has grown by appending fields this library reads or
+/// writes: all of ours when the caller's is at least as large (a newer caller's extra
+/// fields are left alone), or exactly an older release's size. Any other size is a
+/// caller bug (a garbage or truncated `struct_size`) and is refused.
+fn versioned_len<T>(struct_size: u32, older: &[usize], what: &str) -> Result<usize, FfiError> {
+    let size = struct_size as usize;
+    let ours = std::mem::size_of::<T>();
+    if size >= ours {
+        return Ok(ours);
+    }
+    if older.contains(&size) {
+        return Ok(size);
+    }
+    Err(FfiError::new(
+        AUTOSTANDBY_ERR_STRUCT_SIZE,
+        format!(
+            "{what}.struct_size is {size}: expected sizeof from this header ({ours}) or \
+             from an older release ({older:?})"
+        ),
+    ))
+}
 
 /// Writes through an output pointer that must not be NULL.
 ///
@@ -34,12 +66,34 @@ unsafe fn leading_size<T>(ptr: *const T, what: &str) -> Result<u32, FfiError> {
     Ok(unsafe { ptr.cast::<u32>().read() })
 }
 
+/// Reads the caller's config, however many fields its release has: the rest stay zero,
+/// which is every field's default.
+///
+/// # Safety
+/// `ptr` is NULL or valid for reads of its own `struct_size` bytes.
+unsafe fn read_config(ptr: *const autostandby_config) -> Result<autostandby_config, FfiError> {
+    // SAFETY: NULL or valid, per the caller.
+    let size = unsafe { leading_size(ptr, "config")? };
+    let len = versioned_len::<autostandby_config>(size, &[CONFIG_SIZE_V1], "config")?;
+    let mut c = autostandby_config::default();
+    // SAFETY: the caller's struct has at least `len` readable bytes (its `struct_size`),
+    // `len` is at most `size_of::<autostandby_config>()`, and the two do not overlap.
+    // Every `len` accepted ends on a field boundary, so no field is read in part.
+    unsafe {
+        std::ptr::copy_nonoverlapping(ptr.cast::<u8>(), (&raw mut c).cast::<u8>(), len);
+    }
+    Ok(c)
+}
+
 fn config_from_c(c: &autostandby_config) -> Result<ControllerConfig, FfiError> {
-    let mode = match c.mode {
-        AUTOSTANDBY_MODE_KERNEL => Mode::Kernel,
-        AUTOSTANDBY_MODE_MANUAL => Mode::Manual {
-            start_ms: c.manual_start_ms,
-        },
+    let (mode, base) = match c.mode {
+        AUTOSTANDBY_MODE_KERNEL => (Mode::Kernel, ControllerConfig::kernel()),
+        AUTOSTANDBY_MODE_MANUAL => (
+            Mode::Manual {
+                start_ms: c.manual_start_ms,
+            },
+            ControllerConfig::manual(c.manual_start_ms),
+        ),
         other => {
             return Err(FfiError::invalid(format!(
                 "config.mode is {other}, expected 0 (kernel) or 1 (manual)"
@@ -68,7 +122,21 @@ fn config_from_c(c: &autostandby_config) -> Result<ControllerConfig, FfiError> {
         }
         Some(PathBuf::from(text))
     };
+    let standby_retry = match c.standby_retry {
+        AUTOSTANDBY_STANDBY_RETRY_COUNTDOWN => StandbyRetry::Countdown,
+        AUTOSTANDBY_STANDBY_RETRY_BACKOFF => StandbyRetry::Backoff,
+        other => {
+            return Err(FfiError::invalid(format!(
+                "config.standby_retry is {other}, expected 0 (countdown) or 1 (backoff)"
+            )));
+        }
+    };
     let nonzero = |v: u64, default: u64| if v == 0 { default } else { v };
+    // Kernel mode always confirms (a dump); only a manual host may opt in or out.
+    let confirm_before_standby = match mode {
+        Mode::Kernel => base.confirm_before_standby,
+        Mode::Manual { .. } => c.confirm_before_standby,
+    };
     Ok(ControllerConfig {
         mode,
         netns,
@@ -83,20 +151,25 @@ fn config_from_c(c: &autostandby_config) -> Result<ControllerConfig, FfiError> {
         ) as u32,
         resync_interval_ms: nonzero(c.resync_interval_ms, DEFAULT_RESYNC_INTERVAL_MS),
         events_sysctl,
-        ..ControllerConfig::kernel()
+        standby_retry,
+        confirm_before_standby,
+        confirm_lead_ms: nonzero(c.confirm_lead_ms, base.confirm_lead_ms),
+        ..base
     })
 }
 
 /// Creates a controller and stores its handle in `*out`.
 ///
-/// `config` is borrowed for the call only. On success the caller owns the handle and
+/// `config` is borrowed for the call only; its `struct_size` may be this header's
+/// `sizeof(autostandby_config)` or an older release's (the missing fields take their
+/// defaults), anything else is `AUTOSTANDBY_ERR_STRUCT_SIZE`. On success the caller owns the handle and
 /// must release it with `autostandby_controller_free`; on failure `*out` is set to NULL.
 /// Kernel mode opens conntrack sockets (needs CAP_NET_ADMIN: `AUTOSTANDBY_ERR_PERMISSION`
 /// otherwise) and starts the controller's threads. Thread-safe.
 ///
 /// # Safety
-/// `config` is NULL or a valid `autostandby_config` (with `netns_path` NULL or a
-/// NUL-terminated string); `out` is NULL or writable; `err` is NULL or writable.
+/// `config` is NULL or points to `struct_size` readable bytes of an
+/// `autostandby_config` (with `netns_path` NULL or a NUL-terminated string); `out` is NULL or writable; `err` is NULL or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn autostandby_controller_new(
     config: *const autostandby_config,
@@ -109,11 +182,9 @@ pub unsafe extern "C" fn autostandby_controller_new(
         }
         // SAFETY: non-NULL and writable, per the caller.
         unsafe { out.write(std::ptr::null_mut()) };
-        // SAFETY: NULL or valid, per the caller.
-        let size = unsafe { leading_size(config, "config")? };
-        check_size::<autostandby_config>(size, "config")?;
-        // SAFETY: checked non-NULL and large enough.
-        let config = config_from_c(unsafe { &*config })?;
+        // SAFETY: NULL or valid for its `struct_size`, per the caller.
+        let raw = unsafe { read_config(config)? };
+        let config = config_from_c(&raw)?;
         let controller = Controller::new(config)?;
         let handle = Box::new(autostandby_controller::new(controller));
         // SAFETY: checked non-NULL above.
@@ -250,6 +321,11 @@ fn decision_to_c(d: &Decision) -> autostandby_decision {
                 .as_ref()
                 .map(autostandby_runtime::from_runtime)
                 .unwrap_or_default(),
+            ..Default::default()
+        },
+        Decision::Confirm { key } => autostandby_decision {
+            kind: AUTOSTANDBY_DECISION_CONFIRM,
+            key,
             ..Default::default()
         },
     }
@@ -455,11 +531,14 @@ pub unsafe extern "C" fn autostandby_explain(
 }
 
 /// Controller-wide counters into `*out` (whose `struct_size` the caller sets).
-/// Thread-safe.
+///
+/// `struct_size` may be this header's `sizeof(struct autostandby_stats)` or an older
+/// release's: only the fields that size covers are written. Anything else is
+/// `AUTOSTANDBY_ERR_STRUCT_SIZE`. Thread-safe.
 ///
 /// # Safety
-/// `c` is NULL or a live handle; `out` is NULL or a writable `autostandby_stats` with
-/// `struct_size` set; `err` is NULL or writable.
+/// `c` is NULL or a live handle; `out` is NULL or points to `struct_size` writable bytes
+/// of an `autostandby_stats`; `err` is NULL or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn autostandby_stats(
     c: *mut autostandby_controller,
@@ -469,10 +548,12 @@ pub unsafe extern "C" fn autostandby_stats(
     // SAFETY: forwarded from the caller.
     unsafe {
         with_controller(c, err, |ctl| {
-            let out = sized_out(out, "stats")?;
+            // SAFETY: NULL or valid for its `struct_size`, per the caller.
+            let size = leading_size(out.cast_const(), "stats")?;
+            let len = versioned_len::<autostandby_stats>(size, &[STATS_SIZE_V1], "stats")?;
             let s = ctl.stats();
-            *out = autostandby_stats {
-                struct_size: out.struct_size,
+            let full = autostandby_stats {
+                struct_size: size,
                 instances: s.engine.instances,
                 tracked_flows: s.engine.tracked_flows,
                 flow_events: s.engine.flow_events,
@@ -486,7 +567,11 @@ pub unsafe extern "C" fn autostandby_stats(
                 observer_errors: s.observer_errors,
                 decisions_pending: s.decisions_pending,
                 log_records_dropped: s.log_records_dropped,
+                observer_failed: s.observer_failed,
             };
+            // SAFETY: the caller's struct has `struct_size` writable bytes, `len` is no
+            // more than that nor than ours, and ends on a field boundary.
+            std::ptr::copy_nonoverlapping((&raw const full).cast::<u8>(), out.cast::<u8>(), len);
             Ok(())
         })
     }

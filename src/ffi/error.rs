@@ -38,6 +38,9 @@ pub const AUTOSTANDBY_ERR_POISONED: u32 = 13;
 pub const AUTOSTANDBY_ERR_ADDRESS_IN_USE: u32 = 14;
 /// The controller is being freed.
 pub const AUTOSTANDBY_ERR_SHUTDOWN: u32 = 15;
+/// `autostandby_confirm` for an instance with no confirmation pending: a stale answer
+/// (already answered, or cancelled by activity, a hold or an update). Nothing changed.
+pub const AUTOSTANDBY_ERR_NO_CONFIRM_PENDING: u32 = 16;
 
 /// Size of `autostandby_error.message`, NUL included.
 pub const AUTOSTANDBY_ERROR_MESSAGE_LEN: usize = 256;
@@ -104,6 +107,7 @@ impl From<EngineError> for FfiError {
             }
             EngineError::StandbyInProgress => AUTOSTANDBY_ERR_STANDBY_IN_PROGRESS,
             EngineError::NoStandbyOutstanding(_) => AUTOSTANDBY_ERR_NO_STANDBY_OUTSTANDING,
+            EngineError::NoConfirmPending(_) => AUTOSTANDBY_ERR_NO_CONFIRM_PENDING,
             EngineError::UnknownResync(_) | EngineError::InvalidAddress(_) => {
                 AUTOSTANDBY_ERR_INVALID_ARGUMENT
             }
@@ -172,6 +176,7 @@ pub(crate) fn status_text(code: u32) -> Option<&'static str> {
         AUTOSTANDBY_ERR_POISONED => "controller poisoned by an earlier panic\0",
         AUTOSTANDBY_ERR_ADDRESS_IN_USE => "address in use by another instance\0",
         AUTOSTANDBY_ERR_SHUTDOWN => "controller shutting down\0",
+        AUTOSTANDBY_ERR_NO_CONFIRM_PENDING => "no confirmation pending\0",
         _ => return None,
     })
 }
@@ -192,12 +197,12 @@ mod tests {
 
     #[test]
     fn every_code_has_a_text() {
-        for code in 0..=15 {
+        for code in 0..=16 {
             assert!(
                 status_text(code).is_some_and(|t| t.ends_with('\0')),
                 "{code}"
             );
         }
-        assert_eq!(status_text(16), None);
+        assert_eq!(status_text(17), None);
     }
 }

@@ -43,6 +43,21 @@ pub const AUTOSTANDBY_DECISION_STANDBY: u32 = 0;
 pub const AUTOSTANDBY_DECISION_WAKE: u32 = 1;
 /// `autostandby_decision.kind`: store (or delete) the instance's runtime.
 pub const AUTOSTANDBY_DECISION_PERSIST_RUNTIME: u32 = 2;
+/// `autostandby_decision.kind`: confirm the instance is idle; answer with
+/// `autostandby_confirm`. Manual mode with `config.confirm_before_standby` only.
+pub const AUTOSTANDBY_DECISION_CONFIRM: u32 = 3;
+
+/// `autostandby_config.standby_retry` (the default): a failed standby starts a new idle
+/// period at the failure (persisted), so the retry comes one full idle timeout later.
+pub const AUTOSTANDBY_STANDBY_RETRY_COUNTDOWN: u32 = 0;
+/// `autostandby_config.standby_retry`: a failed standby is retried after 1 s, 2 s, 4 s
+/// ... capped at the idle timeout; the idle period is kept.
+pub const AUTOSTANDBY_STANDBY_RETRY_BACKOFF: u32 = 1;
+
+/// `autostandby_confirm` outcome: the confirmation dump succeeded; the flows are its result.
+pub const AUTOSTANDBY_CONFIRM_OK: u32 = 0;
+/// `autostandby_confirm` outcome: the confirmation dump failed.
+pub const AUTOSTANDBY_CONFIRM_FAILED: u32 = 1;
 
 /// `autostandby_report_standby` outcome: the instance is in Standby.
 pub const AUTOSTANDBY_OUTCOME_SUCCESS: u32 = 0;
@@ -154,7 +169,11 @@ pub struct autostandby_instance {
     pub runtime: autostandby_runtime,
 }
 
-/// Controller configuration.
+/// Controller configuration. Zero in every field after `struct_size` selects the
+/// defaults (kernel mode).
+///
+/// Fields are only ever appended. A caller built against an older header passes that
+/// header's `sizeof` in `struct_size`; the fields it lacks take their defaults.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct autostandby_config {
@@ -174,6 +193,38 @@ pub struct autostandby_config {
     pub events_sysctl: u32,
     /// Manual mode: the clock's start (ms since the Unix epoch). Ignored in kernel mode.
     pub manual_start_ms: u64,
+    /// One of `AUTOSTANDBY_STANDBY_RETRY_*`: what a failed standby does to the countdown.
+    /// Added after the first release: callers with the shorter struct get `COUNTDOWN`.
+    pub standby_retry: u32,
+    /// Manual mode: confirm idleness before each standby through the host, which sees a
+    /// `AUTOSTANDBY_DECISION_CONFIRM` and answers with `autostandby_confirm` (false, the
+    /// default, leaves manual hosts unchanged). Ignored in kernel mode, which always
+    /// confirms with a conntrack dump.
+    pub confirm_before_standby: bool,
+    /// How long before each standby deadline the confirmation is asked for (capped at
+    /// half the idle timeout); 0 for the mode's default: 2,000 ms in kernel mode, the
+    /// deadline itself in manual mode.
+    pub confirm_lead_ms: u64,
+}
+
+impl Default for autostandby_config {
+    /// All zero, `struct_size` included: the defaults, for the fields a shorter caller
+    /// struct does not cover.
+    fn default() -> Self {
+        Self {
+            struct_size: 0,
+            mode: 0,
+            netns_path: std::ptr::null(),
+            rcvbuf_bytes: 0,
+            max_concurrent_standbys: 0,
+            resync_interval_ms: 0,
+            events_sysctl: 0,
+            manual_start_ms: 0,
+            standby_retry: 0,
+            confirm_before_standby: false,
+            confirm_lead_ms: 0,
+        }
+    }
 }
 
 /// A decision for the host.
@@ -340,6 +391,11 @@ pub struct autostandby_stats {
     pub decisions_pending: u64,
     /// Log records dropped because the buffer was full.
     pub log_records_dropped: u64,
+    /// The observer is failed now (kernel: the conntrack socket or the last dump;
+    /// manual: `autostandby_set_observer_error`): no instance goes into Standby, and
+    /// eligible ones report status `error`, reason `observer_error`. Added after the
+    /// first release: written only when `struct_size` covers it.
+    pub observer_failed: bool,
 }
 
 /// One captured log record.

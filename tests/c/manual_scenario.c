@@ -1,4 +1,5 @@
-/* Manual mode from registration to Standby and Wake, through the C ABI only. */
+/* Manual mode from registration to Standby and Wake, and a confirmation answered by the
+   host, through the C ABI only. */
 #include <string.h>
 
 #include "check.h"
@@ -34,7 +35,7 @@ static size_t count_decisions(autostandby_controller *c, uint32_t kind, uint64_t
   size_t n = 0, found = 0;
   CALL_OK(autostandby_poll_decisions, c, out, 16, &n, 0);
   for (size_t i = 0; i < n; i++) {
-    CHECK(out[i].kind <= AUTOSTANDBY_DECISION_PERSIST_RUNTIME);
+    CHECK(out[i].kind <= AUTOSTANDBY_DECISION_CONFIRM);
     if (out[i].kind == kind && out[i].key == key) {
       found++;
       if (last) *last = out[i];
@@ -49,6 +50,28 @@ static struct autostandby_status status_of(autostandby_controller *c, uint64_t k
   st.struct_size = sizeof st;
   CALL_OK(autostandby_status, c, key, &st);
   return st;
+}
+
+/* With confirm_before_standby the deadline brings CONFIRM; answering it with an empty
+   flow table (idle) brings STANDBY, and a second answer is stale. */
+static void confirm_round_trip(const autostandby_instance *inst) {
+  autostandby_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.struct_size = sizeof cfg;
+  cfg.mode = AUTOSTANDBY_MODE_MANUAL;
+  cfg.manual_start_ms = T0;
+  cfg.confirm_before_standby = true;
+  autostandby_controller *c = NULL;
+  CALL_OK(autostandby_controller_new, &cfg, &c);
+  const uint64_t key = 7;
+  CALL_OK(autostandby_register, c, key, inst);
+  CALL_OK(autostandby_advance_clock, c, 60000);
+  CHECK(count_decisions(c, AUTOSTANDBY_DECISION_CONFIRM, key, NULL) == 1);
+  CALL_OK(autostandby_confirm, c, key, AUTOSTANDBY_CONFIRM_OK, NULL, 0);
+  CHECK(count_decisions(c, AUTOSTANDBY_DECISION_STANDBY, key, NULL) == 1);
+  CALL_EXPECT(AUTOSTANDBY_ERR_NO_CONFIRM_PENDING,
+              autostandby_confirm(c, key, AUTOSTANDBY_CONFIRM_OK, NULL, 0, &err_));
+  autostandby_controller_free(c);
 }
 
 int main(void) {
@@ -151,6 +174,9 @@ int main(void) {
   CALL_OK(autostandby_drain_logs, c, logs, 8, &n);
   CHECK(n >= 1);
   CHECK(strstr(logs[0].message, "controller started") != NULL);
+
+  inst.lifecycle = AUTOSTANDBY_LIFECYCLE_RUNNING;
+  confirm_round_trip(&inst);
 
   CALL_OK(autostandby_unregister, c, key);
   CALL_EXPECT(AUTOSTANDBY_ERR_NOT_FOUND, autostandby_status(c, key, &st, &err_));

@@ -40,6 +40,7 @@ pub fn manual_config(start_ms: u64) -> autostandby_config {
         resync_interval_ms: 0,
         events_sysctl: AUTOSTANDBY_EVENTS_SYSCTL_REPORT,
         manual_start_ms: start_ms,
+        ..Default::default()
     }
 }
 
@@ -54,11 +55,15 @@ unsafe impl Sync for Handle {}
 impl Handle {
     /// A manual-mode controller.
     pub fn manual(start_ms: u64) -> Self {
-        let cfg = manual_config(start_ms);
+        Self::new(&manual_config(start_ms))
+    }
+
+    /// A controller with this configuration, which must be accepted.
+    pub fn new(cfg: &autostandby_config) -> Self {
         let mut out = ptr::null_mut();
         let mut e = err();
         // SAFETY: valid pointers.
-        let rc = unsafe { autostandby_controller_new(&cfg, &mut out, &mut e) };
+        let rc = unsafe { autostandby_controller_new(cfg, &mut out, &mut e) };
         assert_eq!(rc, AUTOSTANDBY_OK, "controller_new: {}", msg(&e));
         assert!(!out.is_null());
         Self(out)

@@ -91,6 +91,9 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.SetEventsSysctl {
 		cc.events_sysctl = 1
 	}
+	cc.standby_retry = C.uint32_t(cfg.StandbyRetry)
+	cc.confirm_before_standby = C.bool(cfg.ConfirmBeforeStandby)
+	cc.confirm_lead_ms = C.uint64_t(durationToMillis(cfg.ConfirmLead))
 	if _, ms := timeToMillis(cfg.ManualStart); ms > 0 {
 		cc.manual_start_ms = C.uint64_t(ms)
 	}
@@ -289,6 +292,7 @@ func (c *Controller) Stats() (Stats, error) {
 		UnmatchedEvents:  uint64(s.flow_events_unmatched),
 		DecisionsPending: uint64(s.decisions_pending),
 		LogsDropped:      uint64(s.log_records_dropped),
+		ObserverFailed:   bool(s.observer_failed),
 	}, err
 }
 
@@ -338,6 +342,22 @@ func (c *Controller) Resync(table []FlowEvent) error {
 	buf := flowEventsToC(table)
 	return c.call("resync", func(p *C.autostandby_controller, e *C.autostandby_error) C.uint32_t {
 		return C.autostandby_resync(p, firstOrNil(buf), C.size_t(len(buf)), e)
+	})
+}
+
+// Confirm answers a DecisionConfirm for key: failed reports that the confirmation dump
+// failed (flows must then be empty); otherwise flows are the instance's conntrack
+// flows now, as a dump filtered to its addresses returns them (Kind is ignored; empty
+// means idle, and the standby proceeds). A stale answer fails with ErrNotFound or
+// ErrNoConfirmPending and changes nothing.
+func (c *Controller) Confirm(key uint64, failed bool, flows []FlowEvent) error {
+	outcome := C.uint32_t(C.AUTOSTANDBY_CONFIRM_OK)
+	if failed {
+		outcome = C.AUTOSTANDBY_CONFIRM_FAILED
+	}
+	buf := flowEventsToC(flows)
+	return c.call("confirm", func(p *C.autostandby_controller, e *C.autostandby_error) C.uint32_t {
+		return C.autostandby_confirm(p, C.uint64_t(key), outcome, firstOrNil(buf), C.size_t(len(buf)), e)
 	})
 }
 

@@ -72,5 +72,8 @@ func (*Controller) AdvanceClock(time.Duration) error { return ErrUnsupported }
 // Resync fails.
 func (*Controller) Resync([]FlowEvent) error { return ErrUnsupported }
 
+// Confirm fails.
+func (*Controller) Confirm(uint64, bool, []FlowEvent) error { return ErrUnsupported }
+
 // SetObserverError fails.
 func (*Controller) SetObserverError(string, bool) error { return ErrUnsupported }

@@ -34,6 +34,9 @@ const (
 	ErrPoisoned          Code = 13
 	ErrAddressInUse      Code = 14
 	ErrShutdown          Code = 15
+	// ErrNoConfirmPending: a Confirm answer that is stale (already answered, or the
+	// confirmation was cancelled by activity, a hold or an update). Nothing changed.
+	ErrNoConfirmPending Code = 16
 )
 
 // Error is a failed call: the code and the library's message.
@@ -73,6 +76,19 @@ const (
 	ModeManual Mode = 1
 )
 
+// StandbyRetry says what a failed standby does to the idle countdown.
+type StandbyRetry uint32
+
+// Standby retry policies.
+const (
+	// StandbyRetryCountdown (the default, hypeman's behaviour): the failure starts a new
+	// idle period, persisted, so the retry comes one full idle timeout later.
+	StandbyRetryCountdown StandbyRetry = 0
+	// StandbyRetryBackoff: retry after 1 s, 2 s, 4 s ... capped at the idle timeout,
+	// keeping the idle period.
+	StandbyRetryBackoff StandbyRetry = 1
+)
+
 // Config configures a library controller. Zero values select the library's defaults.
 type Config struct {
 	Mode                  Mode
@@ -82,6 +98,15 @@ type Config struct {
 	ResyncInterval        time.Duration
 	SetEventsSysctl       bool
 	ManualStart           time.Time
+	// StandbyRetry: what a failed standby does (default StandbyRetryCountdown).
+	StandbyRetry StandbyRetry
+	// ConfirmBeforeStandby (manual mode): before each standby the library emits a
+	// DecisionConfirm, answered with Controller.Confirm. Kernel mode always confirms
+	// with a conntrack dump and ignores it.
+	ConfirmBeforeStandby bool
+	// ConfirmLead: how long before each deadline the confirmation is asked for; zero
+	// for the mode's default (kernel 2 s, manual: at the deadline).
+	ConfirmLead time.Duration
 }
 
 // Lifecycle is an instance's lifecycle state as the library knows it.
@@ -130,6 +155,9 @@ const (
 	DecisionStandby        DecisionKind = 0
 	DecisionWake           DecisionKind = 1
 	DecisionPersistRuntime DecisionKind = 2
+	// DecisionConfirm: confirm the instance is idle, with Controller.Confirm (manual
+	// mode with Config.ConfirmBeforeStandby only).
+	DecisionConfirm DecisionKind = 3
 )
 
 // Decision is one thing the host should do.
@@ -219,6 +247,9 @@ type Stats struct {
 	UnmatchedEvents  uint64
 	DecisionsPending uint64
 	LogsDropped      uint64
+	// ObserverFailed: the observer is failed now; no instance goes into Standby and
+	// eligible ones report error/observer_error.
+	ObserverFailed bool
 }
 
 // LogRecord is one line of the library's log buffer.

@@ -90,8 +90,9 @@ fn elapsed_countdown_emits_one_standby_and_success_clears_state() {
 }
 
 #[test]
-fn failed_standby_retries_with_a_doubling_backoff_capped_by_the_timeout() {
+fn backoff_retry_doubles_per_failure_capped_by_the_timeout() {
     let mut h = H::with(EngineConfig {
+        standby_retry: StandbyRetry::Backoff,
         standby_retry_initial_ms: 10 * SEC,
         ..EngineConfig::default()
     });
@@ -111,6 +112,107 @@ fn failed_standby_retries_with_a_doubling_backoff_capped_by_the_timeout() {
     assert_eq!(gaps, vec![10 * SEC, 20 * SEC, 40 * SEC, MIN, MIN]);
     // Policy kept, instance still tracked.
     assert!(h.st(1, now).eligible);
+}
+
+#[test]
+fn failed_standby_restarts_a_full_countdown_and_persists_it_by_default() {
+    let mut h = H::new();
+    assert_eq!(h.e.config().standby_retry, StandbyRetry::Countdown);
+    h.reg(1, spec(MIN), T0);
+    h.drain();
+    let mut now = T0 + MIN;
+    for _ in 0..3 {
+        h.e.tick(now);
+        assert_eq!(h.standbys(), vec![1]);
+        assert_eq!(h.e.begin_standby(1, now), Ok(BeginStandby::Proceed));
+        let failed_at = now + 5 * SEC;
+        h.e.report_standby(1, StandbyOutcome::Failed, failed_at)
+            .unwrap();
+        // idle_since moves to the failure; the last activity is left as it was.
+        assert_eq!(
+            h.persists(1),
+            vec![Some(Runtime {
+                idle_since: Some(failed_at),
+                last_inbound_activity_at: None,
+            })]
+        );
+        let st = h.st(1, failed_at);
+        assert_eq!(
+            (st.status, st.reason),
+            (Status::IdleCountdown, Reason::IdleTimeoutNotElapsed)
+        );
+        assert_eq!(st.idle_since, Some(failed_at));
+        assert_eq!(st.next_standby_at, Some(failed_at + MIN));
+        assert_eq!(h.e.next_deadline(), Some(failed_at + MIN));
+        h.e.tick(failed_at + MIN - 1);
+        assert!(h.standbys().is_empty(), "no retry before a full timeout");
+        now = failed_at + MIN;
+    }
+}
+
+#[test]
+fn countdown_retry_keeps_the_last_activity_and_survives_a_restart() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0 + SEC);
+    h.destroy(inbound(1, Some(TcpState::CLOSE)), T0 + 2 * SEC);
+    h.drain();
+    let due = T0 + 2 * SEC + MIN;
+    h.e.tick(due);
+    assert_eq!(h.standbys(), vec![1]);
+    assert_eq!(h.e.begin_standby(1, due), Ok(BeginStandby::Proceed));
+    h.e.report_standby(1, StandbyOutcome::Failed, due + SEC)
+        .unwrap();
+    let persisted = h.persists(1).last().copied().flatten().unwrap();
+    assert_eq!(
+        persisted,
+        Runtime {
+            idle_since: Some(due + SEC),
+            last_inbound_activity_at: Some(T0 + SEC),
+        }
+    );
+
+    // A restarted host registers with what it persisted: the countdown resumes.
+    let mut after = H::new();
+    let mut s = spec(MIN);
+    s.runtime = persisted;
+    after.reg(1, s, due + 10 * SEC);
+    let st = after.st(1, due + 10 * SEC);
+    assert_eq!(st.idle_since, Some(due + SEC));
+    assert_eq!(st.next_standby_at, Some(due + SEC + MIN));
+}
+
+#[test]
+fn countdown_retry_never_moves_idle_since_backwards() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.e.tick(T0 + MIN);
+    assert_eq!(h.standbys(), vec![1]);
+    assert_eq!(h.e.begin_standby(1, T0 + MIN), Ok(BeginStandby::Proceed));
+    // A report stamped before the countdown began (a host clock behind the engine's).
+    h.e.report_standby(1, StandbyOutcome::Failed, T0 - SEC)
+        .unwrap();
+    let st = h.st(1, T0 + MIN);
+    assert_eq!(st.idle_since, Some(T0));
+}
+
+#[test]
+fn failure_with_mid_flight_activity_does_not_rearm_with_backoff_either() {
+    let mut h = H::with(EngineConfig {
+        standby_retry: StandbyRetry::Backoff,
+        ..EngineConfig::default()
+    });
+    h.reg(1, spec(MIN), T0);
+    h.e.tick(T0 + MIN);
+    assert_eq!(h.standbys(), vec![1]);
+    assert_eq!(h.e.begin_standby(1, T0 + MIN), Ok(BeginStandby::Proceed));
+    h.new_flow(inbound(1, Some(TcpState::ESTABLISHED)), T0 + MIN + 100);
+    h.e.report_standby(1, StandbyOutcome::Failed, T0 + MIN + 200)
+        .unwrap();
+    let st = h.st(1, T0 + MIN + 200);
+    assert_eq!((st.status, st.active_inbound), (Status::Active, 1));
+    assert_eq!((st.idle_since, st.next_standby_at), (None, None));
+    assert_eq!(h.e.next_deadline(), None);
 }
 
 #[test]
