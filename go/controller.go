@@ -26,7 +26,6 @@ import (
 type Controller struct {
 	store        InstanceStore
 	eng          engine
-	manual       bool
 	opts         ControllerOptions
 	log          *slog.Logger
 	tracer       trace.Tracer
@@ -34,6 +33,16 @@ type Controller struct {
 	trackingMode string
 	slots        chan struct{}
 	persist      *persister
+	// now is the controller's clock (ControllerOptions.Now; hypeman's field name).
+	now func() time.Time
+	// manual is the library's manual-mode input; nil in kernel mode.
+	manual manualEngine
+	// feed drives the library from a caller's ConnectionSource; nil otherwise.
+	feed *sourceFeed
+	// unavailable says why the library could not be created (nil when it was).
+	unavailable error
+	// standbyWG counts the standby and restore workers (hypeman's field name).
+	standbyWG sync.WaitGroup
 
 	// regMu orders registrations; mu guards the maps below and is never held across
 	// a library call.
@@ -61,47 +70,83 @@ type tracked struct {
 	idleTimeout string
 }
 
-// NewController creates the library controller described by source and the Go
-// controller around it. It returns ErrUnsupported where the library is not built in.
-// Call Run to start it and Close to free the library once Run has returned.
-func NewController(store InstanceStore, source SourceOptions, opts ControllerOptions) (*Controller, error) {
+// NewController creates the controller for source, as hypeman's constructor does:
+// NewConntrackSource() (the library watches the host's conntrack table), a
+// NewManualSource, or any other ConnectionSource, which then drives the library in
+// manual mode. It never fails: where the library cannot be created, the error is
+// logged, Run keeps running without deciding anything, and Describe reports
+// "unsupported" (library not built in) or "error"/"observer_error". New returns that
+// error instead. Call Run to start it and Close to free the library once Run has
+// returned.
+func NewController(store InstanceStore, source ConnectionSource, opts ControllerOptions) *Controller {
+	c, err := New(store, source, opts)
+	if err != nil && c != nil {
+		c.log.Error("auto-standby library unavailable", "error", err)
+	}
+	return c
+}
+
+// New is NewController returning the library's creation error as well. The controller
+// is returned even then (degraded as NewController describes), except for a nil store.
+func New(store InstanceStore, source ConnectionSource, opts ControllerOptions) (*Controller, error) {
 	if store == nil {
 		return nil, errors.New("autostandby: nil InstanceStore")
 	}
 	opts = opts.withDefaults()
-	cfg := binding.Config{
-		NetnsPath:             source.NetnsPath,
-		ReceiveBufferBytes:    source.ReceiveBufferBytes,
-		MaxConcurrentStandbys: uint32(opts.MaxConcurrentStandbys),
-		ResyncInterval:        source.ResyncInterval,
-		SetEventsSysctl:       source.EnableConntrackEvents,
+	cfg := binding.Config{MaxConcurrentStandbys: uint32(opts.MaxConcurrentStandbys)}
+	if opts.StandbyRetryBackoff {
+		cfg.StandbyRetry = binding.StandbyRetryBackoff
 	}
 	mode := TrackingModeConntrack
-	if source.Mode == SourceManual {
-		cfg.Mode = binding.ModeManual
-		cfg.ManualStart = source.ManualStart
-		if cfg.ManualStart.IsZero() {
-			cfg.ManualStart = time.Now()
-		}
+	var feed *sourceFeed
+	switch src := source.(type) {
+	case nil:
+		return nil, errors.New("autostandby: nil ConnectionSource")
+	case *ConntrackSource:
+		cfg.NetnsPath = src.opts.NetnsPath
+		cfg.ReceiveBufferBytes = src.opts.ReceiveBufferBytes
+		cfg.ResyncInterval = src.opts.ResyncInterval
+		cfg.SetEventsSysctl = src.opts.EnableConntrackEvents
+	case *ManualSource:
+		cfg.Mode, cfg.ManualStart = binding.ModeManual, src.start
 		mode = TrackingModeManual
+	default:
+		// The library's clock starts just behind Now, so instances registered at once
+		// are seeded before any deadline of theirs can fire (see startupResync).
+		start := opts.Now().Truncate(time.Millisecond).Add(-time.Millisecond)
+		cfg.Mode, cfg.ManualStart, cfg.ConfirmBeforeStandby = binding.ModeManual, start, true
+		feed = &sourceFeed{source: source, libNow: start}
 	}
 	eng, err := binding.New(cfg)
-	if errors.Is(err, binding.ErrUnsupported) {
-		return nil, ErrUnsupported
-	}
+	c := newController(store, engineOrNone(eng, err), mode, opts)
 	if err != nil {
-		return nil, fmt.Errorf("create auto-standby library controller: %w", err)
+		c.unavailable = err
+		if errors.Is(err, binding.ErrUnsupported) {
+			c.unavailable = ErrUnsupported
+		}
+		return c, c.unavailable
 	}
-	return newController(store, eng, source.Mode == SourceManual, mode, opts), nil
+	if cfg.Mode == binding.ModeManual {
+		c.manual = eng
+	}
+	c.feed = feed
+	return c, nil
 }
 
-func newController(store InstanceStore, eng engine, manual bool, mode string, opts ControllerOptions) *Controller {
+func engineOrNone(eng *binding.Controller, err error) engine {
+	if err != nil {
+		return unavailableEngine{err: err}
+	}
+	return eng
+}
+
+func newController(store InstanceStore, eng engine, mode string, opts ControllerOptions) *Controller {
 	opts = opts.withDefaults()
 	c := &Controller{
 		store:        store,
 		eng:          eng,
-		manual:       manual,
 		opts:         opts,
+		now:          opts.Now,
 		log:          opts.Log.With("tracking_mode", mode),
 		tracer:       opts.Tracer,
 		trackingMode: mode,
@@ -136,7 +181,7 @@ func (c *Controller) Close() {
 // Run subscribes to lifecycle events, registers every instance with the library, and
 // carries out the library's decisions until ctx is cancelled or the event channel is
 // closed. Queued standbys are abandoned on exit; executing ones see a cancelled context
-// and are waited for.
+// and are waited for. Without the library (see NewController) it only waits for ctx.
 func (c *Controller) Run(ctx context.Context) error {
 	if c == nil {
 		return ErrUnsupported
@@ -150,13 +195,21 @@ func (c *Controller) Run(ctx context.Context) error {
 		"snapshot_sync_interval", c.opts.SnapshotSyncInterval,
 		"max_concurrent_standbys", c.opts.MaxConcurrentStandbys,
 		"dry_run", c.opts.DryRun)
+	if c.unavailable != nil {
+		c.log.Error("auto-standby library unavailable; no instance will be put into standby",
+			"error", c.unavailable)
+		<-ctx.Done()
+		return nil
+	}
 
 	// Subscribe before listing, so no lifecycle event falls between the two.
-	events, unsubscribe, err := c.store.SubscribeInstanceEvents(ctx)
+	events, unsubscribe, err := c.store.SubscribeInstanceEvents()
 	if err != nil {
 		return fmt.Errorf("subscribe instance events: %w", err)
 	}
 
+	// Workers are waited for last, once nothing is left that could start one.
+	defer c.standbyWG.Wait()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	runCtx, cancel := context.WithCancel(ctx)
@@ -164,7 +217,12 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer unsubscribe()
 
 	wg.Go(func() { c.persist.run(runCtx) })
-	wg.Go(func() { c.pollLoop(runCtx, &wg) })
+	wg.Go(func() { c.pollLoop(runCtx) })
+	if c.feed != nil {
+		// The stream is opened before the first listing, so no event falls between.
+		stream := c.openStream(runCtx)
+		wg.Go(func() { c.observe(runCtx, stream) })
+	}
 
 	var retry <-chan time.Time
 	if err := c.startupResync(runCtx); err != nil {
@@ -184,14 +242,18 @@ func (c *Controller) Run(ctx context.Context) error {
 			if !ok {
 				return nil
 			}
-			c.handleInstanceEvent(runCtx, ev)
+			if err := c.handleInstanceEvent(runCtx, ev); err != nil {
+				c.metrics.controllerError(runCtx, opInstanceEvent)
+				c.log.Warn("auto-standby instance event handling failed",
+					"action", string(ev.Action), "instance_id", ev.InstanceID, "error", err)
+			}
 		case <-retry:
 			retry = nil
 			if err := c.startupResync(runCtx); err != nil {
 				retry = time.After(c.opts.RetryDelay)
 			}
 		case <-syncTicker.C:
-			if err := c.syncInstances(runCtx); err != nil {
+			if err := c.periodicSnapshotSync(runCtx); err != nil {
 				c.metrics.controllerError(runCtx, opSnapshotSync)
 				c.log.Warn("auto-standby periodic snapshot sync failed", "error", err)
 			} else {
@@ -203,13 +265,27 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 }
 
-// startupResync lists the instances and registers them. A failure is logged and
-// counted once; Run retries it after RetryDelay.
+// startupResync lists the instances and registers them; with a caller's
+// ConnectionSource it then lists the flows (a failure there marks the observer failed,
+// as hypeman does). A failure is logged and counted once; Run retries it after
+// RetryDelay.
 func (c *Controller) startupResync(ctx context.Context) error {
 	ctx, span := c.tracer.Start(ctx, "AutoStandbyStartupResync")
 	defer span.End()
 	start := time.Now()
 	err := c.syncInstances(ctx)
+	if err == nil && c.feed != nil {
+		// Registered and seeded at the library's time, and only then is its clock moved
+		// to Now: a deadline already due is answered by its own confirmation listing
+		// (handleStandbyTimer without Run), not by this seeding one.
+		if err = c.resyncAtLibraryTime(ctx); err != nil {
+			c.setObserverError(err)
+		} else if c.feed.streamUp.Load() {
+			c.setObserverError(nil)
+		}
+		c.syncClock(c.now())
+	}
+	c.settleIfStepping(ctx)
 	c.metrics.resyncDone(ctx, time.Since(start).Seconds(), err == nil)
 	if err != nil {
 		span.RecordError(err)
@@ -223,6 +299,17 @@ func (c *Controller) startupResync(ctx context.Context) error {
 	c.mu.Unlock()
 	c.log.Info("auto-standby startup resync seeded state", "instances", n)
 	return nil
+}
+
+// periodicSnapshotSync re-reads the instance list (and, with a caller's
+// ConnectionSource, the flows) and reconciles the library with it.
+func (c *Controller) periodicSnapshotSync(ctx context.Context) error {
+	err := c.syncInstances(ctx)
+	if err == nil && c.feed != nil {
+		err = c.resyncFromSource(ctx)
+	}
+	c.settleIfStepping(ctx)
+	return err
 }
 
 // syncInstances registers or updates every listed instance and forgets those no
@@ -255,19 +342,24 @@ func (c *Controller) syncInstances(ctx context.Context) error {
 	return nil
 }
 
-func (c *Controller) handleInstanceEvent(ctx context.Context, ev InstanceEvent) {
+// handleInstanceEvent applies one lifecycle event. With a caller's ConnectionSource the
+// flows are listed again afterwards, so a new address's flows are known at once.
+func (c *Controller) handleInstanceEvent(ctx context.Context, ev InstanceEvent) error {
+	defer c.settleIfStepping(ctx)
 	if ev.Action == InstanceEventDelete {
 		c.forget(ev.InstanceID)
-		return
+		return nil
 	}
 	if ev.Instance == nil {
-		return
+		return nil
 	}
 	if err := c.upsert(ev.Instance); err != nil {
-		c.metrics.controllerError(ctx, opInstanceEvent)
-		c.log.Warn("auto-standby instance event handling failed",
-			"action", string(ev.Action), "instance_id", ev.InstanceID, "error", err)
+		return err
 	}
+	if c.feed != nil {
+		return c.resyncFromSource(ctx)
+	}
+	return nil
 }
 
 // instanceSpec converts an instance for the library. An error leaves everything as it
@@ -383,14 +475,21 @@ func (c *Controller) upsert(inst *Instance) error {
 }
 
 // forget unregisters an instance and drops its pending writes.
-func (c *Controller) forget(id string) {
+func (c *Controller) forget(id string) { c.forgetKey(id, 0) }
+
+// forgetKey forgets id only while it is still registered under key (any key when key
+// is 0): an instance deleted and re-created under the same ID while a call for the old
+// one ran has a new key, and the old call's outcome must not forget it.
+func (c *Controller) forgetKey(id string, key uint64) {
 	c.regMu.Lock()
 	defer c.regMu.Unlock()
 	c.mu.Lock()
 	t := c.byID[id]
-	if t != nil {
+	if t != nil && (key == 0 || t.key == key) {
 		delete(c.byID, id)
 		delete(c.byKey, t.key)
+	} else {
+		t = nil
 	}
 	c.mu.Unlock()
 	if t == nil {
@@ -427,7 +526,7 @@ func (c *Controller) lookupID(id string) (*tracked, bool) {
 }
 
 // pollLoop waits for the library's decisions and dispatches them.
-func (c *Controller) pollLoop(ctx context.Context, wg *sync.WaitGroup) {
+func (c *Controller) pollLoop(ctx context.Context) {
 	buf := make([]binding.Decision, 64)
 	for ctx.Err() == nil {
 		n, err := c.eng.PollDecisions(buf, defaultPollTimeout)
@@ -449,13 +548,45 @@ func (c *Controller) pollLoop(ctx context.Context, wg *sync.WaitGroup) {
 			}
 			continue
 		}
-		for _, d := range buf[:n] {
-			c.dispatch(ctx, wg, d)
-		}
+		c.dispatchAll(ctx, buf[:n])
 	}
 }
 
-func (c *Controller) dispatch(ctx context.Context, wg *sync.WaitGroup, d binding.Decision) {
+// settleIfStepping dispatches the library's ready decisions in the calling goroutine
+// when Run is not running, so the unexported step functions (what hypeman's own tests
+// drive) see their effects, runtime writes included, when they return.
+func (c *Controller) settleIfStepping(ctx context.Context) {
+	if c.running.Load() {
+		return
+	}
+	buf := make([]binding.Decision, 64)
+	for {
+		n, err := c.eng.PollDecisions(buf, 0)
+		if err != nil || n == 0 {
+			break
+		}
+		c.dispatchAll(ctx, buf[:n])
+	}
+	c.persist.writeAll(ctx)
+}
+
+// dispatchAll carries out a batch of decisions. Confirmations are answered together,
+// from one listing of the caller's ConnectionSource.
+func (c *Controller) dispatchAll(ctx context.Context, ds []binding.Decision) {
+	var confirms []uint64
+	for _, d := range ds {
+		if d.Kind == binding.DecisionConfirm {
+			confirms = append(confirms, d.Key)
+			continue
+		}
+		c.dispatch(ctx, d)
+	}
+	if len(confirms) > 0 {
+		c.confirm(ctx, confirms)
+	}
+}
+
+func (c *Controller) dispatch(ctx context.Context, d binding.Decision) {
 	t, ok := c.lookupKey(d.Key)
 	if !ok {
 		// The instance was forgotten after the decision was made.
@@ -494,14 +625,17 @@ func (c *Controller) dispatch(ctx context.Context, wg *sync.WaitGroup, d binding
 		c.mu.Unlock()
 		c.log.Info("auto-standby standby timer fired", "instance_id", t.id, "idle_timeout", t.idleTimeout)
 		c.queued.Add(1)
-		wg.Go(func() { c.standbyWorker(ctx, t) })
+		c.standbyWG.Go(func() { c.standbyWorker(ctx, t) })
 	case binding.DecisionWake:
-		c.wake(ctx, wg, t, d)
+		c.wake(ctx, t, d)
 	}
 }
 
 // standbyWorker waits for a slot, then carries out one standby decision.
 func (c *Controller) standbyWorker(ctx context.Context, t *tracked) {
+	// Last, once this decision is off the books: a freed slot may start the next
+	// queued standby (abandoned if ctx has ended).
+	defer c.settleIfStepping(ctx)
 	defer func() {
 		c.mu.Lock()
 		delete(c.standbys, t.key)
@@ -564,7 +698,7 @@ func (c *Controller) executeStandby(ctx context.Context, t *tracked) {
 		c.metrics.controllerError(ctx, opStandby)
 		c.log.Info("auto-standby target instance no longer exists, dropping state", "instance_id", t.id)
 		c.report(t, binding.OutcomeNotFound)
-		c.forget(t.id)
+		c.forgetKey(t.id, t.key)
 	default:
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
@@ -582,7 +716,7 @@ func (c *Controller) report(t *tracked, outcome binding.StandbyOutcome) {
 }
 
 // wake restores an instance on inbound traffic, when the store can.
-func (c *Controller) wake(ctx context.Context, wg *sync.WaitGroup, t *tracked, d binding.Decision) {
+func (c *Controller) wake(ctx context.Context, t *tracked, d binding.Decision) {
 	log := c.log.With("instance_id", t.id, "client", d.Src.String(), "destination", d.Dst.String(),
 		"protocol", protocolName(d.Protocol))
 	restorer, ok := c.store.(InstanceRestorer)
@@ -602,7 +736,7 @@ func (c *Controller) wake(ctx context.Context, wg *sync.WaitGroup, t *tracked, d
 	}
 	c.wakes[t.id] = true
 	c.mu.Unlock()
-	wg.Go(func() {
+	c.standbyWG.Go(func() {
 		defer func() {
 			c.mu.Lock()
 			delete(c.wakes, t.id)

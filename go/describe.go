@@ -2,6 +2,7 @@ package autostandby
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/libautostandby/libautostandby/go/internal/binding"
@@ -15,8 +16,15 @@ func (c *Controller) Describe(inst Instance) StatusSnapshot {
 	if !eligible {
 		return snap
 	}
+	// With a caller's ConnectionSource the library's clock follows Now.
+	c.syncClock(c.now())
 	t, ok := c.lookupID(inst.ID)
 	if !ok {
+		// Not registered yet: while observation fails, say so rather than "counting
+		// down" (hypeman reports it for every eligible instance).
+		if c.observerDown() {
+			snap.Status, snap.Reason = StatusError, ReasonObserverError
+		}
 		return snap
 	}
 	st, err := c.eng.Status(t.key)
@@ -31,6 +39,9 @@ func (c *Controller) Describe(inst Instance) StatusSnapshot {
 			snap.KeptAwakeBy = flowInfos(flows)
 		}
 	}
+	if c.opts.UpstreamReasons {
+		snap.Reason = upstreamReason(snap.Reason)
+	}
 	return snap
 }
 
@@ -44,7 +55,8 @@ func (c *Controller) describeBase(inst *Instance) (StatusSnapshot, bool) {
 		Enabled:      policy != nil && policy.Enabled,
 		TrackingMode: TrackingModeConntrack,
 	}
-	if c == nil {
+	if c == nil || errors.Is(c.unavailable, ErrUnsupported) {
+		snap.Supported = false
 		snap.Status, snap.Reason = StatusUnsupported, ReasonUnsupportedPlatform
 		return snap, false
 	}
@@ -106,6 +118,7 @@ func (c *Controller) HoldStandby(ctx context.Context, inst Instance) (StatusSnap
 	if _, eligible := c.describeBase(&inst); !eligible {
 		return c.Describe(inst), nil
 	}
+	c.syncClock(c.now())
 	t, ok := c.lookupID(inst.ID)
 	if !ok {
 		// Not yet known (the startup resync has not reached it): register it now so

@@ -29,6 +29,7 @@ type manualEngine interface {
 	AdvanceClock(delta time.Duration) error
 	Resync(table []binding.FlowEvent) error
 	SetObserverError(message string, failed bool) error
+	Confirm(key uint64, failed bool, flows []binding.FlowEvent) error
 }
 
 // statusFromCode and reasonFromCode turn the library's numbers into the wire strings.

@@ -235,7 +235,7 @@ func (s *fakeStore) SetRuntime(ctx context.Context, id string, rt *Runtime) erro
 	return nil
 }
 
-func (s *fakeStore) SubscribeInstanceEvents(context.Context) (<-chan InstanceEvent, func(), error) {
+func (s *fakeStore) SubscribeInstanceEvents() (<-chan InstanceEvent, func(), error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls = append(s.calls, "subscribe")
@@ -353,7 +353,7 @@ func keyOf(t *testing.T, c *Controller, id string) uint64 {
 
 func TestRunSubscribesBeforeListing(t *testing.T) {
 	store := newFakeStore(running("a", "10.0.0.2"))
-	c := newController(store, newFakeEngine(), false, TrackingModeConntrack, ControllerOptions{})
+	c := newController(store, newFakeEngine(), TrackingModeConntrack, ControllerOptions{})
 	startRun(t, c)
 	keyOf(t, c, "a")
 	store.mu.Lock()
@@ -366,7 +366,7 @@ func TestRunSubscribesBeforeListing(t *testing.T) {
 func TestStartupListFailureIsRetriedNotFatal(t *testing.T) {
 	store := newFakeStore(running("a", "10.0.0.2"))
 	store.listErr = errors.New("metadata unreadable")
-	c := newController(store, newFakeEngine(), false, TrackingModeConntrack,
+	c := newController(store, newFakeEngine(), TrackingModeConntrack,
 		ControllerOptions{RetryDelay: 20 * time.Millisecond})
 	startRun(t, c)
 	time.Sleep(50 * time.Millisecond)
@@ -384,7 +384,7 @@ func TestStandbyWorkersBoundedByMaxConcurrent(t *testing.T) {
 	store := newFakeStore(insts...)
 	store.standbyGate = make(chan struct{})
 	eng := newFakeEngine()
-	c := newController(store, eng, false, TrackingModeConntrack, ControllerOptions{MaxConcurrentStandbys: 2})
+	c := newController(store, eng, TrackingModeConntrack, ControllerOptions{MaxConcurrentStandbys: 2})
 	startRun(t, c)
 	for _, inst := range insts {
 		eng.decisions <- binding.Decision{Kind: binding.DecisionStandby, Key: keyOf(t, c, inst.ID)}
@@ -415,7 +415,7 @@ func TestStandbyCancelledAtBeginIsNotExecuted(t *testing.T) {
 	eng := newFakeEngine()
 	began := make(chan uint64, 4)
 	eng.begin = func(key uint64) (bool, uint32, error) { began <- key; return false, 7, nil }
-	c := newController(store, eng, false, TrackingModeConntrack, ControllerOptions{})
+	c := newController(store, eng, TrackingModeConntrack, ControllerOptions{})
 	startRun(t, c)
 	key := keyOf(t, c, "a")
 	eng.decisions <- binding.Decision{Kind: binding.DecisionStandby, Key: key}
@@ -430,7 +430,7 @@ func TestStandbyDispatchDeduplicatesOutstandingDecisions(t *testing.T) {
 	store := newFakeStore(running("a", "10.0.0.2"))
 	store.standbyGate = make(chan struct{})
 	eng := newFakeEngine()
-	c := newController(store, eng, false, TrackingModeConntrack, ControllerOptions{})
+	c := newController(store, eng, TrackingModeConntrack, ControllerOptions{})
 	startRun(t, c)
 	key := keyOf(t, c, "a")
 	eng.decisions <- binding.Decision{Kind: binding.DecisionStandby, Key: key}
@@ -449,7 +449,7 @@ func TestStandbyNotFoundForgetsInstance(t *testing.T) {
 	store := newFakeStore(running("a", "10.0.0.2"))
 	store.standbyErr["a"] = errors.Join(errors.New("load metadata"), ErrInstanceNotFound)
 	eng := newFakeEngine()
-	c := newController(store, eng, false, TrackingModeConntrack, ControllerOptions{})
+	c := newController(store, eng, TrackingModeConntrack, ControllerOptions{})
 	startRun(t, c)
 	key := keyOf(t, c, "a")
 	eng.decisions <- binding.Decision{Kind: binding.DecisionStandby, Key: key}
@@ -464,7 +464,7 @@ func TestStandbyFailureIsReported(t *testing.T) {
 	store := newFakeStore(running("a", "10.0.0.2"))
 	store.standbyErr["a"] = errors.New("snapshot failed")
 	eng := newFakeEngine()
-	c := newController(store, eng, false, TrackingModeConntrack, ControllerOptions{})
+	c := newController(store, eng, TrackingModeConntrack, ControllerOptions{})
 	startRun(t, c)
 	key := keyOf(t, c, "a")
 	eng.decisions <- binding.Decision{Kind: binding.DecisionStandby, Key: key}
@@ -481,7 +481,7 @@ func TestShutdownAbandonsQueuedStandbyAndDrainsWorkers(t *testing.T) {
 	store := newFakeStore(running("a", "10.0.0.2"), running("b", "10.0.0.3"))
 	store.standbyGate = make(chan struct{})
 	eng := newFakeEngine()
-	c := newController(store, eng, false, TrackingModeConntrack, ControllerOptions{MaxConcurrentStandbys: 1})
+	c := newController(store, eng, TrackingModeConntrack, ControllerOptions{MaxConcurrentStandbys: 1})
 	stop := startRun(t, c)
 	ka, kb := keyOf(t, c, "a"), keyOf(t, c, "b")
 	eng.decisions <- binding.Decision{Kind: binding.DecisionStandby, Key: ka}
@@ -502,7 +502,7 @@ func TestShutdownAbandonsQueuedStandbyAndDrainsWorkers(t *testing.T) {
 func TestDryRunCallsNoStore(t *testing.T) {
 	store := newFakeStore(running("a", "10.0.0.2"))
 	eng := newFakeEngine()
-	c := newController(store, eng, false, TrackingModeConntrack, ControllerOptions{DryRun: true})
+	c := newController(store, eng, TrackingModeConntrack, ControllerOptions{DryRun: true})
 	startRun(t, c)
 	key := keyOf(t, c, "a")
 	now := time.Now()
@@ -528,7 +528,7 @@ func TestPersistenceIsLatestWinsPerInstance(t *testing.T) {
 	store.setGate = make(chan struct{})
 	store.setEntered = make(chan string, 8)
 	eng := newFakeEngine()
-	c := newController(store, eng, false, TrackingModeConntrack, ControllerOptions{})
+	c := newController(store, eng, TrackingModeConntrack, ControllerOptions{})
 	startRun(t, c)
 	key := keyOf(t, c, "a")
 	base := time.Date(2026, 4, 5, 10, 0, 0, 0, time.UTC)
@@ -569,7 +569,7 @@ func TestWakeDecisionRestoresInstance(t *testing.T) {
 	inst.State = StateStandby
 	store := newFakeStore(inst)
 	eng := newFakeEngine()
-	c := newController(store, eng, false, TrackingModeConntrack, ControllerOptions{})
+	c := newController(store, eng, TrackingModeConntrack, ControllerOptions{})
 	startRun(t, c)
 	eng.decisions <- binding.Decision{Kind: binding.DecisionWake, Key: keyOf(t, c, "a"), Protocol: ProtoTCP}
 	eventually(t, "restore", func() bool {
@@ -582,7 +582,7 @@ func TestWakeDecisionRestoresInstance(t *testing.T) {
 func TestInstanceEventsUpdateAndForget(t *testing.T) {
 	store := newFakeStore(running("a", "10.0.0.2"))
 	eng := newFakeEngine()
-	c := newController(store, eng, false, TrackingModeConntrack, ControllerOptions{})
+	c := newController(store, eng, TrackingModeConntrack, ControllerOptions{})
 	startRun(t, c)
 	key := keyOf(t, c, "a")
 
@@ -619,7 +619,7 @@ func TestHoldStandbyMapsStandbyInProgress(t *testing.T) {
 	store := newFakeStore(running("a", "10.0.0.2"))
 	eng := newFakeEngine()
 	eng.holdErr = &binding.Error{Code: binding.ErrStandbyInProgress, Message: "standby in progress"}
-	c := newController(store, eng, false, TrackingModeConntrack, ControllerOptions{})
+	c := newController(store, eng, TrackingModeConntrack, ControllerOptions{})
 	// Not yet listed: the hold registers the instance itself.
 	_, err := c.HoldStandby(context.Background(), running("a", "10.0.0.2"))
 	if !errors.Is(err, ErrStandbyInProgress) {
@@ -638,7 +638,7 @@ func TestHoldStandbyMapsStandbyInProgress(t *testing.T) {
 
 func TestRunReturnsWhenEventsChannelCloses(t *testing.T) {
 	store := newFakeStore(running("a", "10.0.0.2"))
-	c := newController(store, newFakeEngine(), false, TrackingModeConntrack, ControllerOptions{})
+	c := newController(store, newFakeEngine(), TrackingModeConntrack, ControllerOptions{})
 	done := make(chan error, 1)
 	go func() { done <- c.Run(context.Background()) }()
 	keyOf(t, c, "a")

@@ -20,8 +20,10 @@ const (
 	TCPStateTimeWait    TCPState = 7
 	TCPStateClose       TCPState = 8
 	TCPStateSynSent2    TCPState = 9
-	TCPStateIgnore      TCPState = 11
-	TCPStateRetrans     TCPState = 12
+	// TCPStateListen is hypeman's name for SYN_SENT2 (9).
+	TCPStateListen           = TCPStateSynSent2
+	TCPStateIgnore  TCPState = 11
+	TCPStateRetrans TCPState = 12
 )
 
 var tcpStateNames = map[TCPState]string{

@@ -18,7 +18,7 @@ func (*nopStore) StandbyInstance(context.Context, string) error     { return nil
 func (*nopStore) SetRuntime(context.Context, string, *Runtime) error {
 	return nil
 }
-func (*nopStore) SubscribeInstanceEvents(context.Context) (<-chan InstanceEvent, func(), error) {
+func (*nopStore) SubscribeInstanceEvents() (<-chan InstanceEvent, func(), error) {
 	return make(chan InstanceEvent), func() {}, nil
 }
 

@@ -106,8 +106,9 @@ type InstanceStore interface {
 	StandbyInstance(ctx context.Context, id string) error
 	// SetRuntime persists the countdown; nil deletes it.
 	SetRuntime(ctx context.Context, id string, runtime *Runtime) error
-	// SubscribeInstanceEvents delivers lifecycle events until the returned func is called.
-	SubscribeInstanceEvents(ctx context.Context) (<-chan InstanceEvent, func(), error)
+	// SubscribeInstanceEvents delivers lifecycle events until the returned func is
+	// called (hypeman's signature: no context).
+	SubscribeInstanceEvents() (<-chan InstanceEvent, func(), error)
 }
 
 // InstanceRestorer is optionally implemented by an InstanceStore: the controller then

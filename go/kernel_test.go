@@ -42,7 +42,7 @@ func TestKernelConntrackKeepsInstanceAwakeUntilConnectionCloses(t *testing.T) {
 	inst := guest("vm", "10.213.7.2", timeout.String())
 	store := newFakeStore(inst)
 	store.lifecycle = true
-	c, err := NewController(store, SourceOptions{NetnsPath: hostPath, EnableConntrackEvents: true}, ControllerOptions{})
+	c, err := New(store, NewConntrackSource(SourceOptions{NetnsPath: hostPath, EnableConntrackEvents: true}), ControllerOptions{})
 	if err != nil {
 		t.Fatalf("NewController (kernel mode): %v", err)
 	}
@@ -153,7 +153,7 @@ func TestKernelConntrackWakesInstanceInStandby(t *testing.T) {
 	inst.State = StateStandby
 	inst.AutoStandby.WakeOnTraffic = true
 	store := newFakeStore(inst)
-	c, err := NewController(store, SourceOptions{NetnsPath: hostPath, EnableConntrackEvents: true}, ControllerOptions{})
+	c, err := New(store, NewConntrackSource(SourceOptions{NetnsPath: hostPath, EnableConntrackEvents: true}), ControllerOptions{})
 	if err != nil {
 		t.Fatalf("NewController (kernel mode): %v", err)
 	}

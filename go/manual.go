@@ -6,21 +6,18 @@ import (
 	"github.com/libautostandby/libautostandby/go/internal/binding"
 )
 
-// Manual feeds a manual-mode controller: flow events, dumps, time and observer health
-// come from here instead of the kernel. Tests and simulations use it.
+// Manual feeds a controller created with NewManualSource: flow events, dumps, time and
+// observer health come from here instead of the kernel. Tests and simulations use it.
 type Manual struct {
 	eng manualEngine
 }
 
-// Manual returns the manual input of a controller created with SourceManual, or nil.
+// Manual returns the manual input of a controller created with NewManualSource, or nil.
 func (c *Controller) Manual() *Manual {
-	if c == nil {
+	if c == nil || c.manual == nil || c.feed != nil {
 		return nil
 	}
-	if m, ok := c.eng.(manualEngine); ok && c.manual {
-		return &Manual{eng: m}
-	}
-	return nil
+	return &Manual{eng: c.manual}
 }
 
 // Ingest applies flow events in order.

@@ -30,6 +30,13 @@ const (
 	opStandby       = "standby"
 	opPoll          = "poll_decisions"
 	opRestore       = "restore"
+	// With a caller's ConnectionSource, hypeman's operations on it.
+	opConnect        = "connect"
+	opStream         = "stream"
+	opStreamClosed   = "stream_closed"
+	opReconnect      = "reconnect"
+	opReconcile      = "reconcile"
+	opStandbyConfirm = "standby_confirm"
 )
 
 // Values of the status label of standby_attempts_total and wake_attempts_total.

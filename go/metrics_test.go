@@ -60,7 +60,7 @@ func TestMetricsUseHypemansNamesAndLabels(t *testing.T) {
 	store := newFakeStore(running("a", "10.0.0.2"), running("b", "10.0.0.3"))
 	store.standbyErr["b"] = errors.New("snapshot failed")
 	eng := newFakeEngine()
-	c := newController(store, eng, false, TrackingModeConntrack, ControllerOptions{Meter: meter})
+	c := newController(store, eng, TrackingModeConntrack, ControllerOptions{Meter: meter})
 	startRun(t, c)
 	ka, kb := keyOf(t, c, "a"), keyOf(t, c, "b")
 	eng.mu.Lock()
@@ -119,7 +119,7 @@ func TestSpansUseHypemansNames(t *testing.T) {
 	store := newFakeStore(running("a", "10.0.0.2"))
 	store.standbyErr["a"] = errors.New("snapshot failed")
 	eng := newFakeEngine()
-	c := newController(store, eng, false, TrackingModeConntrack, ControllerOptions{Tracer: tracer})
+	c := newController(store, eng, TrackingModeConntrack, ControllerOptions{Tracer: tracer})
 	startRun(t, c)
 	ka := keyOf(t, c, "a")
 	eng.decisions <- binding.Decision{Kind: binding.DecisionStandby, Key: ka}

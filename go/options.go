@@ -8,13 +8,18 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// Defaults of ControllerOptions and SourceOptions (hypeman's where it has one).
+// Defaults of ControllerOptions (hypeman's where it has one).
 const (
 	DefaultMaxConcurrentStandbys = 16
 	DefaultSnapshotSyncInterval  = 5 * time.Minute
 	DefaultRetryDelay            = 2 * time.Second
+	DefaultReconnectDelay        = 2 * time.Second
+	DefaultReconcileDelay        = 2 * time.Second
 	DefaultLogDrainInterval      = time.Second
 	defaultPollTimeout           = 200 * time.Millisecond
+	// clockStep is how often a controller on a caller's ConnectionSource moves the
+	// library's clock to Now while Run runs.
+	clockStep = 50 * time.Millisecond
 )
 
 // ControllerOptions tunes the Go controller. Zero or negative values take defaults.
@@ -25,6 +30,19 @@ type ControllerOptions struct {
 	Meter metric.Meter
 	// Tracer creates the AutoStandby* spans; a no-op tracer when nil.
 	Tracer trace.Tracer
+	// Now is the controller's clock (time.Now when nil). With a caller's
+	// ConnectionSource it is the library's clock too; with NewConntrackSource the
+	// library stamps flows with its own clock and Now only judges Describe's hold
+	// expiry and countdown.
+	Now func() time.Time
+	// ReconnectDelay paces reopening a caller's ConnectionSource stream after it
+	// fails (default 2s). With NewConntrackSource the library reopens its socket
+	// with its own backoff.
+	ReconnectDelay time.Duration
+	// ReconcileDelay is how often a caller's ConnectionSource is re-listed while any
+	// instance has live flows, to repair missed events (default 2s). With
+	// NewConntrackSource the library detects lost events and resyncs itself.
+	ReconcileDelay time.Duration
 	// MaxConcurrentStandbys bounds StandbyInstance calls in flight (default 16).
 	MaxConcurrentStandbys int
 	// SnapshotSyncInterval is how often the instance list is re-read and reconciled
@@ -38,6 +56,16 @@ type ControllerOptions struct {
 	// DryRun logs and counts what the controller would do (standby, restore, persist)
 	// without calling the store.
 	DryRun bool
+	// StandbyRetryBackoff retries a failed standby after 1s, 2s, 4s ... (capped at the
+	// idle timeout) within the same idle period. By default, as in hypeman, a failed
+	// standby starts a new idle period (persisted, so a restart resumes it) and the
+	// retry comes one full idle timeout later.
+	StandbyRetryBackoff bool
+	// UpstreamReasons reports only the reasons in hypeman's API enum: standby_held and
+	// min_uptime_not_elapsed become idle_timeout_not_elapsed, resync_pending and
+	// confirm_failed become observer_error. For hosts whose generated API clients
+	// reject unknown reasons.
+	UpstreamReasons bool
 }
 
 func (o ControllerOptions) withDefaults() ControllerOptions {
@@ -53,40 +81,17 @@ func (o ControllerOptions) withDefaults() ControllerOptions {
 	if o.RetryDelay <= 0 {
 		o.RetryDelay = DefaultRetryDelay
 	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.ReconnectDelay <= 0 {
+		o.ReconnectDelay = DefaultReconnectDelay
+	}
+	if o.ReconcileDelay <= 0 {
+		o.ReconcileDelay = DefaultReconcileDelay
+	}
 	if o.LogDrainInterval <= 0 {
 		o.LogDrainInterval = DefaultLogDrainInterval
 	}
 	return o
-}
-
-// SourceMode says where the library's flow events come from.
-type SourceMode int
-
-// Source modes.
-const (
-	// SourceKernel: the library watches the host's conntrack table (needs
-	// CAP_NET_ADMIN).
-	SourceKernel SourceMode = iota
-	// SourceManual: flow events and time come from Controller.Manual (tests and
-	// simulations; no privileges needed).
-	SourceManual
-)
-
-// SourceOptions configures the library's conntrack observer. Zero values take the
-// library's defaults.
-type SourceOptions struct {
-	// Mode selects kernel observation (default) or manual input.
-	Mode SourceMode
-	// NetnsPath observes the network namespace at this path (e.g. /run/netns/x)
-	// instead of the current one.
-	NetnsPath string
-	// ReceiveBufferBytes sizes the event socket's receive buffer (default 16 MiB).
-	ReceiveBufferBytes int
-	// ResyncInterval is how often the library re-dumps the table as a safety net.
-	ResyncInterval time.Duration
-	// EnableConntrackEvents sets net.netfilter.nf_conntrack_events to 1 when it is not,
-	// so flows created before the controller started also report events.
-	EnableConntrackEvents bool
-	// ManualStart is the manual clock's starting time (default: now).
-	ManualStart time.Time
 }

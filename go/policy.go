@@ -39,6 +39,20 @@ type Policy struct {
 	MinUptime string `json:"min_uptime,omitempty"`
 }
 
+// Clone deep-copies the policy, every field included; nil stays nil. hypeman's copy of
+// a policy (lib/instances, on fork and update) should call it, so the fields beyond
+// hypeman's four survive.
+func (p *Policy) Clone() *Policy {
+	if p == nil {
+		return nil
+	}
+	out := *p
+	out.IgnoreSourceCIDRs = slices.Clone(p.IgnoreSourceCIDRs)
+	out.IgnoreDestinationPorts = slices.Clone(p.IgnoreDestinationPorts)
+	out.Protocols = slices.Clone(p.Protocols)
+	return &out
+}
+
 // PolicyError is a rejected policy. Its text is hypeman's, "auto_standby.<field> <what>".
 type PolicyError struct {
 	// Field is the policy's JSON field name, e.g. "idle_timeout".

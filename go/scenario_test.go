@@ -39,7 +39,7 @@ func newScenario(t *testing.T, start time.Time, opts ControllerOptions, insts ..
 	t.Helper()
 	s := &scenario{t: t, store: newFakeStore(insts...), now: start}
 	s.store.lifecycle = true
-	c, err := NewController(s.store, SourceOptions{Mode: SourceManual, ManualStart: start}, opts)
+	c, err := New(s.store, NewManualSource(start), opts)
 	if err != nil {
 		t.Fatalf("NewController: %v", err)
 	}

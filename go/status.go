@@ -60,10 +60,23 @@ var KnownReasons = []Reason{ReasonUnsupportedPlatform, ReasonPolicyMissing,
 	ReasonObserverError, ReasonReadyForStandby, ReasonStandbyHeld,
 	ReasonMinUptimeNotElapsed, ReasonResyncPending, ReasonConfirmFailed}
 
+// upstreamReason maps the reasons hypeman's API enum lacks to its nearest one
+// (ControllerOptions.UpstreamReasons).
+func upstreamReason(r Reason) Reason {
+	switch r {
+	case ReasonStandbyHeld, ReasonMinUptimeNotElapsed:
+		return ReasonIdleTimeoutNotElapsed
+	case ReasonResyncPending, ReasonConfirmFailed:
+		return ReasonObserverError
+	}
+	return r
+}
+
 // Tracking modes reported in StatusSnapshot.TrackingMode.
 const (
-	// TrackingModeConntrack: the host's conntrack events, IPv4 and IPv6, TCP and UDP.
-	TrackingModeConntrack = "conntrack_events"
+	// TrackingModeConntrack: conntrack events (hypeman's string, which dashboards key
+	// on; the library observes IPv6 and UDP too).
+	TrackingModeConntrack = "conntrack_events_v4_tcp"
 	// TrackingModeManual: flow events are supplied by the host (tests, simulations).
 	TrackingModeManual = "manual"
 )

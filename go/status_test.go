@@ -20,7 +20,7 @@ func TestStatusSnapshotJSONMatchesHypemansAPI(t *testing.T) {
 	}
 	want := `{"supported":true,"configured":true,"enabled":true,"eligible":true,` +
 		`"status":"idle_countdown","reason":"idle_timeout_not_elapsed","active_inbound_connections":0,` +
-		`"idle_timeout":"5m0s","next_standby_at":"2026-04-05T11:05:00Z","tracking_mode":"conntrack_events",` +
+		`"idle_timeout":"5m0s","next_standby_at":"2026-04-05T11:05:00Z","tracking_mode":"conntrack_events_v4_tcp",` +
 		`"countdown_remaining":"4m0s"}`
 	if string(out) != want {
 		t.Fatalf("got  %s\nwant %s", out, want)
@@ -35,7 +35,7 @@ func TestStatusSnapshotJSONMatchesHypemansAPI(t *testing.T) {
 }
 
 func TestDescribeFollowsHypemansEligibilityOrder(t *testing.T) {
-	c := newController(newFakeStore(), newFakeEngine(), false, TrackingModeConntrack, ControllerOptions{})
+	c := newController(newFakeStore(), newFakeEngine(), TrackingModeConntrack, ControllerOptions{})
 	base := running("a", "10.0.0.2")
 	cases := []struct {
 		name   string

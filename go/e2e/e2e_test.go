@@ -98,8 +98,8 @@ func newFixture(t *testing.T, policy autostandby.Policy) *fixture {
 func (f *fixture) start() {
 	f.t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{f.t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	ctrl, err := autostandby.NewController(f.store,
-		autostandby.SourceOptions{Mode: autostandby.SourceKernel, EnableConntrackEvents: true},
+	ctrl, err := autostandby.New(f.store,
+		autostandby.NewConntrackSource(autostandby.SourceOptions{EnableConntrackEvents: true}),
 		autostandby.ControllerOptions{Log: log, LogDrainInterval: 100 * time.Millisecond})
 	if err != nil {
 		f.t.Fatalf("NewController (kernel mode): %v", err)

@@ -197,7 +197,7 @@ func (s *Store) SetRuntime(ctx context.Context, id string, runtime *autostandby.
 }
 
 // SubscribeInstanceEvents delivers lifecycle events until the returned func is called.
-func (s *Store) SubscribeInstanceEvents(ctx context.Context) (<-chan autostandby.InstanceEvent, func(), error) {
+func (s *Store) SubscribeInstanceEvents() (<-chan autostandby.InstanceEvent, func(), error) {
 	sub := &subscriber{ch: make(chan autostandby.InstanceEvent, 16), done: make(chan struct{})}
 	s.mu.Lock()
 	id := s.nextSub

@@ -47,7 +47,7 @@ func newStore(t *testing.T) (*Store, *fakeMachine, chan Record, <-chan autostand
 	t.Helper()
 	records := make(chan Record, 16)
 	s := New(records)
-	events, unsubscribe, err := s.SubscribeInstanceEvents(context.Background())
+	events, unsubscribe, err := s.SubscribeInstanceEvents()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +143,7 @@ func TestRuntimeIsCopied(t *testing.T) {
 
 func TestUnsubscribedListenerDoesNotBlockStandby(t *testing.T) {
 	s := New(nil)
-	_, unsubscribe, _ := s.SubscribeInstanceEvents(context.Background())
+	_, unsubscribe, _ := s.SubscribeInstanceEvents()
 	m := &fakeMachine{state: qemu.StateRunning}
 	done := make(chan error, 1)
 	go func() {

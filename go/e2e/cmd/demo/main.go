@@ -129,8 +129,8 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer logFile.Close()
-	d.ctrl, err = autostandby.NewController(d.store,
-		autostandby.SourceOptions{Mode: autostandby.SourceKernel, EnableConntrackEvents: true},
+	d.ctrl, err = autostandby.New(d.store,
+		autostandby.NewConntrackSource(autostandby.SourceOptions{EnableConntrackEvents: true}),
 		autostandby.ControllerOptions{Log: slog.New(slog.NewTextHandler(logFile, nil))})
 	if err != nil {
 		return fmt.Errorf("start the controller: %w", err)

@@ -1,0 +1,79 @@
+package autostandby
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// SourceOptions configures the library's conntrack observer. Zero values take the
+// library's defaults.
+type SourceOptions struct {
+	// NetnsPath observes the network namespace at this path (e.g. /run/netns/x)
+	// instead of the current one.
+	NetnsPath string
+	// ReceiveBufferBytes sizes the event socket's receive buffer (default 16 MiB).
+	ReceiveBufferBytes int
+	// ResyncInterval is how often the library re-dumps the table as a safety net.
+	ResyncInterval time.Duration
+	// EnableConntrackEvents sets net.netfilter.nf_conntrack_events to 1 when it is not,
+	// so flows created before the controller started also report events.
+	EnableConntrackEvents bool
+}
+
+// errReadByLibrary is what the library-owned sources answer when called directly.
+var errReadByLibrary = errors.New("autostandby: this source is read by the library itself; " +
+	"use Controller.Describe for the flows keeping an instance awake")
+
+// ConntrackSource is the library's observer of the host's conntrack table (IPv4 and
+// IPv6, TCP and UDP, kernel-filtered events, loss detection). A controller created
+// with it runs the library in kernel mode, which needs CAP_NET_ADMIN. The library
+// reads the table itself, so ListConnections and OpenStream are not for callers.
+type ConntrackSource struct {
+	opts SourceOptions
+}
+
+// NewConntrackSource returns the library's conntrack observer, configured by opts
+// (at most one; none means the library's defaults and the current namespace).
+func NewConntrackSource(opts ...SourceOptions) *ConntrackSource {
+	s := &ConntrackSource{}
+	if len(opts) > 0 {
+		s.opts = opts[0]
+	}
+	return s
+}
+
+// ListConnections is not available: the library reads the table itself.
+func (*ConntrackSource) ListConnections(context.Context) ([]Connection, error) {
+	return nil, errReadByLibrary
+}
+
+// OpenStream is not available: the library reads the event stream itself.
+func (*ConntrackSource) OpenStream(context.Context) (ConnectionStream, error) {
+	return nil, errReadByLibrary
+}
+
+// ManualSource runs the library in manual mode with flows, time and observer health
+// supplied through Controller.Manual, for tests and simulations (no privileges).
+type ManualSource struct {
+	start time.Time
+}
+
+// NewManualSource returns a manual source whose clock starts at start (now when zero)
+// and moves only by Manual.Advance.
+func NewManualSource(start time.Time) *ManualSource {
+	if start.IsZero() {
+		start = time.Now()
+	}
+	return &ManualSource{start: start}
+}
+
+// ListConnections is not available: flows come through Controller.Manual.
+func (*ManualSource) ListConnections(context.Context) ([]Connection, error) {
+	return nil, errReadByLibrary
+}
+
+// OpenStream is not available: flows come through Controller.Manual.
+func (*ManualSource) OpenStream(context.Context) (ConnectionStream, error) {
+	return nil, errReadByLibrary
+}
