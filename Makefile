@@ -20,12 +20,16 @@ header-check: deps
 	@git diff --exit-code -- include/autostandby.h >/dev/null || \
 	  { echo "include/autostandby.h is stale: run 'cargo build' and commit it" >&2; git diff --stat -- include/autostandby.h; exit 1; }
 
+# The Go modules: the bindings (what hypeman requires), and the end-to-end tests and the
+# benchmark in modules of their own, so that their dependencies (vishvananda/netlink,
+# the QEMU helpers) stay out of the bindings' go.mod.
+GO_MODULES := go go/e2e go/bench
+
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	@if [ -f go/go.mod ]; then \
-	  out=$$(gofmt -l go); [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }; \
-	  cd go && $(GO) vet ./...; fi
+	@out=$$(gofmt -l go); [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }
+	set -e; for m in $(GO_MODULES); do (cd $$m && $(GO) vet -tags e2e ./...); done
 
 # Everything CI runs, logged to build/test.log and closed by one summary line that
 # counts the test cases of every runner (scripts/test-summary.sh).
@@ -56,7 +60,7 @@ test-go: deps
 # on a 200,000-entry conntrack table in a namespace the benchmark creates (root).
 bench-go: deps
 	$(CARGO) build --release --lib
-	cd go && $(GO) test -run '^$$' -bench BenchmarkClassifyTable -benchtime 1x -count 1 -timeout 900s ./bench/
+	cd go/bench && $(GO) test -run '^$$' -bench BenchmarkClassifyTable -benchtime 1x -count 1 -timeout 900s .
 
 # C consumers: header alone as C/C++, exported symbols, manual and kernel scenarios
 # under ASan/UBSan against the .so and the .a, one valgrind run. Needs root.

@@ -18,5 +18,5 @@ cargo build --release --lib --quiet
 mkdir -p build/e2e/bin
 # Go does not notice a rebuilt archive by itself: see go/e2e/qemu/build.go.
 ldflags="-X github.com/libautostandby/libautostandby/go/e2e/qemu.LibraryBuild=$(sha256sum target/release/libautostandby.a | cut -c1-16)"
-(cd go && go build -ldflags "$ldflags" -o "$root/build/e2e/bin/demo" ./e2e/cmd/demo)
+(cd go/e2e && go build -ldflags "$ldflags" -o "$root/build/e2e/bin/demo" ./cmd/demo)
 exec bash tests/e2e/vm.sh run "$root/build/e2e/bin/demo"
