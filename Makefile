@@ -4,7 +4,7 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-all test-rust test-c test-go demo demo-engine bench bench-engine bench-conntrack bench-controller bench-go e2e lint header-check clean
+.PHONY: all deps build test test-all test-rust test-c test-go demo demo-engine bench bench-engine bench-conntrack bench-controller bench-go e2e lint header-check prebuilt prebuilt-check prebuilt-ensure prebuilt-verify clean
 
 all: build
 
@@ -31,6 +31,29 @@ lint: deps
 	@out=$$(gofmt -l go); [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }
 	set -e; for m in $(GO_MODULES); do (cd $$m && $(GO) vet -tags e2e ./...); done
 
+# The static library shipped inside the Go module, so that a Go build needs no Rust
+# toolchain: go/internal/binding/libautostandby_linux_amd64.a, built with the pinned
+# rustc, without debug info or local paths, and a stamp recording the sources it was
+# built from (scripts/prebuilt.sh). prebuilt-check fails when either is stale;
+# prebuilt-ensure rebuilds only then; prebuilt-verify rebuilds from a copy of the
+# sources at another path and compares the bytes.
+prebuilt: deps
+	bash scripts/prebuilt.sh build
+
+prebuilt-check:
+	bash scripts/prebuilt.sh check
+
+prebuilt-ensure: deps
+	bash scripts/prebuilt.sh ensure
+
+prebuilt-verify: deps
+	bash scripts/prebuilt.sh verify
+
+# Go's build cache does not look at the content of an archive named in #cgo LDFLAGS;
+# a flag derived from the archive makes it relink after make prebuilt. Expanded when a
+# recipe runs, after prebuilt-ensure.
+GO_LIB_LDFLAGS = -X github.com/libautostandby/libautostandby/go/internal/binding.libraryBuild=$(shell sha256sum go/internal/binding/libautostandby_linux_amd64.a | cut -c1-16)
+
 # Everything CI runs, logged to build/test.log and closed by one summary line that
 # counts the test cases of every runner (scripts/test-summary.sh).
 test: deps
@@ -43,24 +66,26 @@ test-all: header-check lint test-rust test-c test-go e2e
 test-rust: deps
 	$(CARGO) test --all-targets
 
-# Go bindings: vet, the race detector, cgocheck2, the shared-library build, and the
-# pure-Go (CGO_ENABLED=0) build that reports "unsupported". Links target/release's
-# libautostandby.a, so the Rust library is built first. Root: the kernel test creates
-# network namespaces.
+# Go bindings, linked with what a hypeman build links: the prebuilt archive in
+# go/internal/binding (rebuilt first when the sources changed). vet, the race detector,
+# cgocheck2, the binding tests against target/release's libautostandby.so through the
+# autostandby_shared and autostandby_system tags, and the pure-Go (CGO_ENABLED=0)
+# build that reports "unsupported". Root: the kernel tests create network namespaces.
 GO_TEST_FLAGS ?= -count=1 -v -timeout 600s
-test-go: deps
-	$(CARGO) build --release --lib
+test-go: deps prebuilt-ensure
 	cd go && $(GO) vet ./...
-	cd go && $(GO) test $(GO_TEST_FLAGS) -race ./...
-	cd go && GOEXPERIMENT=cgocheck2 $(GO) test $(GO_TEST_FLAGS) ./...
+	cd go && $(GO) test $(GO_TEST_FLAGS) -ldflags '$(GO_LIB_LDFLAGS)' -race ./...
+	cd go && GOEXPERIMENT=cgocheck2 $(GO) test $(GO_TEST_FLAGS) -ldflags '$(GO_LIB_LDFLAGS)' ./...
+	$(CARGO) build --release --lib
 	cd go && $(GO) test $(GO_TEST_FLAGS) -tags autostandby_shared ./internal/binding/
+	cd go && CGO_LDFLAGS=-L$(CURDIR)/target/release LD_LIBRARY_PATH=$(CURDIR)/target/release \
+	  $(GO) test $(GO_TEST_FLAGS) -tags autostandby_system ./internal/binding/
 	cd go && CGO_ENABLED=0 $(GO) vet ./... && CGO_ENABLED=0 $(GO) test $(GO_TEST_FLAGS) ./...
 
 # Go benchmark: our library against vishvananda/netlink + hypeman-style classification
 # on a 200,000-entry conntrack table in a namespace the benchmark creates (root).
-bench-go: deps
-	$(CARGO) build --release --lib
-	cd go/bench && $(GO) test -run '^$$' -bench BenchmarkClassifyTable -benchtime 1x -count 1 -timeout 900s .
+bench-go: deps prebuilt-ensure
+	cd go/bench && $(GO) test -ldflags '$(GO_LIB_LDFLAGS)' -run '^$$' -bench BenchmarkClassifyTable -benchtime 1x -count 1 -timeout 900s .
 
 # C consumers: header alone as C/C++, exported symbols, manual and kernel scenarios
 # under ASan/UBSan against the .so and the .a, one valgrind run. Needs root.
