@@ -68,14 +68,25 @@ test-rust: deps
 
 # Go bindings, linked with what a hypeman build links: the prebuilt archive in
 # go/internal/binding (rebuilt first when the sources changed). vet, the race detector,
-# cgocheck2, the binding tests against target/release's libautostandby.so through the
+# cgocheck2, the kernel tests in a fully static binary (as hypeman releases its
+# binaries), the binding tests against target/release's libautostandby.so through the
 # autostandby_shared and autostandby_system tags, and the pure-Go (CGO_ENABLED=0)
 # build that reports "unsupported". Root: the kernel tests create network namespaces.
 GO_TEST_FLAGS ?= -count=1 -v -timeout 600s
+GO_STATIC_TEST := build/go/kernel-static.test
 test-go: deps prebuilt-ensure
 	cd go && $(GO) vet ./...
 	cd go && $(GO) test $(GO_TEST_FLAGS) -ldflags '$(GO_LIB_LDFLAGS)' -race ./...
 	cd go && GOEXPERIMENT=cgocheck2 $(GO) test $(GO_TEST_FLAGS) -ldflags '$(GO_LIB_LDFLAGS)' ./...
+	@# netgo,osusergo: Go's pure resolver and user lookup, not glibc's NSS. The linker
+	@# still warns that getaddrinfo and getpwuid_r, in Rust's std and never called by the
+	@# library, would need glibc's shared libraries at run time.
+	@mkdir -p $(dir $(GO_STATIC_TEST))
+	cd go && $(GO) test -c -o ../$(GO_STATIC_TEST) -tags netgo,osusergo \
+	  -ldflags '$(GO_LIB_LDFLAGS) -linkmode external -extldflags "-static"' .
+	@file $(GO_STATIC_TEST) | grep -q 'statically linked' || \
+	  { echo "test-go: $(GO_STATIC_TEST) is not statically linked:" >&2; file $(GO_STATIC_TEST) >&2; exit 1; }
+	cd go && ../$(GO_STATIC_TEST) -test.run '^TestKernel' -test.count 1 -test.v -test.timeout 300s
 	$(CARGO) build --release --lib
 	cd go && $(GO) test $(GO_TEST_FLAGS) -tags autostandby_shared ./internal/binding/
 	cd go && CGO_LDFLAGS=-L$(CURDIR)/target/release LD_LIBRARY_PATH=$(CURDIR)/target/release \
