@@ -4,7 +4,7 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-all test-rust test-c test-go demo demo-engine bench bench-engine bench-conntrack bench-controller bench-go e2e lint header-check clean
+.PHONY: all deps build test test-all test-rust test-c test-go demo demo-engine bench bench-engine bench-conntrack bench-controller bench-go e2e lint header-check prebuilt prebuilt-check prebuilt-ensure prebuilt-verify clean
 
 all: build
 
@@ -20,12 +20,39 @@ header-check: deps
 	@git diff --exit-code -- include/autostandby.h >/dev/null || \
 	  { echo "include/autostandby.h is stale: run 'cargo build' and commit it" >&2; git diff --stat -- include/autostandby.h; exit 1; }
 
+# The Go modules: the bindings (what hypeman requires), and the end-to-end tests and the
+# benchmark in modules of their own, so that their dependencies (vishvananda/netlink,
+# the QEMU helpers) stay out of the bindings' go.mod.
+GO_MODULES := go go/e2e go/bench
+
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	@if [ -f go/go.mod ]; then \
-	  out=$$(gofmt -l go); [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }; \
-	  cd go && $(GO) vet ./...; fi
+	@out=$$(gofmt -l go); [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }
+	set -e; for m in $(GO_MODULES); do (cd $$m && $(GO) vet -tags e2e ./...); done
+
+# The static library shipped inside the Go module, so that a Go build needs no Rust
+# toolchain: go/internal/binding/libautostandby_linux_amd64.a, built with the pinned
+# rustc, without debug info or local paths, and a stamp recording the sources it was
+# built from (scripts/prebuilt.sh). prebuilt-check fails when either is stale;
+# prebuilt-ensure rebuilds only then; prebuilt-verify rebuilds from a copy of the
+# sources at another path and compares the bytes.
+prebuilt: deps
+	bash scripts/prebuilt.sh build
+
+prebuilt-check:
+	bash scripts/prebuilt.sh check
+
+prebuilt-ensure: deps
+	bash scripts/prebuilt.sh ensure
+
+prebuilt-verify: deps
+	bash scripts/prebuilt.sh verify
+
+# Go's build cache does not look at the content of an archive named in #cgo LDFLAGS;
+# a flag derived from the archive makes it relink after make prebuilt. Expanded when a
+# recipe runs, after prebuilt-ensure.
+GO_LIB_LDFLAGS = -X github.com/libautostandby/libautostandby/go/internal/binding.libraryBuild=$(shell sha256sum go/internal/binding/libautostandby_linux_amd64.a | cut -c1-16)
 
 # Everything CI runs, logged to build/test.log and closed by one summary line that
 # counts the test cases of every runner (scripts/test-summary.sh).
@@ -39,24 +66,37 @@ test-all: header-check lint test-rust test-c test-go e2e
 test-rust: deps
 	$(CARGO) test --all-targets
 
-# Go bindings: vet, the race detector, cgocheck2, the shared-library build, and the
-# pure-Go (CGO_ENABLED=0) build that reports "unsupported". Links target/release's
-# libautostandby.a, so the Rust library is built first. Root: the kernel test creates
-# network namespaces.
+# Go bindings, linked with what a hypeman build links: the prebuilt archive in
+# go/internal/binding (rebuilt first when the sources changed). vet, the race detector,
+# cgocheck2, the kernel tests in a fully static binary (as hypeman releases its
+# binaries), the binding tests against target/release's libautostandby.so through the
+# autostandby_shared and autostandby_system tags, and the pure-Go (CGO_ENABLED=0)
+# build that reports "unsupported". Root: the kernel tests create network namespaces.
 GO_TEST_FLAGS ?= -count=1 -v -timeout 600s
-test-go: deps
-	$(CARGO) build --release --lib
+GO_STATIC_TEST := build/go/kernel-static.test
+test-go: deps prebuilt-ensure
 	cd go && $(GO) vet ./...
-	cd go && $(GO) test $(GO_TEST_FLAGS) -race ./...
-	cd go && GOEXPERIMENT=cgocheck2 $(GO) test $(GO_TEST_FLAGS) ./...
+	cd go && $(GO) test $(GO_TEST_FLAGS) -ldflags '$(GO_LIB_LDFLAGS)' -race ./...
+	cd go && GOEXPERIMENT=cgocheck2 $(GO) test $(GO_TEST_FLAGS) -ldflags '$(GO_LIB_LDFLAGS)' ./...
+	@# netgo,osusergo: Go's pure resolver and user lookup, not glibc's NSS. The linker
+	@# still warns that getaddrinfo and getpwuid_r, in Rust's std and never called by the
+	@# library, would need glibc's shared libraries at run time.
+	@mkdir -p $(dir $(GO_STATIC_TEST))
+	cd go && $(GO) test -c -o ../$(GO_STATIC_TEST) -tags netgo,osusergo \
+	  -ldflags '$(GO_LIB_LDFLAGS) -linkmode external -extldflags "-static"' .
+	@file $(GO_STATIC_TEST) | grep -q 'statically linked' || \
+	  { echo "test-go: $(GO_STATIC_TEST) is not statically linked:" >&2; file $(GO_STATIC_TEST) >&2; exit 1; }
+	cd go && ../$(GO_STATIC_TEST) -test.run '^TestKernel' -test.count 1 -test.v -test.timeout 300s
+	$(CARGO) build --release --lib
 	cd go && $(GO) test $(GO_TEST_FLAGS) -tags autostandby_shared ./internal/binding/
+	cd go && CGO_LDFLAGS=-L$(CURDIR)/target/release LD_LIBRARY_PATH=$(CURDIR)/target/release \
+	  $(GO) test $(GO_TEST_FLAGS) -tags autostandby_system ./internal/binding/
 	cd go && CGO_ENABLED=0 $(GO) vet ./... && CGO_ENABLED=0 $(GO) test $(GO_TEST_FLAGS) ./...
 
 # Go benchmark: our library against vishvananda/netlink + hypeman-style classification
 # on a 200,000-entry conntrack table in a namespace the benchmark creates (root).
-bench-go: deps
-	$(CARGO) build --release --lib
-	cd go && $(GO) test -run '^$$' -bench BenchmarkClassifyTable -benchtime 1x -count 1 -timeout 900s ./bench/
+bench-go: deps prebuilt-ensure
+	cd go/bench && $(GO) test -ldflags '$(GO_LIB_LDFLAGS)' -run '^$$' -bench BenchmarkClassifyTable -benchtime 1x -count 1 -timeout 900s .
 
 # C consumers: header alone as C/C++, exported symbols, manual and kernel scenarios
 # under ASan/UBSan against the .so and the .a, one valgrind run. Needs root.

@@ -11,6 +11,8 @@ packages=(
   busybox-static cpio          # the guest's initramfs
   socat                        # QMP from shell scripts
   time bc procps               # bench/conntrack.sh: peak RSS, ratios, sysctl
+  file                         # make test-go: checks that the static test binary is static
+  git                          # scripts/prebuilt.sh: the files the archive is built from
 )
 
 missing=()

@@ -13,10 +13,10 @@ fi
 bash scripts/install-deps.sh
 echo "demo: preparing the guest (Debian cloud kernel + busybox initramfs, cached in build/e2e)"
 bash tests/e2e/guest.sh >/dev/null
-echo "demo: building libautostandby (release) and the demo"
-cargo build --release --lib --quiet
+echo "demo: building the demo (with the prebuilt libautostandby, rebuilt if stale)"
+bash scripts/prebuilt.sh ensure
 mkdir -p build/e2e/bin
 # Go does not notice a rebuilt archive by itself: see go/e2e/qemu/build.go.
-ldflags="-X github.com/libautostandby/libautostandby/go/e2e/qemu.LibraryBuild=$(sha256sum target/release/libautostandby.a | cut -c1-16)"
-(cd go && go build -ldflags "$ldflags" -o "$root/build/e2e/bin/demo" ./e2e/cmd/demo)
+ldflags="-X github.com/libautostandby/libautostandby/go/e2e/qemu.LibraryBuild=$(sha256sum go/internal/binding/libautostandby_linux_amd64.a | cut -c1-16)"
+(cd go/e2e && go build -ldflags "$ldflags" -o "$root/build/e2e/bin/demo" ./cmd/demo)
 exec bash tests/e2e/vm.sh run "$root/build/e2e/bin/demo"

@@ -9,13 +9,13 @@ cd "$root"
 
 bin="$root/build/e2e/bin"
 mkdir -p "$bin"
-echo "e2e: building libautostandby.a and the test binaries"
-cargo build --release --lib --quiet
+echo "e2e: building the test binaries (with the prebuilt libautostandby, rebuilt if stale)"
+bash scripts/prebuilt.sh ensure
 # Go does not notice a rebuilt archive by itself: see go/e2e/qemu/build.go.
-ldflags="-X github.com/libautostandby/libautostandby/go/e2e/qemu.LibraryBuild=$(sha256sum target/release/libautostandby.a | cut -c1-16)"
-(cd go && go vet -tags e2e ./e2e/... &&
-  go test -c -tags e2e -ldflags "$ldflags" -o "$bin/qemu.test" ./e2e/qemu &&
-  go test -c -tags e2e -ldflags "$ldflags" -o "$bin/e2e.test" ./e2e)
+ldflags="-X github.com/libautostandby/libautostandby/go/e2e/qemu.LibraryBuild=$(sha256sum go/internal/binding/libautostandby_linux_amd64.a | cut -c1-16)"
+(cd go/e2e && go vet -tags e2e ./... &&
+  go test -c -tags e2e -ldflags "$ldflags" -o "$bin/qemu.test" ./qemu &&
+  go test -c -tags e2e -ldflags "$ldflags" -o "$bin/e2e.test" .)
 bash tests/e2e/guest.sh >/dev/null
 
 start=$SECONDS

@@ -1,14 +1,14 @@
-//go:build cgo && linux
+//go:build cgo && linux && (amd64 || autostandby_shared || autostandby_system)
 
 package binding
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../../include
+#cgo CFLAGS: -I${SRCDIR}
 #include <stdlib.h>
 #include "autostandby.h"
 
 #if AUTOSTANDBY_ABI_VERSION != 1
-#error "include/autostandby.h has an ABI version this binding was not written for (want 1)"
+#error "autostandby.h has an ABI version this binding was not written for (want 1)"
 #endif
 */
 import "C"

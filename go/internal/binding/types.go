@@ -1,6 +1,8 @@
 // Package binding is the thin layer over libautostandby's C ABI: Go values in, Go
-// values out, no C memory kept past a call. Without cgo, or off Linux, every
-// constructor reports ErrUnsupported.
+// values out, no C memory kept past a call. Without cgo, off Linux, or on a platform
+// with no library to link (no prebuilt archive in this directory and neither the
+// autostandby_shared nor the autostandby_system tag), every constructor reports
+// ErrUnsupported.
 package binding
 
 import (
