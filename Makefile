@@ -20,10 +20,11 @@ header-check: deps
 	@git diff --exit-code -- include/autostandby.h >/dev/null || \
 	  { echo "include/autostandby.h is stale: run 'cargo build' and commit it" >&2; git diff --stat -- include/autostandby.h; exit 1; }
 
-# The Go modules: the bindings (what hypeman requires), and the end-to-end tests and the
-# benchmark in modules of their own, so that their dependencies (vishvananda/netlink,
-# the QEMU helpers) stay out of the bindings' go.mod.
-GO_MODULES := go go/e2e go/bench
+# The Go modules: the bindings (what hypeman requires); a hypeman-shaped consumer of
+# them; and the end-to-end tests and the benchmark in modules of their own, so that
+# their dependencies (vishvananda/netlink, the QEMU helpers) stay out of the bindings'
+# go.mod.
+GO_MODULES := go go/compat go/e2e go/bench
 
 lint: deps
 	$(CARGO) fmt --all -- --check
@@ -92,6 +93,8 @@ test-go: deps prebuilt-ensure
 	cd go && CGO_LDFLAGS=-L$(CURDIR)/target/release LD_LIBRARY_PATH=$(CURDIR)/target/release \
 	  $(GO) test $(GO_TEST_FLAGS) -tags autostandby_system ./internal/binding/
 	cd go && CGO_ENABLED=0 $(GO) vet ./... && CGO_ENABLED=0 $(GO) test $(GO_TEST_FLAGS) ./...
+	@# A hypeman-shaped module of its own, built against this one as hypeman would.
+	cd go/compat && $(GO) test $(GO_TEST_FLAGS) -ldflags '$(GO_LIB_LDFLAGS)' ./...
 
 # Go benchmark: our library against vishvananda/netlink + hypeman-style classification
 # on a 200,000-entry conntrack table in a namespace the benchmark creates (root).

@@ -1,4 +1,4 @@
-//go:build cgo && linux
+//go:build cgo && linux && (amd64 || autostandby_shared || autostandby_system)
 
 // Needs root: it creates network namespaces and runs the library in kernel mode.
 

@@ -176,3 +176,20 @@ func TestTCPStateActiveIsADenylist(t *testing.T) {
 		t.Fatal("TCP state constants must use the kernel uapi values")
 	}
 }
+
+// The kernel's uapi numbering (enum tcp_conntrack); hypeman's Ignore and Retrans are one
+// lower, which its own constants test asserts.
+func TestTCPStateConstantsAreTheKernelsUapiValues(t *testing.T) {
+	got := []TCPState{TCPStateNone, TCPStateSynSent, TCPStateSynRecv, TCPStateEstablished,
+		TCPStateFinWait, TCPStateCloseWait, TCPStateLastAck, TCPStateTimeWait, TCPStateClose,
+		TCPStateSynSent2, TCPStateIgnore, TCPStateRetrans}
+	want := []TCPState{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("constant %d (%s) is %d, want %d", i, got[i], got[i], want[i])
+		}
+	}
+	if TCPStateListen != TCPStateSynSent2 {
+		t.Errorf("TCPStateListen is %d, want 9", TCPStateListen)
+	}
+}

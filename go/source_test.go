@@ -1,3 +1,5 @@
+//go:build cgo && linux && (amd64 || autostandby_shared || autostandby_system)
+
 package autostandby
 
 import (
@@ -501,5 +503,86 @@ func TestActiveInboundCountCountsOnlyQualifyingInboundTCP(t *testing.T) {
 	inst.AutoStandby.Enabled = false
 	if n, timeout, err := ActiveInboundCount(inst, conns); n != 0 || timeout != 0 || err != nil {
 		t.Fatalf("disabled: %d, %v, %v", n, timeout, err)
+	}
+}
+
+func TestSourceCountdownRestartedDuringConfirmationPreventsStandby(t *testing.T) {
+	inst := idleSince("a", "10.0.0.2", t1055)
+	store := newFakeStore(inst)
+	src := &tableSource{}
+	now := t1055.Add(time.Minute)
+	c := newSourceController(t, store, src, &clock{t: now}, ControllerOptions{})
+	if err := c.startupResync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// While the confirmation listing runs, a short connection comes and goes: the idle
+	// period restarts, and the confirmation in flight no longer answers for it.
+	src.hook = func() {
+		src.hook = nil
+		conn := inbound("10.0.0.2", 40000)
+		c.handleConnectionEvent(context.Background(), ConnectionEvent{Type: ConnectionEventNew, Connection: conn, ObservedAt: now})
+		c.handleConnectionEvent(context.Background(), ConnectionEvent{Type: ConnectionEventDestroy, Connection: conn, ObservedAt: now})
+	}
+	c.handleStandbyTimer(context.Background(), "a")
+	c.standbyWG.Wait()
+	if got := store.standbys(); len(got) != 0 {
+		t.Fatalf("standby %v for a countdown restarted during its confirmation", got)
+	}
+	if snap := c.Describe(inst); !sameTime(snap.NextStandbyAt, now.Add(time.Minute)) {
+		t.Fatalf("snapshot %+v", snap)
+	}
+}
+
+func TestSourceResyncDuringExecutingStandbyDoesNotDoubleDispatch(t *testing.T) {
+	inst := idleSince("a", "10.0.0.2", t1055)
+	store := newFakeStore(inst)
+	store.standbyGate = make(chan struct{})
+	c := newSourceController(t, store, &tableSource{}, &clock{t: t1055.Add(time.Minute)}, ControllerOptions{})
+	if err := c.startupResync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c.handleStandbyTimer(context.Background(), "a")
+	<-store.started
+	if err := c.handleInstanceEvent(context.Background(), InstanceEvent{Action: InstanceEventUpdate, InstanceID: "a", Instance: &inst}); err != nil {
+		t.Fatal(err)
+	}
+	c.handleStandbyTimer(context.Background(), "a")
+	select {
+	case id := <-store.started:
+		t.Fatalf("second standby of %s while one executes", id)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(store.standbyGate)
+	c.standbyWG.Wait()
+	if got := store.standbys(); len(got) != 1 {
+		t.Fatalf("standbys %v", got)
+	}
+}
+
+func TestSourceHoldDoesNotWaitForRuntimePersistence(t *testing.T) {
+	inst := running("a", "10.0.0.2")
+	store := newFakeStore(inst)
+	store.setGate, store.setEntered = make(chan struct{}), make(chan string, 4)
+	src := &tableSource{conns: []Connection{inbound("10.0.0.2", 40000)}}
+	c := newSourceController(t, store, src, &clock{t: t1100}, ControllerOptions{})
+	resynced := make(chan error, 1)
+	go func() { resynced <- c.startupResync(context.Background()) }()
+	<-store.setEntered
+	held := make(chan error, 1)
+	go func() {
+		_, err := c.HoldStandby(context.Background(), inst)
+		held <- err
+	}()
+	select {
+	case err := <-held:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("HoldStandby waited for a runtime write")
+	}
+	close(store.setGate)
+	if err := <-resynced; err != nil {
+		t.Fatal(err)
 	}
 }

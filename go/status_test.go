@@ -2,6 +2,9 @@ package autostandby
 
 import (
 	"encoding/json"
+	"os"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -62,6 +65,46 @@ func TestDescribeFollowsHypemansEligibilityOrder(t *testing.T) {
 		}
 		if snap.Eligible != (tc.status == StatusIdleCountdown) {
 			t.Errorf("%s: eligible=%v", tc.name, snap.Eligible)
+		}
+	}
+}
+
+// The OpenAPI patch in README.md turns hypeman's reason enum into exactly the reasons
+// this package reports, in the library's order.
+func TestReadmeOpenAPIPatchListsEveryReason(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	enums := map[byte][]string{}
+	for _, line := range strings.Split(string(readme), "\n") {
+		trimmed := strings.TrimSpace(line)
+		if len(trimmed) == 0 || (trimmed[0] != '-' && trimmed[0] != '+') {
+			continue
+		}
+		rest := strings.TrimSpace(trimmed[1:])
+		if !strings.HasPrefix(rest, "enum: [unsupported_platform") {
+			continue
+		}
+		list := strings.TrimSuffix(strings.TrimPrefix(rest, "enum: ["), "]")
+		enums[trimmed[0]] = strings.Split(list, ", ")
+	}
+	upstream := []string{"unsupported_platform", "policy_missing", "policy_disabled",
+		"instance_not_running", "network_disabled", "missing_ip", "has_vgpu",
+		"active_inbound_connections", "idle_timeout_not_elapsed", "observer_error", "ready_for_standby"}
+	if !slices.Equal(enums['-'], upstream) {
+		t.Fatalf("the patch's removed line is not hypeman's enum: %v", enums['-'])
+	}
+	var ours []string
+	for _, r := range KnownReasons {
+		ours = append(ours, string(r))
+	}
+	if !slices.Equal(enums['+'], ours) {
+		t.Fatalf("the patch's added line %v is not this package's reasons %v", enums['+'], ours)
+	}
+	for _, r := range KnownReasons {
+		if mapped := upstreamReason(r); !slices.Contains(upstream, string(mapped)) {
+			t.Errorf("UpstreamReasons maps %s to %s, not one of hypeman's", r, mapped)
 		}
 	}
 }

@@ -91,6 +91,9 @@ typedef struct autostandby_log_record autostandby_log_record;
 // `autostandby_status.reason`: `resync_pending`.
 #define AUTOSTANDBY_REASON_RESYNC_PENDING 13
 
+// `autostandby_status.reason`: `confirm_failed`.
+#define AUTOSTANDBY_REASON_CONFIRM_FAILED 14
+
 // Success.
 #define AUTOSTANDBY_OK 0
 
@@ -139,6 +142,10 @@ typedef struct autostandby_log_record autostandby_log_record;
 // The controller is being freed.
 #define AUTOSTANDBY_ERR_SHUTDOWN 15
 
+// `autostandby_confirm` for an instance with no confirmation pending: a stale answer
+// (already answered, or cancelled by activity, a hold or an update). Nothing changed.
+#define AUTOSTANDBY_ERR_NO_CONFIRM_PENDING 16
+
 // Size of `autostandby_error.message`, NUL included.
 #define AUTOSTANDBY_ERROR_MESSAGE_LEN 256
 
@@ -181,6 +188,24 @@ typedef struct autostandby_log_record autostandby_log_record;
 // `autostandby_decision.kind`: store (or delete) the instance's runtime.
 #define AUTOSTANDBY_DECISION_PERSIST_RUNTIME 2
 
+// `autostandby_decision.kind`: confirm the instance is idle; answer with
+// `autostandby_confirm`. Manual mode with `config.confirm_before_standby` only.
+#define AUTOSTANDBY_DECISION_CONFIRM 3
+
+// `autostandby_config.standby_retry` (the default): a failed standby starts a new idle
+// period at the failure (persisted), so the retry comes one full idle timeout later.
+#define AUTOSTANDBY_STANDBY_RETRY_COUNTDOWN 0
+
+// `autostandby_config.standby_retry`: a failed standby is retried after 1 s, 2 s, 4 s
+// ... capped at the idle timeout; the idle period is kept.
+#define AUTOSTANDBY_STANDBY_RETRY_BACKOFF 1
+
+// `autostandby_confirm` outcome: the confirmation dump succeeded; the flows are its result.
+#define AUTOSTANDBY_CONFIRM_OK 0
+
+// `autostandby_confirm` outcome: the confirmation dump failed.
+#define AUTOSTANDBY_CONFIRM_FAILED 1
+
 // `autostandby_report_standby` outcome: the instance is in Standby.
 #define AUTOSTANDBY_OUTCOME_SUCCESS 0
 
@@ -218,7 +243,11 @@ typedef struct autostandby_log_record autostandby_log_record;
 // `autostandby_controller_free`.
 struct autostandby_controller;
 
-// Controller configuration.
+// Controller configuration. Zero in every field after `struct_size` selects the
+// defaults (kernel mode).
+//
+// Fields are only ever appended. A caller built against an older header passes that
+// header's `sizeof` in `struct_size`; the fields it lacks take their defaults.
 struct autostandby_config {
   // `sizeof(autostandby_config)`.
   uint32_t struct_size;
@@ -236,6 +265,18 @@ struct autostandby_config {
   uint32_t events_sysctl;
   // Manual mode: the clock's start (ms since the Unix epoch). Ignored in kernel mode.
   uint64_t manual_start_ms;
+  // One of `AUTOSTANDBY_STANDBY_RETRY_*`: what a failed standby does to the countdown.
+  // Added after the first release: callers with the shorter struct get `COUNTDOWN`.
+  uint32_t standby_retry;
+  // Manual mode: confirm idleness before each standby through the host, which sees a
+  // `AUTOSTANDBY_DECISION_CONFIRM` and answers with `autostandby_confirm` (false, the
+  // default, leaves manual hosts unchanged). Ignored in kernel mode, which always
+  // confirms with a conntrack dump.
+  bool confirm_before_standby;
+  // How long before each standby deadline the confirmation is asked for (capped at
+  // half the idle timeout); 0 for the mode's default: 2,000 ms in kernel mode, the
+  // deadline itself in manual mode.
+  uint64_t confirm_lead_ms;
 };
 
 // Details of a failed call, filled when the caller passes a non-NULL pointer.
@@ -446,6 +487,11 @@ struct autostandby_stats {
   uint64_t decisions_pending;
   // Log records dropped because the buffer was full.
   uint64_t log_records_dropped;
+  // The observer is failed now (kernel: the conntrack socket or the last dump;
+  // manual: `autostandby_set_observer_error`): no instance goes into Standby, and
+  // eligible ones report status `error`, reason `observer_error`. Added after the
+  // first release: written only when `struct_size` covers it.
+  bool observer_failed;
 };
 
 // One captured log record.
@@ -520,14 +566,16 @@ const char *autostandby_reason_name(uint32_t reason);
 
 // Creates a controller and stores its handle in `*out`.
 //
-// `config` is borrowed for the call only. On success the caller owns the handle and
+// `config` is borrowed for the call only; its `struct_size` may be this header's
+// `sizeof(autostandby_config)` or an older release's (the missing fields take their
+// defaults), anything else is `AUTOSTANDBY_ERR_STRUCT_SIZE`. On success the caller owns the handle and
 // must release it with `autostandby_controller_free`; on failure `*out` is set to NULL.
 // Kernel mode opens conntrack sockets (needs CAP_NET_ADMIN: `AUTOSTANDBY_ERR_PERMISSION`
 // otherwise) and starts the controller's threads. Thread-safe.
 //
 // # Safety
-// `config` is NULL or a valid `autostandby_config` (with `netns_path` NULL or a
-// NUL-terminated string); `out` is NULL or writable; `err` is NULL or writable.
+// `config` is NULL or points to `struct_size` readable bytes of an
+// `autostandby_config` (with `netns_path` NULL or a NUL-terminated string); `out` is NULL or writable; `err` is NULL or writable.
 uint32_t autostandby_controller_new(const struct autostandby_config *config,
                                     struct autostandby_controller **out,
                                     struct autostandby_error *err);
@@ -658,11 +706,14 @@ uint32_t autostandby_explain(struct autostandby_controller *c,
                              struct autostandby_error *err);
 
 // Controller-wide counters into `*out` (whose `struct_size` the caller sets).
-// Thread-safe.
+//
+// `struct_size` may be this header's `sizeof(struct autostandby_stats)` or an older
+// release's: only the fields that size covers are written. Anything else is
+// `AUTOSTANDBY_ERR_STRUCT_SIZE`. Thread-safe.
 //
 // # Safety
-// `c` is NULL or a live handle; `out` is NULL or a writable `autostandby_stats` with
-// `struct_size` set; `err` is NULL or writable.
+// `c` is NULL or a live handle; `out` is NULL or points to `struct_size` writable bytes
+// of an `autostandby_stats`; `err` is NULL or writable.
 uint32_t autostandby_stats(struct autostandby_controller *c,
                            struct autostandby_stats *out,
                            struct autostandby_error *err);
@@ -729,6 +780,35 @@ uint32_t autostandby_resync(struct autostandby_controller *c,
 uint32_t autostandby_set_observer_error(struct autostandby_controller *c,
                                         const char *message,
                                         struct autostandby_error *err);
+
+// Answers an `AUTOSTANDBY_DECISION_CONFIRM` for `key` (manual mode, with
+// `config.confirm_before_standby`), as the kernel observer's confirmation dump would.
+//
+// `outcome` `AUTOSTANDBY_CONFIRM_OK`: `flows[0..len]` are the instance's conntrack flows
+// now, as a dump filtered to its addresses returns them (the entries' `kind` is
+// ignored); its known flows missing from them are gone. No live qualifying flow: the
+// standby proceeds (a STANDBY decision follows at the deadline); one: the instance is
+// active and nothing is put into Standby. `AUTOSTANDBY_CONFIRM_FAILED` (with `len` 0):
+// the dump failed; the instance stays awake with reason `confirm_failed` and its
+// countdown restarts.
+//
+// A stale answer changes nothing: `AUTOSTANDBY_ERR_NOT_FOUND` once the instance is
+// gone, `AUTOSTANDBY_ERR_NO_CONFIRM_PENDING` when no confirmation is pending (already
+// answered, or cancelled by activity, a hold or an update; a new CONFIRM follows when
+// one is needed again). An unknown `outcome`, flows with `AUTOSTANDBY_CONFIRM_FAILED` or
+// an invalid flow: `AUTOSTANDBY_ERR_INVALID_ARGUMENT`, validated before anything
+// changes. `AUTOSTANDBY_ERR_WRONG_MODE` in kernel mode. `flows` is borrowed for the call
+// only. Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `flows` is NULL or valid for `len` reads; `err` is NULL
+// or writable.
+uint32_t autostandby_confirm(struct autostandby_controller *c,
+                             uint64_t key,
+                             uint32_t outcome,
+                             const struct autostandby_flow_event *flows,
+                             size_t len,
+                             struct autostandby_error *err);
 
 #ifdef __cplusplus
 }  // extern "C"
