@@ -478,3 +478,43 @@ fn free_wakes_a_blocked_poller_with_shutdown() {
     assert_eq!(poller.join().unwrap(), AUTOSTANDBY_ERR_SHUTDOWN);
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+#[test]
+fn impossible_capacities_are_refused() {
+    let h = Handle::manual(1_000);
+    let mut e = err();
+    let mut n = usize::MAX;
+    // Larger than any array of these element types can be (isize::MAX bytes).
+    let huge = usize::MAX / 2;
+    // SAFETY: the pointers are dangling but never dereferenced: the capacities are
+    // refused before any array is built from them.
+    unsafe {
+        assert_eq!(
+            autostandby_poll_decisions(h.0, ptr::dangling_mut(), huge, &mut n, 0, &mut e),
+            AUTOSTANDBY_ERR_INVALID_ARGUMENT
+        );
+        assert!(msg(&e).contains("out"), "{}", msg(&e));
+        assert_eq!(n, 0);
+        assert_eq!(
+            autostandby_explain(h.0, 1, ptr::dangling_mut(), usize::MAX, &mut n, &mut e),
+            AUTOSTANDBY_ERR_INVALID_ARGUMENT
+        );
+        let just_over = isize::MAX.unsigned_abs() / size_of::<autostandby_log_record>() + 1;
+        assert_eq!(
+            autostandby_drain_logs(h.0, ptr::dangling_mut(), just_over, &mut n, &mut e),
+            AUTOSTANDBY_ERR_INVALID_ARGUMENT
+        );
+        // The refusals took nothing: the start-up log record is still there.
+        let mut recs = [autostandby_log_record {
+            level: 0,
+            time_ms: 0,
+            target: [0; 64],
+            message: [0; 512],
+        }; 2];
+        assert_eq!(
+            autostandby_drain_logs(h.0, recs.as_mut_ptr(), recs.len(), &mut n, &mut e),
+            AUTOSTANDBY_OK
+        );
+        assert!(n >= 1);
+    }
+}

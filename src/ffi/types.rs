@@ -426,6 +426,20 @@ pub(crate) fn check_size<T>(struct_size: u32, what: &str) -> Result<(), FfiError
     Ok(())
 }
 
+/// Refuses an element count no array can have: a slice spans at most `isize::MAX`
+/// bytes, so a larger count is a caller bug (often a negative length cast to `size_t`),
+/// and building the slice from it would be undefined behaviour.
+fn check_array_len<T>(len: usize, what: &str) -> Result<(), FfiError> {
+    let max = isize::MAX.unsigned_abs() / size_of::<T>().max(1);
+    if len > max {
+        return Err(FfiError::invalid(format!(
+            "{what}: {len} elements of {} bytes exceed the largest possible array",
+            size_of::<T>()
+        )));
+    }
+    Ok(())
+}
+
 /// Borrows a caller array; NULL is allowed only with length 0.
 ///
 /// # Safety
@@ -441,6 +455,7 @@ pub(crate) unsafe fn slice<'a, T>(
     if ptr.is_null() {
         return Err(FfiError::null(what));
     }
+    check_array_len::<T>(len, what)?;
     // SAFETY: non-NULL and, per the caller, valid for `len` elements.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
@@ -460,6 +475,7 @@ pub(crate) unsafe fn slice_mut<'a, T>(
     if ptr.is_null() {
         return Err(FfiError::null(what));
     }
+    check_array_len::<T>(cap, what)?;
     // SAFETY: non-NULL and, per the caller, valid for `cap` writable elements.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, cap) })
 }
