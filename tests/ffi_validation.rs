@@ -518,3 +518,49 @@ fn impossible_capacities_are_refused() {
         assert!(n >= 1);
     }
 }
+
+#[test]
+fn a_netns_path_that_is_not_a_network_namespace_is_refused_at_once() {
+    let dir = std::env::temp_dir();
+    let fifo = dir.join(format!("as-ffi-netns-fifo-{}", std::process::id()));
+    let file = dir.join(format!("as-ffi-netns-file-{}", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let c_fifo = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    let c_file = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
+    std::fs::write(&file, b"x").unwrap();
+    // Before the check, opening the FIFO blocked forever waiting for a writer: run the
+    // calls on a thread so a hang fails the test instead of stalling it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let paths = (c_fifo.clone(), c_file.clone());
+    std::thread::spawn(move || {
+        let mut results = Vec::new();
+        for path in [&paths.0, &paths.1] {
+            let cfg = autostandby_config {
+                mode: AUTOSTANDBY_MODE_KERNEL,
+                netns_path: path.as_ptr(),
+                ..manual_config(0)
+            };
+            let mut out = ptr::dangling_mut::<autostandby_controller>();
+            let mut e = err();
+            // SAFETY: valid pointers.
+            let rc = unsafe { autostandby_controller_new(&cfg, &mut out, &mut e) };
+            results.push((rc, msg(&e), out.is_null()));
+        }
+        let _ = tx.send(results);
+    });
+    let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+    let _ = std::fs::remove_file(&fifo);
+    let _ = std::fs::remove_file(&file);
+    let got = got.expect("autostandby_controller_new hung on a FIFO");
+    assert_eq!(got[0].0, AUTOSTANDBY_ERR_INVALID_ARGUMENT, "{}", got[0].1);
+    assert!(
+        got[0].1.contains("is not a network namespace: a FIFO"),
+        "{}",
+        got[0].1
+    );
+    assert_eq!(got[1].0, AUTOSTANDBY_ERR_INVALID_ARGUMENT, "{}", got[1].1);
+    assert!(got[1].1.contains("not a namespace file"), "{}", got[1].1);
+    assert!(got[0].2 && got[1].2, "out is cleared on failure");
+}

@@ -23,6 +23,15 @@ pub enum ConntrackError {
     /// The kernel sent something that is not valid ctnetlink.
     #[error("malformed netlink message: {0}")]
     Malformed(&'static str),
+    /// The path given as a network namespace is something else (a FIFO, a regular file,
+    /// another kind of namespace).
+    #[error("{path} is not a network namespace: {why}")]
+    NotNetns {
+        /// The path as given.
+        path: String,
+        /// What it is instead.
+        why: String,
+    },
     /// The request itself cannot be expressed (for example a BPF program too long).
     #[error("invalid request: {0}")]
     Invalid(String),

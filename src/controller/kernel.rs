@@ -138,6 +138,8 @@ impl From<ConntrackError> for ControllerError {
     fn from(err: ConntrackError) -> Self {
         if err.is_permission_denied() {
             Self::Permission(err.to_string())
+        } else if matches!(err, ConntrackError::NotNetns { .. }) {
+            Self::InvalidArgument(err.to_string())
         } else {
             Self::Io(err.to_string())
         }
@@ -165,6 +167,10 @@ impl KernelRuntime {
                 other => other,
             }
         };
+        if let Some(path) = &ocfg.netns {
+            // Checked here so a wrong path is refused before anything starts.
+            crate::conntrack::netns::open(path).map_err(where_)?;
+        }
         // Subscribe before the first dump: nothing created in between is missed.
         let events = EventSocket::open(&ocfg).map_err(where_)?;
         let query = QuerySocket::open(&ocfg).map_err(where_)?;

@@ -165,7 +165,9 @@ fn config_from_c(c: &autostandby_config) -> Result<ControllerConfig, FfiError> {
 /// defaults), anything else is `AUTOSTANDBY_ERR_STRUCT_SIZE`. On success the caller owns the handle and
 /// must release it with `autostandby_controller_free`; on failure `*out` is set to NULL.
 /// Kernel mode opens conntrack sockets (needs CAP_NET_ADMIN: `AUTOSTANDBY_ERR_PERMISSION`
-/// otherwise) and starts the controller's threads. Thread-safe.
+/// otherwise) and starts the controller's threads. A `netns_path` that is not a network
+/// namespace file (a FIFO, a regular file, another namespace type) is
+/// `AUTOSTANDBY_ERR_INVALID_ARGUMENT`, refused without blocking. Thread-safe.
 ///
 /// # Safety
 /// `config` is NULL or points to `struct_size` readable bytes of an
