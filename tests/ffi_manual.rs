@@ -851,3 +851,49 @@ fn stats_report_a_failed_observer_and_serve_older_callers() {
     }
     assert!(!s.observer_failed);
 }
+
+#[test]
+fn an_unpolled_queue_keeps_one_decision_per_instance_and_kind() {
+    let h = Handle::manual(T0);
+    let pol = policy(10_000);
+    assert_eq!(register(&h, 1, "10.0.0.2", &pol).0, AUTOSTANDBY_OK);
+    // The host never polls while connections come and go: each start and end of the
+    // countdown persists a runtime, and only the latest may wait.
+    for i in 0..50u16 {
+        ingest(&h, &[established(40_000 + i, u32::from(i) + 1)]);
+        advance(&h, 100);
+        ingest(&h, &[destroyed(40_000 + i, u32::from(i) + 1)]);
+        advance(&h, 100);
+    }
+    let mut s = stats_out();
+    // SAFETY: valid pointers.
+    assert_eq!(
+        unsafe { autostandby_stats(h.0, &mut s, ptr::null_mut()) },
+        AUTOSTANDBY_OK
+    );
+    assert_eq!(s.decisions_pending, 1);
+    assert!(s.decisions_merged >= 99, "{}", s.decisions_merged);
+    let d = poll(&h);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].kind, AUTOSTANDBY_DECISION_PERSIST_RUNTIME);
+    assert!(d[0].runtime_present && d[0].runtime.has_idle_since);
+    assert_eq!(d[0].runtime.idle_since_ms, T0 + 50 * 200 - 100);
+
+    // A caller built against the second layout (ending at `observer_failed`) is served
+    // and nothing is written past it.
+    let v2 = (std::mem::offset_of!(autostandby_stats, observer_failed) + 1).next_multiple_of(8);
+    let mut old = autostandby_stats {
+        struct_size: v2 as u32,
+        ..Default::default()
+    };
+    // SAFETY: valid pointers; the struct is larger than the size it claims.
+    assert_eq!(
+        unsafe { autostandby_stats(h.0, &mut old, ptr::null_mut()) },
+        AUTOSTANDBY_OK
+    );
+    assert_eq!(old.instances, 1);
+    assert_eq!(
+        old.decisions_merged, 0,
+        "written past the caller's struct_size"
+    );
+}

@@ -160,6 +160,9 @@ pub struct ControllerStats {
     pub decisions_pending: u64,
     /// Log records dropped because the buffer was full.
     pub log_records_dropped: u64,
+    /// Decisions merged into one already waiting for the same instance and kind (the
+    /// host polls less often than the engine decides).
+    pub decisions_merged: u64,
     /// The observer is failed now: no standby anywhere, and eligible instances report
     /// `error`/`observer_error` (hosts use it for instances not registered yet).
     pub observer_failed: bool,
@@ -389,6 +392,7 @@ impl Controller {
             events_lost: self.shared.events_lost.load(Ordering::Relaxed),
             observer_errors: self.shared.observer_errors.load(Ordering::Relaxed),
             decisions_pending: self.shared.decisions.len() as u64,
+            decisions_merged: self.shared.decisions.merged(),
             log_records_dropped: self.shared.logs.dropped(),
         }
     }

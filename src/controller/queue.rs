@@ -1,15 +1,44 @@
 //! The decisions waiting for the host, with a blocking take.
+//!
+//! At most one decision per instance and kind waits: a host that stops polling must not
+//! make the queue grow without bound, and a second copy would only repeat the first (a
+//! `Standby`, `Wake` or `Confirm` already waiting says the same thing; a newer
+//! `PersistRuntime` replaces the older one's runtime in place, latest wins). Merged
+//! decisions are counted.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::engine::Decision;
+use crate::engine::{Decision, InstanceKey};
+
+/// Which kind of decision, for the one-per-instance-and-kind rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    Standby,
+    Wake,
+    Persist,
+    Confirm,
+}
+
+fn slot_of(d: &Decision) -> (InstanceKey, Kind) {
+    match *d {
+        Decision::Standby { key } => (key, Kind::Standby),
+        Decision::Wake { key, .. } => (key, Kind::Wake),
+        Decision::PersistRuntime { key, .. } => (key, Kind::Persist),
+        Decision::Confirm { key } => (key, Kind::Confirm),
+    }
+}
 
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<Decision>,
+    /// Sequence number (`popped` + index) of the waiting decision of each slot.
+    waiting: HashMap<(InstanceKey, Kind), u64>,
+    /// Decisions taken since the queue was created.
+    popped: u64,
+    merged: u64,
     shutdown: bool,
 }
 
@@ -36,8 +65,22 @@ impl DecisionQueue {
             return;
         }
         let mut state = self.state.lock();
-        state.items.extend(decisions.drain(..));
-        drop(state);
+        let state = &mut *state;
+        for d in decisions.drain(..) {
+            let slot = slot_of(&d);
+            if let Some(&seq) = state.waiting.get(&slot) {
+                state.merged += 1;
+                if let Decision::PersistRuntime { .. } = d {
+                    let at = (seq - state.popped) as usize;
+                    state.items[at] = d;
+                }
+                continue;
+            }
+            state
+                .waiting
+                .insert(slot, state.popped + state.items.len() as u64);
+            state.items.push_back(d);
+        }
         self.ready.notify_all();
     }
 
@@ -70,14 +113,24 @@ impl DecisionQueue {
         if state.shutdown {
             return Err(QueueShutdown);
         }
+        let state = &mut *state;
         let n = max.min(state.items.len());
-        out.extend(state.items.drain(..n));
+        for d in state.items.drain(..n) {
+            state.waiting.remove(&slot_of(&d));
+            out.push(d);
+        }
+        state.popped += n as u64;
         Ok(())
     }
 
     /// Decisions waiting.
     pub fn len(&self) -> usize {
         self.state.lock().items.len()
+    }
+
+    /// Decisions merged into one already waiting for the same instance and kind.
+    pub fn merged(&self) -> u64 {
+        self.state.lock().merged
     }
 
     /// True when no decision is waiting.
@@ -124,6 +177,46 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         q.shut_down();
         assert_eq!(poller.join().unwrap(), Err(QueueShutdown));
+    }
+
+    #[test]
+    fn one_decision_per_instance_and_kind_waits_and_the_latest_runtime_wins() {
+        use crate::engine::Runtime;
+        let q = DecisionQueue::new();
+        let persist = |key, at| Decision::PersistRuntime {
+            key,
+            runtime: Some(Runtime {
+                idle_since: Some(at),
+                last_inbound_activity_at: Some(at),
+            }),
+        };
+        // A host that stops polling while instance 1 flaps for a long time.
+        for round in 0..10_000u64 {
+            q.push_all(&mut vec![
+                persist(1, round),
+                Decision::Standby { key: 1 },
+                Decision::Confirm { key: 1 },
+                persist(2, round),
+            ]);
+        }
+        assert_eq!(q.len(), 4);
+        assert_eq!(q.merged(), 4 * 10_000 - 4);
+        let mut out = Vec::new();
+        q.take(&mut out, 2, Duration::ZERO).unwrap();
+        assert_eq!(out, vec![persist(1, 9_999), Decision::Standby { key: 1 }]);
+        // A taken decision frees its slot; a waiting one still merges.
+        q.push_all(&mut vec![persist(1, 20_000), persist(2, 20_000)]);
+        out.clear();
+        q.take(&mut out, 8, Duration::ZERO).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                Decision::Confirm { key: 1 },
+                persist(2, 20_000),
+                persist(1, 20_000)
+            ]
+        );
+        assert!(q.is_empty());
     }
 
     #[test]

@@ -23,6 +23,12 @@ const CONFIG_SIZE_V1: usize =
 const STATS_SIZE_V1: usize =
     std::mem::offset_of!(autostandby_stats, log_records_dropped) + std::mem::size_of::<u64>();
 
+/// `sizeof(struct autostandby_stats)` in the second layout, which ended at
+/// `observer_failed` (padded to the struct's 8-byte alignment).
+const STATS_SIZE_V2: usize = (std::mem::offset_of!(autostandby_stats, observer_failed)
+    + std::mem::size_of::<bool>())
+.next_multiple_of(std::mem::align_of::<autostandby_stats>());
+
 /// How much of a caller struct that has grown by appending fields this library reads or
 /// writes: all of ours when the caller's is at least as large (a newer caller's extra
 /// fields are left alone), or exactly an older release's size. Any other size is a
@@ -552,7 +558,8 @@ pub unsafe extern "C" fn autostandby_stats(
         with_controller(c, err, |ctl| {
             // SAFETY: NULL or valid for its `struct_size`, per the caller.
             let size = leading_size(out.cast_const(), "stats")?;
-            let len = versioned_len::<autostandby_stats>(size, &[STATS_SIZE_V1], "stats")?;
+            let len =
+                versioned_len::<autostandby_stats>(size, &[STATS_SIZE_V1, STATS_SIZE_V2], "stats")?;
             let s = ctl.stats();
             let full = autostandby_stats {
                 struct_size: size,
@@ -570,6 +577,7 @@ pub unsafe extern "C" fn autostandby_stats(
                 decisions_pending: s.decisions_pending,
                 log_records_dropped: s.log_records_dropped,
                 observer_failed: s.observer_failed,
+                decisions_merged: s.decisions_merged,
             };
             // SAFETY: the caller's struct has `struct_size` writable bytes, `len` is no
             // more than that nor than ours, and ends on a field boundary.

@@ -396,6 +396,11 @@ pub struct autostandby_stats {
     /// eligible ones report status `error`, reason `observer_error`. Added after the
     /// first release: written only when `struct_size` covers it.
     pub observer_failed: bool,
+    /// Decisions merged into one already waiting for the same instance and kind (at
+    /// most one decision per instance and kind waits to be polled; a newer
+    /// `PERSIST_RUNTIME` replaces the waiting one's runtime). Added in the third
+    /// layout: written only when `struct_size` covers it.
+    pub decisions_merged: u64,
 }
 
 /// One captured log record.

@@ -492,6 +492,11 @@ struct autostandby_stats {
   // eligible ones report status `error`, reason `observer_error`. Added after the
   // first release: written only when `struct_size` covers it.
   bool observer_failed;
+  // Decisions merged into one already waiting for the same instance and kind (at
+  // most one decision per instance and kind waits to be polled; a newer
+  // `PERSIST_RUNTIME` replaces the waiting one's runtime). Added in the third
+  // layout: written only when `struct_size` covers it.
+  uint64_t decisions_merged;
 };
 
 // One captured log record.
@@ -571,7 +576,9 @@ const char *autostandby_reason_name(uint32_t reason);
 // defaults), anything else is `AUTOSTANDBY_ERR_STRUCT_SIZE`. On success the caller owns the handle and
 // must release it with `autostandby_controller_free`; on failure `*out` is set to NULL.
 // Kernel mode opens conntrack sockets (needs CAP_NET_ADMIN: `AUTOSTANDBY_ERR_PERMISSION`
-// otherwise) and starts the controller's threads. Thread-safe.
+// otherwise) and starts the controller's threads. A `netns_path` that is not a network
+// namespace file (a FIFO, a regular file, another namespace type) is
+// `AUTOSTANDBY_ERR_INVALID_ARGUMENT`, refused without blocking. Thread-safe.
 //
 // # Safety
 // `config` is NULL or points to `struct_size` readable bytes of an

@@ -293,6 +293,7 @@ func (c *Controller) Stats() (Stats, error) {
 		DecisionsPending: uint64(s.decisions_pending),
 		LogsDropped:      uint64(s.log_records_dropped),
 		ObserverFailed:   bool(s.observer_failed),
+		DecisionsMerged:  uint64(s.decisions_merged),
 	}, err
 }
 

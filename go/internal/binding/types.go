@@ -252,6 +252,9 @@ type Stats struct {
 	// ObserverFailed: the observer is failed now; no instance goes into Standby and
 	// eligible ones report error/observer_error.
 	ObserverFailed bool
+	// DecisionsMerged counts decisions merged into one already waiting for the same
+	// instance and kind (at most one of each waits to be polled).
+	DecisionsMerged uint64
 }
 
 // LogRecord is one line of the library's log buffer.
