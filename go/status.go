@@ -46,6 +46,13 @@ const (
 	// ReasonConfirmFailed: the confirmation before a standby failed; the countdown
 	// restarted.
 	ReasonConfirmFailed Reason = "confirm_failed"
+	// ReasonConfirmPending: the countdown ran out and the confirmation that the
+	// instance is idle has not answered yet (or its flows were never confirmed since it
+	// was registered with a persisted countdown); no standby until it does.
+	ReasonConfirmPending Reason = "confirm_pending"
+	// ReasonConntrackEventsOff: net.netfilter.nf_conntrack_events is 0 in the observed
+	// namespace, so new connections go unseen; no standby until events flow again.
+	ReasonConntrackEventsOff Reason = "conntrack_events_off"
 )
 
 // KnownStatuses lists every Status value, indexed by the library's number for it.
@@ -58,15 +65,16 @@ var KnownReasons = []Reason{ReasonUnsupportedPlatform, ReasonPolicyMissing,
 	ReasonPolicyDisabled, ReasonInstanceNotRunning, ReasonNetworkDisabled, ReasonMissingIP,
 	ReasonHasVGPU, ReasonActiveInboundConnections, ReasonIdleTimeoutNotElapsed,
 	ReasonObserverError, ReasonReadyForStandby, ReasonStandbyHeld,
-	ReasonMinUptimeNotElapsed, ReasonResyncPending, ReasonConfirmFailed}
+	ReasonMinUptimeNotElapsed, ReasonResyncPending, ReasonConfirmFailed,
+	ReasonConfirmPending, ReasonConntrackEventsOff}
 
 // upstreamReason maps the reasons hypeman's API enum lacks to its nearest one
 // (ControllerOptions.UpstreamReasons).
 func upstreamReason(r Reason) Reason {
 	switch r {
-	case ReasonStandbyHeld, ReasonMinUptimeNotElapsed:
+	case ReasonStandbyHeld, ReasonMinUptimeNotElapsed, ReasonConfirmPending:
 		return ReasonIdleTimeoutNotElapsed
-	case ReasonResyncPending, ReasonConfirmFailed:
+	case ReasonResyncPending, ReasonConfirmFailed, ReasonConntrackEventsOff:
 		return ReasonObserverError
 	}
 	return r

@@ -247,6 +247,13 @@ pub enum Reason {
     ResyncPending = 13,
     /// `confirm_failed`: the pre-standby confirmation dump failed; the countdown restarted.
     ConfirmFailed = 14,
+    /// `confirm_pending`: the countdown has run out (or nearly) and the confirmation
+    /// dump has not answered yet, or the instance's flows were never confirmed since it
+    /// was registered with a persisted countdown; no standby until it does.
+    ConfirmPending = 15,
+    /// `conntrack_events_off`: `net.netfilter.nf_conntrack_events` is 0 in the observed
+    /// namespace, so new connections go unseen; no standby until events flow again.
+    ConntrackEventsOff = 16,
 }
 
 impl Status {
@@ -284,6 +291,8 @@ impl Reason {
             Self::MinUptimeNotElapsed => "min_uptime_not_elapsed",
             Self::ResyncPending => "resync_pending",
             Self::ConfirmFailed => "confirm_failed",
+            Self::ConfirmPending => "confirm_pending",
+            Self::ConntrackEventsOff => "conntrack_events_off",
         }
     }
 }

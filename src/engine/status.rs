@@ -35,14 +35,25 @@ impl Engine {
         s.active_inbound = inst.live;
         s.idle_since = inst.idle_since;
         s.last_inbound_activity_at = inst.last_inbound;
-        // A confirmation asked for ahead of the deadline is still a countdown.
-        let ahead = inst.phase == Phase::Confirming && inst.due_at().is_some_and(|d| d > now);
-        if ahead || matches!(inst.phase, Phase::None | Phase::EmittedCancelled) {
+        let confirming = inst.phase == Phase::Confirming;
+        if matches!(inst.phase, Phase::None | Phase::EmittedCancelled) || confirming {
             s.next_standby_at = inst.due_at();
         }
         s.hold_until = inst.hold_until.filter(|h| *h > now);
         s.countdown_remaining_ms = s.next_standby_at.map(|n| n.saturating_sub(now));
-        (s.status, s.reason) = if inst.phase.requested() && !ahead {
+        // Never standby-ish while a counted flow is live, nor before the flows were
+        // confirmed: a host acting on `ready_for_standby` or `standby_requested` (or a
+        // dashboard reading it) must not see it for an instance that may be serving.
+        // A confirmation not yet answered is still a countdown, whether asked ahead of
+        // the deadline or not, and so is a due instance whose idleness was never
+        // confirmed (registered with a persisted countdown, confirmation on).
+        let unconfirmed =
+            confirming || (self.config.confirm_before_standby && !inst.confirmed_idle);
+        (s.status, s.reason) = if inst.live == 0
+            && matches!(
+                inst.phase,
+                Phase::Queued | Phase::Emitted | Phase::Executing
+            ) {
             (Status::StandbyRequested, Reason::ReadyForStandby)
         } else if self.observer_error.is_some() {
             (Status::Error, Reason::ObserverError)
@@ -53,6 +64,7 @@ impl Engine {
         } else {
             match s.next_standby_at {
                 Some(n) if n > now => (Status::IdleCountdown, inst.binding_reason()),
+                Some(_) if unconfirmed => (Status::IdleCountdown, Reason::ConfirmPending),
                 Some(_) => (Status::ReadyForStandby, Reason::ReadyForStandby),
                 None => (Status::IdleCountdown, Reason::IdleTimeoutNotElapsed),
             }

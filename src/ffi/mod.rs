@@ -74,6 +74,15 @@ pub const AUTOSTANDBY_REASON_MIN_UPTIME_NOT_ELAPSED: u32 = 12;
 pub const AUTOSTANDBY_REASON_RESYNC_PENDING: u32 = 13;
 /// `autostandby_status.reason`: `confirm_failed`.
 pub const AUTOSTANDBY_REASON_CONFIRM_FAILED: u32 = 14;
+/// `autostandby_status.reason`: `confirm_pending` (status `idle_countdown`): the
+/// countdown ran out and the confirmation that the instance is idle has not answered
+/// yet, or its flows were never confirmed since it was registered with a persisted
+/// countdown.
+pub const AUTOSTANDBY_REASON_CONFIRM_PENDING: u32 = 15;
+/// `autostandby_status.reason`: `conntrack_events_off` (status `error`):
+/// `net.netfilter.nf_conntrack_events` is 0 in the observed namespace; no standby until
+/// events flow again.
+pub const AUTOSTANDBY_REASON_CONNTRACK_EVENTS_OFF: u32 = 16;
 
 /// The same wire strings as `Status::as_str`/`Reason::as_str`, NUL-terminated.
 const STATUS_NAMES: [&str; 8] = [
@@ -87,7 +96,7 @@ const STATUS_NAMES: [&str; 8] = [
     "error\0",
 ];
 
-const REASON_NAMES: [&str; 15] = [
+const REASON_NAMES: [&str; 17] = [
     "unsupported_platform\0",
     "policy_missing\0",
     "policy_disabled\0",
@@ -103,6 +112,8 @@ const REASON_NAMES: [&str; 15] = [
     "min_uptime_not_elapsed\0",
     "resync_pending\0",
     "confirm_failed\0",
+    "confirm_pending\0",
+    "conntrack_events_off\0",
 ];
 
 fn c_str(s: Option<&'static str>) -> *const c_char {
@@ -162,7 +173,7 @@ mod tests {
         Status::Error,
     ];
 
-    const REASONS: [Reason; 15] = [
+    const REASONS: [Reason; 17] = [
         Reason::UnsupportedPlatform,
         Reason::PolicyMissing,
         Reason::PolicyDisabled,
@@ -178,6 +189,8 @@ mod tests {
         Reason::MinUptimeNotElapsed,
         Reason::ResyncPending,
         Reason::ConfirmFailed,
+        Reason::ConfirmPending,
+        Reason::ConntrackEventsOff,
     ];
 
     #[test]
@@ -198,6 +211,14 @@ mod tests {
         assert_eq!(
             Reason::ConfirmFailed as u32,
             AUTOSTANDBY_REASON_CONFIRM_FAILED
+        );
+        assert_eq!(
+            Reason::ConfirmPending as u32,
+            AUTOSTANDBY_REASON_CONFIRM_PENDING
+        );
+        assert_eq!(
+            Reason::ConntrackEventsOff as u32,
+            AUTOSTANDBY_REASON_CONNTRACK_EVENTS_OFF
         );
         assert_eq!(
             Reason::ActiveInboundConnections as u32,

@@ -94,6 +94,17 @@ typedef struct autostandby_log_record autostandby_log_record;
 // `autostandby_status.reason`: `confirm_failed`.
 #define AUTOSTANDBY_REASON_CONFIRM_FAILED 14
 
+// `autostandby_status.reason`: `confirm_pending` (status `idle_countdown`): the
+// countdown ran out and the confirmation that the instance is idle has not answered
+// yet, or its flows were never confirmed since it was registered with a persisted
+// countdown.
+#define AUTOSTANDBY_REASON_CONFIRM_PENDING 15
+
+// `autostandby_status.reason`: `conntrack_events_off` (status `error`):
+// `net.netfilter.nf_conntrack_events` is 0 in the observed namespace; no standby until
+// events flow again.
+#define AUTOSTANDBY_REASON_CONNTRACK_EVENTS_OFF 16
+
 // Success.
 #define AUTOSTANDBY_OK 0
 

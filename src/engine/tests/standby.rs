@@ -400,7 +400,11 @@ fn confirmation_precedes_standby_when_configured() {
     h.e.tick(T0 + MIN);
     assert!(h.standbys().is_empty());
     assert_eq!(h.requests(), vec![ObserverRequest::Confirm(1)]);
-    assert_eq!(h.st(1, T0 + MIN).status, Status::StandbyRequested);
+    let st = h.st(1, T0 + MIN);
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::IdleCountdown, Reason::ConfirmPending)
+    );
     let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + MIN);
     h.e.finish_resync(r, T0 + MIN + 10).unwrap();
     assert_eq!(h.standbys(), vec![1]);
@@ -626,7 +630,11 @@ fn confirmation_finishing_after_the_deadline_is_followed_by_standby() {
     let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), ask);
     h.e.tick(T0 + MIN);
     assert!(h.standbys().is_empty(), "the confirmation is not in yet");
-    assert_eq!(h.st(1, T0 + MIN).status, Status::StandbyRequested);
+    let st = h.st(1, T0 + MIN);
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::IdleCountdown, Reason::ConfirmPending)
+    );
     h.e.finish_resync(r, T0 + MIN + 500).unwrap();
     assert_eq!(h.standbys(), vec![1]);
 }
@@ -636,4 +644,50 @@ fn confirmation_lead_is_capped_at_half_the_idle_timeout() {
     let mut h = confirm_first();
     h.reg(1, spec(2 * SEC), T0);
     assert_eq!(h.e.next_deadline(), Some(T0 + SEC));
+}
+
+#[test]
+fn a_standby_under_way_with_a_live_flow_reports_active() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.e.tick(T0 + MIN);
+    assert_eq!(h.standbys(), vec![1]);
+    assert_eq!(h.st(1, T0 + MIN).status, Status::StandbyRequested);
+    assert_eq!(h.e.begin_standby(1, T0 + MIN), Ok(BeginStandby::Proceed));
+    // A connection arrives while the host snapshots.
+    h.new_flow(inbound(40_000, Some(TcpState::SYN_SENT)), T0 + MIN + 1);
+    let st = h.st(1, T0 + MIN + 2);
+    assert_eq!(
+        (st.status, st.reason, st.active_inbound),
+        (Status::Active, Reason::ActiveInboundConnections, 1)
+    );
+}
+
+#[test]
+fn a_persisted_countdown_is_not_ready_before_its_first_confirmation() {
+    let mut h = confirm_first();
+    let mut sp = spec(MIN);
+    // Idle for an hour before the host restarted: the deadline is long past.
+    sp.runtime = Runtime {
+        idle_since: Some(T0 - 60 * MIN),
+        last_inbound_activity_at: Some(T0 - 60 * MIN),
+    };
+    h.reg(1, sp, T0);
+    // Before any deadline fired, and after it asked for the confirmation.
+    let st = h.st(1, T0);
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::IdleCountdown, Reason::ConfirmPending)
+    );
+    h.e.tick(T0);
+    assert_eq!(h.requests(), vec![ObserverRequest::Confirm(1)]);
+    let st = h.st(1, T0 + 1);
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::IdleCountdown, Reason::ConfirmPending)
+    );
+    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + 1);
+    h.e.finish_resync(r, T0 + 2).unwrap();
+    assert_eq!(h.standbys(), vec![1]);
+    assert_eq!(h.st(1, T0 + 3).status, Status::StandbyRequested);
 }
