@@ -66,6 +66,8 @@ enum EngineMsg {
     EventsDown(String),
     /// The event socket works again; a full resync must succeed before it counts healthy.
     EventsUp,
+    /// `net.netfilter.nf_conntrack_events` as read before a dump.
+    EventsSysctl(u8),
     /// The query socket could not be opened.
     ResyncFailed(String),
     /// Entries of the dump for a resync, in kernel order.
@@ -479,6 +481,15 @@ fn query_thread(
                 }
             }
         }
+        // Events off means a connection opened from now on is never seen, so every dump
+        // (the first, each reconcile, each confirmation before a standby) reads it
+        // first; the engine thread applies the value before the dump's entries.
+        match crate::conntrack::sysctl::events_sysctl(cfg.netns.as_deref()) {
+            Ok(v) => {
+                let _ = to_engine.send(EngineMsg::EventsSysctl(v));
+            }
+            Err(e) => tracing::debug!(error = %e, "could not read nf_conntrack_events"),
+        }
         let sock = socket.as_mut().expect("opened above");
         let (id, addrs) = {
             let mut engine = shared.engine.lock();
@@ -560,6 +571,8 @@ struct EngineThread {
     address_generation: Option<u64>,
     events_down: Option<String>,
     resync_error: Option<String>,
+    /// `nf_conntrack_events` was 0 at the last read.
+    events_off: bool,
     reported: ObserverHealth,
     requests: Vec<ObserverRequest>,
 }
@@ -587,6 +600,7 @@ impl EngineThread {
             address_generation: None,
             events_down: None,
             resync_error: None,
+            events_off: false,
             reported: ObserverHealth::Healthy,
             requests: Vec::new(),
         }
@@ -658,6 +672,28 @@ impl EngineThread {
                 // Put the address filter back on the new socket.
                 self.address_generation = None;
             }
+            EngineMsg::EventsSysctl(value) => {
+                let off = value == 0;
+                if off != self.events_off {
+                    self.events_off = off;
+                    if off {
+                        tracing::warn!(
+                            "net.netfilter.nf_conntrack_events=0 in the observed namespace: new connections send no events, so no instance goes into Standby until it is 1 or 2 again"
+                        );
+                    } else {
+                        tracing::info!(
+                            nf_conntrack_events = value,
+                            "conntrack events are on again; resyncing before any standby"
+                        );
+                        // Connections opened while events were off sent none.
+                        self.shared.engine.lock().events_lost(ResyncScope::All, now);
+                        let _ = self.to_query.send(QueryCmd::Resync(ResyncScope::All));
+                    }
+                    // At once, not at the end of the batch: the dump that follows in
+                    // this batch (a confirmation, say) must not let a standby out first.
+                    self.apply_health(now);
+                }
+            }
             EngineMsg::ResyncFailed(why) => {
                 self.shared.observer_errors.fetch_add(1, Ordering::Relaxed);
                 self.resync_error = Some(why);
@@ -689,20 +725,34 @@ impl EngineThread {
         }
     }
 
-    fn after(&mut self) {
-        let now = self.shared.clock.now();
-        let health = if let Some(why) = &self.events_down {
+    fn health(&self) -> ObserverHealth {
+        if let Some(why) = &self.events_down {
             ObserverHealth::Failed(format!("conntrack events: {why}"))
         } else if let Some(why) = &self.resync_error {
             ObserverHealth::Failed(format!("conntrack dump: {why}"))
+        } else if self.events_off {
+            ObserverHealth::EventsOff
         } else {
             ObserverHealth::Healthy
-        };
-        let mut engine = self.shared.engine.lock();
+        }
+    }
+
+    /// Tells the engine the observer's health, if it changed.
+    fn apply_health(&mut self, now: crate::engine::UnixMillis) {
+        let health = self.health();
         if health != self.reported {
-            engine.set_observer_health(health.clone(), now);
+            self.shared
+                .engine
+                .lock()
+                .set_observer_health(health.clone(), now);
             self.reported = health;
         }
+    }
+
+    fn after(&mut self) {
+        let now = self.shared.clock.now();
+        self.apply_health(now);
+        let mut engine = self.shared.engine.lock();
         self.shared.settle(&mut engine, now);
         engine.drain_requests(&mut self.requests);
         let generation = engine.addresses_generation();

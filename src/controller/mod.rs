@@ -166,6 +166,11 @@ pub struct ControllerStats {
     /// The observer is failed now: no standby anywhere, and eligible instances report
     /// `error`/`observer_error` (hosts use it for instances not registered yet).
     pub observer_failed: bool,
+    /// `net.netfilter.nf_conntrack_events` was 0 in the observed namespace at its last
+    /// read (at start and before every dump): new connections send no events, so no
+    /// instance goes into Standby and eligible ones report `error`/`conntrack_events_off`.
+    /// `observer_failed` is set too.
+    pub conntrack_events_off: bool,
 }
 
 /// State shared by the host-facing handle and the controller's threads.
@@ -382,13 +387,14 @@ impl Controller {
 
     /// Counters.
     pub fn stats(&self) -> ControllerStats {
-        let (engine, observer_failed) = {
+        let (engine, observer_failed, conntrack_events_off) = {
             let e = self.shared.engine.lock();
-            (e.stats(), e.observer_error().is_some())
+            (e.stats(), e.observer_error().is_some(), e.events_off())
         };
         ControllerStats {
             engine,
             observer_failed,
+            conntrack_events_off,
             events_lost: self.shared.events_lost.load(Ordering::Relaxed),
             observer_errors: self.shared.observer_errors.load(Ordering::Relaxed),
             decisions_pending: self.shared.decisions.len() as u64,

@@ -28,14 +28,6 @@ impl Phase {
             Self::Emitted | Self::EmittedCancelled | Self::Executing
         )
     }
-
-    /// Counts as "standby requested" for status.
-    pub(crate) fn requested(self) -> bool {
-        matches!(
-            self,
-            Self::Confirming | Self::Queued | Self::Emitted | Self::Executing
-        )
-    }
 }
 
 /// [`Inst::quick`]: TCP flows count under the policy (before port and source filters).

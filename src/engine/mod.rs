@@ -189,6 +189,11 @@ pub enum ObserverHealth {
     Healthy,
     /// The observer is down; the text says why.
     Failed(String),
+    /// The observer works but the kernel sends no conntrack events
+    /// (`net.netfilter.nf_conntrack_events` is 0): a new connection would go unseen, so
+    /// no instance goes into Standby, and eligible ones report `error` with reason
+    /// `conntrack_events_off`.
+    EventsOff,
 }
 
 /// Status of an instance (hypeman's values, same strings).
@@ -473,6 +478,8 @@ pub struct Engine {
     in_flight: u32,
     queued: u32,
     observer_error: Option<String>,
+    /// The observer error is that conntrack events are off (see [`ObserverHealth::EventsOff`]).
+    events_off: bool,
     resyncs: Vec<resync::OpenResync>,
     next_resync: u64,
     touch_seq: u32,
@@ -502,6 +509,7 @@ impl Engine {
             in_flight: 0,
             queued: 0,
             observer_error: None,
+            events_off: false,
             resyncs: Vec::new(),
             next_resync: 1,
             touch_seq: 0,
@@ -658,9 +666,14 @@ impl Engine {
 
     /// Records the observer's health; while failed, no instance is put into Standby.
     pub fn set_observer_health(&mut self, health: ObserverHealth, now: UnixMillis) {
+        self.events_off = health == ObserverHealth::EventsOff;
         let error = match health {
             ObserverHealth::Healthy => None,
             ObserverHealth::Failed(e) => Some(e),
+            ObserverHealth::EventsOff => Some(
+                "net.netfilter.nf_conntrack_events is 0: the kernel sends no conntrack events"
+                    .to_owned(),
+            ),
         };
         self.do_set_observer_health(error, now)
     }
@@ -770,6 +783,12 @@ impl Engine {
     /// Why the observer is failed, while it is (see [`Engine::set_observer_health`]).
     pub fn observer_error(&self) -> Option<&str> {
         self.observer_error.as_deref()
+    }
+
+    /// Whether the observer reported that conntrack events are off
+    /// ([`ObserverHealth::EventsOff`]).
+    pub fn events_off(&self) -> bool {
+        self.events_off
     }
 
     /// Counters.

@@ -25,8 +25,13 @@ impl Engine {
         self.observer_error = error;
         match (was_failed, self.observer_error.is_some()) {
             (false, true) => {
+                let reason = if self.events_off {
+                    Reason::ConntrackEventsOff
+                } else {
+                    Reason::ObserverError
+                };
                 for slot in self.live_slots() {
-                    self.cancel_standby(slot, Reason::ObserverError);
+                    self.cancel_standby(slot, reason);
                     self.rearm(slot);
                 }
             }

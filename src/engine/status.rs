@@ -56,7 +56,12 @@ impl Engine {
             ) {
             (Status::StandbyRequested, Reason::ReadyForStandby)
         } else if self.observer_error.is_some() {
-            (Status::Error, Reason::ObserverError)
+            let reason = if self.events_off {
+                Reason::ConntrackEventsOff
+            } else {
+                Reason::ObserverError
+            };
+            (Status::Error, reason)
         } else if inst.live > 0 {
             (Status::Active, Reason::ActiveInboundConnections)
         } else if inst.lost_seq.is_some() {

@@ -578,6 +578,7 @@ pub unsafe extern "C" fn autostandby_stats(
                 log_records_dropped: s.log_records_dropped,
                 observer_failed: s.observer_failed,
                 decisions_merged: s.decisions_merged,
+                conntrack_events_off: s.conntrack_events_off,
             };
             // SAFETY: the caller's struct has `struct_size` writable bytes, `len` is no
             // more than that nor than ours, and ends on a field boundary.

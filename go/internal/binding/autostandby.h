@@ -508,6 +508,12 @@ struct autostandby_stats {
   // `PERSIST_RUNTIME` replaces the waiting one's runtime). Added in the third
   // layout: written only when `struct_size` covers it.
   uint64_t decisions_merged;
+  // `net.netfilter.nf_conntrack_events` was 0 in the observed namespace at its last
+  // read (at start and before every dump): connections opened now send no events, so
+  // no instance goes into Standby and eligible ones report status `error`, reason
+  // `AUTOSTANDBY_REASON_CONNTRACK_EVENTS_OFF` (`observer_failed` is set too). Added in
+  // the third layout: written only when `struct_size` covers it.
+  bool conntrack_events_off;
 };
 
 // One captured log record.

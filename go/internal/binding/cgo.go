@@ -279,21 +279,22 @@ func (c *Controller) Stats() (Stats, error) {
 		return C.autostandby_stats(p, &s, e)
 	})
 	return Stats{
-		Instances:        uint64(s.instances),
-		TrackedFlows:     uint64(s.tracked_flows),
-		FlowEvents:       uint64(s.flow_events),
-		StandbyDecisions: uint64(s.standby_decisions),
-		WakeDecisions:    uint64(s.wake_decisions),
-		StandbyInFlight:  uint64(s.standby_in_flight),
-		StandbyQueued:    uint64(s.standby_queued),
-		Resyncs:          uint64(s.resyncs),
-		EventsLost:       uint64(s.events_lost),
-		ObserverErrors:   uint64(s.observer_errors),
-		UnmatchedEvents:  uint64(s.flow_events_unmatched),
-		DecisionsPending: uint64(s.decisions_pending),
-		LogsDropped:      uint64(s.log_records_dropped),
-		ObserverFailed:   bool(s.observer_failed),
-		DecisionsMerged:  uint64(s.decisions_merged),
+		Instances:          uint64(s.instances),
+		TrackedFlows:       uint64(s.tracked_flows),
+		FlowEvents:         uint64(s.flow_events),
+		StandbyDecisions:   uint64(s.standby_decisions),
+		WakeDecisions:      uint64(s.wake_decisions),
+		StandbyInFlight:    uint64(s.standby_in_flight),
+		StandbyQueued:      uint64(s.standby_queued),
+		Resyncs:            uint64(s.resyncs),
+		EventsLost:         uint64(s.events_lost),
+		ObserverErrors:     uint64(s.observer_errors),
+		UnmatchedEvents:    uint64(s.flow_events_unmatched),
+		DecisionsPending:   uint64(s.decisions_pending),
+		LogsDropped:        uint64(s.log_records_dropped),
+		ObserverFailed:     bool(s.observer_failed),
+		DecisionsMerged:    uint64(s.decisions_merged),
+		ConntrackEventsOff: bool(s.conntrack_events_off),
 	}, err
 }
 

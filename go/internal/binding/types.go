@@ -255,6 +255,10 @@ type Stats struct {
 	// DecisionsMerged counts decisions merged into one already waiting for the same
 	// instance and kind (at most one of each waits to be polled).
 	DecisionsMerged uint64
+	// ConntrackEventsOff: net.netfilter.nf_conntrack_events was 0 in the observed
+	// namespace at its last read; no instance goes into Standby (ObserverFailed is set
+	// too) and eligible ones report error/conntrack_events_off.
+	ConntrackEventsOff bool
 }
 
 // LogRecord is one line of the library's log buffer.

@@ -547,3 +547,22 @@ fn a_failed_expiry_check_is_asked_again() {
     h.e.finish_resync(r, at + 2 * SEC).unwrap();
     assert_eq!(h.st(1, at + 2 * SEC).status, Status::IdleCountdown);
 }
+
+#[test]
+fn conntrack_events_off_reports_its_reason_and_blocks_standby() {
+    let mut h = H::new();
+    h.reg(1, spec(MIN), T0);
+    h.e.set_observer_health(ObserverHealth::EventsOff, T0 + SEC);
+    let st = h.st(1, T0 + SEC);
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::Error, Reason::ConntrackEventsOff)
+    );
+    assert!(h.e.events_off());
+    h.e.tick(T0 + 2 * MIN);
+    assert!(h.standbys().is_empty());
+    h.e.set_observer_health(ObserverHealth::Healthy, T0 + 2 * MIN);
+    assert!(!h.e.events_off());
+    h.e.tick(T0 + 2 * MIN);
+    assert_eq!(h.standbys(), vec![1]);
+}
