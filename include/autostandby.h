@@ -514,6 +514,12 @@ struct autostandby_stats {
   // `AUTOSTANDBY_REASON_CONNTRACK_EVENTS_OFF` (`observer_failed` is set too). Added in
   // the third layout: written only when `struct_size` covers it.
   bool conntrack_events_off;
+  // TCP entries conntrack destroyed while the connection looked alive (last state
+  // SYN or ESTABLISHED: `conntrack -D`/`-F`, an expired ESTABLISHED timeout, table
+  // pressure). The connection may still be open, so in kernel mode the instance is
+  // held `resync_pending` for a short grace, then a dump of it decides. Added in the
+  // third layout: written only when `struct_size` covers it.
+  uint64_t suspect_ends;
 };
 
 // One captured log record.

@@ -39,6 +39,10 @@ use queue::DecisionQueue;
 pub const DEFAULT_RCVBUF_BYTES: usize = 16 << 20;
 /// Default number of standbys outstanding at once.
 pub const DEFAULT_MAX_CONCURRENT_STANDBYS: u32 = 16;
+/// Kernel mode: how long an instance whose live TCP entry conntrack destroyed waits for
+/// a packet to re-create it before a scoped resync decides (see
+/// [`EngineConfig::suspect_end_grace_ms`]).
+pub const SUSPECT_END_GRACE_MS: u64 = 1_500;
 /// Default period of the reconcile dump of every registered address: 60 s.
 pub const DEFAULT_RESYNC_INTERVAL_MS: u64 = 60_000;
 
@@ -232,6 +236,11 @@ impl Controller {
             confirm_before_standby: config.confirm_before_standby,
             confirm_lead_ms: config.confirm_lead_ms,
             standby_retry: config.standby_retry,
+            // Kernel mode only: there the observer answers the scoped resync.
+            suspect_end_grace_ms: match config.mode {
+                Mode::Kernel => SUSPECT_END_GRACE_MS,
+                Mode::Manual { .. } => 0,
+            },
             ..EngineConfig::default()
         };
         let clock = match config.mode {

@@ -183,7 +183,14 @@ impl Engine {
             if source != Source::Dump {
                 self.tombstone(prepared.probe(flow), now);
             }
+            let rec = self.flows.rec(found.rec);
+            // The DESTROY's own state when it has one, else the last one seen.
+            let last = flow.tcp_state.map_or(rec.state, |s| s.0);
+            let suspect = tcp && !finished && rec.counted() && live_tcp_state(last);
             self.remove_found(found, now);
+            if suspect {
+                self.suspect_end(prepared.slot, now);
+            }
             return;
         }
         let seq = self.touch_seq;
@@ -296,6 +303,41 @@ impl Engine {
                 self.note_expiry(slot, flow, now);
             }
         }
+    }
+
+    /// A counted TCP flow's entry was destroyed while the connection looked alive.
+    ///
+    /// Conntrack ends an entry without any packet of the connection when someone runs
+    /// `conntrack -D`/`-F`, when an ESTABLISHED entry's timeout expires (5 days by
+    /// default), or under table pressure: the connection itself may still be open and
+    /// idle, and conntrack cannot tell. So no countdown started by such an end may reach
+    /// standby without a resync of the instance after a grace (a packet of a live
+    /// connection re-creates the entry, loose pickup being the default); and many of
+    /// them at once are a flush, answered like lost events.
+    #[cold]
+    #[inline(never)]
+    fn suspect_end(&mut self, slot: u32, now: UnixMillis) {
+        self.stats.suspect_ends += 1;
+        let grace = self.config.suspect_end_grace_ms;
+        if grace == 0 {
+            // Off: the flow reports come from a host that decides what an end means.
+            return;
+        }
+        let (start, count) = &mut self.suspect_window;
+        if now.saturating_sub(*start) > grace {
+            (*start, *count) = (now, 0);
+        }
+        *count += 1;
+        if *count == self.config.suspect_end_burst.max(1) {
+            self.do_events_lost(super::ResyncScope::All, now);
+        }
+        let inst = self.inst_mut(slot);
+        if !inst.eligible() {
+            return;
+        }
+        inst.suspect_until = Some(now.saturating_add(grace));
+        inst.confirmed_idle = false;
+        self.rearm(slot);
     }
 
     #[inline]
@@ -421,4 +463,20 @@ impl Engine {
             ),
         });
     }
+}
+
+/// Whether a TCP state (uapi number, or [`STATE_UNKNOWN`]) is one of a connection still
+/// open in both directions: SYN_SENT, SYN_RECV, ESTABLISHED, SYN_SENT2, and the
+/// states conntrack does not know (IGNORE, RETRANS, unknown). The closing states
+/// (FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE) and NONE end normally.
+fn live_tcp_state(state: u8) -> bool {
+    matches!(
+        TcpState(state),
+        TcpState::SYN_SENT
+            | TcpState::SYN_RECV
+            | TcpState::ESTABLISHED
+            | TcpState::SYN_SENT2
+            | TcpState::IGNORE
+            | TcpState::RETRANS
+    ) || state == STATE_UNKNOWN
 }

@@ -96,6 +96,10 @@ pub(crate) struct InstCold {
     pub resync_requested: bool,
     /// The last confirmation dump failed.
     pub confirm_failed: bool,
+    /// A counted TCP flow's entry was destroyed while the connection looked alive (see
+    /// `EngineStats::suspect_ends`): until then no standby, and at that time a resync
+    /// scoped to the instance is asked for.
+    pub suspect_until: Option<UnixMillis>,
     /// A `Wake` was emitted for the current Standby period (read only when
     /// [`Q_MAY_WAKE`] is set).
     pub wake_sent: bool,
@@ -148,6 +152,7 @@ impl Inst {
                 lost_seq: None,
                 resync_requested: false,
                 confirm_failed: false,
+                suspect_until: None,
                 wake_sent: false,
                 udp_check_at: None,
                 expiry_asked: false,
@@ -301,6 +306,8 @@ impl Inst {
         self.failures = 0;
         self.confirm_failed = false;
         self.confirmed_idle = false;
+        // The flow is back, or a new one is live: no resync is owed.
+        self.suspect_until = None;
     }
 
     /// Forgets the whole countdown, hold included (ineligible, or now in Standby).

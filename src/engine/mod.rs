@@ -369,6 +369,10 @@ pub struct EngineStats {
     pub standby_queued: u64,
     /// Resyncs completed.
     pub resyncs: u64,
+    /// TCP flows whose conntrack entry was destroyed while their last known state was a
+    /// live one (SYN, ESTABLISHED): `conntrack -D`/`-F`, an expired ESTABLISHED timeout,
+    /// or table pressure. The connection may well still be open.
+    pub suspect_ends: u64,
 }
 
 /// When a standby is tried again after the host reported it failed (with no qualifying
@@ -407,6 +411,16 @@ pub struct EngineConfig {
     pub standby_retry_initial_ms: u64,
     /// How long a DESTROY tombstone keeps a dump from resurrecting a flow.
     pub tombstone_ttl_ms: u64,
+    /// After a suspect end (see [`EngineStats::suspect_ends`]), how long the instance
+    /// waits, resync-pending, for a packet of the connection to re-create the entry
+    /// before a resync scoped to it decides. 0 turns this off (a manual-mode host
+    /// supplies the flow events and decides what an end means; and it would have to
+    /// answer the resync).
+    pub suspect_end_grace_ms: u64,
+    /// This many suspect ends within one grace period, engine-wide, are an observation
+    /// fault (a flush of the table): every instance is resync-pending and a full
+    /// resync runs.
+    pub suspect_end_burst: u32,
 }
 
 impl Default for EngineConfig {
@@ -418,6 +432,8 @@ impl Default for EngineConfig {
             standby_retry: StandbyRetry::Countdown,
             standby_retry_initial_ms: 1_000,
             tombstone_ttl_ms: 60_000,
+            suspect_end_grace_ms: 0,
+            suspect_end_burst: 16,
         }
     }
 }
@@ -486,6 +502,8 @@ pub struct Engine {
     all_lost_seq: Option<u64>,
     all_resync_requested: bool,
     tombstones: FastMap<Probe, UnixMillis>,
+    /// Start of the current window of suspect ends and how many it has seen.
+    suspect_window: (UnixMillis, u32),
     stats: EngineStats,
     last_now: UnixMillis,
 }
@@ -516,6 +534,7 @@ impl Engine {
             all_lost_seq: None,
             all_resync_requested: false,
             tombstones: FastMap::default(),
+            suspect_window: (0, 0),
             stats: EngineStats::default(),
             last_now: 0,
         }

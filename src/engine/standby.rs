@@ -12,7 +12,7 @@ impl Engine {
     pub(super) fn blocked(&self, slot: u32) -> Option<Reason> {
         if self.observer_error.is_some() {
             Some(Reason::ObserverError)
-        } else if self.inst(slot).lost_seq.is_some() {
+        } else if self.inst(slot).lost_seq.is_some() || self.inst(slot).suspect_until.is_some() {
             Some(Reason::ResyncPending)
         } else {
             None
@@ -47,6 +47,18 @@ impl Engine {
         }
         if inst.live > 0 {
             self.check_expiry(slot, now);
+            return;
+        }
+        if let Some(t) = inst.suspect_until {
+            if t > now {
+                self.deadlines.set(slot, t);
+                return;
+            }
+            // The grace is over: a dump of the instance's addresses decides whether the
+            // connection re-created its entry.
+            let key = inst.key;
+            self.inst_mut(slot).suspect_until = None;
+            self.do_events_lost(super::ResyncScope::Instances(vec![key]), now);
             return;
         }
         let Some(due) = inst.due_at() else { return };
@@ -84,6 +96,9 @@ impl Engine {
     pub(super) fn arm_at(&self, slot: u32) -> Option<UnixMillis> {
         if self.inst(slot).live > 0 {
             return self.expiry_check_at(slot);
+        }
+        if let Some(t) = self.inst(slot).suspect_until {
+            return Some(t);
         }
         let due = self.inst(slot).due_at()?;
         Some(due.saturating_sub(self.confirm_lead(slot)))

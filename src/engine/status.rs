@@ -64,7 +64,7 @@ impl Engine {
             (Status::Error, reason)
         } else if inst.live > 0 {
             (Status::Active, Reason::ActiveInboundConnections)
-        } else if inst.lost_seq.is_some() {
+        } else if inst.lost_seq.is_some() || inst.suspect_until.is_some() {
             (Status::IdleCountdown, Reason::ResyncPending)
         } else {
             match s.next_standby_at {

@@ -579,6 +579,7 @@ pub unsafe extern "C" fn autostandby_stats(
                 observer_failed: s.observer_failed,
                 decisions_merged: s.decisions_merged,
                 conntrack_events_off: s.conntrack_events_off,
+                suspect_ends: s.engine.suspect_ends,
             };
             // SAFETY: the caller's struct has `struct_size` writable bytes, `len` is no
             // more than that nor than ours, and ends on a field boundary.

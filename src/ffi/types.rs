@@ -407,6 +407,12 @@ pub struct autostandby_stats {
     /// `AUTOSTANDBY_REASON_CONNTRACK_EVENTS_OFF` (`observer_failed` is set too). Added in
     /// the third layout: written only when `struct_size` covers it.
     pub conntrack_events_off: bool,
+    /// TCP entries conntrack destroyed while the connection looked alive (last state
+    /// SYN or ESTABLISHED: `conntrack -D`/`-F`, an expired ESTABLISHED timeout, table
+    /// pressure). The connection may still be open, so in kernel mode the instance is
+    /// held `resync_pending` for a short grace, then a dump of it decides. Added in the
+    /// third layout: written only when `struct_size` covers it.
+    pub suspect_ends: u64,
 }
 
 /// One captured log record.

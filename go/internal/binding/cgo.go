@@ -295,6 +295,7 @@ func (c *Controller) Stats() (Stats, error) {
 		ObserverFailed:     bool(s.observer_failed),
 		DecisionsMerged:    uint64(s.decisions_merged),
 		ConntrackEventsOff: bool(s.conntrack_events_off),
+		SuspectEnds:        uint64(s.suspect_ends),
 	}, err
 }
 

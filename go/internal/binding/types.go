@@ -259,6 +259,10 @@ type Stats struct {
 	// namespace at its last read; no instance goes into Standby (ObserverFailed is set
 	// too) and eligible ones report error/conntrack_events_off.
 	ConntrackEventsOff bool
+	// SuspectEnds counts TCP entries conntrack destroyed while the connection looked
+	// alive (conntrack -D/-F, an expired ESTABLISHED timeout); each holds its instance
+	// resync_pending until a dump decides.
+	SuspectEnds uint64
 }
 
 // LogRecord is one line of the library's log buffer.

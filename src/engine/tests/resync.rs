@@ -566,3 +566,104 @@ fn conntrack_events_off_reports_its_reason_and_blocks_standby() {
     h.e.tick(T0 + 2 * MIN);
     assert_eq!(h.standbys(), vec![1]);
 }
+
+fn suspect_first() -> H {
+    H::with(EngineConfig {
+        suspect_end_grace_ms: 1_500,
+        ..EngineConfig::default()
+    })
+}
+
+#[test]
+fn a_live_entry_destroyed_without_fin_holds_the_instance_until_a_resync() {
+    let mut h = suspect_first();
+    h.reg(1, spec(MIN), T0);
+    let est = inbound(40_000, Some(TcpState::ESTABLISHED));
+    h.new_flow(est, T0);
+    h.requests();
+    // `conntrack -D`: DESTROY with the entry's last state, ESTABLISHED.
+    h.destroy(est, T0 + SEC);
+    assert_eq!(h.e.stats().suspect_ends, 1);
+    let st = h.st(1, T0 + SEC);
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::IdleCountdown, Reason::ResyncPending)
+    );
+    // The grace ends: a resync scoped to the instance is asked for, and until it has
+    // run nothing counts down to standby, however long it takes.
+    h.e.tick(T0 + SEC + 1_500);
+    assert_eq!(
+        h.requests(),
+        vec![ObserverRequest::Resync(ResyncScope::Instances(vec![1]))]
+    );
+    h.e.tick(T0 + 5 * MIN);
+    assert!(h.standbys().is_empty());
+    assert_eq!(h.st(1, T0 + 5 * MIN).reason, Reason::ResyncPending);
+    // The dump finds the connection's re-created entry: active again.
+    let r =
+        h.e.begin_resync(ResyncScope::Instances(vec![1]), T0 + 5 * MIN);
+    let again = flow(
+        proto::TCP,
+        ip("203.0.113.7"),
+        40_000,
+        guest(),
+        80,
+        Some(TcpState::ESTABLISHED),
+        77,
+    );
+    h.e.resync_flow(r, &again).unwrap();
+    h.e.finish_resync(r, T0 + 5 * MIN).unwrap();
+    assert_eq!(h.st(1, T0 + 5 * MIN).status, Status::Active);
+}
+
+#[test]
+fn a_packet_recreating_the_entry_within_the_grace_needs_no_resync() {
+    let mut h = suspect_first();
+    h.reg(1, spec(MIN), T0);
+    let est = inbound(40_000, Some(TcpState::ESTABLISHED));
+    h.new_flow(est, T0);
+    h.requests();
+    h.destroy(est, T0 + SEC);
+    let mut again = est;
+    again.id = 99;
+    h.new_flow(again, T0 + SEC + 10);
+    assert_eq!(h.st(1, T0 + SEC + 10).status, Status::Active);
+    h.e.tick(T0 + SEC + 1_500);
+    assert!(h.requests().is_empty());
+}
+
+#[test]
+fn a_normal_close_is_not_suspect() {
+    let mut h = suspect_first();
+    h.reg(1, spec(MIN), T0);
+    let est = inbound(40_000, Some(TcpState::ESTABLISHED));
+    h.new_flow(est, T0);
+    h.update_flow(inbound(40_000, Some(TcpState::TIME_WAIT)), T0 + SEC);
+    h.destroy(inbound(40_000, Some(TcpState::TIME_WAIT)), T0 + 2 * SEC);
+    assert_eq!(h.e.stats().suspect_ends, 0);
+    let st = h.st(1, T0 + 2 * SEC);
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::IdleCountdown, Reason::IdleTimeoutNotElapsed)
+    );
+}
+
+#[test]
+fn a_burst_of_live_entries_destroyed_is_answered_like_lost_events() {
+    let mut h = suspect_first();
+    h.reg(1, spec(MIN), T0);
+    h.reg(2, spec_with(ip("192.168.100.11"), policy(MIN)), T0);
+    for p in 0..16u16 {
+        h.new_flow(inbound(40_000 + p, Some(TcpState::ESTABLISHED)), T0);
+    }
+    h.requests();
+    for p in 0..16u16 {
+        h.destroy(inbound(40_000 + p, Some(TcpState::ESTABLISHED)), T0 + SEC);
+    }
+    assert_eq!(h.e.stats().suspect_ends, 16);
+    assert_eq!(
+        h.requests(),
+        vec![ObserverRequest::Resync(ResyncScope::All)]
+    );
+    assert_eq!(h.st(2, T0 + SEC).reason, Reason::ResyncPending);
+}
