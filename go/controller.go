@@ -556,7 +556,9 @@ func (c *Controller) pollLoop(ctx context.Context) {
 // when Run is not running, so the unexported step functions (what hypeman's own tests
 // drive) see their effects, runtime writes included, when they return.
 func (c *Controller) settleIfStepping(ctx context.Context) {
-	if c.running.Load() {
+	// Nor once ctx has ended: a standby dispatched with it would only be handed back,
+	// and decided again, for ever.
+	if c.running.Load() || ctx.Err() != nil {
 		return
 	}
 	buf := make([]binding.Decision, 64)
@@ -589,9 +591,11 @@ func (c *Controller) dispatchAll(ctx context.Context, ds []binding.Decision) {
 func (c *Controller) dispatch(ctx context.Context, d binding.Decision) {
 	t, ok := c.lookupKey(d.Key)
 	if !ok {
-		// The instance was forgotten after the decision was made.
+		// The instance was forgotten after the decision was made: hand the decision
+		// back, or its concurrency slot stays taken (an error only says the library
+		// forgot the instance too, which freed the slot).
 		if d.Kind == binding.DecisionStandby {
-			_ = c.eng.ReportStandby(d.Key, binding.OutcomeNotFound)
+			_ = c.eng.DeclineStandby(d.Key)
 		}
 		return
 	}
@@ -619,6 +623,9 @@ func (c *Controller) dispatch(ctx context.Context, d binding.Decision) {
 		c.mu.Lock()
 		if c.standbys[d.Key] {
 			c.mu.Unlock()
+			// A worker for this instance is finishing an earlier decision: hand this
+			// one back so its slot is freed; the library decides again if still due.
+			c.decline(t)
 			return
 		}
 		c.standbys[d.Key] = true
@@ -646,13 +653,25 @@ func (c *Controller) standbyWorker(ctx context.Context, t *tracked) {
 		c.queued.Add(-1)
 	case <-ctx.Done():
 		c.queued.Add(-1)
+		// Run is ending: hand the decision back so the next Run gets it again.
+		c.decline(t)
 		return
 	}
 	defer func() { <-c.slots }()
 	if ctx.Err() != nil {
+		c.decline(t)
 		return
 	}
 	c.executeStandby(ctx, t)
+}
+
+// decline hands a taken standby decision back to the library without beginning it:
+// every decision dropped unanswered would otherwise keep one of the library's
+// MaxConcurrentStandbys slots for good.
+func (c *Controller) decline(t *tracked) {
+	if err := c.eng.DeclineStandby(t.key); err != nil {
+		c.log.Debug("auto-standby could not hand back a standby decision", "instance_id", t.id, "error", err)
+	}
 }
 
 func (c *Controller) executeStandby(ctx context.Context, t *tracked) {

@@ -20,6 +20,7 @@ type fakeEngine struct {
 	registered  map[uint64]*binding.Instance
 	unregisters []uint64
 	reports     map[uint64][]binding.StandbyOutcome
+	declines    []uint64
 	begin       func(key uint64) (bool, uint32, error)
 	holdErr     error
 	holds       int
@@ -99,6 +100,13 @@ func (f *fakeEngine) ReportStandby(key uint64, outcome binding.StandbyOutcome) e
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.reports[key] = append(f.reports[key], outcome)
+	return nil
+}
+
+func (f *fakeEngine) DeclineStandby(key uint64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.declines = append(f.declines, key)
 	return nil
 }
 

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/libautostandby/libautostandby/go/internal/binding"
 )
 
 var (
@@ -815,4 +817,35 @@ func TestDescribeExplainsEveryFlow(t *testing.T) {
 	if len(ports) != 40 {
 		t.Fatalf("explanation repeats flows: %d distinct", len(ports))
 	}
+}
+
+// A standby decision taken by a Run that is being cancelled is handed back to the
+// library: the concurrency slot it held is free for the next Run.
+func TestStandbyDecisionDroppedByCancelledRunFreesItsSlot(t *testing.T) {
+	s := newScenario(t, t1100, ControllerOptions{MaxConcurrentStandbys: 1},
+		guest("a", "10.0.0.2", "1m"), guest("b", "10.0.0.3", "1m")).run()
+	s.stop()
+	s.advance(61 * time.Second)
+	// What the poll loop does when Run's context ends right after a poll returned a
+	// standby decision: the decision is dispatched with the ended context, and its
+	// worker gives up before beginning it.
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	buf := make([]binding.Decision, 64)
+	n, err := s.c.eng.PollDecisions(buf, time.Second)
+	if err != nil {
+		t.Fatalf("poll: %v", err)
+	}
+	var took bool
+	for _, d := range buf[:n] {
+		took = took || d.Kind == binding.DecisionStandby
+	}
+	if !took {
+		t.Fatalf("no standby decision in %+v", buf[:n])
+	}
+	s.c.dispatchAll(ended, buf[:n])
+	s.c.standbyWG.Wait()
+
+	s.run()
+	eventually(t, "both instances in standby", func() bool { return len(s.store.standbys()) == 2 })
 }

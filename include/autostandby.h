@@ -699,6 +699,26 @@ uint32_t autostandby_report_standby(struct autostandby_controller *c,
                                     uint32_t outcome,
                                     struct autostandby_error *err);
 
+// Hands back a `STANDBY` decision the host took from `autostandby_poll_decisions` but
+// will not carry out (it is shutting down, abandoned the worker, or dropped the
+// decision as a duplicate), without calling `autostandby_begin_standby`.
+//
+// Every taken `STANDBY` holds one of the `max_concurrent_standbys` slots until it is
+// begun and reported, cancelled by `autostandby_begin_standby`, or declined here; a
+// decision dropped without any of these keeps its slot forever. Declining frees the
+// slot at once; the instance's countdown carries on as if the decision had not been
+// taken, so an instance still due is decided again (confirmed again first when
+// confirmation is on). `AUTOSTANDBY_ERR_STANDBY_IN_PROGRESS` after
+// `autostandby_begin_standby` said proceed (report the outcome instead);
+// `AUTOSTANDBY_ERR_NO_STANDBY_OUTSTANDING` when no standby was decided for `key`;
+// `AUTOSTANDBY_ERR_NOT_FOUND` for an unknown key. Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `err` is NULL or writable.
+uint32_t autostandby_decline_standby(struct autostandby_controller *c,
+                                     uint64_t key,
+                                     struct autostandby_error *err);
+
 // Places a hold: no standby before one idle timeout from now (last write wins, kept in
 // memory only). Fills `*out` (whose `struct_size` the caller sets) with the new status.
 // `AUTOSTANDBY_ERR_STANDBY_IN_PROGRESS` while a standby executes. Thread-safe.

@@ -897,3 +897,41 @@ fn an_unpolled_queue_keeps_one_decision_per_instance_and_kind() {
         "written past the caller's struct_size"
     );
 }
+
+#[test]
+fn a_declined_standby_frees_its_slot_for_the_next_instance() {
+    let cfg = autostandby_config {
+        max_concurrent_standbys: 1,
+        ..manual_config(T0)
+    };
+    let h = Handle::new(&cfg);
+    let pol = policy(10_000);
+    assert_eq!(register(&h, 1, "10.0.0.2", &pol).0, AUTOSTANDBY_OK);
+    assert_eq!(register(&h, 2, "10.0.0.3", &pol).0, AUTOSTANDBY_OK);
+    poll(&h);
+    advance(&h, 10_000);
+    let first = standbys(&poll(&h));
+    assert_eq!(first.len(), 1, "one slot: {first:?}");
+    let mut e = err();
+    // SAFETY (all calls below): valid pointers.
+    unsafe {
+        assert_eq!(
+            autostandby_decline_standby(h.0, first[0], &mut e),
+            AUTOSTANDBY_OK,
+            "{}",
+            msg(&e)
+        );
+        assert_eq!(
+            autostandby_decline_standby(h.0, first[0], &mut e),
+            AUTOSTANDBY_ERR_NO_STANDBY_OUTSTANDING
+        );
+        assert_eq!(
+            autostandby_decline_standby(h.0, 99, &mut e),
+            AUTOSTANDBY_ERR_NOT_FOUND
+        );
+    }
+    // The freed slot went to the other instance.
+    let next = standbys(&poll(&h));
+    assert_eq!(next.len(), 1);
+    assert_ne!(next[0], first[0]);
+}

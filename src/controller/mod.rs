@@ -359,6 +359,12 @@ impl Controller {
         self.mutate(|e, now| e.begin_standby(key, now))
     }
 
+    /// Hands back a taken `Standby` decision without beginning it (see
+    /// [`Engine::decline_standby`]).
+    pub fn decline_standby(&self, key: InstanceKey) -> Result<(), ControllerError> {
+        self.mutate(|e, now| e.decline_standby(key, now))
+    }
+
     /// The host's report on a standby it began.
     pub fn report_standby(
         &self,

@@ -716,6 +716,21 @@ impl Engine {
         self.do_begin_standby(key, now)
     }
 
+    /// The host hands back a `Standby` decision it took but will not carry out (it is
+    /// shutting down, or dropped the decision): the standby slot it held is freed at
+    /// once, and the instance's countdown carries on as if the decision had never been
+    /// taken (still due, it is decided again, confirmed again first when confirmation
+    /// is on). [`EngineError::StandbyInProgress`] once `begin_standby` said proceed
+    /// (report it instead); [`EngineError::NoStandbyOutstanding`] when no standby was
+    /// decided.
+    pub fn decline_standby(
+        &mut self,
+        key: InstanceKey,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
+        self.do_decline_standby(key, now)
+    }
+
     /// Whether a confirmation of `key`'s idleness is pending: an
     /// [`ObserverRequest::Confirm`] was asked and neither answered nor cancelled since.
     /// A resync of `key` that begins now answers it.

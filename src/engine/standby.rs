@@ -238,6 +238,27 @@ impl Engine {
         }
     }
 
+    pub(super) fn do_decline_standby(
+        &mut self,
+        key: InstanceKey,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
+        self.see(now);
+        let slot = self.slot(key)?;
+        match self.inst(slot).phase {
+            Phase::Emitted | Phase::EmittedCancelled => {}
+            Phase::Executing => return Err(EngineError::StandbyInProgress),
+            _ => return Err(EngineError::NoStandbyOutstanding(key)),
+        }
+        let inst = self.inst_mut(slot);
+        inst.phase = Phase::None;
+        // Whatever confirmed it is older than the host's next look.
+        inst.confirmed_idle = false;
+        self.free_slot(now);
+        self.rearm(slot);
+        Ok(())
+    }
+
     pub(super) fn do_report_standby(
         &mut self,
         key: InstanceKey,

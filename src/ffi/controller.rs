@@ -439,6 +439,32 @@ pub unsafe extern "C" fn autostandby_report_standby(
     }
 }
 
+/// Hands back a `STANDBY` decision the host took from `autostandby_poll_decisions` but
+/// will not carry out (it is shutting down, abandoned the worker, or dropped the
+/// decision as a duplicate), without calling `autostandby_begin_standby`.
+///
+/// Every taken `STANDBY` holds one of the `max_concurrent_standbys` slots until it is
+/// begun and reported, cancelled by `autostandby_begin_standby`, or declined here; a
+/// decision dropped without any of these keeps its slot forever. Declining frees the
+/// slot at once; the instance's countdown carries on as if the decision had not been
+/// taken, so an instance still due is decided again (confirmed again first when
+/// confirmation is on). `AUTOSTANDBY_ERR_STANDBY_IN_PROGRESS` after
+/// `autostandby_begin_standby` said proceed (report the outcome instead);
+/// `AUTOSTANDBY_ERR_NO_STANDBY_OUTSTANDING` when no standby was decided for `key`;
+/// `AUTOSTANDBY_ERR_NOT_FOUND` for an unknown key. Thread-safe.
+///
+/// # Safety
+/// `c` is NULL or a live handle; `err` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn autostandby_decline_standby(
+    c: *mut autostandby_controller,
+    key: u64,
+    err: *mut autostandby_error,
+) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe { with_controller(c, err, |ctl| Ok(ctl.decline_standby(key)?)) }
+}
+
 /// Checks an output struct's `struct_size` before anything is written to it.
 ///
 /// # Safety

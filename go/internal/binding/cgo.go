@@ -208,6 +208,14 @@ func (c *Controller) BeginStandby(key uint64) (bool, uint32, error) {
 	return bool(proceed), uint32(reason), err
 }
 
+// DeclineStandby hands back a taken standby decision without beginning it, freeing the
+// concurrency slot it holds; the library decides again while the instance is due.
+func (c *Controller) DeclineStandby(key uint64) error {
+	return c.call("decline_standby", func(p *C.autostandby_controller, e *C.autostandby_error) C.uint32_t {
+		return C.autostandby_decline_standby(p, C.uint64_t(key), e)
+	})
+}
+
 // ReportStandby reports how a begun standby ended.
 func (c *Controller) ReportStandby(key uint64, outcome StandbyOutcome) error {
 	return c.call("report_standby", func(p *C.autostandby_controller, e *C.autostandby_error) C.uint32_t {

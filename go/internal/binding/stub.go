@@ -45,6 +45,9 @@ func (*Controller) PollDecisions([]Decision, time.Duration) (int, error) {
 // BeginStandby fails.
 func (*Controller) BeginStandby(uint64) (bool, uint32, error) { return false, 0, ErrUnsupported }
 
+// DeclineStandby fails.
+func (*Controller) DeclineStandby(uint64) error { return ErrUnsupported }
+
 // ReportStandby fails.
 func (*Controller) ReportStandby(uint64, StandbyOutcome) error { return ErrUnsupported }
 

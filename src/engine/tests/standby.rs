@@ -691,3 +691,36 @@ fn a_persisted_countdown_is_not_ready_before_its_first_confirmation() {
     assert_eq!(h.standbys(), vec![1]);
     assert_eq!(h.st(1, T0 + 3).status, Status::StandbyRequested);
 }
+
+#[test]
+fn a_declined_standby_frees_its_slot_and_is_decided_again() {
+    let mut h = H::with(EngineConfig {
+        max_concurrent_standbys: 1,
+        ..EngineConfig::default()
+    });
+    h.reg(1, spec(MIN), T0);
+    h.reg(2, spec_with(ip("192.168.100.11"), policy(MIN)), T0);
+    h.e.tick(T0 + MIN);
+    assert_eq!(h.standbys(), vec![1]);
+    assert_eq!(h.e.stats().standby_queued, 1);
+    // The host took instance 1's decision and dropped it: the slot goes to 2, and 1 is
+    // decided again once that slot is free.
+    h.e.decline_standby(1, T0 + MIN + 1).unwrap();
+    assert_eq!(h.standbys(), vec![2]);
+    assert_eq!(
+        h.e.decline_standby(1, T0 + MIN + 1),
+        Err(EngineError::NoStandbyOutstanding(1))
+    );
+    assert_eq!(
+        h.e.begin_standby(2, T0 + MIN + 2),
+        Ok(BeginStandby::Proceed)
+    );
+    assert_eq!(
+        h.e.decline_standby(2, T0 + MIN + 2),
+        Err(EngineError::StandbyInProgress)
+    );
+    h.e.report_standby(2, StandbyOutcome::Success, T0 + MIN + 3)
+        .unwrap();
+    h.e.tick(T0 + MIN + 3);
+    assert_eq!(h.standbys(), vec![1]);
+}
