@@ -82,8 +82,12 @@ fn to_deadline(c: &Controller) {
     poll(c);
     c.advance_clock(TIMEOUT).unwrap();
     assert_eq!(poll(c), vec![Decision::Confirm { key: 1 }]);
+    // Not standby_requested until the confirmation has answered.
     let st = c.status(1).unwrap();
-    assert_eq!(st.status, Status::StandbyRequested);
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::IdleCountdown, Reason::ConfirmPending)
+    );
 }
 
 #[test]

@@ -591,9 +591,14 @@ fn confirm_round_trip_idle_then_standby() {
     assert_eq!(register(&h, 1, GUEST, &policy(10_000)).0, AUTOSTANDBY_OK);
     advance(&h, 10_000);
     assert_eq!(kinds(&poll(&h)), vec![(AUTOSTANDBY_DECISION_CONFIRM, 1)]);
+    // Not standby_requested until the confirmation has answered.
+    let st = status(&h, 1).unwrap();
     assert_eq!(
-        status(&h, 1).unwrap().status,
-        AUTOSTANDBY_STATUS_STANDBY_REQUESTED
+        (st.status, st.reason),
+        (
+            AUTOSTANDBY_STATUS_IDLE_COUNTDOWN,
+            AUTOSTANDBY_REASON_CONFIRM_PENDING
+        )
     );
     assert_eq!(
         confirm(&h, 1, AUTOSTANDBY_CONFIRM_OK, &[]).0,
@@ -687,8 +692,8 @@ fn confirm_rejects_bad_input_and_stale_answers_without_changing_anything() {
     );
     // Still pending after all of that: a hold cancels it, and the answer is then stale.
     assert_eq!(
-        status(&h, 1).unwrap().status,
-        AUTOSTANDBY_STATUS_STANDBY_REQUESTED
+        status(&h, 1).unwrap().reason,
+        AUTOSTANDBY_REASON_CONFIRM_PENDING
     );
     let mut st = status_out();
     // SAFETY: valid pointers.
