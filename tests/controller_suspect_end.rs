@@ -85,5 +85,12 @@ fn a_deleted_entry_of_an_open_connection_does_not_count_down_to_standby() {
         );
     }
     assert_eq!(ctl.status(1).unwrap().status, Status::Active);
+
+    // A normal close (FIN both ways) is not suspect: a plain countdown starts.
     drop(client);
+    drop(server);
+    wait_for(&ctl, "the close is seen", |s, r, _| {
+        (s, r) == (Status::IdleCountdown, Reason::IdleTimeoutNotElapsed)
+    });
+    assert_eq!(ctl.stats().engine.suspect_ends, 1);
 }
