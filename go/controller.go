@@ -715,6 +715,12 @@ func (c *Controller) report(t *tracked, outcome binding.StandbyOutcome) {
 	}
 }
 
+func (c *Controller) reportWake(t *tracked, outcome binding.WakeOutcome) {
+	if err := c.eng.ReportWake(t.key, outcome); err != nil && binding.CodeOf(err) != binding.ErrNotFound {
+		c.log.Warn("auto-standby could not report restore outcome", "instance_id", t.id, "error", err)
+	}
+}
+
 // wake restores an instance on inbound traffic, when the store can.
 func (c *Controller) wake(ctx context.Context, t *tracked, d binding.Decision) {
 	log := c.log.With("instance_id", t.id, "client", d.Src.String(), "destination", d.Dst.String(),
@@ -747,9 +753,13 @@ func (c *Controller) wake(ctx context.Context, t *tracked, d binding.Decision) {
 			c.metrics.wake(ctx, attemptError)
 			c.metrics.controllerError(ctx, opRestore)
 			log.Warn("auto-standby restore on inbound traffic failed", "error", err)
+			// Told, the library shows restore_failed and lets the next connection
+			// after a backoff ask again; untold, the VM would stay in Standby for good.
+			c.reportWake(t, binding.WakeFailed)
 			return
 		}
 		c.metrics.wake(ctx, attemptSuccess)
+		c.reportWake(t, binding.WakeRestored)
 	})
 }
 

@@ -15,6 +15,7 @@ type engine interface {
 	PollDecisions(out []binding.Decision, timeout time.Duration) (int, error)
 	BeginStandby(key uint64) (proceed bool, reason uint32, err error)
 	ReportStandby(key uint64, outcome binding.StandbyOutcome) error
+	ReportWake(key uint64, outcome binding.WakeOutcome) error
 	Hold(key uint64) (binding.Status, error)
 	Status(key uint64) (binding.Status, error)
 	Explain(key uint64) ([]binding.FlowInfo, error)

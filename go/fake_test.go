@@ -102,6 +102,8 @@ func (f *fakeEngine) ReportStandby(key uint64, outcome binding.StandbyOutcome) e
 	return nil
 }
 
+func (f *fakeEngine) ReportWake(uint64, binding.WakeOutcome) error { return nil }
+
 func (f *fakeEngine) Hold(uint64) (binding.Status, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -151,7 +153,9 @@ type fakeStore struct {
 	// standby event, as hypeman's manager does.
 	lifecycle bool
 	restores  []string
-	events    chan InstanceEvent
+	// restoreErr, when set, is what RestoreInstance returns (after recording the call).
+	restoreErr error
+	events     chan InstanceEvent
 }
 
 func newFakeStore(instances ...Instance) *fakeStore {
@@ -246,7 +250,13 @@ func (s *fakeStore) RestoreInstance(_ context.Context, id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.restores = append(s.restores, id)
-	return nil
+	return s.restoreErr
+}
+
+func (s *fakeStore) restoreCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.restores)
 }
 
 // failStandby makes StandbyInstance(id) fail with err (nil: succeed).

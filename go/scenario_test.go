@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 )
 
 var (
@@ -648,6 +650,44 @@ func TestWakeOnTrafficRestoresInstance(t *testing.T) {
 		defer s.store.mu.Unlock()
 		return len(s.store.restores) == 1 && s.store.restores[0] == "a"
 	})
+}
+
+// A failed restore must not strand the instance: it is reported (status, metric), and
+// the next connection after the backoff restores it again.
+func TestFailedRestoreIsRetriedOnNewTrafficAndReported(t *testing.T) {
+	inst := guest("a", "10.0.0.2", "1m")
+	inst.AutoStandby.WakeOnTraffic = true
+	inst.State = StateStandby
+	reader := sdkmetric.NewManualReader()
+	opts := ControllerOptions{Meter: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)).Meter("t")}
+	s := newScenario(t, t1100, opts, inst).run()
+	s.store.mu.Lock()
+	s.store.restoreErr = errors.New("snapshot unreadable")
+	s.store.mu.Unlock()
+
+	s.ingest(flow(FlowNew, "10.0.0.2", 1, TCPStateSynSent))
+	eventually(t, "first restore", func() bool { return s.store.restoreCount() == 1 })
+	snap := s.waitStatus("a", StatusError)
+	if snap.Reason != ReasonRestoreFailed {
+		t.Fatalf("reason = %q, want restore_failed", snap.Reason)
+	}
+	if got := collect(t, reader)["hypeman_auto_standby_wake_attempts_total{status=error}"]; got != 1 {
+		t.Fatalf("wake attempts with status error = %v, want 1", got)
+	}
+
+	// Within the backoff: no new attempt. After it: the next connection retries.
+	s.ingest(flow(FlowNew, "10.0.0.2", 2, TCPStateSynSent))
+	s.settle()
+	if n := s.store.restoreCount(); n != 1 {
+		t.Fatalf("restores during the backoff = %d, want 1", n)
+	}
+	s.store.mu.Lock()
+	s.store.restoreErr = nil
+	s.store.mu.Unlock()
+	s.advance(time.Second)
+	s.ingest(flow(FlowNew, "10.0.0.2", 3, TCPStateSynSent))
+	eventually(t, "retried restore", func() bool { return s.store.restoreCount() == 2 })
+	eventually(t, "error cleared", func() bool { return s.describe("a").Reason != ReasonRestoreFailed })
 }
 
 // recordingHandler keeps every record's message and attributes.

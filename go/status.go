@@ -46,6 +46,9 @@ const (
 	// ReasonConfirmFailed: the confirmation before a standby failed; the countdown
 	// restarted.
 	ReasonConfirmFailed Reason = "confirm_failed"
+	// ReasonRestoreFailed: the instance is in Standby and restoring it on inbound
+	// traffic failed; the next connection after a backoff tries again.
+	ReasonRestoreFailed Reason = "restore_failed"
 )
 
 // KnownStatuses lists every Status value, indexed by the library's number for it.
@@ -58,7 +61,7 @@ var KnownReasons = []Reason{ReasonUnsupportedPlatform, ReasonPolicyMissing,
 	ReasonPolicyDisabled, ReasonInstanceNotRunning, ReasonNetworkDisabled, ReasonMissingIP,
 	ReasonHasVGPU, ReasonActiveInboundConnections, ReasonIdleTimeoutNotElapsed,
 	ReasonObserverError, ReasonReadyForStandby, ReasonStandbyHeld,
-	ReasonMinUptimeNotElapsed, ReasonResyncPending, ReasonConfirmFailed}
+	ReasonMinUptimeNotElapsed, ReasonResyncPending, ReasonConfirmFailed, ReasonRestoreFailed}
 
 // upstreamReason maps the reasons hypeman's API enum lacks to its nearest one
 // (ControllerOptions.UpstreamReasons).
@@ -66,7 +69,7 @@ func upstreamReason(r Reason) Reason {
 	switch r {
 	case ReasonStandbyHeld, ReasonMinUptimeNotElapsed:
 		return ReasonIdleTimeoutNotElapsed
-	case ReasonResyncPending, ReasonConfirmFailed:
+	case ReasonResyncPending, ReasonConfirmFailed, ReasonRestoreFailed:
 		return ReasonObserverError
 	}
 	return r

@@ -41,7 +41,8 @@ fn version_strings_and_names() {
     );
     assert_eq!(text(autostandby_reason_name(13)).unwrap(), "resync_pending");
     assert_eq!(text(autostandby_reason_name(14)).unwrap(), "confirm_failed");
-    assert_eq!(text(autostandby_reason_name(15)), None);
+    assert_eq!(text(autostandby_reason_name(15)).unwrap(), "restore_failed");
+    assert_eq!(text(autostandby_reason_name(16)), None);
 }
 
 #[test]

@@ -28,7 +28,7 @@ use tracing::{Dispatch, Level};
 use crate::engine::{
     BeginStandby, Decision, Engine, EngineConfig, EngineError, EngineStats, InstanceKey,
     InstanceSpec, KeptAwakeBy, ObserverHealth, ObserverRequest, ResyncScope, StandbyOutcome,
-    StandbyRetry, StatusSnapshot, UnixMillis,
+    StandbyRetry, StatusSnapshot, UnixMillis, WakeOutcome,
 };
 use crate::flow::{Flow, FlowEvent};
 use clock::Clock;
@@ -349,6 +349,15 @@ impl Controller {
         outcome: StandbyOutcome,
     ) -> Result<(), ControllerError> {
         self.mutate(|e, now| e.report_standby(key, outcome, now))
+    }
+
+    /// The host's report on the restore it attempted for a `Wake` decision.
+    pub fn report_wake(
+        &self,
+        key: InstanceKey,
+        outcome: WakeOutcome,
+    ) -> Result<(), ControllerError> {
+        self.mutate(|e, now| e.report_wake(key, outcome, now))
     }
 
     /// Keeps `key` awake for one idle timeout from now.

@@ -173,6 +173,24 @@ pub enum StandbyOutcome {
     NotFound = 2,
 }
 
+/// How the host's restore on a [`Decision::Wake`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum WakeOutcome {
+    /// The instance was restored (its lifecycle update follows from the host).
+    Success = 0,
+    /// The restore failed: the instance is still in Standby. The next qualifying NEW
+    /// flow after [`WAKE_RETRY_INITIAL_MS`] (doubled per consecutive failure, capped at
+    /// [`WAKE_RETRY_MAX_MS`]) emits `Wake` again.
+    Failed = 1,
+}
+
+/// First delay before a failed restore may be retried on new traffic.
+pub const WAKE_RETRY_INITIAL_MS: u64 = 1_000;
+/// Longest delay between restore retries: a client retrying its connection is served
+/// within this long of the host recovering.
+pub const WAKE_RETRY_MAX_MS: u64 = 30_000;
+
 /// Answer of [`Engine::begin_standby`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BeginStandby {
@@ -247,6 +265,9 @@ pub enum Reason {
     ResyncPending = 13,
     /// `confirm_failed`: the pre-standby confirmation dump failed; the countdown restarted.
     ConfirmFailed = 14,
+    /// `restore_failed`: the host reported that restoring the instance from Standby (on a
+    /// `Wake`) failed; the next qualifying flow after a backoff wakes it again.
+    RestoreFailed = 15,
 }
 
 impl Status {
@@ -284,6 +305,7 @@ impl Reason {
             Self::MinUptimeNotElapsed => "min_uptime_not_elapsed",
             Self::ResyncPending => "resync_pending",
             Self::ConfirmFailed => "confirm_failed",
+            Self::RestoreFailed => "restore_failed",
         }
     }
 }
@@ -355,6 +377,8 @@ pub struct EngineStats {
     pub standby_queued: u64,
     /// Resyncs completed.
     pub resyncs: u64,
+    /// Restores the host reported failed (see [`Engine::report_wake`]).
+    pub wake_failures: u64,
 }
 
 /// When a standby is tried again after the host reported it failed (with no qualifying
@@ -690,6 +714,22 @@ impl Engine {
         now: UnixMillis,
     ) -> Result<(), EngineError> {
         self.do_report_standby(key, outcome, now)
+    }
+
+    /// The host's report on the restore it attempted for a `Wake`.
+    ///
+    /// A failure while the instance is still in Standby makes its status `error` /
+    /// `restore_failed` and lets a qualifying NEW flow emit `Wake` again once a backoff
+    /// has passed (retries happen only while clients keep connecting; no timer fires on
+    /// its own). A success, a lifecycle change or a successful standby clears it. A report
+    /// for an instance no longer in Standby changes nothing.
+    pub fn report_wake(
+        &mut self,
+        key: InstanceKey,
+        outcome: WakeOutcome,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
+        self.do_report_wake(key, outcome, now)
     }
 
     /// Fires every deadline at or before `now`.

@@ -11,7 +11,7 @@ use crate::controller::{
     Controller, ControllerConfig, DEFAULT_MAX_CONCURRENT_STANDBYS, DEFAULT_RCVBUF_BYTES,
     DEFAULT_RESYNC_INTERVAL_MS, EventsSysctlMode, Mode,
 };
-use crate::engine::{BeginStandby, Decision, Reason, StandbyOutcome, StandbyRetry};
+use crate::engine::{BeginStandby, Decision, Reason, StandbyOutcome, StandbyRetry, WakeOutcome};
 
 /// `sizeof(autostandby_config)` in the first release, which ended at `manual_start_ms`.
 /// Callers built against that header still pass it; the later fields take defaults.
@@ -22,6 +22,10 @@ const CONFIG_SIZE_V1: usize =
 /// `log_records_dropped`. Such callers get every field their struct has.
 const STATS_SIZE_V1: usize =
     std::mem::offset_of!(autostandby_stats, log_records_dropped) + std::mem::size_of::<u64>();
+
+/// `sizeof(struct autostandby_stats)` when it ended at `observer_failed` (its padding
+/// included, which is where `wake_failures` starts).
+const STATS_SIZE_V2: usize = std::mem::offset_of!(autostandby_stats, wake_failures);
 
 /// How much of a caller struct that has grown by appending fields this library reads or
 /// writes: all of ours when the caller's is at least as large (a newer caller's extra
@@ -431,6 +435,43 @@ pub unsafe extern "C" fn autostandby_report_standby(
     }
 }
 
+/// The host's report on the restore it attempted for an `AUTOSTANDBY_DECISION_WAKE`:
+/// `outcome` is `AUTOSTANDBY_WAKE_RESTORED` or `AUTOSTANDBY_WAKE_FAILED`.
+///
+/// After a failure, while the instance is still in Standby, its status is `error` with
+/// reason `restore_failed`, and the next qualifying new flow after a backoff (1 s,
+/// doubled per consecutive failure, capped at 30 s) emits another WAKE; without new
+/// traffic nothing is retried. A success, a lifecycle update out of Standby or a
+/// successful standby clears it. A report for an instance no longer in Standby is
+/// accepted and changes nothing. `AUTOSTANDBY_ERR_NOT_FOUND` for an unknown key.
+/// Thread-safe.
+///
+/// # Safety
+/// `c` is NULL or a live handle; `err` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn autostandby_report_wake(
+    c: *mut autostandby_controller,
+    key: u64,
+    outcome: u32,
+    err: *mut autostandby_error,
+) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_controller(c, err, |ctl| {
+            let outcome = match outcome {
+                AUTOSTANDBY_WAKE_RESTORED => WakeOutcome::Success,
+                AUTOSTANDBY_WAKE_FAILED => WakeOutcome::Failed,
+                other => {
+                    return Err(FfiError::invalid(format!(
+                        "outcome is {other}, expected 0..=1"
+                    )));
+                }
+            };
+            Ok(ctl.report_wake(key, outcome)?)
+        })
+    }
+}
+
 /// Checks an output struct's `struct_size` before anything is written to it.
 ///
 /// # Safety
@@ -550,7 +591,8 @@ pub unsafe extern "C" fn autostandby_stats(
         with_controller(c, err, |ctl| {
             // SAFETY: NULL or valid for its `struct_size`, per the caller.
             let size = leading_size(out.cast_const(), "stats")?;
-            let len = versioned_len::<autostandby_stats>(size, &[STATS_SIZE_V1], "stats")?;
+            let len =
+                versioned_len::<autostandby_stats>(size, &[STATS_SIZE_V1, STATS_SIZE_V2], "stats")?;
             let s = ctl.stats();
             let full = autostandby_stats {
                 struct_size: size,
@@ -568,6 +610,7 @@ pub unsafe extern "C" fn autostandby_stats(
                 decisions_pending: s.decisions_pending,
                 log_records_dropped: s.log_records_dropped,
                 observer_failed: s.observer_failed,
+                wake_failures: s.engine.wake_failures,
             };
             // SAFETY: the caller's struct has `struct_size` writable bytes, `len` is no
             // more than that nor than ours, and ends on a field boundary.

@@ -74,6 +74,8 @@ pub const AUTOSTANDBY_REASON_MIN_UPTIME_NOT_ELAPSED: u32 = 12;
 pub const AUTOSTANDBY_REASON_RESYNC_PENDING: u32 = 13;
 /// `autostandby_status.reason`: `confirm_failed`.
 pub const AUTOSTANDBY_REASON_CONFIRM_FAILED: u32 = 14;
+/// `autostandby_status.reason`: `restore_failed` (see `autostandby_report_wake`).
+pub const AUTOSTANDBY_REASON_RESTORE_FAILED: u32 = 15;
 
 /// The same wire strings as `Status::as_str`/`Reason::as_str`, NUL-terminated.
 const STATUS_NAMES: [&str; 8] = [
@@ -87,7 +89,7 @@ const STATUS_NAMES: [&str; 8] = [
     "error\0",
 ];
 
-const REASON_NAMES: [&str; 15] = [
+const REASON_NAMES: [&str; 16] = [
     "unsupported_platform\0",
     "policy_missing\0",
     "policy_disabled\0",
@@ -103,6 +105,7 @@ const REASON_NAMES: [&str; 15] = [
     "min_uptime_not_elapsed\0",
     "resync_pending\0",
     "confirm_failed\0",
+    "restore_failed\0",
 ];
 
 fn c_str(s: Option<&'static str>) -> *const c_char {
@@ -162,7 +165,7 @@ mod tests {
         Status::Error,
     ];
 
-    const REASONS: [Reason; 15] = [
+    const REASONS: [Reason; 16] = [
         Reason::UnsupportedPlatform,
         Reason::PolicyMissing,
         Reason::PolicyDisabled,
@@ -178,6 +181,7 @@ mod tests {
         Reason::MinUptimeNotElapsed,
         Reason::ResyncPending,
         Reason::ConfirmFailed,
+        Reason::RestoreFailed,
     ];
 
     #[test]
@@ -198,6 +202,10 @@ mod tests {
         assert_eq!(
             Reason::ConfirmFailed as u32,
             AUTOSTANDBY_REASON_CONFIRM_FAILED
+        );
+        assert_eq!(
+            Reason::RestoreFailed as u32,
+            AUTOSTANDBY_REASON_RESTORE_FAILED
         );
         assert_eq!(
             Reason::ActiveInboundConnections as u32,

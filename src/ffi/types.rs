@@ -66,6 +66,12 @@ pub const AUTOSTANDBY_OUTCOME_FAILED: u32 = 1;
 /// `autostandby_report_standby` outcome: the instance no longer exists.
 pub const AUTOSTANDBY_OUTCOME_NOT_FOUND: u32 = 2;
 
+/// `autostandby_report_wake` outcome: the instance was restored.
+pub const AUTOSTANDBY_WAKE_RESTORED: u32 = 0;
+/// `autostandby_report_wake` outcome: the restore failed; the instance is still in
+/// Standby.
+pub const AUTOSTANDBY_WAKE_FAILED: u32 = 1;
+
 /// `autostandby_flow_event.kind`: a new flow.
 pub const AUTOSTANDBY_FLOW_NEW: u32 = 0;
 /// `autostandby_flow_event.kind`: a flow changed.
@@ -396,6 +402,9 @@ pub struct autostandby_stats {
     /// eligible ones report status `error`, reason `observer_error`. Added after the
     /// first release: written only when `struct_size` covers it.
     pub observer_failed: bool,
+    /// Restores the host reported failed with `autostandby_report_wake`. Added after
+    /// `observer_failed`: written only when `struct_size` covers it.
+    pub wake_failures: u64,
 }
 
 /// One captured log record.

@@ -34,7 +34,7 @@ func TestStatusAndReasonNamesAreTheLibrarys(t *testing.T) {
 	if StatusName(3) != "active" || StatusName(7) != "error" || StatusName(8) != "" {
 		t.Fatalf("status names: %q %q %q", StatusName(3), StatusName(7), StatusName(8))
 	}
-	if ReasonName(0) != "unsupported_platform" || ReasonName(14) != "confirm_failed" || ReasonName(15) != "" {
+	if ReasonName(0) != "unsupported_platform" || ReasonName(15) != "restore_failed" || ReasonName(16) != "" {
 		t.Fatalf("reason names: %q %q %q", ReasonName(0), ReasonName(14), ReasonName(15))
 	}
 }

@@ -48,6 +48,9 @@ func (*Controller) BeginStandby(uint64) (bool, uint32, error) { return false, 0,
 // ReportStandby fails.
 func (*Controller) ReportStandby(uint64, StandbyOutcome) error { return ErrUnsupported }
 
+// ReportWake fails.
+func (*Controller) ReportWake(uint64, WakeOutcome) error { return ErrUnsupported }
+
 // Hold fails.
 func (*Controller) Hold(uint64) (Status, error) { return Status{}, ErrUnsupported }
 

@@ -184,6 +184,15 @@ const (
 	OutcomeNotFound StandbyOutcome = 2
 )
 
+// WakeOutcome is the host's report on the restore it attempted for a Wake.
+type WakeOutcome uint32
+
+// Wake outcomes.
+const (
+	WakeRestored WakeOutcome = 0
+	WakeFailed   WakeOutcome = 1
+)
+
 // Status is the library's view of one instance. Zero times mean absent.
 type Status struct {
 	Status                uint32
@@ -252,6 +261,8 @@ type Stats struct {
 	// ObserverFailed: the observer is failed now; no instance goes into Standby and
 	// eligible ones report error/observer_error.
 	ObserverFailed bool
+	// WakeFailures counts the restores reported failed with ReportWake.
+	WakeFailures uint64
 }
 
 // LogRecord is one line of the library's log buffer.
