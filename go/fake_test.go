@@ -149,6 +149,8 @@ type fakeStore struct {
 	// setEntered receives the id of every SetRuntime call as it starts, when set.
 	setEntered chan string
 	setErr     error
+	// setFailN makes the next setFailN SetRuntime calls fail (after recording them).
+	setFailN int
 	// lifecycle makes a successful standby move the instance to Standby and emit the
 	// standby event, as hypeman's manager does.
 	lifecycle bool
@@ -230,6 +232,10 @@ func (s *fakeStore) SetRuntime(ctx context.Context, id string, rt *Runtime) erro
 	s.runtimes[id] = append(s.runtimes[id], rt.Clone())
 	if s.setErr != nil {
 		return s.setErr
+	}
+	if s.setFailN > 0 {
+		s.setFailN--
+		return errors.New("store briefly unavailable")
 	}
 	for i := range s.instances {
 		if s.instances[i].ID == id {
