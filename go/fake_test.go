@@ -668,3 +668,10 @@ func TestRunReturnsWhenEventsChannelCloses(t *testing.T) {
 		t.Fatal("Run kept going after the event channel closed")
 	}
 }
+
+func (t *tracked) keyOr0(ok bool) uint64 {
+	if !ok {
+		return 0
+	}
+	return t.key
+}

@@ -638,6 +638,46 @@ func TestDescribeOmitsExpiredHold(t *testing.T) {
 	}
 }
 
+// An instance deleted and re-created under the same ID while the old one's
+// StandbyInstance is blocked: the old call's ErrInstanceNotFound must forget only the
+// old registration; the new one stays tracked and reaches Standby in its turn.
+func TestRecreatedInstanceSurvivesTheOldStandbysNotFound(t *testing.T) {
+	s := newScenario(t, t1100, ControllerOptions{}, guest("a", "10.0.0.2", "1m"))
+	gate := make(chan struct{})
+	s.store.standbyGate = gate
+	s.run()
+	oldKey := keyOf(t, s.c, "a")
+	s.advance(61 * time.Second)
+	<-s.store.started
+
+	s.store.events <- InstanceEvent{Action: InstanceEventDelete, InstanceID: "a"}
+	fresh := guest("a", "10.0.0.2", "1m")
+	s.store.replace(InstanceEventCreate, fresh)
+	var newKey uint64
+	eventually(t, "re-created instance registered under a new key", func() bool {
+		tr, ok := s.c.lookupID("a")
+		newKey = tr.keyOr0(ok)
+		return ok && newKey != oldKey
+	})
+	s.store.failStandby("a", ErrInstanceNotFound)
+	s.store.mu.Lock()
+	s.store.standbyGate = nil
+	s.store.mu.Unlock()
+	close(gate)
+	eventually(t, "old standby reported", func() bool { return len(s.store.standbys()) == 1 })
+	s.settle()
+
+	if tr, ok := s.c.lookupID("a"); !ok || tr.key != newKey {
+		t.Fatalf("the re-created instance was forgotten (tracked %v)", ok)
+	}
+	if snap := s.describe("a"); snap.Status != StatusIdleCountdown || snap.NextStandbyAt == nil {
+		t.Fatalf("re-created instance not counting down in the library: %+v", snap)
+	}
+	s.store.failStandby("a", nil)
+	s.advance(61 * time.Second)
+	eventually(t, "the new instance's standby", func() bool { return len(s.store.standbys()) == 2 })
+}
+
 // Beyond hypeman: wake on traffic through RestoreInstance.
 func TestWakeOnTrafficRestoresInstance(t *testing.T) {
 	inst := guest("a", "10.0.0.2", "1m")
