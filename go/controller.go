@@ -660,6 +660,9 @@ func (c *Controller) executeStandby(ctx context.Context, t *tracked) {
 		trace.WithAttributes(attribute.String("instance_id", t.id)))
 	defer span.End()
 
+	if !c.stillRunning(ctx, t) {
+		return
+	}
 	proceed, reason, err := c.eng.BeginStandby(t.key)
 	if err != nil {
 		c.metrics.controllerError(ctx, opStandby)
@@ -707,6 +710,47 @@ func (c *Controller) executeStandby(ctx context.Context, t *tracked) {
 		c.log.Warn("auto-standby standby attempt failed", "instance_id", t.id, "error", err)
 		c.report(t, binding.OutcomeFailed)
 	}
+}
+
+// stillRunning re-reads the instance right before its standby. One that is not Running
+// (a stale event made the library think it was) is declined: the fresh state goes to
+// the library, which cancels the standby it decided (no report is due for a standby
+// not begun). A failed read does not block the standby: the store's own checks apply.
+func (c *Controller) stillRunning(ctx context.Context, t *tracked) bool {
+	var fresh *Instance
+	var err error
+	if g, ok := c.store.(InstanceGetter); ok {
+		fresh, err = g.GetInstance(ctx, t.id)
+	} else {
+		var list []Instance
+		if list, err = c.store.ListInstances(ctx); err == nil {
+			err = ErrInstanceNotFound
+			for i := range list {
+				if list[i].ID == t.id {
+					fresh, err = &list[i], nil
+					break
+				}
+			}
+		}
+	}
+	switch {
+	case errors.Is(err, ErrInstanceNotFound):
+		c.log.Info("auto-standby target instance no longer exists, dropping state", "instance_id", t.id)
+		c.forgetKey(t.id, t.key)
+		return false
+	case err != nil:
+		c.log.Warn("auto-standby could not re-read instance before standby", "instance_id", t.id, "error", err)
+		return true
+	case fresh.State == StateRunning:
+		return true
+	}
+	c.metrics.attempt(ctx, attemptCancelled)
+	c.log.Info("auto-standby standby declined: instance is no longer running",
+		"instance_id", t.id, "state", fresh.State)
+	if err := c.upsert(fresh); err != nil {
+		c.log.Warn("auto-standby could not refresh instance", "instance_id", t.id, "error", err)
+	}
+	return false
 }
 
 func (c *Controller) report(t *tracked, outcome binding.StandbyOutcome) {

@@ -111,6 +111,15 @@ type InstanceStore interface {
 	SubscribeInstanceEvents() (<-chan InstanceEvent, func(), error)
 }
 
+// InstanceGetter is optionally implemented by an InstanceStore: before each standby the
+// controller re-reads the instance with it (otherwise with ListInstances), because
+// lifecycle events carry no sequence and a stale "start" delivered after its "stop"
+// would otherwise have a stopped VM put into Standby.
+type InstanceGetter interface {
+	// GetInstance returns the instance's current state, or ErrInstanceNotFound.
+	GetInstance(ctx context.Context, id string) (*Instance, error)
+}
+
 // InstanceRestorer is optionally implemented by an InstanceStore: the controller then
 // restores instances whose policy has wake_on_traffic when traffic arrives for them.
 type InstanceRestorer interface {

@@ -678,6 +678,31 @@ func TestRecreatedInstanceSurvivesTheOldStandbysNotFound(t *testing.T) {
 	eventually(t, "the new instance's standby", func() bool { return len(s.store.standbys()) == 2 })
 }
 
+// A stale "start" delivered after the "stop" it preceded must not have the stopped VM
+// put into Standby: the controller re-reads the instance before acting.
+func TestStaleStartAfterStopDoesNotStandbyAStoppedInstance(t *testing.T) {
+	s := newScenario(t, t1100, ControllerOptions{}, guest("a", "10.0.0.2", "1m")).run()
+	running := s.store.instance("a")
+	stopped := running
+	stopped.State = StateStopped
+	s.store.replace(InstanceEventStop, stopped)
+	// The start that preceded the stop arrives last, carrying its old snapshot.
+	s.store.events <- InstanceEvent{Action: InstanceEventStart, InstanceID: "a", Instance: &running}
+	eventually(t, "stale start applied", func() bool {
+		st, err := s.c.eng.Status(keyOf(t, s.c, "a"))
+		return err == nil && statusFromCode(st.Status) == StatusIdleCountdown
+	})
+	s.advance(61 * time.Second)
+	s.settle()
+	if calls := s.store.standbys(); len(calls) != 0 {
+		t.Fatalf("StandbyInstance called on a stopped instance: %v", calls)
+	}
+	eventually(t, "library told the instance is stopped", func() bool {
+		st, err := s.c.eng.Status(keyOf(t, s.c, "a"))
+		return err == nil && reasonFromCode(st.Reason) == ReasonInstanceNotRunning
+	})
+}
+
 // Beyond hypeman: wake on traffic through RestoreInstance.
 func TestWakeOnTrafficRestoresInstance(t *testing.T) {
 	inst := guest("a", "10.0.0.2", "1m")
