@@ -1,8 +1,10 @@
 //! The idle-timer state machine: pure and deterministic.
 //!
 //! No I/O, no threads, no clock reads: every input carries `now` (milliseconds since the
-//! Unix epoch on the host's wall clock) and the engine answers with decisions for the
-//! host, requests for the observer, status, and its next deadline.
+//! Unix epoch) and the engine answers with decisions for the host, requests for the
+//! observer, status, and its next deadline. Time must never go backwards or jump: the
+//! kernel-mode controller feeds monotonic time anchored to the wall clock at its start,
+//! and converts timestamps to and from the current wall clock at its API.
 //!
 //! The controller, the C ABI and the Go bindings are written against the public names
 //! in this file: renaming one changes all three.
@@ -59,7 +61,8 @@ use flows::Probe;
 /// A host-chosen instance identifier.
 pub type InstanceKey = u64;
 
-/// Milliseconds since the Unix epoch, on the host's wall clock.
+/// Milliseconds since the Unix epoch: the engine's time inside it, wall time at the
+/// controller's API (see `controller::clock`).
 pub type UnixMillis = u64;
 
 /// Lifecycle state of an instance as the host reports it.
