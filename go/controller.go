@@ -68,6 +68,8 @@ type tracked struct {
 	key         uint64
 	registered  bool
 	idleTimeout string
+	// version is the newest Instance.Version applied (0: none known).
+	version uint64
 }
 
 // NewController creates the controller for source, as hypeman's constructor does:
@@ -441,6 +443,15 @@ func (c *Controller) upsert(inst *Instance) error {
 	defer c.regMu.Unlock()
 	c.mu.Lock()
 	t := c.byID[inst.ID]
+	if t != nil && inst.Version != 0 && inst.Version < t.version {
+		// A snapshot older than one already applied (a "start" delivered after its
+		// "stop"): applying it would roll the library back to a state that is over.
+		applied := t.version
+		c.mu.Unlock()
+		c.log.Debug("auto-standby ignored a stale instance snapshot",
+			"instance_id", inst.ID, "version", inst.Version, "applied_version", applied)
+		return nil
+	}
 	if t == nil {
 		c.nextKey++
 		t = &tracked{id: inst.ID, key: c.nextKey}
@@ -469,6 +480,7 @@ func (c *Controller) upsert(inst *Instance) error {
 		t.idleTimeout = prevTimeout
 	} else {
 		t.registered = true
+		t.version = max(t.version, inst.Version)
 	}
 	c.mu.Unlock()
 	return err

@@ -703,6 +703,41 @@ func TestStaleStartAfterStopDoesNotStandbyAStoppedInstance(t *testing.T) {
 	})
 }
 
+// With versions from the store, a stale "start" (version 5) delivered after the "stop"
+// (version 6) is ignored, so the library never counts the stopped VM down; a snapshot
+// whose version is unknown (0) is applied as before.
+func TestVersionedStaleStartAfterStopIsIgnored(t *testing.T) {
+	inst := guest("a", "10.0.0.2", "1m")
+	inst.Version = 4
+	s := newScenario(t, t1100, ControllerOptions{}, inst, guest("b", "10.0.0.3", "1m")).run()
+	running := s.store.instance("a")
+	running.Version = 5
+	stopped := running
+	stopped.State, stopped.Version = StateStopped, 6
+	s.store.replace(InstanceEventStop, stopped)
+	s.store.events <- InstanceEvent{Action: InstanceEventStart, InstanceID: "a", Instance: &running}
+	// Events are applied in order: once this later one is, the stale start has been seen.
+	b := s.store.instance("b")
+	b.State = StateStopped
+	s.store.events <- InstanceEvent{Action: InstanceEventStop, InstanceID: "b", Instance: &b}
+	reason := func(id string) Reason {
+		st, err := s.c.eng.Status(keyOf(t, s.c, id))
+		if err != nil {
+			return ""
+		}
+		return reasonFromCode(st.Reason)
+	}
+	eventually(t, "later event applied", func() bool { return reason("b") == ReasonInstanceNotRunning })
+	if got := reason("a"); got != ReasonInstanceNotRunning {
+		t.Fatalf("stale start applied: reason %q, want %q", got, ReasonInstanceNotRunning)
+	}
+
+	unknown := running
+	unknown.Version = 0
+	s.store.events <- InstanceEvent{Action: InstanceEventStart, InstanceID: "a", Instance: &unknown}
+	eventually(t, "unversioned start applied", func() bool { return reason("a") == ReasonIdleTimeoutNotElapsed })
+}
+
 // Beyond hypeman: wake on traffic through RestoreInstance.
 func TestWakeOnTrafficRestoresInstance(t *testing.T) {
 	inst := guest("a", "10.0.0.2", "1m")
