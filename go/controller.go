@@ -68,6 +68,8 @@ type tracked struct {
 	key         uint64
 	registered  bool
 	idleTimeout string
+	// version is the newest Instance.Version applied (0: none known).
+	version uint64
 }
 
 // NewController creates the controller for source, as hypeman's constructor does:
@@ -441,6 +443,15 @@ func (c *Controller) upsert(inst *Instance) error {
 	defer c.regMu.Unlock()
 	c.mu.Lock()
 	t := c.byID[inst.ID]
+	if t != nil && inst.Version != 0 && inst.Version < t.version {
+		// A snapshot older than one already applied (a "start" delivered after its
+		// "stop"): applying it would roll the library back to a state that is over.
+		applied := t.version
+		c.mu.Unlock()
+		c.log.Debug("auto-standby ignored a stale instance snapshot",
+			"instance_id", inst.ID, "version", inst.Version, "applied_version", applied)
+		return nil
+	}
 	if t == nil {
 		c.nextKey++
 		t = &tracked{id: inst.ID, key: c.nextKey}
@@ -469,6 +480,7 @@ func (c *Controller) upsert(inst *Instance) error {
 		t.idleTimeout = prevTimeout
 	} else {
 		t.registered = true
+		t.version = max(t.version, inst.Version)
 	}
 	c.mu.Unlock()
 	return err
@@ -679,6 +691,9 @@ func (c *Controller) executeStandby(ctx context.Context, t *tracked) {
 		trace.WithAttributes(attribute.String("instance_id", t.id)))
 	defer span.End()
 
+	if !c.stillRunning(ctx, t) {
+		return
+	}
 	proceed, reason, err := c.eng.BeginStandby(t.key)
 	if err != nil {
 		c.metrics.controllerError(ctx, opStandby)
@@ -728,9 +743,56 @@ func (c *Controller) executeStandby(ctx context.Context, t *tracked) {
 	}
 }
 
+// stillRunning re-reads the instance right before its standby. One that is not Running
+// (a stale event made the library think it was) is declined: the fresh state goes to
+// the library, which cancels the standby it decided (no report is due for a standby
+// not begun). A failed read does not block the standby: the store's own checks apply.
+func (c *Controller) stillRunning(ctx context.Context, t *tracked) bool {
+	var fresh *Instance
+	var err error
+	if g, ok := c.store.(InstanceGetter); ok {
+		fresh, err = g.GetInstance(ctx, t.id)
+	} else {
+		var list []Instance
+		if list, err = c.store.ListInstances(ctx); err == nil {
+			err = ErrInstanceNotFound
+			for i := range list {
+				if list[i].ID == t.id {
+					fresh, err = &list[i], nil
+					break
+				}
+			}
+		}
+	}
+	switch {
+	case errors.Is(err, ErrInstanceNotFound):
+		c.log.Info("auto-standby target instance no longer exists, dropping state", "instance_id", t.id)
+		c.forgetKey(t.id, t.key)
+		return false
+	case err != nil:
+		c.log.Warn("auto-standby could not re-read instance before standby", "instance_id", t.id, "error", err)
+		return true
+	case fresh.State == StateRunning:
+		return true
+	}
+	c.metrics.attempt(ctx, attemptCancelled)
+	c.log.Info("auto-standby standby declined: instance is no longer running",
+		"instance_id", t.id, "state", fresh.State)
+	if err := c.upsert(fresh); err != nil {
+		c.log.Warn("auto-standby could not refresh instance", "instance_id", t.id, "error", err)
+	}
+	return false
+}
+
 func (c *Controller) report(t *tracked, outcome binding.StandbyOutcome) {
 	if err := c.eng.ReportStandby(t.key, outcome); err != nil {
 		c.log.Warn("auto-standby could not report standby outcome", "instance_id", t.id, "error", err)
+	}
+}
+
+func (c *Controller) reportWake(t *tracked, outcome binding.WakeOutcome) {
+	if err := c.eng.ReportWake(t.key, outcome); err != nil && binding.CodeOf(err) != binding.ErrNotFound {
+		c.log.Warn("auto-standby could not report restore outcome", "instance_id", t.id, "error", err)
 	}
 }
 
@@ -766,9 +828,13 @@ func (c *Controller) wake(ctx context.Context, t *tracked, d binding.Decision) {
 			c.metrics.wake(ctx, attemptError)
 			c.metrics.controllerError(ctx, opRestore)
 			log.Warn("auto-standby restore on inbound traffic failed", "error", err)
+			// Told, the library shows restore_failed and lets the next connection
+			// after a backoff ask again; untold, the VM would stay in Standby for good.
+			c.reportWake(t, binding.WakeFailed)
 			return
 		}
 		c.metrics.wake(ctx, attemptSuccess)
+		c.reportWake(t, binding.WakeRestored)
 	})
 }
 

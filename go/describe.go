@@ -14,6 +14,7 @@ import (
 func (c *Controller) Describe(inst Instance) StatusSnapshot {
 	snap, eligible := c.describeBase(&inst)
 	if !eligible {
+		c.describeRestoreFailure(&snap, &inst)
 		return snap
 	}
 	// With a caller's ConnectionSource the library's clock follows Now.
@@ -43,6 +44,26 @@ func (c *Controller) Describe(inst Instance) StatusSnapshot {
 		snap.Reason = upstreamReason(snap.Reason)
 	}
 	return snap
+}
+
+// describeRestoreFailure reports error/restore_failed for an instance in Standby whose
+// restore on inbound traffic failed: it is stranded, which "instance_not_running" hides.
+func (c *Controller) describeRestoreFailure(snap *StatusSnapshot, inst *Instance) {
+	if snap.Reason != ReasonInstanceNotRunning || inst.State != StateStandby {
+		return
+	}
+	t, ok := c.lookupID(inst.ID)
+	if !ok {
+		return
+	}
+	st, err := c.eng.Status(t.key)
+	if err != nil || reasonFromCode(st.Reason) != ReasonRestoreFailed {
+		return
+	}
+	snap.Status, snap.Reason = StatusError, ReasonRestoreFailed
+	if c.opts.UpstreamReasons {
+		snap.Reason = upstreamReason(snap.Reason)
+	}
 }
 
 // describeBase fills what the instance alone decides (hypeman's order: platform,

@@ -16,6 +16,7 @@ type engine interface {
 	BeginStandby(key uint64) (proceed bool, reason uint32, err error)
 	ReportStandby(key uint64, outcome binding.StandbyOutcome) error
 	DeclineStandby(key uint64) error
+	ReportWake(key uint64, outcome binding.WakeOutcome) error
 	Hold(key uint64) (binding.Status, error)
 	Status(key uint64) (binding.Status, error)
 	Explain(key uint64) ([]binding.FlowInfo, error)

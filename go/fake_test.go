@@ -110,6 +110,8 @@ func (f *fakeEngine) DeclineStandby(key uint64) error {
 	return nil
 }
 
+func (f *fakeEngine) ReportWake(uint64, binding.WakeOutcome) error { return nil }
+
 func (f *fakeEngine) Hold(uint64) (binding.Status, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -155,11 +157,15 @@ type fakeStore struct {
 	// setEntered receives the id of every SetRuntime call as it starts, when set.
 	setEntered chan string
 	setErr     error
+	// setFailN makes the next setFailN SetRuntime calls fail (after recording them).
+	setFailN int
 	// lifecycle makes a successful standby move the instance to Standby and emit the
 	// standby event, as hypeman's manager does.
 	lifecycle bool
 	restores  []string
-	events    chan InstanceEvent
+	// restoreErr, when set, is what RestoreInstance returns (after recording the call).
+	restoreErr error
+	events     chan InstanceEvent
 }
 
 func newFakeStore(instances ...Instance) *fakeStore {
@@ -235,6 +241,10 @@ func (s *fakeStore) SetRuntime(ctx context.Context, id string, rt *Runtime) erro
 	if s.setErr != nil {
 		return s.setErr
 	}
+	if s.setFailN > 0 {
+		s.setFailN--
+		return errors.New("store briefly unavailable")
+	}
 	for i := range s.instances {
 		if s.instances[i].ID == id {
 			s.instances[i].Runtime = rt.Clone()
@@ -254,7 +264,13 @@ func (s *fakeStore) RestoreInstance(_ context.Context, id string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.restores = append(s.restores, id)
-	return nil
+	return s.restoreErr
+}
+
+func (s *fakeStore) restoreCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.restores)
 }
 
 // failStandby makes StandbyInstance(id) fail with err (nil: succeed).
@@ -659,4 +675,11 @@ func TestRunReturnsWhenEventsChannelCloses(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run kept going after the event channel closed")
 	}
+}
+
+func (t *tracked) keyOr0(ok bool) uint64 {
+	if !ok {
+		return 0
+	}
+	return t.key
 }

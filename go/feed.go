@@ -292,10 +292,11 @@ func (u unavailableEngine) BeginStandby(uint64) (bool, uint32, error) { return f
 func (u unavailableEngine) ReportStandby(uint64, binding.StandbyOutcome) error {
 	return u.err
 }
-func (u unavailableEngine) DeclineStandby(uint64) error                { return u.err }
-func (u unavailableEngine) Hold(uint64) (binding.Status, error)        { return binding.Status{}, u.err }
-func (u unavailableEngine) Status(uint64) (binding.Status, error)      { return binding.Status{}, u.err }
-func (u unavailableEngine) Explain(uint64) ([]binding.FlowInfo, error) { return nil, u.err }
-func (u unavailableEngine) Stats() (binding.Stats, error)              { return binding.Stats{}, u.err }
-func (u unavailableEngine) DrainLogs([]binding.LogRecord) (int, error) { return 0, u.err }
-func (u unavailableEngine) Close()                                     {}
+func (u unavailableEngine) DeclineStandby(uint64) error                  { return u.err }
+func (u unavailableEngine) ReportWake(uint64, binding.WakeOutcome) error { return u.err }
+func (u unavailableEngine) Hold(uint64) (binding.Status, error)          { return binding.Status{}, u.err }
+func (u unavailableEngine) Status(uint64) (binding.Status, error)        { return binding.Status{}, u.err }
+func (u unavailableEngine) Explain(uint64) ([]binding.FlowInfo, error)   { return nil, u.err }
+func (u unavailableEngine) Stats() (binding.Stats, error)                { return binding.Stats{}, u.err }
+func (u unavailableEngine) DrainLogs([]binding.LogRecord) (int, error)   { return 0, u.err }
+func (u unavailableEngine) Close()                                       {}

@@ -45,6 +45,12 @@ type Instance struct {
 	AutoStandby *Policy
 	// Runtime is the persisted countdown, nil when none is stored.
 	Runtime *Runtime
+	// Version orders snapshots of the instance, for stores that have such a number (a
+	// revision or generation that grows with every change and is never reused by an
+	// instance re-created under the same ID); 0 means unknown. Lifecycle events may be
+	// delivered out of order, so the controller ignores a snapshot older than the
+	// newest it applied for the instance; one with Version 0 is always applied.
+	Version uint64
 }
 
 // Runtime is the idle countdown persisted in instance metadata (hypeman's JSON).
@@ -109,6 +115,15 @@ type InstanceStore interface {
 	// SubscribeInstanceEvents delivers lifecycle events until the returned func is
 	// called (hypeman's signature: no context).
 	SubscribeInstanceEvents() (<-chan InstanceEvent, func(), error)
+}
+
+// InstanceGetter is optionally implemented by an InstanceStore: before each standby the
+// controller re-reads the instance with it (otherwise with ListInstances), because
+// lifecycle events may be reordered and, unless the store sets Instance.Version, a stale
+// "start" delivered after its "stop" would otherwise have a stopped VM put into Standby.
+type InstanceGetter interface {
+	// GetInstance returns the instance's current state, or ErrInstanceNotFound.
+	GetInstance(ctx context.Context, id string) (*Instance, error)
 }
 
 // InstanceRestorer is optionally implemented by an InstanceStore: the controller then

@@ -18,12 +18,7 @@ import (
 	"time"
 
 	"github.com/libautostandby/libautostandby/go/internal/binding"
-)
-
-var (
-	client = netip.MustParseAddrPort("203.0.113.7:40000")
-	t1055  = time.Date(2026, 4, 5, 10, 55, 0, 0, time.UTC)
-	t1100  = time.Date(2026, 4, 5, 11, 0, 0, 0, time.UTC)
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 )
 
 type scenario struct {
@@ -124,10 +119,6 @@ func guest(id, ip string, timeout string) Instance {
 func flow(kind FlowEventKind, ip string, id uint32, state TCPState) FlowEvent {
 	return TCPEvent(kind, client, netip.AddrPortFrom(netip.MustParseAddr(ip), 8080), id, state)
 }
-
-func at(t time.Time) *time.Time { return &t }
-
-func sameTime(a *time.Time, b time.Time) bool { return a != nil && a.Equal(b) }
 
 func TestEveryLibraryStatusAndReasonMapsToAGoConstant(t *testing.T) {
 	n := uint32(0)
@@ -638,6 +629,106 @@ func TestDescribeOmitsExpiredHold(t *testing.T) {
 	}
 }
 
+// An instance deleted and re-created under the same ID while the old one's
+// StandbyInstance is blocked: the old call's ErrInstanceNotFound must forget only the
+// old registration; the new one stays tracked and reaches Standby in its turn.
+func TestRecreatedInstanceSurvivesTheOldStandbysNotFound(t *testing.T) {
+	s := newScenario(t, t1100, ControllerOptions{}, guest("a", "10.0.0.2", "1m"))
+	gate := make(chan struct{})
+	s.store.standbyGate = gate
+	s.run()
+	oldKey := keyOf(t, s.c, "a")
+	s.advance(61 * time.Second)
+	<-s.store.started
+
+	s.store.events <- InstanceEvent{Action: InstanceEventDelete, InstanceID: "a"}
+	fresh := guest("a", "10.0.0.2", "1m")
+	s.store.replace(InstanceEventCreate, fresh)
+	var newKey uint64
+	eventually(t, "re-created instance registered under a new key", func() bool {
+		tr, ok := s.c.lookupID("a")
+		newKey = tr.keyOr0(ok)
+		return ok && newKey != oldKey
+	})
+	s.store.failStandby("a", ErrInstanceNotFound)
+	s.store.mu.Lock()
+	s.store.standbyGate = nil
+	s.store.mu.Unlock()
+	close(gate)
+	eventually(t, "old standby reported", func() bool { return len(s.store.standbys()) == 1 })
+	s.settle()
+
+	if tr, ok := s.c.lookupID("a"); !ok || tr.key != newKey {
+		t.Fatalf("the re-created instance was forgotten (tracked %v)", ok)
+	}
+	if snap := s.describe("a"); snap.Status != StatusIdleCountdown || snap.NextStandbyAt == nil {
+		t.Fatalf("re-created instance not counting down in the library: %+v", snap)
+	}
+	s.store.failStandby("a", nil)
+	s.advance(61 * time.Second)
+	eventually(t, "the new instance's standby", func() bool { return len(s.store.standbys()) == 2 })
+}
+
+// A stale "start" delivered after the "stop" it preceded must not have the stopped VM
+// put into Standby: the controller re-reads the instance before acting.
+func TestStaleStartAfterStopDoesNotStandbyAStoppedInstance(t *testing.T) {
+	s := newScenario(t, t1100, ControllerOptions{}, guest("a", "10.0.0.2", "1m")).run()
+	running := s.store.instance("a")
+	stopped := running
+	stopped.State = StateStopped
+	s.store.replace(InstanceEventStop, stopped)
+	// The start that preceded the stop arrives last, carrying its old snapshot.
+	s.store.events <- InstanceEvent{Action: InstanceEventStart, InstanceID: "a", Instance: &running}
+	eventually(t, "stale start applied", func() bool {
+		st, err := s.c.eng.Status(keyOf(t, s.c, "a"))
+		return err == nil && statusFromCode(st.Status) == StatusIdleCountdown
+	})
+	s.advance(61 * time.Second)
+	s.settle()
+	if calls := s.store.standbys(); len(calls) != 0 {
+		t.Fatalf("StandbyInstance called on a stopped instance: %v", calls)
+	}
+	eventually(t, "library told the instance is stopped", func() bool {
+		st, err := s.c.eng.Status(keyOf(t, s.c, "a"))
+		return err == nil && reasonFromCode(st.Reason) == ReasonInstanceNotRunning
+	})
+}
+
+// With versions from the store, a stale "start" (version 5) delivered after the "stop"
+// (version 6) is ignored, so the library never counts the stopped VM down; a snapshot
+// whose version is unknown (0) is applied as before.
+func TestVersionedStaleStartAfterStopIsIgnored(t *testing.T) {
+	inst := guest("a", "10.0.0.2", "1m")
+	inst.Version = 4
+	s := newScenario(t, t1100, ControllerOptions{}, inst, guest("b", "10.0.0.3", "1m")).run()
+	running := s.store.instance("a")
+	running.Version = 5
+	stopped := running
+	stopped.State, stopped.Version = StateStopped, 6
+	s.store.replace(InstanceEventStop, stopped)
+	s.store.events <- InstanceEvent{Action: InstanceEventStart, InstanceID: "a", Instance: &running}
+	// Events are applied in order: once this later one is, the stale start has been seen.
+	b := s.store.instance("b")
+	b.State = StateStopped
+	s.store.events <- InstanceEvent{Action: InstanceEventStop, InstanceID: "b", Instance: &b}
+	reason := func(id string) Reason {
+		st, err := s.c.eng.Status(keyOf(t, s.c, id))
+		if err != nil {
+			return ""
+		}
+		return reasonFromCode(st.Reason)
+	}
+	eventually(t, "later event applied", func() bool { return reason("b") == ReasonInstanceNotRunning })
+	if got := reason("a"); got != ReasonInstanceNotRunning {
+		t.Fatalf("stale start applied: reason %q, want %q", got, ReasonInstanceNotRunning)
+	}
+
+	unknown := running
+	unknown.Version = 0
+	s.store.events <- InstanceEvent{Action: InstanceEventStart, InstanceID: "a", Instance: &unknown}
+	eventually(t, "unversioned start applied", func() bool { return reason("a") == ReasonIdleTimeoutNotElapsed })
+}
+
 // Beyond hypeman: wake on traffic through RestoreInstance.
 func TestWakeOnTrafficRestoresInstance(t *testing.T) {
 	inst := guest("a", "10.0.0.2", "1m")
@@ -650,6 +741,44 @@ func TestWakeOnTrafficRestoresInstance(t *testing.T) {
 		defer s.store.mu.Unlock()
 		return len(s.store.restores) == 1 && s.store.restores[0] == "a"
 	})
+}
+
+// A failed restore must not strand the instance: it is reported (status, metric), and
+// the next connection after the backoff restores it again.
+func TestFailedRestoreIsRetriedOnNewTrafficAndReported(t *testing.T) {
+	inst := guest("a", "10.0.0.2", "1m")
+	inst.AutoStandby.WakeOnTraffic = true
+	inst.State = StateStandby
+	reader := sdkmetric.NewManualReader()
+	opts := ControllerOptions{Meter: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)).Meter("t")}
+	s := newScenario(t, t1100, opts, inst).run()
+	s.store.mu.Lock()
+	s.store.restoreErr = errors.New("snapshot unreadable")
+	s.store.mu.Unlock()
+
+	s.ingest(flow(FlowNew, "10.0.0.2", 1, TCPStateSynSent))
+	eventually(t, "first restore", func() bool { return s.store.restoreCount() == 1 })
+	snap := s.waitStatus("a", StatusError)
+	if snap.Reason != ReasonRestoreFailed {
+		t.Fatalf("reason = %q, want restore_failed", snap.Reason)
+	}
+	if got := collect(t, reader)["hypeman_auto_standby_wake_attempts_total{status=error}"]; got != 1 {
+		t.Fatalf("wake attempts with status error = %v, want 1", got)
+	}
+
+	// Within the backoff: no new attempt. After it: the next connection retries.
+	s.ingest(flow(FlowNew, "10.0.0.2", 2, TCPStateSynSent))
+	s.settle()
+	if n := s.store.restoreCount(); n != 1 {
+		t.Fatalf("restores during the backoff = %d, want 1", n)
+	}
+	s.store.mu.Lock()
+	s.store.restoreErr = nil
+	s.store.mu.Unlock()
+	s.advance(time.Second)
+	s.ingest(flow(FlowNew, "10.0.0.2", 3, TCPStateSynSent))
+	eventually(t, "retried restore", func() bool { return s.store.restoreCount() == 2 })
+	eventually(t, "error cleared", func() bool { return s.describe("a").Reason != ReasonRestoreFailed })
 }
 
 // recordingHandler keeps every record's message and attributes.

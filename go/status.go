@@ -53,6 +53,9 @@ const (
 	// ReasonConntrackEventsOff: net.netfilter.nf_conntrack_events is 0 in the observed
 	// namespace, so new connections go unseen; no standby until events flow again.
 	ReasonConntrackEventsOff Reason = "conntrack_events_off"
+	// ReasonRestoreFailed: the instance is in Standby and restoring it on inbound
+	// traffic failed; the next connection after a backoff tries again.
+	ReasonRestoreFailed Reason = "restore_failed"
 )
 
 // KnownStatuses lists every Status value, indexed by the library's number for it.
@@ -66,7 +69,7 @@ var KnownReasons = []Reason{ReasonUnsupportedPlatform, ReasonPolicyMissing,
 	ReasonHasVGPU, ReasonActiveInboundConnections, ReasonIdleTimeoutNotElapsed,
 	ReasonObserverError, ReasonReadyForStandby, ReasonStandbyHeld,
 	ReasonMinUptimeNotElapsed, ReasonResyncPending, ReasonConfirmFailed,
-	ReasonConfirmPending, ReasonConntrackEventsOff}
+	ReasonConfirmPending, ReasonConntrackEventsOff, ReasonRestoreFailed}
 
 // upstreamReason maps the reasons hypeman's API enum lacks to its nearest one
 // (ControllerOptions.UpstreamReasons).
@@ -74,7 +77,7 @@ func upstreamReason(r Reason) Reason {
 	switch r {
 	case ReasonStandbyHeld, ReasonMinUptimeNotElapsed, ReasonConfirmPending:
 		return ReasonIdleTimeoutNotElapsed
-	case ReasonResyncPending, ReasonConfirmFailed, ReasonConntrackEventsOff:
+	case ReasonResyncPending, ReasonConfirmFailed, ReasonConntrackEventsOff, ReasonRestoreFailed:
 		return ReasonObserverError
 	}
 	return r

@@ -105,6 +105,9 @@ typedef struct autostandby_log_record autostandby_log_record;
 // events flow again.
 #define AUTOSTANDBY_REASON_CONNTRACK_EVENTS_OFF 16
 
+// `autostandby_status.reason`: `restore_failed` (see `autostandby_report_wake`).
+#define AUTOSTANDBY_REASON_RESTORE_FAILED 17
+
 // Success.
 #define AUTOSTANDBY_OK 0
 
@@ -225,6 +228,13 @@ typedef struct autostandby_log_record autostandby_log_record;
 
 // `autostandby_report_standby` outcome: the instance no longer exists.
 #define AUTOSTANDBY_OUTCOME_NOT_FOUND 2
+
+// `autostandby_report_wake` outcome: the instance was restored.
+#define AUTOSTANDBY_WAKE_RESTORED 0
+
+// `autostandby_report_wake` outcome: the restore failed; the instance is still in
+// Standby.
+#define AUTOSTANDBY_WAKE_FAILED 1
 
 // `autostandby_flow_event.kind`: a new flow.
 #define AUTOSTANDBY_FLOW_NEW 0
@@ -520,6 +530,9 @@ struct autostandby_stats {
   // held `resync_pending` for a short grace, then a dump of it decides. Added in the
   // third layout: written only when `struct_size` covers it.
   uint64_t suspect_ends;
+  // Restores the host reported failed with `autostandby_report_wake`. Added in the
+  // third layout: written only when `struct_size` covers it.
+  uint64_t wake_failures;
 };
 
 // One captured log record.
@@ -718,6 +731,24 @@ uint32_t autostandby_report_standby(struct autostandby_controller *c,
 uint32_t autostandby_decline_standby(struct autostandby_controller *c,
                                      uint64_t key,
                                      struct autostandby_error *err);
+
+// The host's report on the restore it attempted for an `AUTOSTANDBY_DECISION_WAKE`:
+// `outcome` is `AUTOSTANDBY_WAKE_RESTORED` or `AUTOSTANDBY_WAKE_FAILED`.
+//
+// After a failure, while the instance is still in Standby, its status is `error` with
+// reason `restore_failed`, and the next qualifying new flow after a backoff (1 s,
+// doubled per consecutive failure, capped at 30 s) emits another WAKE; without new
+// traffic nothing is retried. A success, a lifecycle update out of Standby or a
+// successful standby clears it. A report for an instance no longer in Standby is
+// accepted and changes nothing. `AUTOSTANDBY_ERR_NOT_FOUND` for an unknown key.
+// Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `err` is NULL or writable.
+uint32_t autostandby_report_wake(struct autostandby_controller *c,
+                                 uint64_t key,
+                                 uint32_t outcome,
+                                 struct autostandby_error *err);
 
 // Places a hold: no standby before one idle timeout from now (last write wins, kept in
 // memory only). Fills `*out` (whose `struct_size` the caller sets) with the new status.

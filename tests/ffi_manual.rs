@@ -940,3 +940,101 @@ fn a_declined_standby_frees_its_slot_for_the_next_instance() {
     assert_eq!(next.len(), 1);
     assert_ne!(next[0], first[0]);
 }
+
+fn syn(cport: u16, id: u32) -> autostandby_flow_event {
+    tcp_event(
+        AUTOSTANDBY_FLOW_NEW,
+        CLIENT,
+        cport,
+        GUEST,
+        8080,
+        id,
+        Some(1),
+    )
+}
+
+fn wake_count(h: &Handle) -> usize {
+    poll(h)
+        .iter()
+        .filter(|d| d.kind == AUTOSTANDBY_DECISION_WAKE)
+        .count()
+}
+
+#[test]
+fn a_failed_restore_is_reported_counted_and_retried_on_new_traffic() {
+    let h = Handle::manual(T0);
+    let mut pol = policy(10_000);
+    pol.wake_on_traffic = true;
+    let addrs = [ip(GUEST)];
+    let mut inst = instance(&addrs, &pol);
+    inst.lifecycle = AUTOSTANDBY_LIFECYCLE_STANDBY;
+    // SAFETY: valid pointers.
+    assert_eq!(
+        unsafe { autostandby_register(h.0, 1, &inst, ptr::null_mut()) },
+        AUTOSTANDBY_OK
+    );
+    ingest(&h, &[syn(40_000, 1)]);
+    assert_eq!(wake_count(&h), 1);
+
+    let mut e = err();
+    // SAFETY: valid pointers.
+    unsafe {
+        assert_eq!(
+            autostandby_report_wake(h.0, 1, AUTOSTANDBY_WAKE_FAILED, &mut e),
+            AUTOSTANDBY_OK
+        );
+        assert_eq!(
+            autostandby_report_wake(h.0, 1, 7, &mut e),
+            AUTOSTANDBY_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
+            autostandby_report_wake(h.0, 9, AUTOSTANDBY_WAKE_FAILED, &mut e),
+            AUTOSTANDBY_ERR_NOT_FOUND
+        );
+    }
+    let st = status(&h, 1).unwrap();
+    assert_eq!(
+        (st.status, st.reason),
+        (AUTOSTANDBY_STATUS_ERROR, AUTOSTANDBY_REASON_RESTORE_FAILED)
+    );
+    // SAFETY: a static string.
+    let name = unsafe { CStr::from_ptr(autostandby_reason_name(st.reason)) };
+    assert_eq!(name.to_str().unwrap(), "restore_failed");
+
+    // Traffic during the backoff does not ask again; traffic after it does.
+    ingest(&h, &[syn(40_001, 2)]);
+    assert_eq!(wake_count(&h), 0);
+    advance(&h, 1_000);
+    ingest(&h, &[syn(40_002, 3)]);
+    assert_eq!(wake_count(&h), 1);
+
+    let mut s = stats_out();
+    // SAFETY: valid pointers.
+    assert_eq!(
+        unsafe { autostandby_stats(h.0, &mut s, ptr::null_mut()) },
+        AUTOSTANDBY_OK
+    );
+    assert_eq!((s.wake_decisions, s.wake_failures), (2, 1));
+    // A caller whose struct ends at `observer_failed` gets everything but the new fields.
+    let v2 = (std::mem::offset_of!(autostandby_stats, observer_failed) + 1).next_multiple_of(8);
+    let mut old = autostandby_stats {
+        struct_size: v2 as u32,
+        ..Default::default()
+    };
+    // SAFETY: valid pointers; the struct is larger than the size it claims.
+    assert_eq!(
+        unsafe { autostandby_stats(h.0, &mut old, ptr::null_mut()) },
+        AUTOSTANDBY_OK
+    );
+    assert_eq!((old.wake_decisions, old.wake_failures), (2, 0));
+
+    // SAFETY: valid pointers.
+    assert_eq!(
+        unsafe { autostandby_report_wake(h.0, 1, AUTOSTANDBY_WAKE_RESTORED, ptr::null_mut()) },
+        AUTOSTANDBY_OK
+    );
+    assert_eq!(
+        status(&h, 1).unwrap().reason,
+        AUTOSTANDBY_REASON_INSTANCE_NOT_RUNNING
+    );
+}

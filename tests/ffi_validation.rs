@@ -49,7 +49,8 @@ fn version_strings_and_names() {
         text(autostandby_reason_name(16)).unwrap(),
         "conntrack_events_off"
     );
-    assert_eq!(text(autostandby_reason_name(17)), None);
+    assert_eq!(text(autostandby_reason_name(17)).unwrap(), "restore_failed");
+    assert_eq!(text(autostandby_reason_name(18)), None);
 }
 
 #[test]

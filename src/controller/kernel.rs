@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, bounded, unbounded};
 
@@ -636,10 +636,10 @@ impl EngineThread {
             .next_reconcile
             .saturating_duration_since(Instant::now());
         let deadline = self.shared.engine.lock().next_deadline();
+        // In the engine's (monotonic) time: a step of the wall clock moves no deadline.
+        let now = self.shared.clock.now();
         let until_deadline = deadline.map_or(Duration::MAX, |d| {
-            let at = UNIX_EPOCH + Duration::from_millis(d);
-            at.duration_since(std::time::SystemTime::now())
-                .unwrap_or(Duration::ZERO)
+            Duration::from_millis(d.saturating_sub(now))
         });
         reconcile.min(until_deadline)
     }

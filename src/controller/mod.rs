@@ -27,11 +27,11 @@ use tracing::{Dispatch, Level};
 
 use crate::engine::{
     BeginStandby, Decision, Engine, EngineConfig, EngineError, EngineStats, InstanceKey,
-    InstanceSpec, KeptAwakeBy, ObserverHealth, ObserverRequest, ResyncScope, StandbyOutcome,
-    StandbyRetry, StatusSnapshot, UnixMillis,
+    InstanceSpec, KeptAwakeBy, ObserverHealth, ObserverRequest, ResyncScope, Runtime,
+    StandbyOutcome, StandbyRetry, StatusSnapshot, UnixMillis, WakeOutcome,
 };
 use crate::flow::{Flow, FlowEvent};
-use clock::Clock;
+use clock::{Clock, SystemClock};
 use logs::{LOG_BUFFER_CAPACITY, LogBuffer, LogCapture, LogRecord};
 use queue::DecisionQueue;
 
@@ -206,7 +206,43 @@ impl Shared {
         engine.tick(now);
         let mut out = Vec::new();
         engine.drain_decisions(&mut out);
+        // The host stores the countdown and reads it back against its own wall clock.
+        for d in &mut out {
+            if let Decision::PersistRuntime {
+                runtime: Some(r), ..
+            } = d
+            {
+                *r = self.runtime_to_wall(*r);
+            }
+        }
         self.decisions.push_all(&mut out);
+    }
+
+    fn runtime_to_wall(&self, r: Runtime) -> Runtime {
+        Runtime {
+            idle_since: r.idle_since.map(|t| self.clock.to_wall(t)),
+            last_inbound_activity_at: r.last_inbound_activity_at.map(|t| self.clock.to_wall(t)),
+        }
+    }
+
+    /// A spec from the host, with its persisted (wall-clock) countdown in engine time.
+    fn spec_to_engine(&self, mut spec: InstanceSpec) -> InstanceSpec {
+        let r = spec.runtime;
+        spec.runtime = Runtime {
+            idle_since: r.idle_since.map(|t| self.clock.to_engine(t)),
+            last_inbound_activity_at: r.last_inbound_activity_at.map(|t| self.clock.to_engine(t)),
+        };
+        spec
+    }
+
+    /// A status snapshot with its timestamps in wall-clock time (durations unchanged).
+    fn status_to_wall(&self, mut s: StatusSnapshot) -> StatusSnapshot {
+        let w = |t: Option<UnixMillis>| t.map(|t| self.clock.to_wall(t));
+        s.idle_since = w(s.idle_since);
+        s.last_inbound_activity_at = w(s.last_inbound_activity_at);
+        s.next_standby_at = w(s.next_standby_at);
+        s.hold_until = w(s.hold_until);
+        s
     }
 }
 
@@ -244,7 +280,7 @@ impl Controller {
             ..EngineConfig::default()
         };
         let clock = match config.mode {
-            Mode::Kernel => Clock::System,
+            Mode::Kernel => Clock::System(SystemClock::new()),
             Mode::Manual { start_ms } => Clock::Manual(AtomicU64::new(start_ms)),
         };
         let logs = Arc::new(LogBuffer::new(LOG_BUFFER_CAPACITY));
@@ -278,9 +314,10 @@ impl Controller {
         self.kernel.is_none()
     }
 
-    /// The controller's current time.
+    /// The controller's current wall-clock time (the manual clock in manual mode), the
+    /// time base of every timestamp in its status and decisions.
     pub fn now(&self) -> UnixMillis {
-        self.shared.clock.now()
+        self.shared.clock.wall_now()
     }
 
     /// Runs `f` with this controller's log capture as the thread's default subscriber.
@@ -328,11 +365,13 @@ impl Controller {
 
     /// Registers an instance under a host-chosen key.
     pub fn register(&self, key: InstanceKey, spec: InstanceSpec) -> Result<(), ControllerError> {
+        let spec = self.shared.spec_to_engine(spec);
         self.mutate(|e, now| e.register(key, spec, now))
     }
 
     /// Replaces an instance's spec.
     pub fn update(&self, key: InstanceKey, spec: InstanceSpec) -> Result<(), ControllerError> {
+        let spec = self.shared.spec_to_engine(spec);
         self.mutate(|e, now| e.update(key, spec, now))
     }
 
@@ -374,15 +413,26 @@ impl Controller {
         self.mutate(|e, now| e.report_standby(key, outcome, now))
     }
 
+    /// The host's report on the restore it attempted for a `Wake` decision.
+    pub fn report_wake(
+        &self,
+        key: InstanceKey,
+        outcome: WakeOutcome,
+    ) -> Result<(), ControllerError> {
+        self.mutate(|e, now| e.report_wake(key, outcome, now))
+    }
+
     /// Keeps `key` awake for one idle timeout from now.
     pub fn hold(&self, key: InstanceKey) -> Result<StatusSnapshot, ControllerError> {
-        self.mutate(|e, now| e.hold(key, now))
+        let s = self.mutate(|e, now| e.hold(key, now))?;
+        Ok(self.shared.status_to_wall(s))
     }
 
     /// Status of `key`. Never waits on I/O.
     pub fn status(&self, key: InstanceKey) -> Result<StatusSnapshot, ControllerError> {
         let engine = self.shared.engine.lock();
-        Ok(engine.status(key, self.shared.clock.now())?)
+        let s = engine.status(key, self.shared.clock.now())?;
+        Ok(self.shared.status_to_wall(s))
     }
 
     /// Appends the flows keeping `key` awake to `out`.
@@ -392,7 +442,12 @@ impl Controller {
         out: &mut Vec<KeptAwakeBy>,
     ) -> Result<(), ControllerError> {
         let engine = self.shared.engine.lock();
-        Ok(engine.explain(key, self.shared.clock.now(), out)?)
+        let from = out.len();
+        engine.explain(key, self.shared.clock.now(), out)?;
+        for k in &mut out[from..] {
+            k.first_seen = self.shared.clock.to_wall(k.first_seen);
+        }
+        Ok(())
     }
 
     /// Every registered address.
@@ -533,6 +588,20 @@ impl Controller {
             ))?;
         kernel.fail_event_socket(down_for);
         Ok(())
+    }
+
+    /// Test-only (kernel mode): steps the wall clock the controller reads by `delta_ms`,
+    /// as NTP or an operator setting the time would. Deadlines do not move; timestamps
+    /// in status and decisions do.
+    #[doc(hidden)]
+    pub fn step_wall_clock_for_test(&self, delta_ms: i64) -> Result<(), ControllerError> {
+        if self.shared.clock.step_wall(delta_ms) {
+            Ok(())
+        } else {
+            Err(ControllerError::InvalidArgument(
+                "step_wall_clock_for_test needs kernel mode".into(),
+            ))
+        }
     }
 
     /// Wakes every blocked poller with [`ControllerError::Shutdown`], now and for every

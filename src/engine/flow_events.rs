@@ -449,6 +449,11 @@ impl Engine {
     #[cold]
     #[inline(never)]
     fn wake(&mut self, slot: u32, flow: &Flow) {
+        // After a failed restore, new traffic retries it only once the backoff is over,
+        // so a host whose restores keep failing is not asked again on every connection.
+        if self.inst(slot).wake_retry_at > self.last_now {
+            return;
+        }
         let key = self.inst(slot).key;
         self.inst_mut(slot).wake_sent = true;
         self.stats.wake_decisions += 1;

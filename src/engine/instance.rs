@@ -103,6 +103,11 @@ pub(crate) struct InstCold {
     /// A `Wake` was emitted for the current Standby period (read only when
     /// [`Q_MAY_WAKE`] is set).
     pub wake_sent: bool,
+    /// Consecutive restores the host reported failed in the current Standby period; while
+    /// non-zero the status is `error` / `restore_failed`.
+    pub wake_failures: u32,
+    /// After a failed restore, no new `Wake` before this time.
+    pub wake_retry_at: UnixMillis,
     /// While the instance is active: when to check whether its counted UDP flows have
     /// expired, from the latest expiry they reported (see `expiry.rs`).
     pub udp_check_at: Option<UnixMillis>,
@@ -154,6 +159,8 @@ impl Inst {
                 confirm_failed: false,
                 suspect_until: None,
                 wake_sent: false,
+                wake_failures: 0,
+                wake_retry_at: 0,
                 udp_check_at: None,
                 expiry_asked: false,
                 persist_idx: u32::MAX,
@@ -315,6 +322,12 @@ impl Inst {
         self.end_idle_period();
         self.last_inbound = None;
         self.hold_until = None;
+    }
+
+    /// Ends a run of failed restores (restored, left Standby, or put into it afresh).
+    pub(crate) fn clear_wake_failures(&mut self) {
+        self.wake_failures = 0;
+        self.wake_retry_at = 0;
     }
 
     /// The current countdown as it should be persisted.

@@ -1,8 +1,10 @@
 //! The idle-timer state machine: pure and deterministic.
 //!
 //! No I/O, no threads, no clock reads: every input carries `now` (milliseconds since the
-//! Unix epoch on the host's wall clock) and the engine answers with decisions for the
-//! host, requests for the observer, status, and its next deadline.
+//! Unix epoch) and the engine answers with decisions for the host, requests for the
+//! observer, status, and its next deadline. Time must never go backwards or jump: the
+//! kernel-mode controller feeds monotonic time anchored to the wall clock at its start,
+//! and converts timestamps to and from the current wall clock at its API.
 //!
 //! The controller, the C ABI and the Go bindings are written against the public names
 //! in this file: renaming one changes all three.
@@ -59,7 +61,8 @@ use flows::Probe;
 /// A host-chosen instance identifier.
 pub type InstanceKey = u64;
 
-/// Milliseconds since the Unix epoch, on the host's wall clock.
+/// Milliseconds since the Unix epoch: the engine's time inside it, wall time at the
+/// controller's API (see `controller::clock`).
 pub type UnixMillis = u64;
 
 /// Lifecycle state of an instance as the host reports it.
@@ -173,6 +176,24 @@ pub enum StandbyOutcome {
     NotFound = 2,
 }
 
+/// How the host's restore on a [`Decision::Wake`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum WakeOutcome {
+    /// The instance was restored (its lifecycle update follows from the host).
+    Success = 0,
+    /// The restore failed: the instance is still in Standby. The next qualifying NEW
+    /// flow after [`WAKE_RETRY_INITIAL_MS`] (doubled per consecutive failure, capped at
+    /// [`WAKE_RETRY_MAX_MS`]) emits `Wake` again.
+    Failed = 1,
+}
+
+/// First delay before a failed restore may be retried on new traffic.
+pub const WAKE_RETRY_INITIAL_MS: u64 = 1_000;
+/// Longest delay between restore retries: a client retrying its connection is served
+/// within this long of the host recovering.
+pub const WAKE_RETRY_MAX_MS: u64 = 30_000;
+
 /// Answer of [`Engine::begin_standby`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BeginStandby {
@@ -259,6 +280,9 @@ pub enum Reason {
     /// `conntrack_events_off`: `net.netfilter.nf_conntrack_events` is 0 in the observed
     /// namespace, so new connections go unseen; no standby until events flow again.
     ConntrackEventsOff = 16,
+    /// `restore_failed`: the host reported that restoring the instance from Standby (on a
+    /// `Wake`) failed; the next qualifying flow after a backoff wakes it again.
+    RestoreFailed = 17,
 }
 
 impl Status {
@@ -298,6 +322,7 @@ impl Reason {
             Self::ConfirmFailed => "confirm_failed",
             Self::ConfirmPending => "confirm_pending",
             Self::ConntrackEventsOff => "conntrack_events_off",
+            Self::RestoreFailed => "restore_failed",
         }
     }
 }
@@ -373,6 +398,8 @@ pub struct EngineStats {
     /// live one (SYN, ESTABLISHED): `conntrack -D`/`-F`, an expired ESTABLISHED timeout,
     /// or table pressure. The connection may well still be open.
     pub suspect_ends: u64,
+    /// Restores the host reported failed (see [`Engine::report_wake`]).
+    pub wake_failures: u64,
 }
 
 /// When a standby is tried again after the host reported it failed (with no qualifying
@@ -746,6 +773,22 @@ impl Engine {
         now: UnixMillis,
     ) -> Result<(), EngineError> {
         self.do_report_standby(key, outcome, now)
+    }
+
+    /// The host's report on the restore it attempted for a `Wake`.
+    ///
+    /// A failure while the instance is still in Standby makes its status `error` /
+    /// `restore_failed` and lets a qualifying NEW flow emit `Wake` again once a backoff
+    /// has passed (retries happen only while clients keep connecting; no timer fires on
+    /// its own). A success, a lifecycle change or a successful standby clears it. A report
+    /// for an instance no longer in Standby changes nothing.
+    pub fn report_wake(
+        &mut self,
+        key: InstanceKey,
+        outcome: WakeOutcome,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
+        self.do_report_wake(key, outcome, now)
     }
 
     /// Fires every deadline at or before `now`.

@@ -136,6 +136,7 @@ impl Engine {
             }
             if spec.lifecycle != Lifecycle::Standby {
                 inst.wake_sent = false;
+                inst.clear_wake_failures();
             }
             // The persisted runtime in an update is the host's copy of what we told it;
             // our own record of it is newer, so only the rest of the spec is taken.

@@ -4,7 +4,8 @@
 use super::instance::{Inst, Phase};
 use super::{
     BeginStandby, Decision, Engine, EngineError, InstanceKey, Lifecycle, ObserverRequest, Reason,
-    StandbyOutcome, StandbyRetry, UnixMillis,
+    StandbyOutcome, StandbyRetry, UnixMillis, WAKE_RETRY_INITIAL_MS, WAKE_RETRY_MAX_MS,
+    WakeOutcome,
 };
 
 impl Engine {
@@ -279,6 +280,7 @@ impl Engine {
                 inst.spec_changed();
                 inst.running_since = None;
                 inst.wake_sent = false;
+                inst.clear_wake_failures();
                 self.persist(slot);
                 self.deadlines.remove(slot);
                 // A client that connected while the snapshot was written would be
@@ -323,6 +325,38 @@ impl Engine {
                 self.persist(slot);
                 self.free_slot(now);
                 self.rearm(slot);
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn do_report_wake(
+        &mut self,
+        key: InstanceKey,
+        outcome: WakeOutcome,
+        now: UnixMillis,
+    ) -> Result<(), EngineError> {
+        self.see(now);
+        let slot = self.slot(key)?;
+        let inst = self.inst_mut(slot);
+        // A report that arrives after the host moved the instance on (restored by other
+        // means, stopped) is about a Standby period that is over.
+        if inst.spec.lifecycle != Lifecycle::Standby {
+            return Ok(());
+        }
+        match outcome {
+            WakeOutcome::Success => inst.clear_wake_failures(),
+            WakeOutcome::Failed => {
+                inst.wake_failures = inst.wake_failures.saturating_add(1);
+                let shift = (inst.wake_failures - 1).min(40);
+                let backoff = WAKE_RETRY_INITIAL_MS
+                    .saturating_mul(1u64 << shift)
+                    .min(WAKE_RETRY_MAX_MS);
+                inst.wake_retry_at = now.saturating_add(backoff);
+                // The instance is still in Standby and its clients are stranded: the
+                // next one to connect (after the backoff) must be able to wake it.
+                inst.wake_sent = false;
+                self.stats.wake_failures += 1;
             }
         }
         Ok(())

@@ -23,6 +23,13 @@ impl Engine {
             hold_until: None,
             countdown_remaining_ms: None,
         };
+        // A Standby instance whose restore failed is stranded until a retry succeeds:
+        // that is an error to show, not the usual `instance_not_running`.
+        if inst.wake_failures > 0 && inst.spec.lifecycle == super::Lifecycle::Standby {
+            s.status = Status::Error;
+            s.reason = Reason::RestoreFailed;
+            return s;
+        }
         if let Some(r) = inst.ineligible_reason() {
             s.reason = r;
             s.status = match r {

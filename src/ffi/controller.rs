@@ -11,7 +11,7 @@ use crate::controller::{
     Controller, ControllerConfig, DEFAULT_MAX_CONCURRENT_STANDBYS, DEFAULT_RCVBUF_BYTES,
     DEFAULT_RESYNC_INTERVAL_MS, EventsSysctlMode, Mode,
 };
-use crate::engine::{BeginStandby, Decision, Reason, StandbyOutcome, StandbyRetry};
+use crate::engine::{BeginStandby, Decision, Reason, StandbyOutcome, StandbyRetry, WakeOutcome};
 
 /// `sizeof(autostandby_config)` in the first release, which ended at `manual_start_ms`.
 /// Callers built against that header still pass it; the later fields take defaults.
@@ -465,6 +465,43 @@ pub unsafe extern "C" fn autostandby_decline_standby(
     unsafe { with_controller(c, err, |ctl| Ok(ctl.decline_standby(key)?)) }
 }
 
+/// The host's report on the restore it attempted for an `AUTOSTANDBY_DECISION_WAKE`:
+/// `outcome` is `AUTOSTANDBY_WAKE_RESTORED` or `AUTOSTANDBY_WAKE_FAILED`.
+///
+/// After a failure, while the instance is still in Standby, its status is `error` with
+/// reason `restore_failed`, and the next qualifying new flow after a backoff (1 s,
+/// doubled per consecutive failure, capped at 30 s) emits another WAKE; without new
+/// traffic nothing is retried. A success, a lifecycle update out of Standby or a
+/// successful standby clears it. A report for an instance no longer in Standby is
+/// accepted and changes nothing. `AUTOSTANDBY_ERR_NOT_FOUND` for an unknown key.
+/// Thread-safe.
+///
+/// # Safety
+/// `c` is NULL or a live handle; `err` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn autostandby_report_wake(
+    c: *mut autostandby_controller,
+    key: u64,
+    outcome: u32,
+    err: *mut autostandby_error,
+) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_controller(c, err, |ctl| {
+            let outcome = match outcome {
+                AUTOSTANDBY_WAKE_RESTORED => WakeOutcome::Success,
+                AUTOSTANDBY_WAKE_FAILED => WakeOutcome::Failed,
+                other => {
+                    return Err(FfiError::invalid(format!(
+                        "outcome is {other}, expected 0..=1"
+                    )));
+                }
+            };
+            Ok(ctl.report_wake(key, outcome)?)
+        })
+    }
+}
+
 /// Checks an output struct's `struct_size` before anything is written to it.
 ///
 /// # Safety
@@ -606,6 +643,7 @@ pub unsafe extern "C" fn autostandby_stats(
                 decisions_merged: s.decisions_merged,
                 conntrack_events_off: s.conntrack_events_off,
                 suspect_ends: s.engine.suspect_ends,
+                wake_failures: s.engine.wake_failures,
             };
             // SAFETY: the caller's struct has `struct_size` writable bytes, `len` is no
             // more than that nor than ours, and ends on a field boundary.

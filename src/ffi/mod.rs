@@ -83,6 +83,8 @@ pub const AUTOSTANDBY_REASON_CONFIRM_PENDING: u32 = 15;
 /// `net.netfilter.nf_conntrack_events` is 0 in the observed namespace; no standby until
 /// events flow again.
 pub const AUTOSTANDBY_REASON_CONNTRACK_EVENTS_OFF: u32 = 16;
+/// `autostandby_status.reason`: `restore_failed` (see `autostandby_report_wake`).
+pub const AUTOSTANDBY_REASON_RESTORE_FAILED: u32 = 17;
 
 /// The same wire strings as `Status::as_str`/`Reason::as_str`, NUL-terminated.
 const STATUS_NAMES: [&str; 8] = [
@@ -96,7 +98,7 @@ const STATUS_NAMES: [&str; 8] = [
     "error\0",
 ];
 
-const REASON_NAMES: [&str; 17] = [
+const REASON_NAMES: [&str; 18] = [
     "unsupported_platform\0",
     "policy_missing\0",
     "policy_disabled\0",
@@ -114,6 +116,7 @@ const REASON_NAMES: [&str; 17] = [
     "confirm_failed\0",
     "confirm_pending\0",
     "conntrack_events_off\0",
+    "restore_failed\0",
 ];
 
 fn c_str(s: Option<&'static str>) -> *const c_char {
@@ -173,7 +176,7 @@ mod tests {
         Status::Error,
     ];
 
-    const REASONS: [Reason; 17] = [
+    const REASONS: [Reason; 18] = [
         Reason::UnsupportedPlatform,
         Reason::PolicyMissing,
         Reason::PolicyDisabled,
@@ -191,6 +194,7 @@ mod tests {
         Reason::ConfirmFailed,
         Reason::ConfirmPending,
         Reason::ConntrackEventsOff,
+        Reason::RestoreFailed,
     ];
 
     #[test]
@@ -219,6 +223,10 @@ mod tests {
         assert_eq!(
             Reason::ConntrackEventsOff as u32,
             AUTOSTANDBY_REASON_CONNTRACK_EVENTS_OFF
+        );
+        assert_eq!(
+            Reason::RestoreFailed as u32,
+            AUTOSTANDBY_REASON_RESTORE_FAILED
         );
         assert_eq!(
             Reason::ActiveInboundConnections as u32,

@@ -66,6 +66,12 @@ pub const AUTOSTANDBY_OUTCOME_FAILED: u32 = 1;
 /// `autostandby_report_standby` outcome: the instance no longer exists.
 pub const AUTOSTANDBY_OUTCOME_NOT_FOUND: u32 = 2;
 
+/// `autostandby_report_wake` outcome: the instance was restored.
+pub const AUTOSTANDBY_WAKE_RESTORED: u32 = 0;
+/// `autostandby_report_wake` outcome: the restore failed; the instance is still in
+/// Standby.
+pub const AUTOSTANDBY_WAKE_FAILED: u32 = 1;
+
 /// `autostandby_flow_event.kind`: a new flow.
 pub const AUTOSTANDBY_FLOW_NEW: u32 = 0;
 /// `autostandby_flow_event.kind`: a flow changed.
@@ -413,6 +419,9 @@ pub struct autostandby_stats {
     /// held `resync_pending` for a short grace, then a dump of it decides. Added in the
     /// third layout: written only when `struct_size` covers it.
     pub suspect_ends: u64,
+    /// Restores the host reported failed with `autostandby_report_wake`. Added in the
+    /// third layout: written only when `struct_size` covers it.
+    pub wake_failures: u64,
 }
 
 /// One captured log record.

@@ -34,8 +34,9 @@ func TestStatusAndReasonNamesAreTheLibrarys(t *testing.T) {
 	if StatusName(3) != "active" || StatusName(7) != "error" || StatusName(8) != "" {
 		t.Fatalf("status names: %q %q %q", StatusName(3), StatusName(7), StatusName(8))
 	}
-	if ReasonName(0) != "unsupported_platform" || ReasonName(14) != "confirm_failed" || ReasonName(16) != "conntrack_events_off" || ReasonName(17) != "" {
-		t.Fatalf("reason names: %q %q %q", ReasonName(0), ReasonName(14), ReasonName(15))
+	if ReasonName(0) != "unsupported_platform" || ReasonName(14) != "confirm_failed" || ReasonName(16) != "conntrack_events_off" ||
+		ReasonName(17) != "restore_failed" || ReasonName(18) != "" {
+		t.Fatalf("reason names: %q %q %q %q", ReasonName(0), ReasonName(14), ReasonName(16), ReasonName(17))
 	}
 }
 

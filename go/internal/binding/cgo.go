@@ -223,6 +223,14 @@ func (c *Controller) ReportStandby(key uint64, outcome StandbyOutcome) error {
 	})
 }
 
+// ReportWake reports how the restore for a Wake ended. After a failure the instance's
+// status is error/restore_failed, and new traffic after a backoff emits Wake again.
+func (c *Controller) ReportWake(key uint64, outcome WakeOutcome) error {
+	return c.call("report_wake", func(p *C.autostandby_controller, e *C.autostandby_error) C.uint32_t {
+		return C.autostandby_report_wake(p, C.uint64_t(key), C.uint32_t(outcome), e)
+	})
+}
+
 // Hold places a hold on key and returns its status.
 func (c *Controller) Hold(key uint64) (Status, error) {
 	var st cStatus
@@ -304,6 +312,7 @@ func (c *Controller) Stats() (Stats, error) {
 		DecisionsMerged:    uint64(s.decisions_merged),
 		ConntrackEventsOff: bool(s.conntrack_events_off),
 		SuspectEnds:        uint64(s.suspect_ends),
+		WakeFailures:       uint64(s.wake_failures),
 	}, err
 }
 

@@ -51,6 +51,9 @@ func (*Controller) DeclineStandby(uint64) error { return ErrUnsupported }
 // ReportStandby fails.
 func (*Controller) ReportStandby(uint64, StandbyOutcome) error { return ErrUnsupported }
 
+// ReportWake fails.
+func (*Controller) ReportWake(uint64, WakeOutcome) error { return ErrUnsupported }
+
 // Hold fails.
 func (*Controller) Hold(uint64) (Status, error) { return Status{}, ErrUnsupported }
 

@@ -184,6 +184,15 @@ const (
 	OutcomeNotFound StandbyOutcome = 2
 )
 
+// WakeOutcome is the host's report on the restore it attempted for a Wake.
+type WakeOutcome uint32
+
+// Wake outcomes.
+const (
+	WakeRestored WakeOutcome = 0
+	WakeFailed   WakeOutcome = 1
+)
+
 // Status is the library's view of one instance. Zero times mean absent.
 type Status struct {
 	Status                uint32
@@ -263,6 +272,8 @@ type Stats struct {
 	// alive (conntrack -D/-F, an expired ESTABLISHED timeout); each holds its instance
 	// resync_pending until a dump decides.
 	SuspectEnds uint64
+	// WakeFailures counts the restores reported failed with ReportWake.
+	WakeFailures uint64
 }
 
 // LogRecord is one line of the library's log buffer.

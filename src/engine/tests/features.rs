@@ -42,6 +42,82 @@ fn first_qualifying_new_flow_wakes_once_until_running_again() {
 }
 
 #[test]
+fn a_failed_restore_is_retried_on_new_traffic_after_a_doubling_backoff() {
+    let mut h = H::new();
+    h.reg(1, wake_spec(), T0);
+    h.new_flow(inbound(1, Some(TcpState::SYN_SENT)), T0);
+    assert_eq!(wakes(&mut h).len(), 1);
+
+    h.e.report_wake(1, WakeOutcome::Failed, T0 + 100).unwrap();
+    let st = h.e.status(1, T0 + 100).unwrap();
+    assert_eq!(
+        (st.status, st.reason),
+        (Status::Error, Reason::RestoreFailed)
+    );
+    assert_eq!(h.e.stats().wake_failures, 1);
+
+    // Within the first backoff (1 s from the failure): no new Wake.
+    h.new_flow(inbound(2, Some(TcpState::SYN_SENT)), T0 + 1_000);
+    assert!(wakes(&mut h).is_empty());
+    // Once it has passed, the next connection wakes it again, once.
+    h.new_flow(inbound(3, Some(TcpState::SYN_SENT)), T0 + 1_100);
+    h.new_flow(inbound(4, Some(TcpState::SYN_SENT)), T0 + 1_200);
+    assert_eq!(wakes(&mut h).len(), 1);
+
+    // A second failure doubles the backoff (2 s).
+    h.e.report_wake(1, WakeOutcome::Failed, T0 + 2_000).unwrap();
+    h.new_flow(inbound(5, Some(TcpState::SYN_SENT)), T0 + 3_900);
+    assert!(wakes(&mut h).is_empty());
+    h.new_flow(inbound(6, Some(TcpState::SYN_SENT)), T0 + 4_000);
+    assert_eq!(wakes(&mut h).len(), 1);
+    assert_eq!(
+        h.e.status(1, T0 + 4_000).unwrap().reason,
+        Reason::RestoreFailed
+    );
+
+    // A success clears the error; the host's Running update follows.
+    h.e.report_wake(1, WakeOutcome::Success, T0 + 4_500)
+        .unwrap();
+    let st = h.e.status(1, T0 + 4_500).unwrap();
+    assert_eq!(st.reason, Reason::InstanceNotRunning);
+    assert_eq!(h.e.stats().wake_failures, 2);
+}
+
+#[test]
+fn the_restore_backoff_is_capped_and_reset_by_leaving_standby() {
+    let mut h = H::new();
+    h.reg(1, wake_spec(), T0);
+    let mut t = T0;
+    for i in 0..10u16 {
+        h.new_flow(inbound(100 + i, Some(TcpState::SYN_SENT)), t);
+        assert_eq!(wakes(&mut h).len(), 1, "failure {i}");
+        h.e.report_wake(1, WakeOutcome::Failed, t).unwrap();
+        t += WAKE_RETRY_MAX_MS.min(SEC << i);
+    }
+    // Capped: the tenth retry came 30 s after the ninth failure, not 256 s.
+    assert!(t - T0 < 10 * WAKE_RETRY_MAX_MS);
+
+    // Running again clears the failures; a later Standby period starts afresh.
+    let mut s = wake_spec();
+    s.lifecycle = Lifecycle::Running;
+    h.e.update(1, s, t).unwrap();
+    assert_ne!(h.e.status(1, t).unwrap().reason, Reason::RestoreFailed);
+    h.e.update(1, wake_spec(), t).unwrap();
+    h.new_flow(inbound(999, Some(TcpState::SYN_SENT)), t);
+    assert_eq!(wakes(&mut h).len(), 1);
+    // A report for an instance that is no longer in Standby changes nothing.
+    let mut s = wake_spec();
+    s.lifecycle = Lifecycle::Running;
+    h.e.update(1, s, t).unwrap();
+    h.e.report_wake(1, WakeOutcome::Failed, t).unwrap();
+    assert_ne!(h.e.status(1, t).unwrap().reason, Reason::RestoreFailed);
+    assert_eq!(
+        h.e.report_wake(2, WakeOutcome::Failed, t),
+        Err(EngineError::NotFound(2))
+    );
+}
+
+#[test]
 fn no_wake_without_opt_in_or_for_ignored_or_outbound_flows() {
     let mut h = H::new();
     let mut s = wake_spec();
