@@ -14,7 +14,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use autostandby::controller::{Controller, ControllerConfig, ControllerError};
-use autostandby::engine::{Decision, InstanceSpec, Lifecycle, Reason, Status, StatusSnapshot};
+use autostandby::engine::{
+    BeginStandby, Decision, InstanceSpec, Lifecycle, Reason, StandbyOutcome, Status,
+    StatusSnapshot,
+};
 use autostandby::flow::TcpState;
 use autostandby::policy::{Policy, Protocols};
 
@@ -203,15 +206,69 @@ fn fmt_age(now: u64, at: Option<u64>) -> String {
     )
 }
 
-/// The decision the library would take now, in words.
+/// The decision the library would take now, in words, from its status alone. `decided`
+/// says that a standby decision for the address was received and is still pending.
 fn would(s: &StatusSnapshot, decided: bool) -> String {
-    if decided {
-        return "standby (decided)".into();
-    }
     match s.status {
+        Status::StandbyRequested if decided => "standby (decided)".into(),
         Status::IdleCountdown => format!("standby in {}", fmt_ms(s.countdown_remaining_ms)),
         Status::ReadyForStandby | Status::StandbyRequested => "standby".into(),
         _ => "none".into(),
+    }
+}
+
+/// The state `watch` keeps between ticks: which addresses have a standby decision the
+/// library is still waiting on. The tool never puts a VM into standby, so a decision is
+/// left pending while the library still wants the standby, and declined once it no
+/// longer does (activity, a hold): the library then counts down afresh and decides
+/// again, and every tick shows the library's current status.
+struct Watcher {
+    keys: usize,
+    pending: Vec<bool>,
+    decisions: Vec<Decision>,
+}
+
+impl Watcher {
+    fn new(keys: usize) -> Self {
+        Self {
+            keys,
+            pending: vec![false; keys],
+            decisions: Vec::new(),
+        }
+    }
+
+    /// Takes the decisions made since the last tick and returns, for each address, its
+    /// status and the decision it would take now.
+    fn tick(&mut self, controller: &Controller) -> Result<Vec<(StatusSnapshot, String)>, String> {
+        self.decisions.clear();
+        controller
+            .poll_decisions(&mut self.decisions, 1024, Duration::ZERO)
+            .map_err(|e| e.to_string())?;
+        for d in &self.decisions {
+            if let Decision::Standby { key } = d
+                && let Some(p) = self.pending.get_mut(*key as usize)
+            {
+                *p = true;
+            }
+        }
+        let mut rows = Vec::with_capacity(self.keys);
+        for key in 0..self.keys {
+            let mut s = controller.status(key as u64).map_err(|e| e.to_string())?;
+            if self.pending[key] && s.status != Status::StandbyRequested {
+                // Cancelled by the library: answer it, so that it frees the standby slot
+                // and can decide again.
+                if let Ok(BeginStandby::Proceed) = controller.begin_standby(key as u64) {
+                    controller
+                        .report_standby(key as u64, StandbyOutcome::Failed)
+                        .map_err(|e| e.to_string())?;
+                }
+                self.pending[key] = false;
+                s = controller.status(key as u64).map_err(|e| e.to_string())?;
+            }
+            let decision = would(&s, self.pending[key]);
+            rows.push((s, decision));
+        }
+        Ok(rows)
     }
 }
 
@@ -237,18 +294,9 @@ fn json_opt(v: Option<u64>) -> String {
 fn watch(args: &Args) -> Result<(), String> {
     let controller = start(args)?;
     wait_synced(&controller, args.ips.len());
-    let mut decided = vec![false; args.ips.len()];
-    let mut decisions = Vec::new();
+    let mut watcher = Watcher::new(args.ips.len());
     loop {
-        decisions.clear();
-        controller
-            .poll_decisions(&mut decisions, 1024, Duration::ZERO)
-            .map_err(|e| e.to_string())?;
-        for d in &decisions {
-            if let Decision::Standby { key } = d {
-                decided[*key as usize] = true;
-            }
-        }
+        let rows = watcher.tick(&controller)?;
         let now = controller.now();
         if !args.json {
             // Clear the screen and home the cursor, as watch(1) does.
@@ -258,9 +306,7 @@ fn watch(args: &Args) -> Result<(), String> {
                 "ADDRESS", "STATUS", "REASON", "FLOWS", "IDLE", "COUNTDOWN"
             );
         }
-        for (key, ip) in args.ips.iter().enumerate() {
-            let s = controller.status(key as u64).map_err(|e| e.to_string())?;
-            let decision = would(&s, decided[key]);
+        for (ip, (s, decision)) in args.ips.iter().zip(&rows) {
             if args.json {
                 println!(
                     "{{\"time_ms\":{now},\"address\":{},\"status\":{},\"reason\":{},\"active_inbound\":{},\"idle_since_ms\":{},\"countdown_remaining_ms\":{},\"would\":{}}}",
@@ -455,5 +501,92 @@ mod tests {
     #[test]
     fn json_strings_are_escaped() {
         assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+    /// One manual controller watching 10.0.0.2 with a 10 s idle timeout.
+    fn manual_watch() -> (Controller, Watcher) {
+        use autostandby::controller::ControllerConfig;
+        let c = Controller::new(ControllerConfig::manual(1_700_000_000_000)).unwrap();
+        let spec = InstanceSpec {
+            addresses: vec!["10.0.0.2".parse().unwrap()],
+            policy: Some(Policy {
+                enabled: true,
+                idle_timeout_ms: 10_000,
+                ..Policy::default()
+            }),
+            lifecycle: Lifecycle::Running,
+            network_enabled: true,
+            has_vgpu: false,
+            runtime: Default::default(),
+        };
+        c.register(0, spec).unwrap();
+        (c, Watcher::new(1))
+    }
+
+    fn flow_event(kind: autostandby::flow::EventKind) -> autostandby::flow::FlowEvent {
+        use autostandby::flow::{Flow, FlowEvent, Tuple, proto};
+        let client: IpAddr = "192.0.2.10".parse().unwrap();
+        let guest: IpAddr = "10.0.0.2".parse().unwrap();
+        FlowEvent {
+            kind,
+            flow: Flow {
+                protocol: proto::TCP,
+                orig: Tuple::new(client, 40_000, guest, 22),
+                reply: Tuple::new(guest, 22, client, 40_000),
+                zone: 0,
+                id: 7,
+                tcp_state: Some(TcpState::ESTABLISHED),
+                status: 0,
+                mark: 0,
+                timeout_s: None,
+            },
+        }
+    }
+
+    fn shown(c: &Controller, w: &mut Watcher) -> (Status, String) {
+        let rows = w.tick(c).unwrap();
+        (rows[0].0.status, rows[0].1.clone())
+    }
+
+    #[test]
+    fn watch_shows_the_truth_after_a_decision() {
+        use autostandby::flow::EventKind;
+        let (c, mut w) = manual_watch();
+        let (status, would) = shown(&c, &mut w);
+        assert_eq!(status, Status::IdleCountdown);
+        assert!(would.starts_with("standby in"), "{would}");
+
+        c.advance_clock(10_001).unwrap();
+        let (status, would) = shown(&c, &mut w);
+        assert_eq!(status, Status::StandbyRequested);
+        assert_eq!(would, "standby (decided)");
+
+        // A connection arrives: the address is active again, whatever was decided.
+        c.ingest(&[flow_event(EventKind::New)]).unwrap();
+        for _ in 0..3 {
+            let (status, would) = shown(&c, &mut w);
+            assert_eq!(status, Status::Active);
+            assert_eq!(would, "none");
+        }
+
+        // It closes: a fresh countdown, then a fresh decision.
+        c.ingest(&[flow_event(EventKind::Destroy)]).unwrap();
+        let (status, would) = shown(&c, &mut w);
+        assert_eq!(status, Status::IdleCountdown);
+        assert!(would.starts_with("standby in"), "{would}");
+        c.advance_clock(10_001).unwrap();
+        let (status, would) = shown(&c, &mut w);
+        assert_eq!(status, Status::StandbyRequested);
+        assert_eq!(would, "standby (decided)");
+    }
+
+    #[test]
+    fn would_follows_the_status() {
+        let (c, _) = manual_watch();
+        let mut s = c.status(0).unwrap();
+        s.status = Status::Active;
+        assert_eq!(would(&s, true), "none");
+        s.status = Status::StandbyRequested;
+        assert_eq!(would(&s, true), "standby (decided)");
+        assert_eq!(would(&s, false), "standby");
     }
 }
