@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use autostandby::controller::{Controller, ControllerConfig, ControllerError};
 use autostandby::engine::{
-    BeginStandby, Decision, InstanceSpec, Lifecycle, Reason, StandbyOutcome, Status,
-    StatusSnapshot,
+    BeginStandby, Decision, InstanceSpec, Lifecycle, Reason, StandbyOutcome, Status, StatusSnapshot,
 };
 use autostandby::flow::TcpState;
 use autostandby::policy::{Policy, Protocols};
@@ -33,6 +32,42 @@ usage:
 
 Reads the conntrack table of the network namespace (the current one by default); needs
 root or CAP_NET_ADMIN. Never puts a VM into standby or wakes one.";
+
+/// Why a command stopped.
+#[derive(Debug)]
+enum Failure {
+    /// Worth telling the operator.
+    Message(String),
+    /// Whoever reads stdout went away (`autostandby watch | head -1`): stop quietly, as
+    /// other Unix tools do.
+    BrokenPipe,
+}
+
+impl From<String> for Failure {
+    fn from(m: String) -> Self {
+        Self::Message(m)
+    }
+}
+
+/// Writes to stdout; a closed pipe becomes [`Failure::BrokenPipe`] rather than a panic.
+fn write_out(args: std::fmt::Arguments<'_>) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => Failure::BrokenPipe,
+            _ => Failure::Message(format!("writing to stdout: {e}")),
+        })
+}
+
+macro_rules! out {
+    ($($arg:tt)*) => { write_out(format_args!($($arg)*)) };
+}
+
+macro_rules! outln {
+    ($($arg:tt)*) => { write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
 
 /// Parsed command line.
 #[derive(Debug, PartialEq)]
@@ -291,7 +326,7 @@ fn json_opt(v: Option<u64>) -> String {
     v.map_or_else(|| "null".into(), |v| v.to_string())
 }
 
-fn watch(args: &Args) -> Result<(), String> {
+fn watch(args: &Args) -> Result<(), Failure> {
     let controller = start(args)?;
     wait_synced(&controller, args.ips.len());
     let mut watcher = Watcher::new(args.ips.len());
@@ -300,15 +335,20 @@ fn watch(args: &Args) -> Result<(), String> {
         let now = controller.now();
         if !args.json {
             // Clear the screen and home the cursor, as watch(1) does.
-            print!("\x1b[2J\x1b[H");
-            println!(
+            out!("\x1b[2J\x1b[H")?;
+            outln!(
                 "{:<40} {:<18} {:<28} {:>6} {:>10} {:>10}  WOULD",
-                "ADDRESS", "STATUS", "REASON", "FLOWS", "IDLE", "COUNTDOWN"
-            );
+                "ADDRESS",
+                "STATUS",
+                "REASON",
+                "FLOWS",
+                "IDLE",
+                "COUNTDOWN"
+            )?;
         }
         for (ip, (s, decision)) in args.ips.iter().zip(&rows) {
             if args.json {
-                println!(
+                outln!(
                     "{{\"time_ms\":{now},\"address\":{},\"status\":{},\"reason\":{},\"active_inbound\":{},\"idle_since_ms\":{},\"countdown_remaining_ms\":{},\"would\":{}}}",
                     json_str(&ip.to_string()),
                     json_str(s.status.as_str()),
@@ -316,10 +356,10 @@ fn watch(args: &Args) -> Result<(), String> {
                     s.active_inbound,
                     json_opt(s.idle_since),
                     json_opt(s.countdown_remaining_ms),
-                    json_str(&decision)
-                );
+                    json_str(decision)
+                )?;
             } else {
-                println!(
+                outln!(
                     "{:<40} {:<18} {:<28} {:>6} {:>10} {:>10}  {}",
                     ip.to_string(),
                     s.status.as_str(),
@@ -328,14 +368,14 @@ fn watch(args: &Args) -> Result<(), String> {
                     fmt_age(now, s.idle_since),
                     fmt_ms(s.countdown_remaining_ms),
                     decision
-                );
+                )?;
             }
         }
         std::thread::sleep(Duration::from_secs(1));
     }
 }
 
-fn flows(args: &Args) -> Result<(), String> {
+fn flows(args: &Args) -> Result<(), Failure> {
     let controller = start(args)?;
     wait_synced(&controller, 1);
     let mut flows = Vec::new();
@@ -349,7 +389,7 @@ fn flows(args: &Args) -> Result<(), String> {
     };
     let state = |s: Option<TcpState>| s.map_or("-", TcpState::name);
     if !args.json {
-        println!("{} flow(s) keeping {} awake", flows.len(), args.ips[0]);
+        outln!("{} flow(s) keeping {} awake", flows.len(), args.ips[0])?;
     }
     for f in &flows {
         let orig = format!(
@@ -358,27 +398,27 @@ fn flows(args: &Args) -> Result<(), String> {
             std::net::SocketAddr::new(f.orig.dst, f.orig.dst_port)
         );
         if args.json {
-            println!(
+            outln!(
                 "{{\"protocol\":{},\"orig\":{},\"reply_src\":{},\"tcp_state\":{},\"age_ms\":{}}}",
                 json_str(&proto(f.protocol)),
                 json_str(&orig),
                 json_str(&std::net::SocketAddr::new(f.reply.src, f.reply.src_port).to_string()),
                 json_str(state(f.tcp_state)),
                 f.age_ms
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "  {:<4} {orig:<60} {:<12} seen {}",
                 proto(f.protocol),
                 state(f.tcp_state),
                 fmt_ms(Some(f.age_ms))
-            );
+            )?;
         }
     }
     Ok(())
 }
 
-fn stats(args: &Args) -> Result<(), String> {
+fn stats(args: &Args) -> Result<(), Failure> {
     let controller = start(args)?;
     std::thread::sleep(args.duration);
     let s = controller.stats();
@@ -399,10 +439,10 @@ fn stats(args: &Args) -> Result<(), String> {
     ];
     if args.json {
         let body: Vec<String> = rows.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
-        println!("{{{}}}", body.join(","));
+        outln!("{{{}}}", body.join(","))?;
     } else {
         for (k, v) in rows {
-            println!("{k:<24} {v}");
+            outln!("{k:<24} {v}")?;
         }
     }
     Ok(())
@@ -411,7 +451,9 @@ fn stats(args: &Args) -> Result<(), String> {
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.is_empty() || argv.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
+        if let Err(Failure::Message(e)) = outln!("{USAGE}") {
+            eprintln!("autostandby: {e}");
+        }
         return if argv.is_empty() {
             ExitCode::from(2)
         } else {
@@ -431,8 +473,8 @@ fn main() -> ExitCode {
         Command::Stats => stats(&args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Ok(()) | Err(Failure::BrokenPipe) => ExitCode::SUCCESS,
+        Err(Failure::Message(e)) => {
             eprintln!("autostandby: {e}");
             ExitCode::FAILURE
         }
