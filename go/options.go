@@ -63,7 +63,7 @@ type ControllerOptions struct {
 	StandbyRetryBackoff bool
 	// UpstreamReasons reports only the reasons in hypeman's API enum: standby_held and
 	// min_uptime_not_elapsed become idle_timeout_not_elapsed, resync_pending and
-	// confirm_failed become observer_error. For hosts whose generated API clients
+	// confirm_failed and invalid_config become observer_error. For hosts whose generated API clients
 	// reject unknown reasons.
 	UpstreamReasons bool
 }

@@ -46,6 +46,11 @@ const (
 	// ReasonConfirmFailed: the confirmation before a standby failed; the countdown
 	// restarted.
 	ReasonConfirmFailed Reason = "confirm_failed"
+	// ReasonInvalidConfig: the policy or an address is invalid (an unparsable IP, a
+	// loopback, multicast, broadcast or unspecified address, a negative idle_timeout);
+	// the instance is not registered with the library. Go's own: never in the library's
+	// numbering, so not in KnownReasons.
+	ReasonInvalidConfig Reason = "invalid_config"
 )
 
 // KnownStatuses lists every Status value, indexed by the library's number for it.
@@ -66,7 +71,7 @@ func upstreamReason(r Reason) Reason {
 	switch r {
 	case ReasonStandbyHeld, ReasonMinUptimeNotElapsed:
 		return ReasonIdleTimeoutNotElapsed
-	case ReasonResyncPending, ReasonConfirmFailed:
+	case ReasonResyncPending, ReasonConfirmFailed, ReasonInvalidConfig:
 		return ReasonObserverError
 	}
 	return r
