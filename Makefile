@@ -4,7 +4,7 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-all test-rust test-c test-go demo demo-engine bench bench-engine bench-conntrack bench-controller bench-go e2e lint header-check prebuilt prebuilt-check prebuilt-ensure prebuilt-verify clean
+.PHONY: all deps build test test-all test-rust test-c test-go demo demo-engine bench bench-engine bench-conntrack bench-controller bench-go e2e fuzz fuzz-ci lint header-check prebuilt prebuilt-check prebuilt-ensure prebuilt-verify clean
 
 all: build
 
@@ -62,7 +62,7 @@ test: deps
 	@set -o pipefail; $(MAKE) --no-print-directory test-all 2>&1 | tee build/test.log; \
 	  status=$$?; bash scripts/test-summary.sh build/test.log $$status; exit $$status
 
-test-all: header-check lint test-rust test-c test-go e2e
+test-all: header-check lint test-rust test-c test-go e2e fuzz-ci
 
 test-rust: deps
 	$(CARGO) test --all-targets
@@ -106,6 +106,17 @@ bench-go: deps prebuilt-ensure
 test-c: deps
 	$(CARGO) build --lib
 	bash tests/c/run.sh target/debug
+
+# Coverage-guided fuzzing (cargo fuzz, nightly, AddressSanitizer, debug assertions) of
+# the ctnetlink parser, the BPF event filter against the parser, and sequences of C ABI
+# calls against a model (fuzz/). make fuzz runs each target FUZZ_SECS (300 s); make test
+# runs each 60 s. A crash fails the target; its input is left in fuzz/artifacts/.
+FUZZ_SECS ?= 300
+fuzz: deps
+	bash scripts/fuzz.sh $(FUZZ_SECS)
+
+fuzz-ci: deps
+	bash scripts/fuzz.sh 60
 
 # The end-to-end tests: a real QEMU guest (TCG) in a network namespace, real conntrack.
 e2e: deps
