@@ -402,6 +402,9 @@ func instanceSpec(inst *Instance) (*binding.Instance, string, error) {
 		if err != nil {
 			return nil, "", fmt.Errorf("parse instance IP %q: %w", text, err)
 		}
+		if err := usableAddr(addr); err != nil {
+			return nil, "", fmt.Errorf("instance IP %q: %w", text, err)
+		}
 		// Only an instance that runs, or may be woken, owns its addresses; a stopped
 		// one may share them with a newer instance.
 		if spec.Lifecycle == binding.LifecycleRunning || spec.Lifecycle == binding.LifecycleStandby {
@@ -417,6 +420,19 @@ func instanceSpec(inst *Instance) (*binding.Instance, string, error) {
 		}
 	}
 	return spec, timeout, nil
+}
+
+// errUnusableAddr: the library refuses the same addresses (INVALID_ARGUMENT).
+var errUnusableAddr = errors.New("cannot be an instance address (unspecified, loopback, multicast and broadcast addresses are refused)")
+
+// usableAddr says whether addr can be a guest's address: the library's own rule, checked
+// here too so that Describe, HoldStandby and the sync give the same answer.
+func usableAddr(addr netip.Addr) error {
+	a := addr.Unmap()
+	if a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return errUnusableAddr
+	}
+	return nil
 }
 
 func lifecycleOf(state string) binding.Lifecycle {

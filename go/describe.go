@@ -15,6 +15,9 @@ func (c *Controller) Describe(inst Instance) StatusSnapshot {
 	snap, eligible := c.describeBase(&inst)
 	if !eligible {
 		c.describeRestoreFailure(&snap, &inst)
+		if c != nil && c.opts.UpstreamReasons {
+			snap.Reason = upstreamReason(snap.Reason)
+		}
 		return snap
 	}
 	// With a caller's ConnectionSource the library's clock follows Now.
@@ -61,9 +64,6 @@ func (c *Controller) describeRestoreFailure(snap *StatusSnapshot, inst *Instance
 		return
 	}
 	snap.Status, snap.Reason = StatusError, ReasonRestoreFailed
-	if c.opts.UpstreamReasons {
-		snap.Reason = upstreamReason(snap.Reason)
-	}
 }
 
 // describeBase fills what the instance alone decides (hypeman's order: platform,
@@ -101,6 +101,9 @@ func (c *Controller) describeBase(inst *Instance) (StatusSnapshot, bool) {
 		snap.Status, snap.Reason = StatusIneligible, ReasonMissingIP
 	case inst.HasVGPU:
 		snap.Status, snap.Reason = StatusIneligible, ReasonHasVGPU
+	case invalidSpec(inst) != nil:
+		// HoldStandby and the sync refuse it: do not pretend to count down.
+		snap.Status, snap.Reason = StatusError, ReasonInvalidConfig
 	default:
 		snap.Eligible = true
 		// No live state yet: the countdown has not started in the library's view.
@@ -136,7 +139,10 @@ func (c *Controller) applyLibraryStatus(snap *StatusSnapshot, st binding.Status)
 // ineligible instance gets its status back unchanged. While a standby executes it
 // fails with ErrStandbyInProgress.
 func (c *Controller) HoldStandby(ctx context.Context, inst Instance) (StatusSnapshot, error) {
-	if _, eligible := c.describeBase(&inst); !eligible {
+	if snap, eligible := c.describeBase(&inst); !eligible {
+		if snap.Reason == ReasonInvalidConfig {
+			return snap, invalidSpec(&inst)
+		}
 		return c.Describe(inst), nil
 	}
 	c.syncClock(c.now())
@@ -160,6 +166,12 @@ func (c *Controller) HoldStandby(ctx context.Context, inst Instance) (StatusSnap
 	}
 	c.log.InfoContext(ctx, "auto-standby hold placed", "instance_id", inst.ID, "hold_until", timePtr(st.HoldUntil))
 	return c.Describe(inst), nil
+}
+
+// invalidSpec says why the library would refuse inst (its policy or an address), or nil.
+func invalidSpec(inst *Instance) error {
+	_, _, err := instanceSpec(inst)
+	return err
 }
 
 func timePtr(t time.Time) *time.Time {

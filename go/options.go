@@ -63,8 +63,9 @@ type ControllerOptions struct {
 	StandbyRetryBackoff bool
 	// UpstreamReasons reports only the reasons in hypeman's API enum: standby_held,
 	// min_uptime_not_elapsed and confirm_pending become idle_timeout_not_elapsed;
-	// resync_pending, confirm_failed, conntrack_events_off and restore_failed become
-	// observer_error. For hosts whose generated API clients reject unknown reasons.
+	// resync_pending, confirm_failed, conntrack_events_off, restore_failed and
+	// invalid_config become observer_error. For hosts whose generated API clients reject
+	// unknown reasons.
 	UpstreamReasons bool
 }
 

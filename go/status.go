@@ -56,6 +56,11 @@ const (
 	// ReasonRestoreFailed: the instance is in Standby and restoring it on inbound
 	// traffic failed; the next connection after a backoff tries again.
 	ReasonRestoreFailed Reason = "restore_failed"
+	// ReasonInvalidConfig: the policy or an address is invalid (an unparsable IP, a
+	// loopback, multicast, broadcast or unspecified address, a negative idle_timeout);
+	// the instance is not registered with the library. Go's own: never in the library's
+	// numbering, so not in KnownReasons.
+	ReasonInvalidConfig Reason = "invalid_config"
 )
 
 // KnownStatuses lists every Status value, indexed by the library's number for it.
@@ -77,7 +82,7 @@ func upstreamReason(r Reason) Reason {
 	switch r {
 	case ReasonStandbyHeld, ReasonMinUptimeNotElapsed, ReasonConfirmPending:
 		return ReasonIdleTimeoutNotElapsed
-	case ReasonResyncPending, ReasonConfirmFailed, ReasonConntrackEventsOff, ReasonRestoreFailed:
+	case ReasonResyncPending, ReasonConfirmFailed, ReasonConntrackEventsOff, ReasonRestoreFailed, ReasonInvalidConfig:
 		return ReasonObserverError
 	}
 	return r

@@ -70,7 +70,7 @@ func TestDescribeFollowsHypemansEligibilityOrder(t *testing.T) {
 }
 
 // The OpenAPI patch in README.md turns hypeman's reason enum into exactly the reasons
-// this package reports, in the library's order.
+// this package reports: the library's, in its order, then Go's own invalid_config.
 func TestReadmeOpenAPIPatchListsEveryReason(t *testing.T) {
 	readme, err := os.ReadFile("README.md")
 	if err != nil {
@@ -96,13 +96,13 @@ func TestReadmeOpenAPIPatchListsEveryReason(t *testing.T) {
 		t.Fatalf("the patch's removed line is not hypeman's enum: %v", enums['-'])
 	}
 	var ours []string
-	for _, r := range KnownReasons {
+	for _, r := range append(slices.Clone(KnownReasons), ReasonInvalidConfig) {
 		ours = append(ours, string(r))
 	}
 	if !slices.Equal(enums['+'], ours) {
 		t.Fatalf("the patch's added line %v is not this package's reasons %v", enums['+'], ours)
 	}
-	for _, r := range KnownReasons {
+	for _, r := range append(slices.Clone(KnownReasons), ReasonInvalidConfig) {
 		if mapped := upstreamReason(r); !slices.Contains(upstream, string(mapped)) {
 			t.Errorf("UpstreamReasons maps %s to %s, not one of hypeman's", r, mapped)
 		}

@@ -34,3 +34,9 @@ for tool in cargo go; do
   command -v "$tool" >/dev/null || { echo "install-deps: '$tool' is not on PATH" >&2; exit 1; }
 done
 rustup component list --installed 2>/dev/null | grep '^clippy' >/dev/null || rustup component add clippy rustfmt
+
+# make fuzz / fuzz-ci: cargo-fuzz (crates.io) on the nightly toolchain (libFuzzer and
+# the sanitizers need -Z flags). rustup cannot fetch toolchains here: nightly must exist.
+rustup toolchain list 2>/dev/null | grep '^nightly' >/dev/null ||
+  { echo "install-deps: the nightly toolchain is missing (make fuzz, make test)" >&2; exit 1; }
+cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prints one closing line for a `make test` log: the test cases that passed and failed
-# across every runner (cargo test, go test -v, the C scenarios).
+# across every runner (cargo test, go test -v, the C scenarios, the fuzz targets, the soak).
 #   usage: test-summary.sh LOG EXIT_STATUS
 set -euo pipefail
 log=$1 status=${2:-0}
@@ -15,6 +15,10 @@ read -r passed failed < <(awk '
   /^--- PASS: / { p++ }         # go test -v, top-level tests only (subtests are indented)
   /^--- FAIL: / { f++ }
   /^[a-z_]+_scenario: ok$/ { p++ }   # tests/c scenarios
+  /^fuzz-target [a-z_]+: ok/ { p++ }       # scripts/fuzz.sh, one line per target
+  /^fuzz-target [a-z_]+: FAILED/ { f++ }
+  /^soak: ok$/ { p++ }                     # examples/soak.rs
+  /^soak: FAILED/ { f++ }
   END { print p + 0, f + 0 }' "$log")
 
 # A runner that died before reporting still fails the run.

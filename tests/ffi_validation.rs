@@ -409,6 +409,69 @@ fn out_of_range_enums_and_addresses_are_refused() {
 }
 
 #[test]
+fn unusable_instance_addresses_are_refused_at_register_and_update() {
+    let h = Handle::manual(1_000);
+    let mut e = err();
+    let good = [ip("10.0.0.2")];
+    let pol = policy(1_000);
+    // SAFETY (all calls below): pointers are valid.
+    unsafe {
+        assert_eq!(
+            autostandby_register(h.0, 1, &instance(&good, &pol), &mut e),
+            AUTOSTANDBY_OK
+        );
+        for bad in [
+            "0.0.0.0",
+            "::",
+            "127.0.0.1",
+            "127.3.2.1",
+            "::1",
+            "::ffff:127.0.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "239.1.2.3",
+            "ff02::1",
+        ] {
+            let addrs = [good[0], ip(bad)];
+            let inst = instance(&addrs, &pol);
+            assert_eq!(
+                autostandby_register(h.0, 2, &inst, &mut e),
+                AUTOSTANDBY_ERR_INVALID_ARGUMENT,
+                "register {bad}"
+            );
+            assert!(
+                msg(&e).contains("cannot be an instance address") && msg(&e).contains("loopback"),
+                "{bad}: {}",
+                msg(&e)
+            );
+            assert_eq!(
+                autostandby_update(h.0, 1, &inst, &mut e),
+                AUTOSTANDBY_ERR_INVALID_ARGUMENT,
+                "update {bad}"
+            );
+        }
+        // Nothing half-applied: 1 still owns its address, 2 does not exist.
+        assert_eq!(
+            autostandby_register(h.0, 3, &instance(&good, &pol), &mut e),
+            AUTOSTANDBY_ERR_ADDRESS_IN_USE
+        );
+        // Ordinary private, documentation and ULA addresses stay valid.
+        let fine = [
+            ip("192.168.1.2"),
+            ip("203.0.113.7"),
+            ip("fd00::2"),
+            ip("10.255.255.255"),
+        ];
+        assert_eq!(
+            autostandby_register(h.0, 2, &instance(&fine, &pol), &mut e),
+            AUTOSTANDBY_OK,
+            "{}",
+            msg(&e)
+        );
+    }
+}
+
+#[test]
 fn port_out_of_range_names_the_field() {
     let h = Handle::manual(1_000);
     let mut e = err();

@@ -14,7 +14,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use autostandby::controller::{Controller, ControllerConfig, ControllerError};
-use autostandby::engine::{Decision, InstanceSpec, Lifecycle, Reason, Status, StatusSnapshot};
+use autostandby::engine::{
+    BeginStandby, Decision, InstanceSpec, Lifecycle, Reason, StandbyOutcome, Status, StatusSnapshot,
+};
 use autostandby::flow::TcpState;
 use autostandby::policy::{Policy, Protocols};
 
@@ -30,6 +32,42 @@ usage:
 
 Reads the conntrack table of the network namespace (the current one by default); needs
 root or CAP_NET_ADMIN. Never puts a VM into standby or wakes one.";
+
+/// Why a command stopped.
+#[derive(Debug)]
+enum Failure {
+    /// Worth telling the operator.
+    Message(String),
+    /// Whoever reads stdout went away (`autostandby watch | head -1`): stop quietly, as
+    /// other Unix tools do.
+    BrokenPipe,
+}
+
+impl From<String> for Failure {
+    fn from(m: String) -> Self {
+        Self::Message(m)
+    }
+}
+
+/// Writes to stdout; a closed pipe becomes [`Failure::BrokenPipe`] rather than a panic.
+fn write_out(args: std::fmt::Arguments<'_>) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => Failure::BrokenPipe,
+            _ => Failure::Message(format!("writing to stdout: {e}")),
+        })
+}
+
+macro_rules! out {
+    ($($arg:tt)*) => { write_out(format_args!($($arg)*)) };
+}
+
+macro_rules! outln {
+    ($($arg:tt)*) => { write_out(format_args!("{}\n", format_args!($($arg)*))) };
+}
 
 /// Parsed command line.
 #[derive(Debug, PartialEq)]
@@ -203,15 +241,69 @@ fn fmt_age(now: u64, at: Option<u64>) -> String {
     )
 }
 
-/// The decision the library would take now, in words.
+/// The decision the library would take now, in words, from its status alone. `decided`
+/// says that a standby decision for the address was received and is still pending.
 fn would(s: &StatusSnapshot, decided: bool) -> String {
-    if decided {
-        return "standby (decided)".into();
-    }
     match s.status {
+        Status::StandbyRequested if decided => "standby (decided)".into(),
         Status::IdleCountdown => format!("standby in {}", fmt_ms(s.countdown_remaining_ms)),
         Status::ReadyForStandby | Status::StandbyRequested => "standby".into(),
         _ => "none".into(),
+    }
+}
+
+/// The state `watch` keeps between ticks: which addresses have a standby decision the
+/// library is still waiting on. The tool never puts a VM into standby, so a decision is
+/// left pending while the library still wants the standby, and declined once it no
+/// longer does (activity, a hold): the library then counts down afresh and decides
+/// again, and every tick shows the library's current status.
+struct Watcher {
+    keys: usize,
+    pending: Vec<bool>,
+    decisions: Vec<Decision>,
+}
+
+impl Watcher {
+    fn new(keys: usize) -> Self {
+        Self {
+            keys,
+            pending: vec![false; keys],
+            decisions: Vec::new(),
+        }
+    }
+
+    /// Takes the decisions made since the last tick and returns, for each address, its
+    /// status and the decision it would take now.
+    fn tick(&mut self, controller: &Controller) -> Result<Vec<(StatusSnapshot, String)>, String> {
+        self.decisions.clear();
+        controller
+            .poll_decisions(&mut self.decisions, 1024, Duration::ZERO)
+            .map_err(|e| e.to_string())?;
+        for d in &self.decisions {
+            if let Decision::Standby { key } = d
+                && let Some(p) = self.pending.get_mut(*key as usize)
+            {
+                *p = true;
+            }
+        }
+        let mut rows = Vec::with_capacity(self.keys);
+        for key in 0..self.keys {
+            let mut s = controller.status(key as u64).map_err(|e| e.to_string())?;
+            if self.pending[key] && s.status != Status::StandbyRequested {
+                // Cancelled by the library: answer it, so that it frees the standby slot
+                // and can decide again.
+                if let Ok(BeginStandby::Proceed) = controller.begin_standby(key as u64) {
+                    controller
+                        .report_standby(key as u64, StandbyOutcome::Failed)
+                        .map_err(|e| e.to_string())?;
+                }
+                self.pending[key] = false;
+                s = controller.status(key as u64).map_err(|e| e.to_string())?;
+            }
+            let decision = would(&s, self.pending[key]);
+            rows.push((s, decision));
+        }
+        Ok(rows)
     }
 }
 
@@ -234,35 +326,29 @@ fn json_opt(v: Option<u64>) -> String {
     v.map_or_else(|| "null".into(), |v| v.to_string())
 }
 
-fn watch(args: &Args) -> Result<(), String> {
+fn watch(args: &Args) -> Result<(), Failure> {
     let controller = start(args)?;
     wait_synced(&controller, args.ips.len());
-    let mut decided = vec![false; args.ips.len()];
-    let mut decisions = Vec::new();
+    let mut watcher = Watcher::new(args.ips.len());
     loop {
-        decisions.clear();
-        controller
-            .poll_decisions(&mut decisions, 1024, Duration::ZERO)
-            .map_err(|e| e.to_string())?;
-        for d in &decisions {
-            if let Decision::Standby { key } = d {
-                decided[*key as usize] = true;
-            }
-        }
+        let rows = watcher.tick(&controller)?;
         let now = controller.now();
         if !args.json {
             // Clear the screen and home the cursor, as watch(1) does.
-            print!("\x1b[2J\x1b[H");
-            println!(
+            out!("\x1b[2J\x1b[H")?;
+            outln!(
                 "{:<40} {:<18} {:<28} {:>6} {:>10} {:>10}  WOULD",
-                "ADDRESS", "STATUS", "REASON", "FLOWS", "IDLE", "COUNTDOWN"
-            );
+                "ADDRESS",
+                "STATUS",
+                "REASON",
+                "FLOWS",
+                "IDLE",
+                "COUNTDOWN"
+            )?;
         }
-        for (key, ip) in args.ips.iter().enumerate() {
-            let s = controller.status(key as u64).map_err(|e| e.to_string())?;
-            let decision = would(&s, decided[key]);
+        for (ip, (s, decision)) in args.ips.iter().zip(&rows) {
             if args.json {
-                println!(
+                outln!(
                     "{{\"time_ms\":{now},\"address\":{},\"status\":{},\"reason\":{},\"active_inbound\":{},\"idle_since_ms\":{},\"countdown_remaining_ms\":{},\"would\":{}}}",
                     json_str(&ip.to_string()),
                     json_str(s.status.as_str()),
@@ -270,10 +356,10 @@ fn watch(args: &Args) -> Result<(), String> {
                     s.active_inbound,
                     json_opt(s.idle_since),
                     json_opt(s.countdown_remaining_ms),
-                    json_str(&decision)
-                );
+                    json_str(decision)
+                )?;
             } else {
-                println!(
+                outln!(
                     "{:<40} {:<18} {:<28} {:>6} {:>10} {:>10}  {}",
                     ip.to_string(),
                     s.status.as_str(),
@@ -282,14 +368,14 @@ fn watch(args: &Args) -> Result<(), String> {
                     fmt_age(now, s.idle_since),
                     fmt_ms(s.countdown_remaining_ms),
                     decision
-                );
+                )?;
             }
         }
         std::thread::sleep(Duration::from_secs(1));
     }
 }
 
-fn flows(args: &Args) -> Result<(), String> {
+fn flows(args: &Args) -> Result<(), Failure> {
     let controller = start(args)?;
     wait_synced(&controller, 1);
     let mut flows = Vec::new();
@@ -303,7 +389,7 @@ fn flows(args: &Args) -> Result<(), String> {
     };
     let state = |s: Option<TcpState>| s.map_or("-", TcpState::name);
     if !args.json {
-        println!("{} flow(s) keeping {} awake", flows.len(), args.ips[0]);
+        outln!("{} flow(s) keeping {} awake", flows.len(), args.ips[0])?;
     }
     for f in &flows {
         let orig = format!(
@@ -312,27 +398,27 @@ fn flows(args: &Args) -> Result<(), String> {
             std::net::SocketAddr::new(f.orig.dst, f.orig.dst_port)
         );
         if args.json {
-            println!(
+            outln!(
                 "{{\"protocol\":{},\"orig\":{},\"reply_src\":{},\"tcp_state\":{},\"age_ms\":{}}}",
                 json_str(&proto(f.protocol)),
                 json_str(&orig),
                 json_str(&std::net::SocketAddr::new(f.reply.src, f.reply.src_port).to_string()),
                 json_str(state(f.tcp_state)),
                 f.age_ms
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "  {:<4} {orig:<60} {:<12} seen {}",
                 proto(f.protocol),
                 state(f.tcp_state),
                 fmt_ms(Some(f.age_ms))
-            );
+            )?;
         }
     }
     Ok(())
 }
 
-fn stats(args: &Args) -> Result<(), String> {
+fn stats(args: &Args) -> Result<(), Failure> {
     let controller = start(args)?;
     std::thread::sleep(args.duration);
     let s = controller.stats();
@@ -353,10 +439,10 @@ fn stats(args: &Args) -> Result<(), String> {
     ];
     if args.json {
         let body: Vec<String> = rows.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
-        println!("{{{}}}", body.join(","));
+        outln!("{{{}}}", body.join(","))?;
     } else {
         for (k, v) in rows {
-            println!("{k:<24} {v}");
+            outln!("{k:<24} {v}")?;
         }
     }
     Ok(())
@@ -365,7 +451,9 @@ fn stats(args: &Args) -> Result<(), String> {
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if argv.is_empty() || argv.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
+        if let Err(Failure::Message(e)) = outln!("{USAGE}") {
+            eprintln!("autostandby: {e}");
+        }
         return if argv.is_empty() {
             ExitCode::from(2)
         } else {
@@ -385,8 +473,8 @@ fn main() -> ExitCode {
         Command::Stats => stats(&args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Ok(()) | Err(Failure::BrokenPipe) => ExitCode::SUCCESS,
+        Err(Failure::Message(e)) => {
             eprintln!("autostandby: {e}");
             ExitCode::FAILURE
         }
@@ -455,5 +543,92 @@ mod tests {
     #[test]
     fn json_strings_are_escaped() {
         assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
+    /// One manual controller watching 10.0.0.2 with a 10 s idle timeout.
+    fn manual_watch() -> (Controller, Watcher) {
+        use autostandby::controller::ControllerConfig;
+        let c = Controller::new(ControllerConfig::manual(1_700_000_000_000)).unwrap();
+        let spec = InstanceSpec {
+            addresses: vec!["10.0.0.2".parse().unwrap()],
+            policy: Some(Policy {
+                enabled: true,
+                idle_timeout_ms: 10_000,
+                ..Policy::default()
+            }),
+            lifecycle: Lifecycle::Running,
+            network_enabled: true,
+            has_vgpu: false,
+            runtime: Default::default(),
+        };
+        c.register(0, spec).unwrap();
+        (c, Watcher::new(1))
+    }
+
+    fn flow_event(kind: autostandby::flow::EventKind) -> autostandby::flow::FlowEvent {
+        use autostandby::flow::{Flow, FlowEvent, Tuple, proto};
+        let client: IpAddr = "192.0.2.10".parse().unwrap();
+        let guest: IpAddr = "10.0.0.2".parse().unwrap();
+        FlowEvent {
+            kind,
+            flow: Flow {
+                protocol: proto::TCP,
+                orig: Tuple::new(client, 40_000, guest, 22),
+                reply: Tuple::new(guest, 22, client, 40_000),
+                zone: 0,
+                id: 7,
+                tcp_state: Some(TcpState::ESTABLISHED),
+                status: 0,
+                mark: 0,
+                timeout_s: None,
+            },
+        }
+    }
+
+    fn shown(c: &Controller, w: &mut Watcher) -> (Status, String) {
+        let rows = w.tick(c).unwrap();
+        (rows[0].0.status, rows[0].1.clone())
+    }
+
+    #[test]
+    fn watch_shows_the_truth_after_a_decision() {
+        use autostandby::flow::EventKind;
+        let (c, mut w) = manual_watch();
+        let (status, would) = shown(&c, &mut w);
+        assert_eq!(status, Status::IdleCountdown);
+        assert!(would.starts_with("standby in"), "{would}");
+
+        c.advance_clock(10_001).unwrap();
+        let (status, would) = shown(&c, &mut w);
+        assert_eq!(status, Status::StandbyRequested);
+        assert_eq!(would, "standby (decided)");
+
+        // A connection arrives: the address is active again, whatever was decided.
+        c.ingest(&[flow_event(EventKind::New)]).unwrap();
+        for _ in 0..3 {
+            let (status, would) = shown(&c, &mut w);
+            assert_eq!(status, Status::Active);
+            assert_eq!(would, "none");
+        }
+
+        // It closes: a fresh countdown, then a fresh decision.
+        c.ingest(&[flow_event(EventKind::Destroy)]).unwrap();
+        let (status, would) = shown(&c, &mut w);
+        assert_eq!(status, Status::IdleCountdown);
+        assert!(would.starts_with("standby in"), "{would}");
+        c.advance_clock(10_001).unwrap();
+        let (status, would) = shown(&c, &mut w);
+        assert_eq!(status, Status::StandbyRequested);
+        assert_eq!(would, "standby (decided)");
+    }
+
+    #[test]
+    fn would_follows_the_status() {
+        let (c, _) = manual_watch();
+        let mut s = c.status(0).unwrap();
+        s.status = Status::Active;
+        assert_eq!(would(&s, true), "none");
+        s.status = Status::StandbyRequested;
+        assert_eq!(would(&s, true), "standby (decided)");
+        assert_eq!(would(&s, false), "standby");
     }
 }

@@ -498,8 +498,11 @@ pub enum EngineError {
     /// Unknown resync handle.
     #[error("unknown resync {0:?}")]
     UnknownResync(ResyncId),
-    /// An instance address that can never be a flow endpoint (unspecified, multicast).
-    #[error("address {0} cannot be an instance address")]
+    /// An instance address that can never be a guest's flow endpoint: unspecified,
+    /// loopback, multicast or the IPv4 limited broadcast.
+    #[error(
+        "address {0} cannot be an instance address (unspecified, loopback, multicast and broadcast addresses are refused)"
+    )]
     InvalidAddress(IpAddr),
 }
 

@@ -222,7 +222,8 @@ fn normalise_spec(mut spec: InstanceSpec) -> Result<InstanceSpec, EngineError> {
     spec.policy = spec.policy.map(Policy::normalized).transpose()?;
     let mut addrs: Vec<IpAddr> = Vec::with_capacity(spec.addresses.len());
     for a in spec.addresses.iter().map(|a| a.to_canonical()) {
-        if a.is_unspecified() || a.is_multicast() {
+        let broadcast = matches!(a, IpAddr::V4(v4) if v4.is_broadcast());
+        if a.is_unspecified() || a.is_loopback() || a.is_multicast() || broadcast {
             return Err(EngineError::InvalidAddress(a));
         }
         if !addrs.contains(&a) {
