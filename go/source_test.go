@@ -126,6 +126,16 @@ func newSourceController(t *testing.T, store InstanceStore, src ConnectionSource
 	return c
 }
 
+// seededSourceController is newSourceController after its startup resync.
+func seededSourceController(t *testing.T, store InstanceStore, src ConnectionSource, clk *clock, opts ControllerOptions) *Controller {
+	t.Helper()
+	c := newSourceController(t, store, src, clk, opts)
+	if err := c.startupResync(context.Background()); err != nil {
+		t.Fatalf("startupResync: %v", err)
+	}
+	return c
+}
+
 func lastWrite(t *testing.T, store *fakeStore, id string) *Runtime {
 	t.Helper()
 	writes := store.runtimesFor(id)
@@ -153,10 +163,7 @@ func TestSourceNewControllerAsHypemanWritesIt(t *testing.T) {
 func TestSourceStartupResyncClearsPersistedIdleWhenConnectionsExist(t *testing.T) {
 	store := newFakeStore(idleSince("a", "10.0.0.2", t1055))
 	src := &tableSource{conns: []Connection{inbound("10.0.0.2", 40000)}}
-	c := newSourceController(t, store, src, &clock{t: t1100}, ControllerOptions{})
-	if err := c.startupResync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c := seededSourceController(t, store, src, &clock{t: t1100}, ControllerOptions{})
 	if snap := c.Describe(store.instance("a")); snap.Status != StatusActive || snap.IdleSince != nil {
 		t.Fatalf("snapshot %+v", snap)
 	}
@@ -167,10 +174,7 @@ func TestSourceStartupResyncClearsPersistedIdleWhenConnectionsExist(t *testing.T
 
 func TestSourceConnectionEventsUseTheirObservedTime(t *testing.T) {
 	store := newFakeStore(running("a", "10.0.0.2"))
-	c := newSourceController(t, store, &tableSource{}, &clock{t: t1100}, ControllerOptions{})
-	if err := c.startupResync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c := seededSourceController(t, store, &tableSource{}, &clock{t: t1100}, ControllerOptions{})
 	ev := ConnectionEvent{Type: ConnectionEventNew, Connection: inbound("10.0.0.2", 40000), ObservedAt: t1100.Add(5 * time.Second)}
 	c.handleConnectionEvent(context.Background(), ev)
 	if snap := c.Describe(store.instance("a")); snap.Status != StatusActive || snap.ActiveInboundCount != 1 {
@@ -190,10 +194,7 @@ func TestSourceReconcileStartsCountdownWhenConnectionsDrain(t *testing.T) {
 	store := newFakeStore(running("a", "10.0.0.2"))
 	src := &tableSource{conns: []Connection{inbound("10.0.0.2", 40000)}}
 	clk := &clock{t: t1100}
-	c := newSourceController(t, store, src, clk, ControllerOptions{})
-	if err := c.startupResync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c := seededSourceController(t, store, src, clk, ControllerOptions{})
 	src.set()
 	clk.set(t1100.Add(5 * time.Second))
 	c.handleActiveReconcile(context.Background(), "a")
@@ -206,10 +207,7 @@ func TestSourceReconcileStartsCountdownWhenConnectionsDrain(t *testing.T) {
 func TestSourceStandbyTimerConfirmsThenStandsBy(t *testing.T) {
 	store := newFakeStore(idleSince("a", "10.0.0.2", t1055))
 	src := &tableSource{}
-	c := newSourceController(t, store, src, &clock{t: t1055.Add(time.Minute)}, ControllerOptions{})
-	if err := c.startupResync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c := seededSourceController(t, store, src, &clock{t: t1055.Add(time.Minute)}, ControllerOptions{})
 	if got := store.standbys(); len(got) != 0 {
 		t.Fatalf("standby %v before the deadline was delivered", got)
 	}
@@ -232,10 +230,7 @@ func TestSourceConfirmationFindsMissedConnection(t *testing.T) {
 	store := newFakeStore(idleSince("a", "10.0.0.2", t1055))
 	src := &tableSource{}
 	now := t1055.Add(time.Minute)
-	c := newSourceController(t, store, src, &clock{t: now}, ControllerOptions{})
-	if err := c.startupResync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c := seededSourceController(t, store, src, &clock{t: now}, ControllerOptions{})
 	// Its NEW event never arrived: only the table knows.
 	src.set(inbound("10.0.0.2", 40000))
 	c.handleStandbyTimer(context.Background(), "a")
@@ -256,10 +251,7 @@ func TestSourceConfirmationFailureRestartsCountdown(t *testing.T) {
 	store := newFakeStore(idleSince("a", "10.0.0.2", t1055))
 	src := &tableSource{}
 	now := t1055.Add(time.Minute)
-	c := newSourceController(t, store, src, &clock{t: now}, ControllerOptions{})
-	if err := c.startupResync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c := seededSourceController(t, store, src, &clock{t: now}, ControllerOptions{})
 	src.failLists(errors.New("conntrack dump failed"))
 	c.handleStandbyTimer(context.Background(), "a")
 	c.standbyWG.Wait()
@@ -280,10 +272,7 @@ func TestSourceConfirmationFailureKeepsActiveState(t *testing.T) {
 	store := newFakeStore(idleSince("a", "10.0.0.2", t1055))
 	src := &tableSource{}
 	now := t1055.Add(time.Minute)
-	c := newSourceController(t, store, src, &clock{t: now}, ControllerOptions{})
-	if err := c.startupResync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c := seededSourceController(t, store, src, &clock{t: now}, ControllerOptions{})
 	c.handleConnectionEvent(context.Background(), ConnectionEvent{Type: ConnectionEventNew,
 		Connection: inbound("10.0.0.2", 40000), ObservedAt: now})
 	src.failLists(errors.New("conntrack dump failed"))
@@ -305,10 +294,7 @@ func TestSourceHoldDuringConfirmationPreventsStandby(t *testing.T) {
 	store := newFakeStore(inst)
 	src := &tableSource{}
 	now := t1055.Add(time.Minute)
-	c := newSourceController(t, store, src, &clock{t: now}, ControllerOptions{})
-	if err := c.startupResync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c := seededSourceController(t, store, src, &clock{t: now}, ControllerOptions{})
 	src.hook = func() {
 		if _, err := c.HoldStandby(context.Background(), inst); err != nil {
 			t.Errorf("hold: %v", err)
@@ -329,10 +315,7 @@ func TestSourceHoldIgnoresStaleTimerDelivery(t *testing.T) {
 	inst := idleSince("a", "10.0.0.2", t1055)
 	store := newFakeStore(inst)
 	now := t1055.Add(time.Minute)
-	c := newSourceController(t, store, &tableSource{}, &clock{t: now}, ControllerOptions{})
-	if err := c.startupResync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c := seededSourceController(t, store, &tableSource{}, &clock{t: now}, ControllerOptions{})
 	// The deadline has passed and its delivery waits; a hold moves it out first.
 	snap, err := c.HoldStandby(context.Background(), inst)
 	if err != nil || !sameTime(snap.NextStandbyAt, now.Add(time.Minute)) {
@@ -349,10 +332,7 @@ func TestSourceStandbyFailureRestartsFullCountdown(t *testing.T) {
 	store := newFakeStore(idleSince("a", "10.0.0.2", t1055))
 	store.failStandby("a", errors.New("snapshot failed"))
 	now := t1055.Add(time.Minute)
-	c := newSourceController(t, store, &tableSource{}, &clock{t: now}, ControllerOptions{})
-	if err := c.startupResync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c := seededSourceController(t, store, &tableSource{}, &clock{t: now}, ControllerOptions{})
 	c.handleStandbyTimer(context.Background(), "a")
 	c.standbyWG.Wait()
 	if got := store.standbys(); len(got) != 1 {
@@ -371,10 +351,7 @@ func TestSourceQueuedStandbyCancelledByReconcile(t *testing.T) {
 	store := newFakeStore(idleSince("a", "10.0.0.2", t1055), idleSince("b", "10.0.0.3", t1055))
 	store.standbyGate = make(chan struct{})
 	src := &tableSource{}
-	c := newSourceController(t, store, src, &clock{t: t1055.Add(time.Minute)}, ControllerOptions{MaxConcurrentStandbys: 1})
-	if err := c.startupResync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c := seededSourceController(t, store, src, &clock{t: t1055.Add(time.Minute)}, ControllerOptions{MaxConcurrentStandbys: 1})
 	c.handleStandbyTimer(context.Background(), "a")
 	if id := <-store.started; id != "a" {
 		t.Fatalf("started %s", id)
@@ -461,10 +438,7 @@ func TestSourceUpstreamReasonsOption(t *testing.T) {
 	inst := idleSince("a", "10.0.0.2", t1100.Add(-30*time.Second))
 	for _, upstream := range []bool{false, true} {
 		store := newFakeStore(inst)
-		c := newSourceController(t, store, &tableSource{}, &clock{t: t1100}, ControllerOptions{UpstreamReasons: upstream})
-		if err := c.startupResync(context.Background()); err != nil {
-			t.Fatal(err)
-		}
+		c := seededSourceController(t, store, &tableSource{}, &clock{t: t1100}, ControllerOptions{UpstreamReasons: upstream})
 		snap, err := c.HoldStandby(context.Background(), inst)
 		want := ReasonStandbyHeld
 		if upstream {
@@ -511,10 +485,7 @@ func TestSourceCountdownRestartedDuringConfirmationPreventsStandby(t *testing.T)
 	store := newFakeStore(inst)
 	src := &tableSource{}
 	now := t1055.Add(time.Minute)
-	c := newSourceController(t, store, src, &clock{t: now}, ControllerOptions{})
-	if err := c.startupResync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c := seededSourceController(t, store, src, &clock{t: now}, ControllerOptions{})
 	// While the confirmation listing runs, a short connection comes and goes: the idle
 	// period restarts, and the confirmation in flight no longer answers for it.
 	src.hook = func() {
@@ -537,10 +508,7 @@ func TestSourceResyncDuringExecutingStandbyDoesNotDoubleDispatch(t *testing.T) {
 	inst := idleSince("a", "10.0.0.2", t1055)
 	store := newFakeStore(inst)
 	store.standbyGate = make(chan struct{})
-	c := newSourceController(t, store, &tableSource{}, &clock{t: t1055.Add(time.Minute)}, ControllerOptions{})
-	if err := c.startupResync(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c := seededSourceController(t, store, &tableSource{}, &clock{t: t1055.Add(time.Minute)}, ControllerOptions{})
 	c.handleStandbyTimer(context.Background(), "a")
 	<-store.started
 	if err := c.handleInstanceEvent(context.Background(), InstanceEvent{Action: InstanceEventUpdate, InstanceID: "a", Instance: &inst}); err != nil {
