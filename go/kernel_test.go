@@ -5,6 +5,7 @@
 package autostandby
 
 import (
+	"errors"
 	"io"
 	"net/netip"
 	"os/exec"
@@ -139,17 +140,62 @@ func TestKernelConntrackKeepsInstanceAwakeUntilConnectionCloses(t *testing.T) {
 // Beyond hypeman: a connection attempt to an instance in Standby whose policy asks for
 // wake on traffic reaches RestoreInstance, from a real conntrack event.
 func TestKernelConntrackWakesInstanceInStandby(t *testing.T) {
+	store, _, hostNS := standbyGuestInKernel(t, "w", "10.213.8")
+
+	// Nothing listens in the "guest" (it is in Standby): the attempt is refused, but
+	// its SYN has already created the conntrack entry that wakes the instance.
+	dialFrom(hostNS, "10.213.8.2")
+	eventually(t, "RestoreInstance", func() bool {
+		store.mu.Lock()
+		defer store.mu.Unlock()
+		return len(store.restores) == 1 && store.restores[0] == "vm"
+	})
+	if got := store.standbys(); len(got) != 0 {
+		t.Fatalf("standby %v for an instance already in Standby", got)
+	}
+}
+
+// A restore that fails is reported, shows in the status, and is tried again by the
+// next connection after the backoff, with real conntrack events.
+func TestKernelConntrackRetriesAFailedRestore(t *testing.T) {
+	store, c, hostNS := standbyGuestInKernel(t, "r", "10.213.9")
+	store.mu.Lock()
+	store.restoreErr = errors.New("restore failed")
+	store.mu.Unlock()
+
+	dialFrom(hostNS, "10.213.9.2")
+	eventually(t, "the failed restore", func() bool { return store.restoreCount() == 1 })
+	eventually(t, "restore_failed", func() bool {
+		st := c.Describe(store.instance("vm"))
+		return st.Status == StatusError && st.Reason == ReasonRestoreFailed
+	})
+	store.mu.Lock()
+	store.restoreErr = nil
+	store.mu.Unlock()
+	time.Sleep(1100 * time.Millisecond) // the first backoff
+	dialFrom(hostNS, "10.213.9.2")
+	eventually(t, "the second restore", func() bool { return store.restoreCount() == 2 })
+	eventually(t, "restore_failed cleared", func() bool {
+		return c.Describe(store.instance("vm")).Reason == ReasonInstanceNotRunning
+	})
+}
+
+// standbyGuestInKernel runs a kernel-mode controller over a host namespace joined to a
+// "guest" namespace at <net>.2, whose instance is in Standby with wake_on_traffic. It
+// returns the store, the controller and the host namespace's name.
+func standbyGuestInKernel(t *testing.T, tag, net string) (*fakeStore, *Controller, string) {
+	t.Helper()
 	nettest.RequireRoot(t)
 	if _, err := exec.LookPath("socat"); err != nil {
 		t.Fatalf("this test needs socat (scripts/install-deps.sh installs it): %v", err)
 	}
-	hostNS, guestNS := nettest.Name("whost", false), nettest.Name("wguest", false)
+	hostNS, guestNS := nettest.Name(tag+"host", false), nettest.Name(tag+"guest", false)
 	hostPath := nettest.Namespace(t, hostNS)
 	nettest.Namespace(t, guestNS)
-	nettest.Veth(t, hostNS, "10.213.8.1/24", guestNS, "10.213.8.2/24")
+	nettest.Veth(t, hostNS, net+".1/24", guestNS, net+".2/24")
 	nettest.TrackConnections(t, hostNS)
 
-	inst := guest("vm", "10.213.8.2", "2s")
+	inst := guest("vm", net+".2", "2s")
 	inst.State = StateStandby
 	inst.AutoStandby.WakeOnTraffic = true
 	store := newFakeStore(inst)
@@ -161,16 +207,11 @@ func TestKernelConntrackWakesInstanceInStandby(t *testing.T) {
 	startRun(t, c)
 	keyOf(t, c, "vm")
 	time.Sleep(200 * time.Millisecond) // let the startup resync install the address filter
+	return store, c, hostNS
+}
 
-	// Nothing listens in the "guest" (it is in Standby): the attempt is refused, but
-	// its SYN has already created the conntrack entry that wakes the instance.
-	_ = exec.Command("ip", "netns", "exec", hostNS, "socat", "-u", "OPEN:/dev/null", "TCP:10.213.8.2:8080,connect-timeout=1").Run()
-	eventually(t, "RestoreInstance", func() bool {
-		store.mu.Lock()
-		defer store.mu.Unlock()
-		return len(store.restores) == 1 && store.restores[0] == "vm"
-	})
-	if got := store.standbys(); len(got) != 0 {
-		t.Fatalf("standby %v for an instance already in Standby", got)
-	}
+// dialFrom attempts a TCP connection from namespace ns to addr:8080 (refused when
+// nothing listens; its SYN is what conntrack sees).
+func dialFrom(ns, addr string) {
+	_ = exec.Command("ip", "netns", "exec", ns, "socat", "-u", "OPEN:/dev/null", "TCP:"+addr+":8080,connect-timeout=1").Run()
 }
