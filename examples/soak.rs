@@ -21,9 +21,11 @@
 #[path = "../tests/conntrack_support/mod.rs"]
 mod conntrack_support;
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use autostandby::controller::{Controller, ControllerConfig};
@@ -37,6 +39,41 @@ const IDLE_MS: u64 = 1_500;
 const GRACE: Duration = Duration::from_secs(1);
 /// RSS may grow by this much over the run (allocator arenas, thread caches).
 const RSS_SLACK_KIB: u64 = 16 * 1024;
+/// The live heap may differ by this much between two moments with the same open
+/// connections and one controller: buffers whose capacity grew to a burst's size.
+const LIVE_HEAP_SLACK: u64 = 256 * 1024;
+
+/// Counts live heap bytes; forwards to the system allocator.
+struct Counting;
+
+static LIVE: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call forwards to `System` with the caller's arguments unchanged; the
+// counter is only arithmetic on the layout sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as u64, Relaxed);
+        // SAFETY: the caller's contract for `alloc` is passed on as is.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as u64, Relaxed);
+        // SAFETY: `p` was allocated by `System` with `l` (every allocation goes there).
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        // SAFETY: as for `dealloc`, and the caller's contract for `realloc`.
+        let q = unsafe { System.realloc(p, l, new) };
+        if !q.is_null() {
+            LIVE.fetch_add(new as u64, Relaxed);
+            LIVE.fetch_sub(l.size() as u64, Relaxed);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -181,6 +218,15 @@ fn rss_kib() -> u64 {
         .unwrap()
 }
 
+/// Live heap bytes once the controller's log buffer is drained, as a host drains it: a
+/// full buffer holds up to `LOG_BUFFER_CAPACITY` records.
+fn live_heap(ctl: &Controller) -> u64 {
+    let mut records = Vec::new();
+    ctl.drain_logs(&mut records, usize::MAX);
+    drop(records);
+    LIVE.load(Relaxed)
+}
+
 fn fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -271,7 +317,7 @@ fn main() -> ExitCode {
     }
     conns.clear();
     std::thread::sleep(Duration::from_millis(500));
-    let (rss0, fds0) = (rss_kib(), fds());
+    let (rss0, fds0, live0) = (rss_kib(), fds(), live_heap(&ctl));
 
     let start_at = Instant::now();
     let end = start_at + Duration::from_secs(secs);
@@ -348,7 +394,7 @@ fn main() -> ExitCode {
     // Let server threads see EOF and exit before the closing figures.
     std::thread::sleep(Duration::from_millis(1_500));
     check(&ctl, &conns, &mut f, &mut decisions);
-    let (rss1, fds1) = (rss_kib(), fds());
+    let (rss1, fds1, live1) = (rss_kib(), fds(), live_heap(&ctl));
     drop(ctl);
 
     let total: u64 = f.connections.iter().sum();
@@ -365,10 +411,17 @@ fn main() -> ExitCode {
         "soak: loss episodes {} forced, {} events lost in the kernel; restarts {}; standby decisions {} (all declined); violations {}",
         f.loss_episodes, f.events_lost, f.restarts, f.decisions, f.violations
     );
-    println!("soak: rss start {rss0} KiB end {rss1} KiB; fds start {fds0} end {fds1}");
+    println!(
+        "soak: live heap start {} KiB end {} KiB; rss start {rss0} KiB end {rss1} KiB; fds start {fds0} end {fds1}",
+        live0 / 1024,
+        live1 / 1024
+    );
     let mut failures = Vec::new();
     if f.violations > 0 {
         failures.push(format!("{} violations", f.violations));
+    }
+    if live1 > live0 + LIVE_HEAP_SLACK {
+        failures.push(format!("live heap grew by {} KiB", (live1 - live0) / 1024));
     }
     if rss1 > rss0 + RSS_SLACK_KIB {
         failures.push(format!("RSS grew by {} KiB", rss1 - rss0));
