@@ -4,7 +4,7 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-all test-rust test-c test-go demo demo-engine bench bench-engine bench-conntrack bench-controller bench-go e2e fuzz fuzz-ci soak soak-ci lint header-check prebuilt prebuilt-check prebuilt-ensure prebuilt-verify clean
+.PHONY: all deps build test test-all test-rust test-c test-go demo demo-engine bench bench-engine bench-conntrack bench-controller bench-steady bench-go e2e fuzz fuzz-ci soak soak-ci lint header-check prebuilt prebuilt-check prebuilt-ensure prebuilt-verify clean
 
 all: build
 
@@ -146,7 +146,7 @@ demo: deps
 demo-engine: deps
 	$(CARGO) run --release --example engine_demo
 
-bench: deps bench-engine bench-conntrack bench-controller bench-go
+bench: deps bench-engine bench-conntrack bench-controller bench-steady bench-go
 
 # Engine throughput, allocations per event and bytes per flow (10k instances, 1M flows).
 # Runs on ordinary 4 KiB pages, as a host would; the bench prints which mode it ran in
@@ -157,6 +157,13 @@ bench-engine: deps
 # Conntrack observer: dump, filtered dump, events and parser, with peers (root).
 bench-conntrack: deps
 	bash bench/conntrack.sh
+
+# Controller steady state on a busy host shape (500 VM addresses, 1,000 new TCP
+# connections/s, optionally 200k foreign entries and a UDP session per address): CPU,
+# CPU per event and reads per connection against the library's own lingered event
+# reader, in separate processes (root). Knobs in bench/steady.sh (WINDOW, RUNS, ...).
+bench-steady: deps
+	bash bench/steady.sh
 
 # Controller: status cost and standby-decision latency (10,000 instances over a
 # minute), with peers (root).

@@ -213,6 +213,7 @@ impl KernelRuntime {
             let wakeup = runtime.to_events.wakeup.clone();
             let ocfg = ocfg.clone();
             let channels = EventThreadChannels {
+                shared: shared.clone(),
                 to_engine,
                 to_query,
                 cmds: events_rx,
@@ -285,8 +286,9 @@ fn sleep_or_stop<T>(stop: &Receiver<T>, d: Duration) -> bool {
     !matches!(stop.recv_timeout(d), Err(RecvTimeoutError::Timeout))
 }
 
-/// The event thread's channels.
+/// The event thread's channels (and the shared counters it keeps).
 struct EventThreadChannels {
+    shared: Arc<Shared>,
     to_engine: Sender<EngineMsg>,
     to_query: Sender<QueryCmd>,
     cmds: Receiver<EventCmd>,
@@ -296,6 +298,7 @@ struct EventThreadChannels {
 
 fn event_thread(socket: EventSocket, cfg: ObserverConfig, ch: EventThreadChannels) {
     let EventThreadChannels {
+        shared,
         to_engine,
         to_query,
         cmds,
@@ -396,8 +399,10 @@ fn event_thread(socket: EventSocket, cfg: ObserverConfig, ch: EventThreadChannel
             if !sock.wait_readable_or_woken(EVENT_POLL, &wakeup)? {
                 return Ok(());
             }
+            shared.event_wakeups.fetch_add(1, Ordering::Relaxed);
             loop {
                 let b = sock.recv_batch(&mut |ev| batch.push(*ev))?;
+                shared.events_read.fetch_add(b.events, Ordering::Relaxed);
                 if !batch.is_empty() {
                     let _ = to_engine.send(EngineMsg::Events(std::mem::take(&mut batch)));
                 }

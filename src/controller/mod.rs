@@ -158,6 +158,10 @@ pub struct ControllerStats {
     pub engine: EngineStats,
     /// Times the observer detected lost events.
     pub events_lost: u64,
+    /// Flow events read from the event socket after the kernel filter.
+    pub events_read: u64,
+    /// Loop wake-ups that read the event socket.
+    pub event_wakeups: u64,
     /// Observer failures (socket errors, failed dumps).
     pub observer_errors: u64,
     /// Decisions queued and not yet polled.
@@ -187,6 +191,10 @@ pub(crate) struct Shared {
     pub(crate) dispatch: Dispatch,
     pub(crate) events_lost: AtomicU64,
     pub(crate) observer_errors: AtomicU64,
+    /// See [`ControllerStats::events_read`].
+    pub(crate) events_read: AtomicU64,
+    /// See [`ControllerStats::event_wakeups`].
+    pub(crate) event_wakeups: AtomicU64,
 }
 
 /// The host's answer to a [`Decision::Confirm`] (manual mode).
@@ -293,6 +301,8 @@ impl Controller {
             dispatch,
             events_lost: AtomicU64::new(0),
             observer_errors: AtomicU64::new(0),
+            events_read: AtomicU64::new(0),
+            event_wakeups: AtomicU64::new(0),
         });
         let kernel = match config.mode {
             Mode::Kernel => Some(kernel::KernelRuntime::start(shared.clone(), &config)?),
@@ -466,6 +476,8 @@ impl Controller {
             observer_failed,
             conntrack_events_off,
             events_lost: self.shared.events_lost.load(Ordering::Relaxed),
+            events_read: self.shared.events_read.load(Ordering::Relaxed),
+            event_wakeups: self.shared.event_wakeups.load(Ordering::Relaxed),
             observer_errors: self.shared.observer_errors.load(Ordering::Relaxed),
             decisions_pending: self.shared.decisions.len() as u64,
             decisions_merged: self.shared.decisions.merged(),
