@@ -41,7 +41,10 @@ const (
 	ReasonStandbyHeld Reason = "standby_held"
 	// ReasonMinUptimeNotElapsed: started or restored too recently for standby.
 	ReasonMinUptimeNotElapsed Reason = "min_uptime_not_elapsed"
-	// ReasonResyncPending: conntrack events were lost; no standby until a resync ran.
+	// ReasonResyncPending: the instance's conntrack flows are not known; no standby until
+	// a resync ran. With status active, right after registration (or a new address) in
+	// kernel mode, before the library's first dump of its addresses; with status
+	// idle_countdown, after lost events.
 	ReasonResyncPending Reason = "resync_pending"
 	// ReasonConfirmFailed: the confirmation before a standby failed; the countdown
 	// restarted.

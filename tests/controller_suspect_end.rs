@@ -43,8 +43,9 @@ fn a_deleted_entry_of_an_open_connection_does_not_count_down_to_standby() {
     let listener = pair.in_b(move || TcpListener::bind(sa));
     let mut client = pair.in_a(move || TcpStream::connect_timeout(&sa, Duration::from_secs(2)));
     let (mut server, _) = listener.accept().unwrap();
-    wait_for(&ctl, "the connection is seen", |s, _, n| {
-        s == Status::Active && n == 1
+    // Seen, and the first resync after the registration has read the instance's flows.
+    wait_for(&ctl, "the connection is seen", |s, r, n| {
+        (s, r, n) == (Status::Active, Reason::ActiveInboundConnections, 1)
     });
 
     // Delete the entry: the connection is still open on both ends.

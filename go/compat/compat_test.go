@@ -81,7 +81,12 @@ func providerScenario(t *testing.T) {
 
 	conn := dialGuest(t)
 	status := func() autostandby.StatusSnapshot { return c.Describe(mgr.instance("vm")) }
-	waitFor(t, "the open connection to count", func() bool { return status().Status == autostandby.StatusActive })
+	// Right after registration the status is already active (resync_pending, before the
+	// library's first dump of the address): wait for the connection itself.
+	waitFor(t, "the open connection to count", func() bool {
+		st := status()
+		return st.Status == autostandby.StatusActive && st.ActiveInboundCount >= 1
+	})
 	time.Sleep(idleTimeout + time.Second)
 	if calls := mgr.standbyCalls(); len(calls) != 0 || status().Status != autostandby.StatusActive {
 		t.Fatalf("with a connection open past the idle timeout: standbys %v, status %+v", calls, status())

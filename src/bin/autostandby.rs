@@ -24,9 +24,10 @@ const USAGE: &str = "\
 usage:
   autostandby watch --ip ADDR[,ADDR...] [--idle 30s] [--netns PATH] [--json]
       live table of each address: status, reason, active flows, idle since, countdown
-      and the decision the library would take (refreshed every second)
+      and the decision the library would take (refreshed every second; resync_pending
+      until the library has read the address's flows with a first dump)
   autostandby flows --ip ADDR [--netns PATH] [--json]
-      the flows keeping ADDR awake
+      the flows keeping ADDR awake, once that first dump is applied (waits up to 5s)
   autostandby stats [--ip ADDR[,ADDR...]] [--for 2s] [--netns PATH] [--json]
       observe for a while, then print the controller's counters
 
@@ -214,19 +215,28 @@ fn start(args: &Args) -> Result<Controller, String> {
     Ok(controller)
 }
 
-/// Waits (up to 3 s) for the first resync, so the first view is not "observer_error".
-fn wait_synced(controller: &Controller, keys: usize) {
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
-        let synced = (0..keys as u64).all(|k| {
-            controller
-                .status(k)
-                .is_ok_and(|s| !matches!(s.reason, Reason::ObserverError | Reason::ResyncPending))
-        });
-        if synced {
-            return;
+/// How long `flows` waits for the library to read the address's flows.
+const FLOWS_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether the library has read the flows of every one of `keys`: right after
+/// registration it has not, until its first dump of their addresses has been applied
+/// (status reason `resync_pending` until then).
+fn flows_read(controller: &Controller, keys: &[u64]) -> bool {
+    keys.iter()
+        .all(|&k| controller.resync_pending(k).is_ok_and(|pending| !pending))
+}
+
+/// Waits up to `limit` for [`flows_read`]; false if it is still not so then.
+fn wait_flows_read(controller: &Controller, keys: &[u64], limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if flows_read(controller, keys) {
+            return true;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -328,7 +338,7 @@ fn json_opt(v: Option<u64>) -> String {
 
 fn watch(args: &Args) -> Result<(), Failure> {
     let controller = start(args)?;
-    wait_synced(&controller, args.ips.len());
+    // No wait for the first dump: the first table says `resync_pending` while it runs.
     let mut watcher = Watcher::new(args.ips.len());
     loop {
         let rows = watcher.tick(&controller)?;
@@ -371,13 +381,37 @@ fn watch(args: &Args) -> Result<(), Failure> {
                 )?;
             }
         }
-        std::thread::sleep(Duration::from_secs(1));
+        // Once a second; sooner when an address was waiting for its flows to be read, so
+        // that the truth follows `resync_pending` as soon as it is known.
+        let waiting: Vec<u64> = rows
+            .iter()
+            .enumerate()
+            .filter(|(_, (s, _))| s.reason == Reason::ResyncPending)
+            .map(|(k, _)| k as u64)
+            .collect();
+        if waiting.is_empty() {
+            std::thread::sleep(Duration::from_secs(1));
+        } else {
+            wait_flows_read(&controller, &waiting, Duration::from_secs(1));
+        }
     }
 }
 
 fn flows(args: &Args) -> Result<(), Failure> {
     let controller = start(args)?;
-    wait_synced(&controller, 1);
+    // Reading before the first dump of the address has been applied would show the
+    // flows its events happened to report since registration: usually none.
+    if !wait_flows_read(&controller, &[0], FLOWS_READ_TIMEOUT) {
+        let why = controller
+            .status(0)
+            .map(|s| format!("status {}, reason {}", s.status.as_str(), s.reason.as_str()))
+            .unwrap_or_else(|e| e.to_string());
+        return Err(Failure::Message(format!(
+            "the flows of {} were not read within {}s ({why}): the conntrack dump did not complete",
+            args.ips[0],
+            FLOWS_READ_TIMEOUT.as_secs()
+        )));
+    }
     let mut flows = Vec::new();
     controller
         .explain(0, &mut flows)

@@ -285,6 +285,9 @@ impl Controller {
                 Mode::Kernel => SUSPECT_END_GRACE_MS,
                 Mode::Manual { .. } => 0,
             },
+            // Kernel mode: the observer reads a new address's flows with the resync that
+            // follows every address-set change; a manual host feeds them itself.
+            pending_until_first_resync: config.mode == Mode::Kernel,
             ..EngineConfig::default()
         };
         let clock = match config.mode {
@@ -436,6 +439,13 @@ impl Controller {
     pub fn hold(&self, key: InstanceKey) -> Result<StatusSnapshot, ControllerError> {
         let s = self.mutate(|e, now| e.hold(key, now))?;
         Ok(self.shared.status_to_wall(s))
+    }
+
+    /// Whether `key` waits for a resync before its flows are known (see
+    /// [`Engine::resync_pending`]): in kernel mode, from its registration until the
+    /// first dump of its addresses has been applied. Never waits on I/O.
+    pub fn resync_pending(&self, key: InstanceKey) -> Result<bool, ControllerError> {
+        Ok(self.shared.engine.lock().resync_pending(key)?)
     }
 
     /// Status of `key`. Never waits on I/O.

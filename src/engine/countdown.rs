@@ -29,6 +29,11 @@ impl Engine {
             inst.idle_since = None;
             inst.last_inbound = Some(now);
             inst.retry_at = None;
+        } else if inst.unsynced_seq.is_some() {
+            // Flows not looked at yet: no countdown starts or resumes, and the host's
+            // persisted one is left as it is, until the resync (see `synced`).
+            self.rearm(slot);
+            return;
         } else if inst.idle_since.is_none() {
             match inst.persisted.and_then(|p| p.idle_since) {
                 // Restart without live flows: resume the persisted countdown.

@@ -92,6 +92,10 @@ pub(crate) struct InstCold {
     pub confirm_seq: u64,
     /// Events were lost: pending until a resync with at least this id finishes.
     pub lost_seq: Option<u64>,
+    /// Flows not looked at since registration or an address gain (see
+    /// `EngineConfig::pending_until_first_resync`): pending, with no countdown, until a
+    /// resync with at least this id that covers the instance finishes.
+    pub unsynced_seq: Option<u64>,
     /// A `Resync` covering the loss has been requested and not yet answered.
     pub resync_requested: bool,
     /// The last confirmation dump failed.
@@ -155,6 +159,7 @@ impl Inst {
                 ticket: 0,
                 confirm_seq: 0,
                 lost_seq: None,
+                unsynced_seq: None,
                 resync_requested: false,
                 confirm_failed: false,
                 suspect_until: None,

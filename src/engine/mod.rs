@@ -269,7 +269,10 @@ pub enum Reason {
     StandbyHeld = 11,
     /// `min_uptime_not_elapsed`: started or restored too recently.
     MinUptimeNotElapsed = 12,
-    /// `resync_pending`: events were lost; no standby until a resync has run.
+    /// `resync_pending`: the instance's flows are not known: no standby until a resync has
+    /// read them. Status `active` (no countdown) before the first read after its
+    /// registration or a new address (kernel mode); `idle_countdown` after lost events
+    /// or a live flow's entry vanished (the countdown runs, standby waits).
     ResyncPending = 13,
     /// `confirm_failed`: the pre-standby confirmation dump failed; the countdown restarted.
     ConfirmFailed = 14,
@@ -448,6 +451,15 @@ pub struct EngineConfig {
     /// fault (a flush of the table): every instance is resync-pending and a full
     /// resync runs.
     pub suspect_end_burst: u32,
+    /// Kernel mode: an instance's flows are unknown from its registration, and from each
+    /// time it gains an address, until a resync that covers it and began afterwards has
+    /// finished. Until then it reports status `active`, reason `resync_pending`, with no
+    /// countdown (a persisted one is applied after that resync, under the restart
+    /// rules), and is never put into Standby. The observer must run such a resync after
+    /// every change of [`Engine::addresses_generation`], as the kernel-mode controller
+    /// does. Off (manual mode): the host supplies the flows itself, and the countdown
+    /// starts at registration.
+    pub pending_until_first_resync: bool,
 }
 
 impl Default for EngineConfig {
@@ -461,6 +473,7 @@ impl Default for EngineConfig {
             tombstone_ttl_ms: 60_000,
             suspect_end_grace_ms: 0,
             suspect_end_burst: 16,
+            pending_until_first_resync: false,
         }
     }
 }
@@ -813,6 +826,16 @@ impl Engine {
     /// Moves pending observer requests into `out`.
     pub fn drain_requests(&mut self, out: &mut Vec<ObserverRequest>) {
         out.append(&mut self.requests);
+    }
+
+    /// Whether `key` waits for a resync before its flows are known: since its
+    /// registration or a new address (with
+    /// [`EngineConfig::pending_until_first_resync`]), or since events for it were lost or
+    /// a live flow of it ended suspectly. Its status reason is then `resync_pending`,
+    /// unless ineligibility or an observer failure takes precedence.
+    pub fn resync_pending(&self, key: InstanceKey) -> Result<bool, EngineError> {
+        let inst = self.inst(self.slot(key)?);
+        Ok(inst.unsynced_seq.is_some() || inst.lost_seq.is_some() || inst.suspect_until.is_some())
     }
 
     /// Status of one instance.

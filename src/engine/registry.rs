@@ -86,6 +86,10 @@ impl Engine {
             inst.lost_seq = Some(r.id);
             inst.resync_requested = true;
         }
+        if self.config.pending_until_first_resync && !inst.spec.addresses.is_empty() {
+            // A resync open now began before these addresses were in its dump.
+            inst.unsynced_seq = Some(self.next_resync);
+        }
         for a in &inst.spec.addresses {
             self.by_addr.insert(addr_bits(*a), slot);
         }
@@ -115,7 +119,8 @@ impl Engine {
             .filter(|a| !spec.addresses.contains(a))
             .map(|a| addr_bits(*a))
             .collect();
-        let changed = !removed.is_empty() || spec.addresses.iter().any(|a| !old_addrs.contains(a));
+        let gained = spec.addresses.iter().any(|a| !old_addrs.contains(a));
+        let changed = !removed.is_empty() || gained;
         for b in &removed {
             self.by_addr.remove(*b);
         }
@@ -144,6 +149,12 @@ impl Engine {
             inst.spec = spec;
             inst.spec.runtime = runtime;
             inst.spec_changed();
+        }
+        if gained && self.config.pending_until_first_resync {
+            // The flows of a new address are unknown until a resync that begins from
+            // now on; losing an address leaves the others' flows known.
+            let seq = self.next_resync;
+            self.inst_mut(slot).unsynced_seq = Some(seq);
         }
 
         if !removed.is_empty() {

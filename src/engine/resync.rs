@@ -223,6 +223,14 @@ impl Engine {
         for p in gone {
             self.remove_probe(&p, r.began_at);
         }
+        // The instances whose flows this dump was the first to read: their countdown
+        // (or a persisted one) starts now, under the restart rules.
+        for &slot in &members {
+            if self.inst(slot).unsynced_seq.is_some_and(|s| s <= r.id) {
+                self.inst_mut(slot).unsynced_seq = None;
+                self.refresh(slot, now);
+            }
+        }
         let mut again = Vec::new();
         for &slot in &members {
             self.expiry_answered(slot);
@@ -298,10 +306,13 @@ impl Engine {
                 self.persist(slot);
             }
             self.expiry_unanswered(slot, now);
-            // The failed dump answered any request covering the loss: ask again.
+            // The failed dump answered any request covering the loss (or the first read
+            // of the instance's flows): ask again.
             let inst = self.inst_mut(slot);
             if inst.lost_seq.is_some() {
                 inst.resync_requested = true;
+                again.push(inst.key);
+            } else if inst.unsynced_seq.is_some_and(|s| s <= r.id) {
                 again.push(inst.key);
             }
             self.rearm(slot);

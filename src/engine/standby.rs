@@ -13,7 +13,10 @@ impl Engine {
     pub(super) fn blocked(&self, slot: u32) -> Option<Reason> {
         if self.observer_error.is_some() {
             Some(Reason::ObserverError)
-        } else if self.inst(slot).lost_seq.is_some() || self.inst(slot).suspect_until.is_some() {
+        } else if self.inst(slot).lost_seq.is_some()
+            || self.inst(slot).suspect_until.is_some()
+            || self.inst(slot).unsynced_seq.is_some()
+        {
             Some(Reason::ResyncPending)
         } else {
             None

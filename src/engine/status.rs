@@ -5,7 +5,8 @@ use super::{Engine, KeptAwakeBy, Reason, Status, StatusSnapshot, UnixMillis};
 
 impl Engine {
     /// The status of the instance in `slot`, judged in hypeman's order: eligibility,
-    /// standby requested, observer error, active flows, then the countdown.
+    /// standby requested, observer error, flows not read yet, active flows, then the
+    /// countdown.
     pub(crate) fn status_of(&self, slot: u32, now: UnixMillis) -> StatusSnapshot {
         let inst = self.inst(slot);
         let policy = inst.spec.policy.as_ref();
@@ -40,11 +41,16 @@ impl Engine {
         }
         s.eligible = true;
         s.active_inbound = inst.live;
-        s.idle_since = inst.idle_since;
         s.last_inbound_activity_at = inst.last_inbound;
+        // Before its flows were first read, an instance may be serving: it is kept awake
+        // and shows no countdown, whatever was persisted.
+        let unsynced = inst.unsynced_seq.is_some();
         let confirming = inst.phase == Phase::Confirming;
-        if matches!(inst.phase, Phase::None | Phase::EmittedCancelled) || confirming {
-            s.next_standby_at = inst.due_at();
+        if !unsynced {
+            s.idle_since = inst.idle_since;
+            if matches!(inst.phase, Phase::None | Phase::EmittedCancelled) || confirming {
+                s.next_standby_at = inst.due_at();
+            }
         }
         s.hold_until = inst.hold_until.filter(|h| *h > now);
         s.countdown_remaining_ms = s.next_standby_at.map(|n| n.saturating_sub(now));
@@ -69,6 +75,8 @@ impl Engine {
                 Reason::ObserverError
             };
             (Status::Error, reason)
+        } else if unsynced {
+            (Status::Active, Reason::ResyncPending)
         } else if inst.live > 0 {
             (Status::Active, Reason::ActiveInboundConnections)
         } else if inst.lost_seq.is_some() || inst.suspect_until.is_some() {

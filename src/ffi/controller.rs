@@ -227,6 +227,11 @@ pub unsafe extern "C" fn autostandby_controller_free(c: *mut autostandby_control
 
 /// Registers an instance under the host-chosen `key`.
 ///
+/// In kernel mode the instance reports status `active`, reason `resync_pending` (no
+/// countdown, no standby) until a dump of its addresses that began after this call has
+/// been applied (typically tens of milliseconds); then its persisted runtime is applied
+/// (live flows clear it, none resumes it). In manual mode the countdown starts at once.
+///
 /// `inst` and everything it points to are borrowed for the call only.
 /// Errors: `AUTOSTANDBY_ERR_ALREADY_EXISTS` for a used key, `AUTOSTANDBY_ERR_ADDRESS_IN_USE`
 /// for an address another instance owns, `AUTOSTANDBY_ERR_INVALID_POLICY` with the message

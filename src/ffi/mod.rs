@@ -70,7 +70,12 @@ pub const AUTOSTANDBY_REASON_READY_FOR_STANDBY: u32 = 10;
 pub const AUTOSTANDBY_REASON_STANDBY_HELD: u32 = 11;
 /// `autostandby_status.reason`: `min_uptime_not_elapsed`.
 pub const AUTOSTANDBY_REASON_MIN_UPTIME_NOT_ELAPSED: u32 = 12;
-/// `autostandby_status.reason`: `resync_pending`.
+/// `autostandby_status.reason`: `resync_pending`: the instance's flows are not known, so
+/// no standby until a conntrack dump has read them. Kernel mode, from registration (and
+/// from each new address) until the first dump of its addresses has been applied:
+/// status `active`, with no countdown (a persisted one is applied after that dump).
+/// After lost events or a live flow's entry vanished: status `idle_countdown`, the
+/// countdown runs and the standby waits.
 pub const AUTOSTANDBY_REASON_RESYNC_PENDING: u32 = 13;
 /// `autostandby_status.reason`: `confirm_failed`.
 pub const AUTOSTANDBY_REASON_CONFIRM_FAILED: u32 = 14;

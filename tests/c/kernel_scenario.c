@@ -25,10 +25,12 @@ static struct autostandby_status status_of(autostandby_controller *c, uint64_t k
   return st;
 }
 
-/* Waits up to `ms` for the instance to reach `status`. */
-static int wait_status(autostandby_controller *c, uint64_t key, uint32_t status, long ms) {
+/* Waits up to `ms` for the instance to reach `status` with `reason`. */
+static int wait_status(autostandby_controller *c, uint64_t key, uint32_t status,
+                       uint32_t reason, long ms) {
   for (long waited = 0; waited <= ms; waited += 20) {
-    if (status_of(c, key).status == status) return 1;
+    struct autostandby_status now = status_of(c, key);
+    if (now.status == status && now.reason == reason) return 1;
     sleep_ms(20);
   }
   struct autostandby_status st = status_of(c, key);
@@ -99,7 +101,10 @@ int main(int argc, char **argv) {
   sa.sin_addr = guest;
   CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
   CHECK(write(fd, "ping\n", 5) == 5);
-  CHECK(wait_status(c, key, AUTOSTANDBY_STATUS_ACTIVE, 5000));
+  /* Right after registration the status is active / resync_pending until the first dump
+     of the instance's addresses: wait for the connection itself. */
+  CHECK(wait_status(c, key, AUTOSTANDBY_STATUS_ACTIVE,
+                    AUTOSTANDBY_REASON_ACTIVE_INBOUND_CONNECTIONS, 5000));
   CHECK(status_of(c, key).active_inbound >= 1);
 
   autostandby_flow_info flows[8];
