@@ -4,7 +4,7 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-all test-rust test-c test-go demo demo-engine bench bench-engine bench-conntrack bench-controller bench-steady bench-go e2e fuzz fuzz-ci soak soak-ci lint header-check prebuilt prebuilt-check prebuilt-ensure prebuilt-verify clean
+.PHONY: all deps build test test-all test-rust tsan test-c test-go demo demo-engine bench bench-engine bench-conntrack bench-controller bench-steady bench-go e2e fuzz fuzz-ci soak soak-ci lint header-check prebuilt prebuilt-check prebuilt-ensure prebuilt-verify clean
 
 all: build
 
@@ -62,15 +62,18 @@ test: deps
 	@set -o pipefail; $(MAKE) --no-print-directory test-all 2>&1 | tee build/test.log; \
 	  status=$$?; bash scripts/test-summary.sh build/test.log $$status; exit $$status
 
-test-all: header-check lint test-rust test-c test-go e2e fuzz-ci soak-ci
-# No ThreadSanitizer step: the nightly toolchain here has no rust-src, so std cannot be
-# rebuilt instrumented (-Zbuild-std). Without it rustc refuses to mix -Zsanitizer=thread
-# crates with the uninstrumented std unless given -Cunsafe-allow-abi-mismatch=sanitizer,
-# and then TSan reports races inside std's own synchronisation (libtest's mpmc channel,
-# Arc/Weak reference counts in alloc) in every test binary, which it cannot see.
+test-all: header-check lint test-rust tsan test-c test-go e2e fuzz-ci soak-ci
 
 test-rust: deps
 	$(CARGO) test --all-targets
+
+# ThreadSanitizer: the unit tests under controller:: and ffi::, and tests/controller_*.rs
+# and tests/ffi_*.rs (kernel mode: root), on nightly with std rebuilt instrumented
+# (-Zbuild-std, rust-src) in target/tsan. Any report fails the run; a deliberate race
+# (tests/tsan_canary.rs) must be reported first, so a clean run is not an uninstrumented
+# one. Logs in build/tsan/ (scripts/tsan.sh).
+tsan: deps
+	bash scripts/tsan.sh
 
 # Go bindings, linked with what a hypeman build links: the prebuilt archive in
 # go/internal/binding (rebuilt first when the sources changed). vet, the race detector,

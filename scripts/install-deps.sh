@@ -40,3 +40,6 @@ rustup component list --installed 2>/dev/null | grep '^clippy' >/dev/null || rus
 rustup toolchain list 2>/dev/null | grep '^nightly' >/dev/null ||
   { echo "install-deps: the nightly toolchain is missing (make fuzz, make test)" >&2; exit 1; }
 cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+# make tsan: -Zbuild-std rebuilds std with ThreadSanitizer from the nightly's sources.
+rustup component list --toolchain nightly --installed 2>/dev/null | grep '^rust-src' >/dev/null ||
+  rustup component add rust-src --toolchain nightly

@@ -28,12 +28,14 @@ fn registrations_in_a_burst_share_a_resync_that_finds_existing_connections() {
     cfg.netns = Some(pair.b_path());
     cfg.resync_interval_ms = 600_000;
     let ctl = Controller::new(cfg).expect("kernel controller");
+    let burst_started = Instant::now();
     ctl.register(1, running_instance(ip(SERVER), IDLE_MS))
         .unwrap();
     for key in 2..=OTHERS + 1 {
         let addr = IpAddr::V4(Ipv4Addr::from(0x0aea_0000 + key as u32));
         ctl.register(key, running_instance(addr, IDLE_MS)).unwrap();
     }
+    let burst = burst_started.elapsed();
 
     let until = Instant::now() + Duration::from_secs(10);
     loop {
@@ -56,11 +58,13 @@ fn registrations_in_a_burst_share_a_resync_that_finds_existing_connections() {
     }
     // Let any resync still queued run, then count: requests that came in one burst share
     // a dump (one at start and one for the burst, with slack for a slow machine), where
-    // one per registration would be 200.
+    // one per registration would be 200. A burst ends after BURST_MAX (50 ms) at most, so
+    // one that took longer to register (a sanitizer build) may take one more per 50 ms.
     std::thread::sleep(Duration::from_millis(300));
     let resyncs = ctl.stats().engine.resyncs;
+    let allowed = 3 + (burst.as_millis() / 50) as u64;
     assert!(
-        (1..=3).contains(&resyncs),
-        "{resyncs} resyncs for one burst of registrations"
+        (1..=allowed).contains(&resyncs),
+        "{resyncs} resyncs for one burst of registrations that took {burst:?}"
     );
 }
