@@ -3,6 +3,7 @@
 mod classification;
 mod countdown;
 mod features;
+mod filtered;
 mod holds;
 mod model;
 mod resync;
