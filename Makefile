@@ -116,7 +116,7 @@ test-c: deps
 	bash tests/c/run.sh target/debug
 
 # Coverage-guided fuzzing (cargo fuzz, nightly, AddressSanitizer, debug assertions) of
-# the ctnetlink parser, the BPF event filter against the parser, and sequences of C ABI
+# the ctnetlink parser, the BPF event filter against its rule, and sequences of C ABI
 # calls against a model (fuzz/). make fuzz runs each target FUZZ_SECS (300 s); make test
 # runs each 60 s. A crash fails the target; its input is left in fuzz/artifacts/.
 FUZZ_SECS ?= 300

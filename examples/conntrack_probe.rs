@@ -5,8 +5,9 @@
 //!   entries from 10.200.0.0/16 to 10.250.0.1:80, through batched ctnetlink requests;
 //! - `dump [REPEAT]`: dumps and classifies the IPv4 table, prints entries and seconds;
 //! - `filtered ADDR [REPEAT] [--orig-destination-too]`: the kernel-filtered dump of one address;
-//! - `events --expect-new N [--filter ADDR]... [--idle-ms MS] [--linger-us US]`: reads
-//!   events (lingering US after each wake-up, default 2000) until N NEW
+//! - `events --expect-new N [--filter ADDR]... [--all-states] [--idle-ms MS] [--linger-us US]`:
+//!   reads events (lingering US after each wake-up, default 2000; with `--all-states`,
+//!   also the TCP state changes the kernel filter drops by default) until N NEW
 //!   were seen (or the stream is idle, or `--max-ms` passed), prints counts, loss and
 //!   CPU per event;
 //! - `load --server-netns PATH --to ADDR:PORT[,ADDR:PORT] --count N --conc C`: runs
@@ -158,6 +159,9 @@ fn events(args: &[String]) -> Result<(), ConntrackError> {
         cfg.rcvbuf_bytes = bytes;
     }
     let mut ev = EventSocket::open(&cfg)?;
+    if args.iter().any(|a| a == "--all-states") {
+        ev.set_state_filter(false)?;
+    }
     if !filters.is_empty() {
         ev.set_address_filter(&filters)?;
     }

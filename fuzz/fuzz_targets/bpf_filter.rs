@@ -1,24 +1,29 @@
-//! The event socket's classic BPF filter against the parser. For arbitrary flows and
-//! address sets, run the program (bpf::interpret, which runs it as the kernel runs a
-//! socket filter on a netlink skb) on the message the kernel would send:
-//! - unchanged message: the filter passes it exactly when the parser finds the flow's
-//!   reply source or original destination in the set;
+//! The event socket's classic BPF filter against the rule it implements. For arbitrary
+//! events (kind, protocol, TCP state or none, status) and address sets (or none), run
+//! the program (bpf::interpret, which runs it as the kernel runs a socket filter on a
+//! netlink skb) on the message the kernel would send:
+//! - unchanged message: the filter passes it exactly when `bpf::passes` says so for the
+//!   event the parser reads;
 //! - message with arbitrary bytes changed or appended: the filter may pass more, but
-//!   never drops an event the parser reads as one for a watched address.
+//!   never drops an event that `bpf::passes` keeps, as long as the message is one the
+//!   kernel could send (one length, each attribute the filter reads at most once: the
+//!   filter reads the first of two, the parser the last).
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use arbitrary::Arbitrary;
 use autostandby::conntrack::request::testing::build_flow_message;
-use autostandby::conntrack::{bpf, parse, wire};
+use autostandby::conntrack::wire::{self, cta};
+use autostandby::conntrack::{bpf, parse};
 use autostandby::flow::{Flow, TcpState, Tuple};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
 struct Input {
     v6: bool,
-    udp: bool,
+    /// 6 (TCP), 17 (UDP) or another protocol.
+    protocol: u8,
     client: [u8; 16],
     guest: [u8; 16],
     /// The address the client dialled, when DNAT rewrote it to the guest.
@@ -28,8 +33,12 @@ struct Input {
     zone: u16,
     mark: u32,
     status: u32,
-    tcp_state: u8,
-    delete: bool,
+    /// The TCP state, absent when the event carries none.
+    tcp_state: Option<u8>,
+    /// 0 NEW, 1 UPDATE, 2 DESTROY.
+    kind: u8,
+    /// No address part: the state part alone.
+    any_address: bool,
     /// Other watched addresses (either family).
     others: Vec<(bool, [u8; 16])>,
     watch_guest: bool,
@@ -59,8 +68,63 @@ fn addr(v6: bool, b: [u8; 16]) -> IpAddr {
     }
 }
 
-fn watched(set: &[IpAddr], a: IpAddr) -> bool {
-    set.iter().any(|w| w.to_canonical() == a.to_canonical())
+/// Each attribute of `kinds` at most once at this level, and each nest of `nested` in
+/// turn (recursively) likewise.
+fn single(buf: &[u8], kinds: &[u16], nested: &[(u16, &dyn Fn(&[u8]) -> bool)]) -> bool {
+    let mut seen = Vec::new();
+    for a in parse::attrs(buf) {
+        let Ok((kind, payload)) = a else {
+            return true; // the walk stops here for both readers
+        };
+        if kinds.contains(&kind) {
+            if seen.contains(&kind) {
+                return false;
+            }
+            seen.push(kind);
+        }
+        if let Some((_, check)) = nested.iter().find(|(k, _)| *k == kind)
+            && !check(payload)
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// The message is one the filter and the parser read alike.
+fn unambiguous(msg: &[u8]) -> bool {
+    if msg.len() < wire::ATTRS_OFFSET {
+        return false;
+    }
+    let len = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
+    if len != msg.len() {
+        return false;
+    }
+    let ip = |b: &[u8]| single(b, &[1, 2, 3, 4], &[]);
+    let proto = |b: &[u8]| single(b, &[cta::PROTO_NUM], &[]);
+    let tuple = |b: &[u8]| {
+        single(
+            b,
+            &[cta::TUPLE_IP, cta::TUPLE_PROTO],
+            &[(1, &ip), (2, &proto)],
+        )
+    };
+    let tcp = |b: &[u8]| single(b, &[cta::PROTOINFO_TCP_STATE], &[]);
+    let protoinfo = |b: &[u8]| single(b, &[cta::PROTOINFO_TCP], &[(1, &tcp)]);
+    single(
+        &msg[wire::ATTRS_OFFSET..],
+        &[
+            cta::TUPLE_ORIG,
+            cta::TUPLE_REPLY,
+            cta::STATUS,
+            cta::PROTOINFO,
+        ],
+        &[
+            (cta::TUPLE_ORIG, &tuple),
+            (cta::TUPLE_REPLY, &tuple),
+            (cta::PROTOINFO, &protoinfo),
+        ],
+    )
 }
 
 fuzz_target!(|input: Input| {
@@ -68,13 +132,14 @@ fuzz_target!(|input: Input| {
     let guest = addr(input.v6, input.guest);
     let dialled = input.dialled.map_or(guest, |d| addr(input.v6, d));
     let (cport, dport, gport) = input.ports;
+    let tcp = input.protocol == 6;
     let flow = Flow {
-        protocol: if input.udp { 17 } else { 6 },
+        protocol: input.protocol,
         orig: Tuple::new(client, cport, dialled, dport),
         reply: Tuple::new(guest, gport, client, cport),
         zone: input.zone,
         id: input.id,
-        tcp_state: (!input.udp).then(|| TcpState(input.tcp_state % 10)),
+        tcp_state: input.tcp_state.filter(|_| tcp).map(TcpState),
         status: input.status,
         mark: input.mark,
         timeout_s: None,
@@ -94,12 +159,16 @@ fuzz_target!(|input: Input| {
     if input.watch_client {
         set.push(client);
     }
-    let prog = bpf::address_filter(&set).expect("64 addresses fit");
+    let set = (!input.any_address).then_some(set);
+    let prog = bpf::event_filter(set.as_deref()).expect("64 addresses fit");
 
-    let (subtype, flags) = if input.delete {
-        (wire::IPCTNL_MSG_CT_DELETE, 0)
-    } else {
-        (wire::IPCTNL_MSG_CT_NEW, wire::NLM_F_CREATE)
+    let (subtype, flags) = match input.kind % 3 {
+        0 => (
+            wire::IPCTNL_MSG_CT_NEW,
+            wire::NLM_F_CREATE | wire::NLM_F_EXCL,
+        ),
+        1 => (wire::IPCTNL_MSG_CT_NEW, 0),
+        _ => (wire::IPCTNL_MSG_CT_DELETE, 0),
     };
     let mut msg = build_flow_message(&flow, subtype, flags);
     let pristine = input.changes.is_empty() && input.tail.is_empty();
@@ -113,7 +182,7 @@ fuzz_target!(|input: Input| {
         msg[*off as usize % n] = *v;
     }
 
-    let verdict = bpf::interpret(&prog, &msg).expect("address_filter emits a valid program");
+    let verdict = bpf::interpret(&prog, &msg).expect("event_filter emits a valid program");
     assert!(
         verdict == bpf::ACCEPT || verdict == bpf::DROP,
         "verdict {verdict}"
@@ -122,24 +191,26 @@ fuzz_target!(|input: Input| {
         Some(Ok(m)) => parse::parse_event(&m).ok().flatten(),
         _ => None,
     };
-    let relevant = event
+    let kept = event
         .as_ref()
-        .is_some_and(|e| watched(&set, e.flow.reply.src) || watched(&set, e.flow.orig.dst));
-    if relevant {
+        .is_some_and(|e| bpf::passes(e.kind, &e.flow, set.as_deref()));
+    if kept && (pristine || unambiguous(&msg)) {
         assert_eq!(
             verdict,
             bpf::ACCEPT,
-            "the filter dropped a watched event: {event:?} set {set:?}"
+            "the filter dropped an event the rule keeps: {event:?} set {set:?}"
         );
     }
     if pristine {
         let e = event.expect("the parser reads the kernel's message");
         assert_eq!(e.flow.reply.src, flow.reply.src);
         assert_eq!(e.flow.orig.dst, flow.orig.dst);
-        let want = if relevant { bpf::ACCEPT } else { bpf::DROP };
+        assert_eq!(e.flow.tcp_state, flow.tcp_state);
+        let want = if kept { bpf::ACCEPT } else { bpf::DROP };
         assert_eq!(
             verdict, want,
-            "filter and parser disagree on {flow:?} set {set:?}"
+            "filter and rule disagree on {:?} {flow:?} set {set:?}",
+            e.kind
         );
     }
 });

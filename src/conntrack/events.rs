@@ -1,4 +1,8 @@
 //! The event socket: NEW, UPDATE and DESTROY, read in batches, with exact loss detection.
+//!
+//! A classic BPF filter is on the socket from the start: its state part drops the TCP
+//! UPDATEs that cannot change a decision, and an address part, once addresses are set,
+//! drops the events of other addresses (see [`bpf`]).
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -77,6 +81,7 @@ pub struct EventSocket {
     events_sysctl: u8,
     last_drops: u32,
     filter: Option<Vec<IpAddr>>,
+    state_filter: bool,
     stats: EventStats,
 }
 
@@ -112,6 +117,9 @@ impl EventSocket {
                 "nf_conntrack_events=2: flows created before the observer started send no events; they are reconciled by dumps"
             );
         }
+        // The state part of the filter from the start: no event is queued that cannot
+        // change a decision, whether or not addresses are ever registered.
+        socket::attach_filter(sock.as_raw_fd(), &bpf::state_filter())?;
         let last_drops = socket::socket_drops(sock.as_raw_fd())?;
         Ok(Self {
             sock,
@@ -120,6 +128,7 @@ impl EventSocket {
             events_sysctl,
             last_drops,
             filter: None,
+            state_filter: true,
             stats: EventStats::default(),
         })
     }
@@ -141,18 +150,54 @@ impl EventSocket {
 
     /// Attaches (or replaces) the kernel filter so only events whose reply source or
     /// original destination is in `addrs` are queued. An empty set drops every event.
+    /// The state part stays in place (see [`EventSocket::set_state_filter`]). Fails,
+    /// leaving the filter as it was, above the program size limit
+    /// ([`bpf::MAX_V4_ADDRESSES`] IPv4 addresses).
     pub fn set_address_filter(&mut self, addrs: &[IpAddr]) -> Result<(), ConntrackError> {
-        let prog = bpf::address_filter(addrs)?;
+        let prog = if self.state_filter {
+            bpf::event_filter(Some(addrs))?
+        } else {
+            bpf::address_filter(addrs)?
+        };
         socket::attach_filter(self.sock.as_raw_fd(), &prog)?;
         self.filter = Some(addrs.to_vec());
         Ok(())
     }
 
-    /// Removes the kernel filter: every event is queued again.
+    /// Removes the address part of the kernel filter: events of every address are
+    /// queued again. The state part stays in place while it is on.
     pub fn clear_address_filter(&mut self) -> Result<(), ConntrackError> {
-        socket::detach_filter(self.sock.as_raw_fd())?;
+        if self.state_filter {
+            socket::attach_filter(self.sock.as_raw_fd(), &bpf::state_filter())?;
+        } else {
+            socket::detach_filter(self.sock.as_raw_fd())?;
+        }
         self.filter = None;
         Ok(())
+    }
+
+    /// Turns the state part of the kernel filter on (the default from
+    /// [`EventSocket::open`]) or off. On, the TCP UPDATEs that cannot change a decision
+    /// (see [`bpf`]) are dropped in the kernel; off, every state change is queued, for a
+    /// reader that wants the whole lifecycle. The address part is kept either way.
+    pub fn set_state_filter(&mut self, on: bool) -> Result<(), ConntrackError> {
+        let prog = match (&self.filter, on) {
+            (Some(a), true) => Some(bpf::event_filter(Some(a))?),
+            (Some(a), false) => Some(bpf::address_filter(a)?),
+            (None, true) => Some(bpf::state_filter()),
+            (None, false) => None,
+        };
+        match prog {
+            Some(p) => socket::attach_filter(self.sock.as_raw_fd(), &p)?,
+            None => socket::detach_filter(self.sock.as_raw_fd())?,
+        }
+        self.state_filter = on;
+        Ok(())
+    }
+
+    /// Whether the state part of the kernel filter is on.
+    pub fn state_filter(&self) -> bool {
+        self.state_filter
     }
 
     /// The addresses the filter passes, if a filter is attached.

@@ -3,8 +3,9 @@
 //!
 //! Two sockets per observed network namespace:
 //! - [`EventSocket`] subscribes to NEW, UPDATE and DESTROY, reads in batches with
-//!   `recvmmsg`, optionally carries a classic BPF filter over the registered addresses,
-//!   and reports loss exactly (ENOBUFS and the socket's drop counter);
+//!   `recvmmsg`, carries a classic BPF filter that drops the TCP state changes that
+//!   cannot change a decision and, when set, the events of other addresses, and reports
+//!   loss exactly (ENOBUFS and the socket's drop counter);
 //! - [`QuerySocket`] runs dumps, full or filtered by address in the kernel (`CTA_FILTER`),
 //!   and is never filtered by BPF.
 //!

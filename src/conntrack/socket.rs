@@ -287,6 +287,69 @@ pub fn recv_blocking(sock: &Socket, buf: &mut [u8]) -> Result<usize, ConntrackEr
     }
 }
 
+/// Socket set-ups the kernel tests need and `std` does not offer.
+#[doc(hidden)]
+pub mod testing {
+    use std::io;
+    use std::net::{SocketAddrV4, TcpStream};
+    use std::os::fd::{AsRawFd, FromRawFd};
+
+    /// Connects from a chosen local address and port (`SO_REUSEADDR`), so a test can
+    /// reuse the tuple of a connection that just ended.
+    pub fn connect_from(local: SocketAddrV4, remote: SocketAddrV4) -> io::Result<TcpStream> {
+        let sin = |a: SocketAddrV4| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: a plain socket(2) call.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new socket this function owns from here on.
+        let stream = unsafe { TcpStream::from_raw_fd(fd) };
+        super::setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let (l, r) = (sin(local), sin(remote));
+        // SAFETY: `l` is a valid sockaddr_in of `len` bytes.
+        if unsafe { libc::bind(fd, (&l as *const libc::sockaddr_in).cast(), len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `r` is a valid sockaddr_in of `len` bytes.
+        if unsafe { libc::connect(fd, (&r as *const libc::sockaddr_in).cast(), len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+
+    /// Makes closing `s` send a RST (`SO_LINGER` with a zero timeout).
+    pub fn reset_on_close(s: &TcpStream) -> io::Result<()> {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: `linger` outlives the call and its size is passed exactly.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 mod classification;
 mod countdown;
 mod features;
+mod filtered;
 mod first_resync;
 mod holds;
 mod model;
