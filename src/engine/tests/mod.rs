@@ -2,6 +2,7 @@
 
 mod classification;
 mod countdown;
+mod expiry;
 mod features;
 mod holds;
 mod model;
