@@ -1,6 +1,7 @@
 //! A kernel-mode controller and a UDP flow that conntrack expires without an event: the
 //! activity must end within about a second of the flow's timeout, not when conntrack's
-//! garbage collector gets to the entry. In network namespaces this test creates and
+//! garbage collector gets to the entry, and the checks look the flow up by its exact
+//! tuple instead of dumping the table. In network namespaces this test creates and
 //! always removes. Needs root: fails loudly without it.
 
 mod conntrack_support;
@@ -61,6 +62,7 @@ fn an_expired_udp_flow_stops_counting_soon_after_its_timeout() {
         ctl.status(1).unwrap().active_inbound == 1
     });
     // Datagrams refresh the entry silently: it must keep counting for several timeouts.
+    let lookups_before = ctl.stats().flow_lookups;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(6) {
         std::thread::sleep(Duration::from_millis(250));
@@ -73,6 +75,11 @@ fn an_expired_udp_flow_stops_counting_soon_after_its_timeout() {
         );
     }
     let last = Instant::now();
+    let during = ctl.stats();
+    assert!(
+        during.flow_lookups > lookups_before,
+        "the live flow was checked by lookups: {during:?}"
+    );
     // The entry expires 2 s after the last datagram and is checked within 1.3 s of that
     // (a second because CTA_TIMEOUT is in whole seconds, and a 256 ms grid step): under
     // 3.3 s, plus slack for a loaded machine. Left to conntrack's garbage collector, the
@@ -82,6 +89,10 @@ fn an_expired_udp_flow_stops_counting_soon_after_its_timeout() {
     });
     let st = ctl.status(1).unwrap();
     assert_eq!(st.status, Status::IdleCountdown, "{st:?}");
+    // The check that found the flow gone was a lookup: no walk of the table.
+    let after = ctl.stats();
+    assert!(after.flow_lookups > during.flow_lookups, "{after:?}");
+    assert_eq!(after.dump_walks, during.dump_walks, "{after:?}");
     eprintln!(
         "the UDP flow's end was noticed {:?} after its last datagram (timeout 2 s)",
         last.elapsed()

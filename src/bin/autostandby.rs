@@ -456,7 +456,7 @@ fn stats(args: &Args) -> Result<(), Failure> {
     let controller = start(args)?;
     std::thread::sleep(args.duration);
     let s = controller.stats();
-    let rows: [(&str, u64); 13] = [
+    let rows: [(&str, u64); 15] = [
         ("instances", s.engine.instances),
         ("tracked_flows", s.engine.tracked_flows),
         ("flow_events", s.engine.flow_events),
@@ -466,6 +466,8 @@ fn stats(args: &Args) -> Result<(), Failure> {
         ("standby_in_flight", s.engine.standby_in_flight),
         ("standby_queued", s.engine.standby_queued),
         ("resyncs", s.engine.resyncs),
+        ("dump_walks", s.dump_walks),
+        ("flow_lookups", s.flow_lookups),
         ("events_lost", s.events_lost),
         ("observer_errors", s.observer_errors),
         ("decisions_pending", s.decisions_pending),

@@ -7,7 +7,8 @@
 //!   cannot change a decision and, when set, the events of other addresses, and reports
 //!   loss exactly (ENOBUFS and the socket's drop counter);
 //! - [`QuerySocket`] runs dumps, full or filtered by address in the kernel (`CTA_FILTER`),
-//!   and is never filtered by BPF.
+//!   and batched exact-tuple lookups (`CT_GET` of one entry, no table walk); it is never
+//!   filtered by BPF.
 //!
 //! Subscribe (open the [`EventSocket`]) before the first dump, so nothing created in
 //! between is missed; the engine's tombstones keep a dump from resurrecting a flow that an
@@ -29,7 +30,7 @@ use std::path::PathBuf;
 
 pub use error::ConntrackError;
 pub use events::{EventSocket, EventStats, RecvBatch};
-pub use query::{DumpStats, FilterSupport, QuerySocket};
+pub use query::{DumpStats, FilterSupport, LookupResult, LookupStats, QuerySocket};
 pub use sysctl::events_sysctl;
 pub use wakeup::Wakeup;
 

@@ -105,6 +105,32 @@ pub fn filtered_dump(addr: IpAddr, side: AddressMatch, seq: u32) -> Vec<u8> {
     buf
 }
 
+/// An exact-tuple lookup (`CT_GET` without `NLM_F_DUMP`) of the entry whose original
+/// tuple, protocol and zone are `flow`'s, appended to `out` (padded to the netlink
+/// alignment, so several can share one datagram). The kernel answers with the entry (a
+/// hash lookup, no table walk) or with `ENOENT`. `CTA_ID` is left out on purpose: a new
+/// entry reusing the tuple is then reported with its own id instead of `ENOENT`.
+pub fn lookup_into(out: &mut Vec<u8>, flow: &Flow, seq: u32) {
+    let mut attrs = vec![ConntrackAttribute::CtaTupleOrig(tuple_attrs(
+        &flow.orig,
+        flow.protocol,
+    ))];
+    if flow.zone != 0 {
+        attrs.push(ConntrackAttribute::Other(DefaultNla::new(
+            cta::ZONE,
+            flow.zone.to_be_bytes().to_vec(),
+        )));
+    }
+    let msg = serialize(
+        wire::NLM_F_REQUEST,
+        seq,
+        proto_family(flow.family()),
+        ConntrackMessage::Get(attrs),
+    );
+    out.extend_from_slice(&msg);
+    out.resize(wire::align4(out.len()), 0);
+}
+
 /// Sets `NLA_F_NESTED` on the top-level attribute `kind` of a serialized message.
 fn set_nested_flag(buf: &mut [u8], kind: u16) {
     let mut off = wire::ATTRS_OFFSET;
@@ -142,7 +168,8 @@ fn protoinfo(state: crate::flow::TcpState) -> ConntrackAttribute {
 }
 
 /// Creates a conntrack entry (`CT_NEW` with `NLM_F_CREATE | NLM_F_EXCL`), as tests and
-/// benchmarks use to fill a table. With `ack`, the kernel answers with an error message.
+/// benchmarks use to fill a table (in `flow.zone` when it is not 0). With `ack`, the
+/// kernel answers with an error message.
 pub fn create(flow: &Flow, timeout_secs: u32, ack: bool, seq: u32) -> Vec<u8> {
     let mut attrs = vec![
         ConntrackAttribute::CtaTupleOrig(tuple_attrs(&flow.orig, flow.protocol)),
@@ -154,6 +181,12 @@ pub fn create(flow: &Flow, timeout_secs: u32, ack: bool, seq: u32) -> Vec<u8> {
     }
     if flow.mark != 0 {
         attrs.push(ConntrackAttribute::CtaMark(flow.mark));
+    }
+    if flow.zone != 0 {
+        attrs.push(ConntrackAttribute::Other(DefaultNla::new(
+            cta::ZONE,
+            flow.zone.to_be_bytes().to_vec(),
+        )));
     }
     let mut flags = wire::NLM_F_REQUEST | wire::NLM_F_CREATE | wire::NLM_F_EXCL;
     if ack {
@@ -247,6 +280,67 @@ mod tests {
         assert_eq!(m.flags, wire::NLM_F_REQUEST | wire::NLM_F_DUMP);
         assert_eq!(m.seq, 7);
         assert_eq!(b[wire::NLMSG_HDRLEN], wire::AF_INET6);
+    }
+
+    #[test]
+    fn lookups_share_a_datagram_and_carry_the_tuple_and_zone() {
+        let mut f = Flow {
+            protocol: 17,
+            orig: Tuple::new(
+                "10.0.0.1".parse().unwrap(),
+                5000,
+                "10.0.0.2".parse().unwrap(),
+                53,
+            ),
+            reply: Tuple::new(
+                "10.0.0.2".parse().unwrap(),
+                53,
+                "10.0.0.1".parse().unwrap(),
+                5000,
+            ),
+            zone: 0,
+            id: 9,
+            tcp_state: None,
+            status: 0,
+            mark: 0,
+            timeout_s: None,
+        };
+        let mut b = Vec::new();
+        lookup_into(&mut b, &f, 11);
+        f.zone = 7;
+        lookup_into(&mut b, &f, 12);
+        let msgs: Vec<_> = messages(&b).map(|m| m.unwrap()).collect();
+        assert_eq!(msgs.len(), 2);
+        for (m, seq) in msgs.iter().zip([11, 12]) {
+            assert_eq!(m.conntrack_subtype(), Some(wire::IPCTNL_MSG_CT_GET));
+            assert_eq!(m.flags, wire::NLM_F_REQUEST);
+            assert_eq!(m.seq, seq);
+            assert_eq!(m.bytes[wire::NLMSG_HDRLEN], wire::AF_INET);
+        }
+        let kinds = |m: &crate::conntrack::parse::RawMessage<'_>| -> Vec<(u16, Vec<u8>)> {
+            attrs(&m.bytes[wire::ATTRS_OFFSET..])
+                .map(|a| a.map(|(k, p)| (k, p.to_vec())).unwrap())
+                .collect()
+        };
+        let first = kinds(&msgs[0]);
+        assert_eq!(first.len(), 1, "no zone, and never CTA_ID");
+        assert_eq!(first[0].0, cta::TUPLE_ORIG);
+        let second = kinds(&msgs[1]);
+        assert_eq!(second[1], (cta::ZONE, 7u16.to_be_bytes().to_vec()));
+        // The tuple reads back as the flow's original tuple.
+        let mut dst = None;
+        for a in attrs(&first[0].1) {
+            let (k, p) = a.unwrap();
+            if k == cta::TUPLE_IP {
+                for a in attrs(p) {
+                    let (k, p) = a.unwrap();
+                    if k == cta::IP_V4_DST {
+                        dst = Some(p.to_vec());
+                    }
+                }
+            }
+        }
+        assert_eq!(dst, Some(vec![10, 0, 0, 2]));
     }
 
     #[test]

@@ -276,6 +276,26 @@ impl MmsgBuffers {
     }
 }
 
+/// Waits up to `timeout_ms` for `fd` to become readable; false on timeout.
+pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> Result<bool, ConntrackError> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd that outlives the call.
+        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if rc >= 0 {
+            return Ok(rc > 0);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(ConntrackError::io("poll", err));
+        }
+    }
+}
+
 /// Receives one datagram into `buf`, blocking. Returns its length.
 pub fn recv_blocking(sock: &Socket, buf: &mut [u8]) -> Result<usize, ConntrackError> {
     loop {

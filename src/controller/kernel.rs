@@ -9,7 +9,9 @@
 //! - the **query thread** owns the [`QuerySocket`]: it runs the resyncs (address-filtered
 //!   dumps) the engine asks for, including the confirmation before each standby and the
 //!   periodic reconcile, streams what it reads to the engine thread in chunks, and
-//!   reopens its socket with backoff after a failure;
+//!   reopens its socket with backoff after a failure; it also runs the exact-tuple
+//!   lookups that check UDP flows whose expiry passed (`run_lookups`), which walk no
+//!   table;
 //! - the **engine thread** applies event batches and resync chunks (so a large dump is
 //!   applied while the kernel is still producing it), owns the deadlines (it sleeps until
 //!   the engine's next one), forwards the engine's requests, tracks observer health
@@ -29,9 +31,11 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, bounde
 
 use super::{ControllerConfig, ControllerError, EventsSysctlMode, Shared};
 use crate::conntrack::{
-    ConntrackError, EventSocket, EventsSysctl, ObserverConfig, QuerySocket, Wakeup,
+    ConntrackError, EventSocket, EventsSysctl, LookupResult, ObserverConfig, QuerySocket, Wakeup,
 };
-use crate::engine::{ObserverHealth, ObserverRequest, ResyncId, ResyncScope};
+use crate::engine::{
+    LookupAnswer, LookupId, ObserverHealth, ObserverRequest, ResyncId, ResyncScope,
+};
 use crate::flow::{Flow, FlowEvent};
 
 /// How long the event thread blocks in poll(2) when nothing wakes it.
@@ -75,6 +79,14 @@ enum EngineMsg {
     /// The dump for a resync ended (with its error, if it failed). The engine thread
     /// answers on the resync-applied channel once it has finished or abandoned it.
     ResyncEnd(ResyncId, Result<(), String>),
+    /// A lookup ran: the flows asked about, the answers by index into them, and the
+    /// socket's error if it failed partway.
+    LookupDone(
+        LookupId,
+        Vec<Flow>,
+        Vec<(usize, LookupReply)>,
+        Result<(), String>,
+    ),
     /// Stop.
     Shutdown,
 }
@@ -83,7 +95,35 @@ enum EngineMsg {
 #[derive(Debug)]
 enum QueryCmd {
     Resync(ResyncScope),
+    /// Look these flows up by exact tuple (see `run_lookups`).
+    Lookup(Vec<Flow>),
     Shutdown,
+}
+
+/// One flow's lookup answer, owned, for the trip to the engine thread.
+#[derive(Debug)]
+enum LookupReply {
+    Found(Flow),
+    Gone,
+    Failed,
+}
+
+impl LookupReply {
+    fn of(r: LookupResult<'_>) -> Self {
+        match r {
+            LookupResult::Found(f) => Self::Found(*f),
+            LookupResult::Gone => Self::Gone,
+            LookupResult::Failed(_) => Self::Failed,
+        }
+    }
+
+    fn answer(&self) -> LookupAnswer<'_> {
+        match self {
+            Self::Found(f) => LookupAnswer::Found(f),
+            Self::Gone => LookupAnswer::Gone,
+            Self::Failed => LookupAnswer::Failed,
+        }
+    }
 }
 
 /// What the engine thread asks of the event thread.
@@ -447,14 +487,16 @@ fn query_thread(
     let mut socket = Some(socket);
     let mut backoff = BACKOFF_INITIAL;
     let mut pending: Option<ResyncScope> = None;
+    let mut lookups: Vec<Flow> = Vec::new();
     loop {
         // Block for the first command, then coalesce what is queued. A resync of
         // everything also waits for the rest of its burst, so that one dump answers a
         // host that registers many instances in a row; a confirmation before a standby
         // does not wait.
-        if pending.is_none() {
+        if pending.is_none() && lookups.is_empty() {
             match cmds.recv() {
                 Ok(QueryCmd::Resync(s)) => pending = Some(s),
+                Ok(QueryCmd::Lookup(f)) => lookups.extend(f),
                 Ok(QueryCmd::Shutdown) | Err(_) => return,
             }
         }
@@ -467,18 +509,30 @@ fn query_thread(
             };
             match cmds.recv_timeout(wait) {
                 Ok(QueryCmd::Resync(s)) => pending = Some(merge_scope(pending.take(), s)),
+                Ok(QueryCmd::Lookup(f)) => lookups.extend(f),
                 Ok(QueryCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => break,
             }
         }
-        let scope = pending.take().expect("set above");
+        if !lookups.is_empty() {
+            run_lookups(
+                &mut socket,
+                &cfg,
+                &shared,
+                &to_engine,
+                std::mem::take(&mut lookups),
+            );
+        }
+        let Some(scope) = pending.take() else {
+            continue;
+        };
         if socket.is_none() {
             match QuerySocket::open(&cfg) {
                 Ok(s) => socket = Some(s),
                 Err(e) => {
                     let _ = to_engine.send(EngineMsg::ResyncFailed(e.to_string()));
                     pending = Some(scope);
-                    if sleep_or_stop_query(&cmds, backoff, &mut pending) {
+                    if sleep_or_stop_query(&cmds, backoff, &mut pending, &mut lookups) {
                         return;
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -516,6 +570,11 @@ fn query_thread(
             let _ = to_engine.send(EngineMsg::ResyncFlows(id, chunk));
         }
         let ok = dumped.is_ok();
+        if let Ok(stats) = &dumped {
+            shared
+                .dump_walks
+                .fetch_add(u64::from(stats.walks), Ordering::Relaxed);
+        }
         match &dumped {
             Ok(stats) => tracing::debug!(
                 flows = stats.flows,
@@ -537,7 +596,7 @@ fn query_thread(
         } else {
             socket = None;
             pending = Some(merge_scope(pending.take(), scope));
-            if sleep_or_stop_query(&cmds, backoff, &mut pending) {
+            if sleep_or_stop_query(&cmds, backoff, &mut pending, &mut lookups) {
                 return;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -545,11 +604,57 @@ fn query_thread(
     }
 }
 
-/// Waits out a backoff while still collecting resync requests; true on shutdown.
+/// Looks `flows` up by exact tuple on the query socket (a hash lookup each, no table
+/// walk) and hands the answers to the engine thread. A socket that cannot be opened or
+/// fails is reported as a failed lookup, which the engine answers with resyncs of the
+/// instances concerned (and the resync path reopens the socket with backoff).
+fn run_lookups(
+    socket: &mut Option<QuerySocket>,
+    cfg: &ObserverConfig,
+    shared: &Shared,
+    to_engine: &Sender<EngineMsg>,
+    flows: Vec<Flow>,
+) {
+    let id = shared
+        .engine
+        .lock()
+        .begin_lookup(&flows, shared.clock.now());
+    if socket.is_none() {
+        *socket = QuerySocket::open(cfg).ok();
+    }
+    let mut answers = Vec::with_capacity(flows.len());
+    let result = match socket.as_mut() {
+        Some(sock) => sock
+            .lookup_flows(&flows, &mut |i, r| answers.push((i, LookupReply::of(r))))
+            .map(|stats| {
+                shared
+                    .flow_lookups
+                    .fetch_add(stats.asked, Ordering::Relaxed);
+                tracing::debug!(
+                    flows = stats.asked,
+                    gone = stats.gone,
+                    failed = stats.failed,
+                    syscalls = stats.syscalls(),
+                    "expiry lookups finished"
+                );
+            })
+            .map_err(|e| e.to_string()),
+        None => Err("the query socket could not be opened".to_owned()),
+    };
+    if let Err(e) = &result {
+        tracing::warn!(error = %e, "auto-standby expiry lookups failed; resyncing instead");
+        *socket = None;
+    }
+    let _ = to_engine.send(EngineMsg::LookupDone(id, flows, answers, result));
+}
+
+/// Waits out a backoff while still collecting resync and lookup requests; true on
+/// shutdown.
 fn sleep_or_stop_query(
     cmds: &Receiver<QueryCmd>,
     d: Duration,
     pending: &mut Option<ResyncScope>,
+    lookups: &mut Vec<Flow>,
 ) -> bool {
     let until = Instant::now() + d;
     loop {
@@ -559,6 +664,7 @@ fn sleep_or_stop_query(
         }
         match cmds.recv_timeout(left) {
             Ok(QueryCmd::Resync(s)) => *pending = Some(merge_scope(pending.take(), s)),
+            Ok(QueryCmd::Lookup(f)) => lookups.extend(f),
             Ok(QueryCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => return true,
             Err(RecvTimeoutError::Timeout) => return false,
         }
@@ -721,6 +827,19 @@ impl EngineThread {
                 self.resync_error = None;
                 let _ = self.resync_applied.send(());
             }
+            EngineMsg::LookupDone(id, flows, answers, result) => {
+                let mut engine = self.shared.engine.lock();
+                for (i, a) in &answers {
+                    let _ = engine.lookup_answer(id, &flows[*i], a.answer());
+                }
+                let _ = match result {
+                    Ok(()) => engine.finish_lookup(id, now),
+                    Err(_) => {
+                        self.shared.observer_errors.fetch_add(1, Ordering::Relaxed);
+                        engine.fail_lookup(id, now)
+                    }
+                };
+            }
             EngineMsg::ResyncEnd(id, Err(why)) => {
                 let _ = self.shared.engine.lock().fail_resync(id, now);
                 self.shared.observer_errors.fetch_add(1, Ordering::Relaxed);
@@ -770,11 +889,14 @@ impl EngineThread {
             self.to_events.send(EventCmd::Addresses(addresses));
         }
         for req in self.requests.drain(..) {
-            let scope = match req {
-                ObserverRequest::Resync(scope) => scope,
-                ObserverRequest::Confirm(key) => ResyncScope::Instances(vec![key]),
+            let cmd = match req {
+                ObserverRequest::Resync(scope) => QueryCmd::Resync(scope),
+                ObserverRequest::Confirm(key) => {
+                    QueryCmd::Resync(ResyncScope::Instances(vec![key]))
+                }
+                ObserverRequest::Lookup(flows) => QueryCmd::Lookup(flows),
             };
-            let _ = self.to_query.send(QueryCmd::Resync(scope));
+            let _ = self.to_query.send(cmd);
         }
         if Instant::now() >= self.next_reconcile {
             self.next_reconcile = Instant::now() + self.resync_interval;

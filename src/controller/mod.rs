@@ -179,6 +179,12 @@ pub struct ControllerStats {
     /// instance goes into Standby and eligible ones report `error`/`conntrack_events_off`.
     /// `observer_failed` is set too.
     pub conntrack_events_off: bool,
+    /// Walks of the kernel's conntrack hash the query socket asked for (each dump
+    /// request is one, filtered or not; kernel mode).
+    pub dump_walks: u64,
+    /// Flows looked up by exact tuple (`CT_GET`, a hash lookup, no walk) to check UDP
+    /// flows whose expiry passed (kernel mode).
+    pub flow_lookups: u64,
 }
 
 /// State shared by the host-facing handle and the controller's threads.
@@ -195,6 +201,10 @@ pub(crate) struct Shared {
     pub(crate) events_read: AtomicU64,
     /// See [`ControllerStats::event_wakeups`].
     pub(crate) event_wakeups: AtomicU64,
+    /// See [`ControllerStats::dump_walks`].
+    pub(crate) dump_walks: AtomicU64,
+    /// See [`ControllerStats::flow_lookups`].
+    pub(crate) flow_lookups: AtomicU64,
 }
 
 /// The host's answer to a [`Decision::Confirm`] (manual mode).
@@ -306,6 +316,8 @@ impl Controller {
             observer_errors: AtomicU64::new(0),
             events_read: AtomicU64::new(0),
             event_wakeups: AtomicU64::new(0),
+            dump_walks: AtomicU64::new(0),
+            flow_lookups: AtomicU64::new(0),
         });
         let kernel = match config.mode {
             Mode::Kernel => Some(kernel::KernelRuntime::start(shared.clone(), &config)?),
@@ -360,7 +372,7 @@ impl Controller {
         self.shared.settle(engine, now);
         if self.kernel.is_none() {
             // No observer in manual mode: the host answers a lost-events report with
-            // `resync`, so resync requests have no reader. The host is the observer for
+            // `resync`, so resync and lookup requests have no reader. The host is the observer for
             // confirmations, though: with them on, each becomes a decision it answers
             // with `confirm` (the engine only asks while one is needed).
             let mut requests = Vec::new();
@@ -369,7 +381,7 @@ impl Controller {
                 .into_iter()
                 .filter_map(|r| match r {
                     ObserverRequest::Confirm(key) => Some(Decision::Confirm { key }),
-                    ObserverRequest::Resync(_) => None,
+                    ObserverRequest::Resync(_) | ObserverRequest::Lookup(_) => None,
                 })
                 .collect();
             self.shared.decisions.push_all(&mut asks);
@@ -489,6 +501,8 @@ impl Controller {
             events_read: self.shared.events_read.load(Ordering::Relaxed),
             event_wakeups: self.shared.event_wakeups.load(Ordering::Relaxed),
             observer_errors: self.shared.observer_errors.load(Ordering::Relaxed),
+            dump_walks: self.shared.dump_walks.load(Ordering::Relaxed),
+            flow_lookups: self.shared.flow_lookups.load(Ordering::Relaxed),
             decisions_pending: self.shared.decisions.len() as u64,
             decisions_merged: self.shared.decisions.merged(),
             log_records_dropped: self.shared.logs.dropped(),

@@ -1,20 +1,45 @@
 //! Flows that end without an event: conntrack expires a UDP entry when no datagram has
 //! refreshed it for its timeout, and reports the end only when its garbage collector
 //! (whose pace depends on the whole host's table, up to about a minute apart) or a dump
-//! reaches the entry. Refreshes report nothing either. So while an instance is active,
-//! the engine notes the latest expiry its counted UDP flows reported and, once that has
-//! passed, asks for a resync of the instance: the dump skips (and reaps) expired
-//! entries, so the resync drops them, and live ones report their new expiry.
+//! or lookup reaches the entry. Refreshes report nothing either. So while an instance is
+//! active, the engine notes the latest expiry its counted UDP flows reported and, once
+//! that has passed, asks the observer to look those flows up by their exact tuple
+//! (`CT_GET`: a hash lookup of about 10 µs each, where a dump walks the whole kernel
+//! hash, 86 ms on a 200k-entry table). A live flow reports its new expiry; a gone one is
+//! removed (the lookup reaps an expired entry, so the kernel also sends its DESTROY,
+//! which then changes nothing). An instance with more counted UDP flows than
+//! [`MAX_LOOKUP_FLOWS`], or whose lookup failed, is resynced instead.
 //!
 //! Checks fall on a grid (a power of two of milliseconds, between an eighth and a quarter
 //! of the timeout, at most 8 s), so instances whose flows expire around the same time
-//! share one resync, and a host with many UDP-serving instances pays for a few dumps
-//! rather than one per instance. One check time covers all of an instance's UDP flows:
-//! the latest any of them reported, so a flow with a shorter timeout is checked then.
+//! share one request. One check time covers all of an instance's UDP flows: the latest
+//! any of them reported, so a flow with a shorter timeout is checked then.
+//!
+//! A lookup races with events as a dump does, and is guarded the same way: an event
+//! applied after [`Engine::begin_lookup`] is newer than the answer (the answer neither
+//! changes nor removes that flow), and DESTROYs leave tombstones while a lookup is open.
 
+use super::flow_events::Source;
 use super::instance::Phase;
-use super::{Engine, UnixMillis};
+use super::{
+    Engine, EngineError, InstanceKey, LookupAnswer, LookupId, ObserverRequest, UnixMillis,
+};
 use crate::flow::{Flow, proto};
+
+/// Above this many counted UDP flows, an instance's check is a resync (one filtered walk
+/// of the kernel hash) rather than lookups: at about 10 µs a lookup against some 86 ms a
+/// walk on a large table, the lookups stay far cheaper up to here.
+pub const MAX_LOOKUP_FLOWS: usize = 2_048;
+
+/// A lookup in progress.
+#[derive(Debug)]
+pub(super) struct OpenLookup {
+    id: u64,
+    began_at: UnixMillis,
+    /// The instances whose flows were asked about, and whether an answer for one of
+    /// them failed.
+    scope: Vec<(u32, InstanceKey, bool)>,
+}
 
 /// `CTA_TIMEOUT` is rounded down to whole seconds.
 const EXPIRY_MARGIN_MS: u64 = 1_000;
@@ -62,7 +87,8 @@ impl Engine {
     }
 
     /// The deadline of an active instance fired: check its flows if they may have
-    /// expired. The resync's entries note the expiry of those still there.
+    /// expired, by looking its counted UDP flows up (or, with very many, by a resync).
+    /// The answers note the expiry of those still there.
     pub(super) fn check_expiry(&mut self, slot: u32, now: UnixMillis) {
         let Some(at) = self.expiry_check_at(slot) else {
             return;
@@ -76,10 +102,188 @@ impl Engine {
         inst.udp_check_at = None;
         inst.expiry_asked = true;
         let key = inst.key;
-        self.queue_resync(vec![key]);
+        let flows: Vec<Flow> = self
+            .flows
+            .list(slot)
+            .filter(|&i| {
+                let r = self.flows.rec(i);
+                r.counted() && r.proto == proto::UDP
+            })
+            .take(MAX_LOOKUP_FLOWS + 1)
+            .map(|i| self.flow_view(i))
+            .collect();
+        if flows.len() > MAX_LOOKUP_FLOWS {
+            self.queue_resync(vec![key]);
+        } else {
+            self.queue_lookup(flows);
+        }
     }
 
-    /// A resync covering `slot` finished: it answered any check asked for.
+    /// Adds flows to the one undrained `Lookup` request, or queues one.
+    fn queue_lookup(&mut self, flows: Vec<Flow>) {
+        if flows.is_empty() {
+            return;
+        }
+        for r in &mut self.requests {
+            if let ObserverRequest::Lookup(v) = r {
+                for f in flows {
+                    if !v.contains(&f) {
+                        v.push(f);
+                    }
+                }
+                return;
+            }
+        }
+        self.requests.push(ObserverRequest::Lookup(flows));
+    }
+
+    pub(super) fn do_begin_lookup(&mut self, flows: &[Flow], now: UnixMillis) -> LookupId {
+        self.see(now);
+        // Numbered with the resyncs: events from here on mark the flows they touch as
+        // newer than this lookup (and than every resync begun before it).
+        let id = self.next_resync;
+        self.next_resync += 1;
+        self.touch_seq = id as u32;
+        let mut scope: Vec<(u32, InstanceKey, bool)> = flows
+            .iter()
+            .filter_map(|f| {
+                let p = self.prepare(f);
+                p.classified()
+                    .then(|| (p.slot, self.inst(p.slot).key, false))
+            })
+            .collect();
+        scope.sort_unstable();
+        scope.dedup();
+        self.lookups.push(OpenLookup {
+            id,
+            began_at: now,
+            scope,
+        });
+        LookupId(id)
+    }
+
+    pub(super) fn do_lookup_answer(
+        &mut self,
+        id: LookupId,
+        asked: &Flow,
+        answer: LookupAnswer<'_>,
+    ) -> Result<(), EngineError> {
+        let pos = self
+            .lookups
+            .iter()
+            .position(|l| l.id == id.0)
+            .ok_or(EngineError::UnknownLookup(id))?;
+        let (seq, began_at) = (id.0 as u32, self.lookups[pos].began_at);
+        let prepared = self.prepare(asked);
+        if !prepared.classified() {
+            // Unregistered, or its address moved, since: nothing of it is stored.
+            return Ok(());
+        }
+        let asked_probe = prepared.probe(asked);
+        // Stored and not reported by an event (or a newer dump) since the lookup began.
+        let untouched = |e: &Engine| {
+            e.flows
+                .find(&asked_probe, prepared.hash)
+                .is_some_and(|i| (e.flows.rec(i).touch.wrapping_sub(seq) as i32) < 0)
+        };
+        let answer = match answer {
+            LookupAnswer::Found(f)
+                if f.orig != asked.orig || f.protocol != asked.protocol || f.zone != asked.zone =>
+            {
+                // Not the entry asked about: no answer for this flow.
+                LookupAnswer::Failed
+            }
+            a => a,
+        };
+        match answer {
+            LookupAnswer::Found(f) if f.id == asked.id => {
+                if untouched(self) {
+                    let now = self.last_now;
+                    self.apply_prepared(f, &prepared, Source::Dump(seq), now);
+                } else if self.flows.find(&asked_probe, prepared.hash).is_some() {
+                    // An event said more since; the entry's expiry still holds.
+                    let now = self.last_now;
+                    self.note_expiry(prepared.slot, f, now);
+                }
+                // Not stored: an event or a dump ended it meanwhile, and a later event
+                // brings it back if it is live again.
+            }
+            LookupAnswer::Found(f) => {
+                // A new entry reuses the tuple: taken first, so the instance never looks
+                // drained in between; tombstones keep out one destroyed meanwhile.
+                let fresh = self.prepare(f);
+                let fresh_untouched = self
+                    .flows
+                    .find(&fresh.probe(f), fresh.hash)
+                    .is_none_or(|i| (self.flows.rec(i).touch.wrapping_sub(seq) as i32) < 0);
+                if fresh_untouched {
+                    let now = self.last_now;
+                    self.apply_prepared(f, &fresh, Source::Dump(seq), now);
+                }
+                if untouched(self) {
+                    self.stats.lookup_gone += 1;
+                    self.remove_probe(&asked_probe, began_at);
+                }
+            }
+            LookupAnswer::Gone => {
+                if untouched(self) {
+                    self.stats.lookup_gone += 1;
+                    self.remove_probe(&asked_probe, began_at);
+                }
+            }
+            LookupAnswer::Failed => {
+                let key = self.inst(prepared.slot).key;
+                let scope = &mut self.lookups[pos].scope;
+                match scope
+                    .iter_mut()
+                    .find(|(s, k, _)| *s == prepared.slot && *k == key)
+                {
+                    Some(entry) => entry.2 = true,
+                    None => scope.push((prepared.slot, key, true)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn do_finish_lookup(
+        &mut self,
+        id: LookupId,
+        now: UnixMillis,
+        failed: bool,
+    ) -> Result<(), EngineError> {
+        self.see(now);
+        let pos = self
+            .lookups
+            .iter()
+            .position(|l| l.id == id.0)
+            .ok_or(EngineError::UnknownLookup(id))?;
+        let l = self.lookups.remove(pos);
+        if self.resyncs.is_empty() && self.lookups.is_empty() {
+            self.tombstones.clear();
+        }
+        let mut fallback = Vec::new();
+        for (slot, key, slot_failed) in l.scope {
+            // A slot freed and reused since the lookup began belongs to another instance.
+            if self.by_key.get(&key) != Some(&slot) {
+                continue;
+            }
+            if failed || slot_failed {
+                // The resync answers the check (`expiry_asked` stays set until it has).
+                fallback.push(key);
+            } else {
+                self.expiry_answered(slot);
+            }
+            self.rearm(slot);
+        }
+        self.queue_resync(fallback);
+        if !failed {
+            self.stats.lookups += 1;
+        }
+        Ok(())
+    }
+
+    /// A resync or lookup covering `slot` finished: it answered any check asked for.
     pub(super) fn expiry_answered(&mut self, slot: u32) {
         self.inst_mut(slot).expiry_asked = false;
     }

@@ -58,7 +58,8 @@ impl Prepared {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Source {
     Event(EventKind),
-    Dump,
+    /// An entry of the dump (or an answer of the lookup) with this sequence number.
+    Dump(u32),
 }
 
 impl Engine {
@@ -180,7 +181,7 @@ impl Engine {
         let finished = tcp && flow.tcp_state.is_some_and(TcpState::is_finished);
         if source == Source::Event(EventKind::Destroy) || finished {
             // An event saying the flow ended outranks any dump entry read before it.
-            if source != Source::Dump {
+            if !matches!(source, Source::Dump(_)) {
                 self.tombstone(prepared.probe(flow), now);
             }
             let rec = self.flows.rec(found.rec);
@@ -236,7 +237,16 @@ impl Engine {
                 self.tombstone(probe, now);
                 return;
             }
-            Source::Dump if self.tombstones.contains_key(&probe) => return,
+            // Destroyed after the dump began: the entry is older than the DESTROY. (One
+            // destroyed before is a new entry that got the same id.)
+            Source::Dump(seq)
+                if self
+                    .tombstones
+                    .get(&probe)
+                    .is_some_and(|&(_, at_seq)| (at_seq.wrapping_sub(seq) as i32) >= 0) =>
+            {
+                return;
+            }
             _ => {}
         }
         let tcp = flow.protocol == proto::TCP;
@@ -245,7 +255,7 @@ impl Engine {
                 Some(st) if st.is_finished() => {
                     // An event saying the flow ended outranks any dump entry read
                     // before it.
-                    if source != Source::Dump {
+                    if !matches!(source, Source::Dump(_)) {
                         self.tombstone(probe, now);
                     }
                     return;
@@ -342,9 +352,14 @@ impl Engine {
 
     #[inline]
     fn tombstone(&mut self, probe: Probe, now: UnixMillis) {
-        if !self.resyncs.is_empty() {
-            self.tombstones
-                .insert(probe, now.saturating_add(self.config.tombstone_ttl_ms));
+        if !self.resyncs.is_empty() || !self.lookups.is_empty() {
+            self.tombstones.insert(
+                probe,
+                (
+                    now.saturating_add(self.config.tombstone_ttl_ms),
+                    self.touch_seq,
+                ),
+            );
         }
     }
 

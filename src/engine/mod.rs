@@ -26,8 +26,9 @@
 //! - `PersistRuntime` is emitted when the countdown starts or stops (and on the other
 //!   transitions hypeman persists), not on every packet-driven UPDATE: the in-memory
 //!   `last_inbound_activity_at` advances on each event, the persisted one on transitions.
-//! - DESTROY tombstones are kept only while a resync is open (that is the only time a
-//!   dump can resurrect a flow), each for at most `tombstone_ttl_ms`.
+//! - DESTROY tombstones are kept only while a resync or a lookup is open (that is the
+//!   only time a dump or a lookup answer can resurrect a flow), each for at most
+//!   `tombstone_ttl_ms`.
 //! - The flow-event path is laid out for memory: one 64-byte line per instance in a
 //!   dense array, one line per flow record, a record removed by an event kept as a
 //!   spare for its instance's next flow, and [`Engine::on_flow_events`] loading the
@@ -149,6 +150,29 @@ pub enum ObserverRequest {
     Resync(ResyncScope),
     /// Confirm that an instance is idle right before its standby: a resync scoped to it.
     Confirm(InstanceKey),
+    /// Look these flows up by their exact original tuple, protocol and zone (conntrack
+    /// `CT_GET`, no table walk): [`Engine::begin_lookup`], [`Engine::lookup_answer`]
+    /// for each, then [`Engine::finish_lookup`] (or [`Engine::fail_lookup`] when the
+    /// lookups could not run). Asked for the counted UDP flows of active instances whose
+    /// reported expiry has passed; the checks falling due together share one request.
+    Lookup(Vec<Flow>),
+}
+
+/// Handle for a lookup in progress (see [`ObserverRequest::Lookup`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LookupId(pub u64);
+
+/// What the kernel answered for one flow of an [`ObserverRequest::Lookup`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupAnswer<'a> {
+    /// The entry with the flow's tuple, as the kernel reports it now (with its timeout).
+    /// Another conntrack id than the flow's means a new entry reuses the tuple: the flow
+    /// asked about is gone and this one is reported instead.
+    Found(&'a Flow),
+    /// No entry has the tuple any more (`ENOENT`).
+    Gone,
+    /// The lookup of this flow failed: its instance is resynced instead.
+    Failed,
 }
 
 /// Which instances a resync covers.
@@ -403,6 +427,11 @@ pub struct EngineStats {
     pub suspect_ends: u64,
     /// Restores the host reported failed (see [`Engine::report_wake`]).
     pub wake_failures: u64,
+    /// Lookups ([`ObserverRequest::Lookup`]) finished, each answering the expiry checks
+    /// of one or more instances without a dump.
+    pub lookups: u64,
+    /// Flows those lookups found gone (expired without an event, usually).
+    pub lookup_gone: u64,
 }
 
 /// When a standby is tried again after the host reported it failed (with no qualifying
@@ -511,6 +540,9 @@ pub enum EngineError {
     /// Unknown resync handle.
     #[error("unknown resync {0:?}")]
     UnknownResync(ResyncId),
+    /// Unknown lookup handle.
+    #[error("unknown lookup {0:?}")]
+    UnknownLookup(LookupId),
     /// An instance address that can never be a guest's flow endpoint: unspecified,
     /// loopback, multicast or the IPv4 limited broadcast.
     #[error(
@@ -540,11 +572,14 @@ pub struct Engine {
     /// The observer error is that conntrack events are off (see [`ObserverHealth::EventsOff`]).
     events_off: bool,
     resyncs: Vec<resync::OpenResync>,
+    lookups: Vec<expiry::OpenLookup>,
     next_resync: u64,
     touch_seq: u32,
     all_lost_seq: Option<u64>,
     all_resync_requested: bool,
-    tombstones: FastMap<Probe, UnixMillis>,
+    /// DESTROYed flows, with when the tombstone expires and the sequence number of the
+    /// latest resync or lookup begun when it was made.
+    tombstones: FastMap<Probe, (UnixMillis, u32)>,
     /// Start of the current window of suspect ends and how many it has seen.
     suspect_window: (UnixMillis, u32),
     stats: EngineStats,
@@ -572,6 +607,7 @@ impl Engine {
             observer_error: None,
             events_off: false,
             resyncs: Vec::new(),
+            lookups: Vec::new(),
             next_resync: 1,
             touch_seq: 0,
             all_lost_seq: None,
@@ -724,6 +760,37 @@ impl Engine {
     /// new `Resync` request is queued for instances whose events were lost.
     pub fn fail_resync(&mut self, id: ResyncId, now: UnixMillis) -> Result<(), EngineError> {
         self.do_fail_resync(id, now)
+    }
+
+    /// Starts the lookup of `flows` (as an [`ObserverRequest::Lookup`] listed them). Call
+    /// it before the first request goes to the kernel: events applied from then on win
+    /// over the answers, and DESTROYs leave tombstones so an answer cannot bring their
+    /// flows back.
+    pub fn begin_lookup(&mut self, flows: &[Flow], now: UnixMillis) -> LookupId {
+        self.do_begin_lookup(flows, now)
+    }
+
+    /// The answer for `asked`, one of the flows of lookup `id`. Found: the flow is live
+    /// and its expiry is noted, like a dump entry; gone: it is removed, as a DESTROY
+    /// would (its DESTROY, which the kernel also sends, then changes nothing).
+    pub fn lookup_answer(
+        &mut self,
+        id: LookupId,
+        asked: &Flow,
+        answer: LookupAnswer<'_>,
+    ) -> Result<(), EngineError> {
+        self.do_lookup_answer(id, asked, answer)
+    }
+
+    /// Ends lookup `id`. Instances with a failed answer are resynced instead.
+    pub fn finish_lookup(&mut self, id: LookupId, now: UnixMillis) -> Result<(), EngineError> {
+        self.do_finish_lookup(id, now, false)
+    }
+
+    /// Abandons lookup `id` (the socket failed): every instance it covered is resynced
+    /// instead. Answers already given stand.
+    pub fn fail_lookup(&mut self, id: LookupId, now: UnixMillis) -> Result<(), EngineError> {
+        self.do_finish_lookup(id, now, true)
     }
 
     /// Records the observer's health; while failed, no instance is put into Standby.

@@ -162,8 +162,8 @@ impl Engine {
             .position(|r| r.id == id.0)
             .ok_or(EngineError::UnknownResync(id))?;
         let r = self.resyncs.remove(pos);
-        // Tombstones only guard open dumps.
-        if self.resyncs.is_empty() {
+        // Tombstones only guard open dumps and lookups.
+        if self.resyncs.is_empty() && self.lookups.is_empty() {
             self.tombstones.clear();
         }
         let members = match &r.scope {
@@ -192,7 +192,7 @@ impl Engine {
             return Ok(());
         }
         let now = self.last_now;
-        self.apply_prepared(flow, &prepared, Source::Dump, now);
+        self.apply_prepared(flow, &prepared, Source::Dump(id.0 as u32), now);
         Ok(())
     }
 

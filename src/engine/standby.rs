@@ -31,7 +31,7 @@ impl Engine {
     pub(super) fn do_tick(&mut self, now: UnixMillis) {
         self.see(now);
         if !self.tombstones.is_empty() {
-            self.tombstones.retain(|_, exp| *exp > now);
+            self.tombstones.retain(|_, (exp, _)| *exp > now);
         }
         while let Some((_, slot)) = self.deadlines.pop_due(now) {
             self.evaluate(slot, now);

@@ -108,9 +108,9 @@ impl From<EngineError> for FfiError {
             EngineError::StandbyInProgress => AUTOSTANDBY_ERR_STANDBY_IN_PROGRESS,
             EngineError::NoStandbyOutstanding(_) => AUTOSTANDBY_ERR_NO_STANDBY_OUTSTANDING,
             EngineError::NoConfirmPending(_) => AUTOSTANDBY_ERR_NO_CONFIRM_PENDING,
-            EngineError::UnknownResync(_) | EngineError::InvalidAddress(_) => {
-                AUTOSTANDBY_ERR_INVALID_ARGUMENT
-            }
+            EngineError::UnknownResync(_)
+            | EngineError::UnknownLookup(_)
+            | EngineError::InvalidAddress(_) => AUTOSTANDBY_ERR_INVALID_ARGUMENT,
         };
         Self::new(code, err.to_string())
     }

@@ -2,6 +2,7 @@
 
 mod classification;
 mod countdown;
+mod expiry;
 mod features;
 mod filtered;
 mod first_resync;

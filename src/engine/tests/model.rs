@@ -44,6 +44,9 @@ enum Op {
     Confirm {
         fail: bool,
     },
+    /// Answers the lookups begun so far with what the kernel had when each began: all
+    /// of it (0), with the first flow failed (1), or the whole lookup failed (2).
+    Lookups(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -60,6 +63,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..INSTANCES, any::<bool>()).prop_map(|(inst, ignore_port)| Op::Policy { inst, ignore_port }),
         1 => (0..INSTANCES, any::<bool>()).prop_map(|(inst, running)| Op::Lifecycle { inst, running }),
         2 => (0u8..4).prop_map(|f| Op::Confirm { fail: f == 0 }),
+        2 => (0u8..4).prop_map(|f| Op::Lookups(f.min(2))),
     ]
 }
 
@@ -150,9 +154,19 @@ fn dump_model(h: &mut H, m: &Model, inst: u64, now: UnixMillis) {
     h.e.finish_resync(r, now).unwrap();
 }
 
-/// Moves the engine's confirmation requests into `pending`, and answers its requests
-/// for resyncs of some instances (expiry checks, losses) with consistent dumps.
-fn collect_confirms(h: &mut H, m: &Model, pending: &mut Vec<u64>, now: UnixMillis) {
+/// A lookup begun, with the answers the kernel gave at that moment.
+type OpenLookup = (LookupId, Vec<(Flow, Option<Flow>)>);
+
+/// Moves the engine's confirmation requests into `pending`, answers its requests for
+/// resyncs of some instances (losses, failed lookups) with consistent dumps, and begins
+/// the lookups it asks for (expiry checks), noting what the kernel has now.
+fn collect_confirms(
+    h: &mut H,
+    m: &Model,
+    pending: &mut Vec<u64>,
+    lookups: &mut Vec<OpenLookup>,
+    now: UnixMillis,
+) {
     for r in h.requests() {
         match r {
             ObserverRequest::Confirm(k) if !pending.contains(&k) => pending.push(k),
@@ -161,8 +175,40 @@ fn collect_confirms(h: &mut H, m: &Model, pending: &mut Vec<u64>, now: UnixMilli
                     dump_model(h, m, k, now);
                 }
             }
+            ObserverRequest::Lookup(flows) => {
+                let id = h.e.begin_lookup(&flows, now);
+                let answers = flows
+                    .into_iter()
+                    .map(|f| {
+                        let inst = (0..INSTANCES).find(|&i| addr(i) == f.orig.dst).unwrap();
+                        let port = f.orig.src_port;
+                        let live = m.live.get(&inst).is_some_and(|s| s.contains(&port));
+                        (f, live.then(|| mkudp(inst, port, Some(30))))
+                    })
+                    .collect();
+                lookups.push((id, answers));
+            }
             _ => {}
         }
+    }
+}
+
+/// Answers every lookup begun so far (see [`Op::Lookups`]).
+fn answer_lookups(h: &mut H, lookups: &mut Vec<OpenLookup>, how: u8, now: UnixMillis) {
+    for (id, answers) in lookups.drain(..) {
+        if how == 2 {
+            h.e.fail_lookup(id, now).unwrap();
+            continue;
+        }
+        for (i, (asked, found)) in answers.iter().enumerate() {
+            let answer = match found {
+                _ if how == 1 && i == 0 => LookupAnswer::Failed,
+                Some(f) => LookupAnswer::Found(f),
+                None => LookupAnswer::Gone,
+            };
+            h.e.lookup_answer(id, asked, answer).unwrap();
+        }
+        h.e.finish_lookup(id, now).unwrap();
     }
 }
 
@@ -174,6 +220,7 @@ fn run(ops: Vec<Op>, confirm: bool) -> Result<(), TestCaseError> {
         ..EngineConfig::default()
     });
     let mut confirms: Vec<u64> = Vec::new();
+    let mut lookups: Vec<OpenLookup> = Vec::new();
     let mut m = Model::default();
     let mut now = T0;
     for i in 0..INSTANCES {
@@ -301,7 +348,7 @@ fn run(ops: Vec<Op>, confirm: bool) -> Result<(), TestCaseError> {
             }
             Op::Lost(inst) => {
                 h.e.events_lost(ResyncScope::Instances(vec![inst]), now);
-                collect_confirms(&mut h, &m, &mut confirms, now);
+                collect_confirms(&mut h, &m, &mut confirms, &mut lookups, now);
                 // The loss is repaired at once by a consistent dump.
                 dump_model(&mut h, &m, inst, now);
             }
@@ -316,6 +363,7 @@ fn run(ops: Vec<Op>, confirm: bool) -> Result<(), TestCaseError> {
                     }
                 }
             }
+            Op::Lookups(how) => answer_lookups(&mut h, &mut lookups, how, now),
             Op::Policy { inst, ignore_port } => {
                 if ignore_port {
                     m.ignore5.insert(inst);
@@ -337,7 +385,7 @@ fn run(ops: Vec<Op>, confirm: bool) -> Result<(), TestCaseError> {
                 let _ = h.e.update(inst, s, now);
             }
         }
-        collect_confirms(&mut h, &m, &mut confirms, now);
+        collect_confirms(&mut h, &m, &mut confirms, &mut lookups, now);
         check(&mut h, &m, &mut emitted)?;
     }
     // Liveness: finish whatever is in flight, then leave every running instance
@@ -363,9 +411,12 @@ fn run(ops: Vec<Op>, confirm: bool) -> Result<(), TestCaseError> {
     }
     let mut got = BTreeSet::new();
     for _ in 0..8 {
+        answer_lookups(&mut h, &mut lookups, 0, now);
         now += TIMEOUT;
         h.e.tick(now);
-        collect_confirms(&mut h, &m, &mut confirms, now);
+        collect_confirms(&mut h, &m, &mut confirms, &mut lookups, now);
+        answer_lookups(&mut h, &mut lookups, 0, now);
+        collect_confirms(&mut h, &m, &mut confirms, &mut lookups, now);
         for inst in std::mem::take(&mut confirms) {
             dump_model(&mut h, &m, inst, now);
         }

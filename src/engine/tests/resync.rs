@@ -351,7 +351,7 @@ fn scoped_loss_during_its_resync_asks_once_more() {
 
 /// A UDP flow from 203.0.113.8:`cport` to `server` port 53, with conntrack id `id`,
 /// reported with `timeout_s` seconds left before conntrack expires it.
-fn udp_to(server: IpAddr, cport: u16, id: u32, timeout_s: Option<u32>) -> Flow {
+pub(super) fn udp_to(server: IpAddr, cport: u16, id: u32, timeout_s: Option<u32>) -> Flow {
     Flow {
         timeout_s,
         ..flow(proto::UDP, ip("203.0.113.8"), cport, server, 53, None, id)
@@ -359,18 +359,18 @@ fn udp_to(server: IpAddr, cport: u16, id: u32, timeout_s: Option<u32>) -> Flow {
 }
 
 /// [`udp_to`] the default guest from port 5353.
-fn udp(timeout_s: Option<u32>) -> Flow {
+pub(super) fn udp(timeout_s: Option<u32>) -> Flow {
     udp_to(guest(), 5353, 9, timeout_s)
 }
 
 /// A running instance at `addr` whose policy counts UDP too.
-fn udp_spec_at(addr: IpAddr) -> InstanceSpec {
+pub(super) fn udp_spec_at(addr: IpAddr) -> InstanceSpec {
     let mut p = policy(MIN);
     p.protocols.udp = true;
     spec_with(addr, p)
 }
 
-fn udp_spec() -> InstanceSpec {
+pub(super) fn udp_spec() -> InstanceSpec {
     udp_spec_at(guest())
 }
 
@@ -398,13 +398,16 @@ fn a_silently_expired_udp_flow_is_checked_at_its_expiry_and_dropped() {
     h.e.tick(at - 1);
     assert_eq!(h.requests(), vec![]);
     h.e.tick(at);
-    assert_eq!(
-        h.requests(),
-        vec![ObserverRequest::Resync(ResyncScope::Instances(vec![1]))]
-    );
-    // The dump no longer lists the expired entry: the countdown starts from the dump.
-    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), at);
-    h.e.finish_resync(r, at).unwrap();
+    // The flow is looked up by its tuple, not dumped.
+    assert_eq!(h.requests(), vec![ObserverRequest::Lookup(vec![udp(None)])]);
+    // The kernel no longer has the expired entry: the countdown starts from the lookup.
+    let l = h.e.begin_lookup(&[udp(None)], at);
+    h.e.lookup_answer(l, &udp(None), LookupAnswer::Gone)
+        .unwrap();
+    h.e.finish_lookup(l, at).unwrap();
+    assert!(h.requests().is_empty());
+    assert_eq!(h.e.stats().lookups, 1);
+    assert_eq!(h.e.stats().lookup_gone, 1);
     let st = h.st(1, at);
     assert_eq!((st.status, st.active_inbound), (Status::IdleCountdown, 0));
     assert_eq!(st.next_standby_at, Some(at + MIN));
@@ -422,11 +425,12 @@ fn a_udp_flow_still_in_the_dump_is_checked_again_at_its_new_expiry() {
     h.e.tick(T0 + 60 * SEC);
     assert_eq!(h.requests(), vec![]);
     h.e.tick(at);
-    assert_eq!(h.requests().len(), 1);
-    // Traffic refreshed the entry without events: the dump lists it with 100 s left.
-    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), at);
-    h.e.resync_flow(r, &udp(Some(100))).unwrap();
-    h.e.finish_resync(r, at).unwrap();
+    assert_eq!(h.requests(), vec![ObserverRequest::Lookup(vec![udp(None)])]);
+    // Traffic refreshed the entry without events: the kernel has it with 100 s left.
+    let l = h.e.begin_lookup(&[udp(None)], at);
+    h.e.lookup_answer(l, &udp(None), LookupAnswer::Found(&udp(Some(100))))
+        .unwrap();
+    h.e.finish_lookup(l, at).unwrap();
     assert_eq!(h.st(1, at).status, Status::Active);
     let again = deadline_within(&h, at + 101 * SEC, 8_192);
     h.e.tick(again - 1);
@@ -437,20 +441,17 @@ fn a_udp_flow_still_in_the_dump_is_checked_again_at_its_new_expiry() {
 #[test]
 fn instances_whose_udp_flows_expire_close_together_share_one_check() {
     let mut h = H::new();
-    let mut keys = Vec::new();
+    let mut asked = Vec::new();
     for k in 1..=3u64 {
         let addr = ip(&format!("10.0.1.{k}"));
         h.reg(k, udp_spec_at(addr), T0);
         // Reported 400 ms apart, all with 120 s left.
         h.new_flow(udp_to(addr, 5353, k as u32, Some(120)), T0 + 400 * (k - 1));
-        keys.push(k);
+        asked.push(udp_to(addr, 5353, k as u32, None));
     }
     let at = h.e.next_deadline().unwrap();
     h.e.tick(at);
-    assert_eq!(
-        h.requests(),
-        vec![ObserverRequest::Resync(ResyncScope::Instances(keys))]
-    );
+    assert_eq!(h.requests(), vec![ObserverRequest::Lookup(asked)]);
 }
 
 #[test]
@@ -533,10 +534,22 @@ fn a_failed_expiry_check_is_asked_again() {
     let at = h.e.next_deadline().unwrap();
     h.e.tick(at);
     assert_eq!(h.requests().len(), 1);
-    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), at);
+    // The lookup cannot run: a resync of the instance is asked for instead.
+    let l = h.e.begin_lookup(&[udp(None)], at);
+    h.e.fail_lookup(l, at + 5).unwrap();
+    assert_eq!(
+        h.requests(),
+        vec![ObserverRequest::Resync(ResyncScope::Instances(vec![1]))]
+    );
+    assert_eq!(h.st(1, at + 5).status, Status::Active);
+    // That fails too: the check comes again a second later, as a lookup.
+    let r = h.e.begin_resync(ResyncScope::Instances(vec![1]), at + 6);
     h.e.fail_resync(r, at + 10).unwrap();
     assert_eq!(h.e.next_deadline(), Some(at + 10 + SEC));
     h.e.tick(at + 10 + SEC);
+    assert_eq!(h.requests(), vec![ObserverRequest::Lookup(vec![udp(None)])]);
+    let l = h.e.begin_lookup(&[udp(None)], at + 10 + SEC);
+    h.e.fail_lookup(l, at + 10 + SEC).unwrap();
     assert_eq!(
         h.requests(),
         vec![ObserverRequest::Resync(ResyncScope::Instances(vec![1]))]
