@@ -296,14 +296,29 @@ fn run(ops: Vec<Op>) -> Result<usize, TestCaseError> {
                 break;
             }
             for r in ra {
-                let scope = match r {
-                    ObserverRequest::Resync(s) => s,
-                    ObserverRequest::Confirm(k) => ResyncScope::Instances(vec![k]),
-                };
                 let flows: Vec<Flow> = table
                     .iter()
                     .map(|((inst, port), e)| mk(*inst, *port, e, true))
                     .collect();
+                let scope = match r {
+                    ObserverRequest::Resync(s) => s,
+                    ObserverRequest::Confirm(k) => ResyncScope::Instances(vec![k]),
+                    ObserverRequest::Lookup(asked) => {
+                        // An exact-tuple lookup finds the table's entry for the tuple.
+                        p.both(|h| {
+                            let id = h.e.begin_lookup(&asked, now);
+                            for a in &asked {
+                                let found = flows
+                                    .iter()
+                                    .find(|f| f.orig == a.orig && f.protocol == a.protocol);
+                                let answer = found.map_or(LookupAnswer::Gone, LookupAnswer::Found);
+                                h.e.lookup_answer(id, a, answer).unwrap();
+                            }
+                            h.e.finish_lookup(id, now).unwrap();
+                        });
+                        continue;
+                    }
+                };
                 p.both(|h| {
                     let id = h.e.begin_resync(scope.clone(), now);
                     for f in &flows {
