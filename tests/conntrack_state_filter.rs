@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use autostandby::conntrack::socket::testing::{connect_from, reset_on_close};
 use autostandby::conntrack::{EventSocket, bpf, netns, parse, socket, wire};
 use autostandby::engine::{
-    BeginStandby, Decision, Engine, EngineConfig, ObserverRequest, ResyncScope, StandbyOutcome,
-    StatusSnapshot,
+    BeginStandby, Decision, Engine, EngineConfig, LookupAnswer, ObserverRequest, ResyncScope,
+    StandbyOutcome, StatusSnapshot,
 };
 use autostandby::flow::{EventKind, Flow, FlowEvent, TcpState, proto};
 use conntrack_support::*;
@@ -339,6 +339,20 @@ impl Side {
             let scope = match r {
                 ObserverRequest::Resync(scope) => scope,
                 ObserverRequest::Confirm(key) => ResyncScope::Instances(vec![key]),
+                ObserverRequest::Lookup(asked) => {
+                    // An exact-tuple lookup finds the table's entry for the tuple.
+                    let id = self.e.begin_lookup(&asked, now);
+                    for a in &asked {
+                        let found = table
+                            .0
+                            .iter()
+                            .find(|f| f.orig == a.orig && f.protocol == a.protocol);
+                        let answer = found.map_or(LookupAnswer::Gone, LookupAnswer::Found);
+                        self.e.lookup_answer(id, a, answer).unwrap();
+                    }
+                    self.e.finish_lookup(id, now).unwrap();
+                    continue;
+                }
             };
             let id = self.e.begin_resync(scope, now);
             for f in &table.0 {
