@@ -68,7 +68,7 @@
 //! about 2 instructions each (both tuples), IPv6 addresses about 16, a prefix as much as
 //! an address plus 2 per IPv4 length group (an IPv6 prefix 2 per 32-bit word it spans,
 //! plus a mask). A set of a few subnets, like 10,000 IPv4 and 2,000 IPv6 addresses in
-//! two ranges, takes a few prefixes and about 180 instructions.
+//! two ranges (10.40.0.0 up, fd40:: up), takes 5 + 6 prefixes and 268 instructions.
 
 use std::net::IpAddr;
 
