@@ -225,7 +225,7 @@ proptest! {
         }
         bytes.truncate(cut.index(bytes.len() + 1));
         bytes.extend_from_slice(&tail);
-        let prog = bpf::address_filter(&["10.231.0.2".parse().unwrap(), "fd31::2".parse().unwrap()]).unwrap();
+        let prog = bpf::address_filter(&["10.231.0.2".parse().unwrap(), "fd31::2".parse().unwrap()]);
         let _ = bpf::interpret(&prog, &bytes);
         let mut n = 0;
         for m in parse::messages(&bytes) {

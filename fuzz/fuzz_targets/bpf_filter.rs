@@ -1,11 +1,13 @@
 //! The event socket's classic BPF filter against the rule it implements. For arbitrary
-//! events (kind, protocol, TCP state or none, status) and address sets (or none), run
+//! events (kind, protocol, TCP state or none, status) and address sets (or none) in
+//! either form (exact addresses; arbitrary prefixes; the set aggregated into prefixes
+//! under an arbitrary instruction budget, which must still cover every address), run
 //! the program (bpf::interpret, which runs it as the kernel runs a socket filter on a
 //! netlink skb) on the message the kernel would send:
-//! - unchanged message: the filter passes it exactly when `bpf::passes` says so for the
-//!   event the parser reads;
+//! - unchanged message: the filter passes it exactly when `bpf::plan_passes` says so for
+//!   the event the parser reads;
 //! - message with arbitrary bytes changed or appended: the filter may pass more, but
-//!   never drops an event that `bpf::passes` keeps, as long as the message is one the
+//!   never drops an event that `bpf::plan_passes` keeps, as long as the message is one the
 //!   kernel could send (one length, each attribute the filter reads at most once: the
 //!   filter reads the first of two, the parser the last).
 #![no_main]
@@ -44,6 +46,12 @@ struct Input {
     watch_guest: bool,
     watch_dialled: bool,
     watch_client: bool,
+    /// 0: exact addresses; 1: each watched address as a prefix of the length given with
+    /// it; 2: the set aggregated under `budget` instructions.
+    form: u8,
+    /// Prefix lengths of others, guest, dialled, client in form 1.
+    lens: (Vec<u8>, u8, u8, u8),
+    budget: u16,
     /// Byte changes at (offset modulo length).
     changes: Vec<(u16, u8)>,
     /// Bytes appended inside the message (its length is fixed up).
@@ -160,7 +168,39 @@ fuzz_target!(|input: Input| {
         set.push(client);
     }
     let set = (!input.any_address).then_some(set);
-    let prog = bpf::event_filter(set.as_deref()).expect("64 addresses fit");
+    let plan = set.as_deref().map(|set| match input.form % 3 {
+        0 => bpf::AddressPlan::new(set, true),
+        1 => {
+            let (others, g, d, c) = &input.lens;
+            let mut lens = others.iter().copied().chain([*g, *d, *c]).cycle();
+            let with: Vec<(IpAddr, u8)> = set
+                .iter()
+                .map(|a| (*a, lens.next().unwrap_or(128)))
+                .collect();
+            bpf::AddressPlan::from_prefixes(&with, true)
+        }
+        _ => {
+            let plan = bpf::AddressPlan::with_budget(set, true, usize::from(input.budget));
+            for a in set {
+                assert!(plan.covers(*a), "{a} not covered by {:?}", plan.form());
+            }
+            plan
+        }
+    });
+    let prog = match &plan {
+        Some(p) => bpf::plan_filter(p),
+        None => bpf::state_filter(),
+    };
+    if input.form % 3 == 0 {
+        let same =
+            |x: &bpf::Insn, y: &bpf::Insn| (x.code, x.jt, x.jf, x.k) == (y.code, y.jt, y.jf, y.k);
+        let direct = bpf::event_filter(set.as_deref());
+        assert!(prog.len() == direct.len() && prog.iter().zip(&direct).all(|(x, y)| same(x, y)));
+        assert!(
+            !plan.as_ref().is_some_and(|p| p.form().is_prefixes()),
+            "64 addresses fit exactly"
+        );
+    }
 
     let (subtype, flags) = match input.kind % 3 {
         0 => (
@@ -193,12 +233,18 @@ fuzz_target!(|input: Input| {
     };
     let kept = event
         .as_ref()
-        .is_some_and(|e| bpf::passes(e.kind, &e.flow, set.as_deref()));
+        .is_some_and(|e| bpf::plan_passes(e.kind, &e.flow, plan.as_ref()));
+    if input.form % 3 == 0
+        && let Some(e) = &event
+    {
+        // Exact: the plan's rule is the rule over the addresses themselves.
+        assert_eq!(kept, bpf::passes(e.kind, &e.flow, set.as_deref()));
+    }
     if kept && (pristine || unambiguous(&msg)) {
         assert_eq!(
             verdict,
             bpf::ACCEPT,
-            "the filter dropped an event the rule keeps: {event:?} set {set:?}"
+            "the filter dropped an event the rule keeps: {event:?} plan {plan:?}"
         );
     }
     if pristine {
@@ -209,7 +255,7 @@ fuzz_target!(|input: Input| {
         let want = if kept { bpf::ACCEPT } else { bpf::DROP };
         assert_eq!(
             verdict, want,
-            "filter and rule disagree on {:?} {flow:?} set {set:?}",
+            "filter and rule disagree on {:?} {flow:?} plan {plan:?}",
             e.kind
         );
     }

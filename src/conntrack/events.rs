@@ -81,6 +81,7 @@ pub struct EventSocket {
     events_sysctl: u8,
     last_drops: u32,
     filter: Option<Vec<IpAddr>>,
+    form: Option<bpf::AddressFilterForm>,
     state_filter: bool,
     stats: EventStats,
 }
@@ -128,6 +129,7 @@ impl EventSocket {
             events_sysctl,
             last_drops,
             filter: None,
+            form: None,
             state_filter: true,
             stats: EventStats::default(),
         })
@@ -150,18 +152,24 @@ impl EventSocket {
 
     /// Attaches (or replaces) the kernel filter so only events whose reply source or
     /// original destination is in `addrs` are queued. An empty set drops every event.
-    /// The state part stays in place (see [`EventSocket::set_state_filter`]). Fails,
-    /// leaving the filter as it was, above the program size limit
-    /// ([`bpf::MAX_V4_ADDRESSES`] IPv4 addresses).
+    /// The state part stays in place (see [`EventSocket::set_state_filter`]). Never
+    /// fails for the number of addresses: when they do not fit one program exactly, a
+    /// family is compared by covering prefixes and the events of other addresses inside
+    /// them are passed (the engine ignores them); [`EventSocket::address_filter_form`]
+    /// tells which form is in place. Fails, leaving the filter as it was, only when the
+    /// kernel refuses the program.
     pub fn set_address_filter(&mut self, addrs: &[IpAddr]) -> Result<(), ConntrackError> {
-        let prog = if self.state_filter {
-            bpf::event_filter(Some(addrs))?
-        } else {
-            bpf::address_filter(addrs)?
-        };
-        socket::attach_filter(self.sock.as_raw_fd(), &prog)?;
+        let plan = bpf::AddressPlan::new(addrs, self.state_filter);
+        socket::attach_filter(self.sock.as_raw_fd(), &bpf::plan_filter(&plan))?;
         self.filter = Some(addrs.to_vec());
+        self.form = Some(plan.form());
         Ok(())
+    }
+
+    /// The form of the address part in place (exact addresses or prefixes per family,
+    /// with the program length), or `None` without one.
+    pub fn address_filter_form(&self) -> Option<bpf::AddressFilterForm> {
+        self.form
     }
 
     /// Removes the address part of the kernel filter: events of every address are
@@ -173,6 +181,7 @@ impl EventSocket {
             socket::detach_filter(self.sock.as_raw_fd())?;
         }
         self.filter = None;
+        self.form = None;
         Ok(())
     }
 
@@ -181,16 +190,13 @@ impl EventSocket {
     /// (see [`bpf`]) are dropped in the kernel; off, every state change is queued, for a
     /// reader that wants the whole lifecycle. The address part is kept either way.
     pub fn set_state_filter(&mut self, on: bool) -> Result<(), ConntrackError> {
-        let prog = match (&self.filter, on) {
-            (Some(a), true) => Some(bpf::event_filter(Some(a))?),
-            (Some(a), false) => Some(bpf::address_filter(a)?),
-            (None, true) => Some(bpf::state_filter()),
-            (None, false) => None,
-        };
-        match prog {
-            Some(p) => socket::attach_filter(self.sock.as_raw_fd(), &p)?,
-            None => socket::detach_filter(self.sock.as_raw_fd())?,
+        let plan = self.filter.as_deref().map(|a| bpf::AddressPlan::new(a, on));
+        match (&plan, on) {
+            (Some(p), _) => socket::attach_filter(self.sock.as_raw_fd(), &bpf::plan_filter(p))?,
+            (None, true) => socket::attach_filter(self.sock.as_raw_fd(), &bpf::state_filter())?,
+            (None, false) => socket::detach_filter(self.sock.as_raw_fd())?,
         }
+        self.form = plan.map(|p| p.form());
         self.state_filter = on;
         Ok(())
     }

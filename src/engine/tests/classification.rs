@@ -200,6 +200,46 @@ fn events_for_unknown_addresses_are_counted_as_unmatched() {
     );
 }
 
+/// A prefix-form kernel filter passes events of unregistered neighbours of the
+/// instances (inside the covering prefixes): the engine counts them as unmatched and
+/// keeps nothing for them, one by one or in a batch, whatever their kind.
+#[test]
+fn events_of_unregistered_neighbours_are_unmatched_and_leave_no_trace() {
+    let mut h = H::new();
+    h.reg(1, spec(5 * MIN), T0);
+    h.drain();
+    let before = (h.st(1, T0), h.e.next_deadline());
+    let est = Some(TcpState::ESTABLISHED);
+    let client = ip("203.0.113.1");
+    let neighbours = ["192.168.100.11", "192.168.100.9", "192.168.101.10"];
+    let mut batch = Vec::new();
+    for (i, n) in neighbours.iter().enumerate() {
+        let f = flow(
+            proto::TCP,
+            client,
+            1000 + i as u16,
+            ip(n),
+            80,
+            est,
+            i as u32,
+        );
+        h.new_flow(f, T0);
+        h.update_flow(f, T0);
+        h.destroy(f, T0);
+        for kind in [EventKind::New, EventKind::Update, EventKind::Destroy] {
+            batch.push(ev(kind, f));
+        }
+    }
+    h.e.on_flow_events(&batch, T0);
+    let s = h.e.stats();
+    assert_eq!(
+        (s.flow_events, s.flow_events_unmatched, s.tracked_flows),
+        (18, 18, 0)
+    );
+    assert!(h.drain().is_empty());
+    assert_eq!((h.st(1, T0), h.e.next_deadline()), before);
+}
+
 #[test]
 fn flows_with_unspecified_addresses_match_nothing() {
     let mut h = H::new();
