@@ -4,6 +4,9 @@
 //! always turned into the IPv4 address it carries, on every side of a tuple, so that one
 //! guest has one spelling whatever the socket family of its peer.
 
+// Pure code: unsafe belongs only in the conntrack socket layer and the C ABI.
+#![forbid(unsafe_code)]
+
 use std::net::IpAddr;
 
 /// IP protocol numbers the library gives meaning to.

@@ -3,6 +3,9 @@
 //! The C ABI and the Go bindings mirror [`Policy`] and [`PolicyError`] field for field;
 //! a change here is a change to both.
 
+// Pure code: unsafe belongs only in the conntrack socket layer and the C ABI.
+#![forbid(unsafe_code)]
+
 use std::net::IpAddr;
 
 /// Upper bound on `idle_timeout`: 30 days, in milliseconds.

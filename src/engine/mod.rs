@@ -34,6 +34,9 @@
 //!   spare for its instance's next flow, and [`Engine::on_flow_events`] loading the
 //!   lines a group of events needs before applying any of them.
 
+// Pure code: unsafe belongs only in the conntrack socket layer and the C ABI.
+#![forbid(unsafe_code)]
+
 use std::collections::VecDeque;
 use std::net::IpAddr;
 
