@@ -6,6 +6,8 @@
 //! [`conntrack`] (netlink I/O) → [`engine`] (pure state machine) → [`policy`], [`flow`].
 
 #![warn(missing_docs)]
+// Every unsafe block states why it is sound, next to the code it covers.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod conntrack;
 pub mod controller;

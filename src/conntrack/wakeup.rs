@@ -26,9 +26,8 @@ impl Wakeup {
             ));
         }
         // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 
     /// Sets the flag: a waiter returns now, or its next wait returns at once.
