@@ -41,8 +41,8 @@
 //! or, for a family whose addresses do not fit the program exactly, lies inside one of
 //! the prefixes covering them ([`AddressPlan`]). Each family (IPv4, IPv4-mapped IPv6
 //! included; IPv6) is held in one of two forms:
-//! - **exact** whenever both families fit [`MAX_INSNS`] so (the usual case: up to
-//!   [`MAX_V4_ADDRESSES`] IPv4 addresses, about 250 IPv6 ones);
+//! - **exact** whenever both families fit the kernel's 4,096 instructions so (the usual
+//!   case: up to 1,991 IPv4 addresses, about 250 IPv6 ones);
 //! - **prefixes** otherwise. Addresses are aggregated bottom-up: a step replaces the
 //!   smallest prefix covering two neighbouring entries (and everything inside it) with
 //!   that prefix. Steps that cover nothing new (sibling merges) are always taken; then
@@ -64,7 +64,7 @@
 //! observer needs. [`passes`] states the same rule over a parsed event; the unit tests,
 //! the fuzz target and the recorded-stream test check that the two agree.
 //!
-//! Program size: the state part takes [`STATE_PART_INSNS`] instructions, IPv4 addresses
+//! Program size: the state part takes 47 instructions, IPv4 addresses
 //! about 2 instructions each (both tuples), IPv6 addresses about 16, a prefix as much as
 //! an address plus 2 per IPv4 length group (an IPv6 prefix 2 per 32-bit word it spans,
 //! plus a mask). A set of a few subnets, like 10,000 IPv4 and 2,000 IPv6 addresses in
@@ -78,16 +78,17 @@ use crate::flow::{EventKind, Flow, TcpState, proto};
 pub use libc::sock_filter as Insn;
 
 /// The kernel's limit on classic BPF program length (`BPF_MAXINSNS`).
-pub const MAX_INSNS: usize = 4096;
+pub(crate) const MAX_INSNS: usize = 4096;
 
 /// Length of the program with the state part and no address part ([`state_filter`]).
-pub const STATE_PART_INSNS: usize = 47;
+pub(crate) const STATE_PART_INSNS: usize = 47;
 
 /// The most IPv4 addresses (with no IPv6 address) one program holds.
-pub const MAX_V4_ADDRESSES: usize = 1_991;
+#[cfg(test)]
+const MAX_V4_ADDRESSES: usize = 1_991;
 
 /// `IPS_ASSURED` in `CTA_STATUS`.
-pub const IPS_ASSURED: u32 = 1 << 2;
+pub(crate) const IPS_ASSURED: u32 = 1 << 2;
 
 const LD_B_ABS: u16 = 0x30;
 const LD_W_IND: u16 = 0x40;
@@ -130,7 +131,7 @@ const DROPPED_STATES: [TcpState; 5] = [
 
 /// The state part of the rule over a parsed event: false for a TCP UPDATE that cannot
 /// change a decision (see the module docs).
-pub fn state_passes(kind: EventKind, flow: &Flow) -> bool {
+pub(crate) fn state_passes(kind: EventKind, flow: &Flow) -> bool {
     if kind != EventKind::Update || flow.protocol != proto::TCP {
         return true;
     }
@@ -143,7 +144,7 @@ pub fn state_passes(kind: EventKind, flow: &Flow) -> bool {
 
 /// The address part of the rule over a parsed flow: its reply source or original
 /// destination is in `addrs` (IPv4-mapped IPv6 addresses count as IPv4).
-pub fn address_passes(flow: &Flow, addrs: &[IpAddr]) -> bool {
+pub(crate) fn address_passes(flow: &Flow, addrs: &[IpAddr]) -> bool {
     let (src, dst) = (flow.reply.src.to_canonical(), flow.orig.dst.to_canonical());
     addrs
         .iter()
@@ -362,15 +363,9 @@ pub enum FamilyForm {
 }
 
 impl FamilyForm {
-    /// Distinct addresses of the family.
-    pub fn addresses(&self) -> usize {
-        match *self {
-            Self::Exact { addresses } | Self::Prefixes { addresses, .. } => addresses,
-        }
-    }
-
     /// Entries compared per address field: addresses or prefixes.
-    pub fn compared(&self) -> usize {
+    #[cfg(test)]
+    fn compared(&self) -> usize {
         match *self {
             Self::Exact { addresses } => addresses,
             Self::Prefixes { prefixes, .. } => prefixes,
@@ -426,7 +421,8 @@ pub struct AddressPlan {
 
 impl AddressPlan {
     /// The plan for `addrs` in a program with the state part on (`states`) or off:
-    /// exact addresses when they fit in [`MAX_INSNS`], covering prefixes otherwise.
+    /// exact addresses when they fit in the kernel's 4,096 instructions, covering
+    /// prefixes otherwise.
     pub fn new(addrs: &[IpAddr], states: bool) -> Self {
         Self::with_budget(addrs, states, MAX_INSNS)
     }
@@ -542,7 +538,8 @@ impl AddressPlan {
     }
 
     /// The prefixes compared, IPv4 first, each sorted by network.
-    pub fn prefixes(&self) -> impl Iterator<Item = (IpAddr, u8)> + '_ {
+    #[cfg(test)]
+    fn prefixes(&self) -> impl Iterator<Item = (IpAddr, u8)> + '_ {
         let v4 = self
             .v4
             .iter()
@@ -574,14 +571,9 @@ impl AddressPlan {
     }
 
     /// Length of the program [`plan_filter`] builds from this plan.
-    pub fn insns(&self) -> usize {
+    pub(crate) fn insns(&self) -> usize {
         fixed_insns(self.states, !self.v4.is_empty(), !self.v6.is_empty())
             + 2 * (match_insns(&self.v4, 32) + match_insns(&self.v6, 128))
-    }
-
-    /// Whether the plan was made for a program with the state part.
-    pub fn states(&self) -> bool {
-        self.states
     }
 }
 

@@ -52,7 +52,7 @@ impl ConntrackError {
     }
 
     /// True when the caller lacks the privilege for the operation.
-    pub fn is_permission_denied(&self) -> bool {
+    pub(crate) fn is_permission_denied(&self) -> bool {
         matches!(self, Self::PermissionDenied { .. })
     }
 }

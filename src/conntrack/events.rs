@@ -16,11 +16,11 @@ use super::{EventsSysctl, ObserverConfig, Wakeup, bpf, netns, parse, sysctl, wir
 use crate::flow::FlowEvent;
 
 /// Datagrams per `recvmmsg` call.
-pub const MMSG_SLOTS: usize = 64;
+pub(crate) const MMSG_SLOTS: usize = 64;
 
 /// `recvmmsg` calls per [`EventSocket::recv_batch`] at most (4,096 events), so one call
 /// returns even under a sustained flood.
-pub const MAX_CALLS_PER_BATCH: u32 = 64;
+pub(crate) const MAX_CALLS_PER_BATCH: u32 = 64;
 
 /// What one [`EventSocket::recv_batch`] read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -140,11 +140,6 @@ impl EventSocket {
         self.rcvbuf.effective
     }
 
-    /// True when `SO_RCVBUFFORCE` was refused and `SO_RCVBUF` was used.
-    pub fn rcvbuf_fell_back(&self) -> bool {
-        self.rcvbuf.fell_back
-    }
-
     /// `nf_conntrack_events` in the observed namespace, as found (or set) at open.
     pub fn events_sysctl(&self) -> u8 {
         self.events_sysctl
@@ -174,7 +169,7 @@ impl EventSocket {
 
     /// Removes the address part of the kernel filter: events of every address are
     /// queued again. The state part stays in place while it is on.
-    pub fn clear_address_filter(&mut self) -> Result<(), ConntrackError> {
+    pub(crate) fn clear_address_filter(&mut self) -> Result<(), ConntrackError> {
         if self.state_filter {
             socket::attach_filter(self.sock.as_raw_fd(), &bpf::state_filter())?;
         } else {
@@ -207,7 +202,7 @@ impl EventSocket {
     }
 
     /// The addresses the filter passes, if a filter is attached.
-    pub fn address_filter(&self) -> Option<&[IpAddr]> {
+    pub(crate) fn address_filter(&self) -> Option<&[IpAddr]> {
         self.filter.as_deref()
     }
 
@@ -295,7 +290,7 @@ impl EventSocket {
 
     /// Like [`EventSocket::wait_readable`], but also returns (false, unless events are
     /// queued too) as soon as `wakeup` is set, and clears it.
-    pub fn wait_readable_or_woken(
+    pub(crate) fn wait_readable_or_woken(
         &self,
         timeout: Duration,
         wakeup: &Wakeup,
@@ -346,11 +341,6 @@ impl EventSocket {
     /// Counters since open.
     pub fn stats(&self) -> EventStats {
         self.stats
-    }
-
-    /// The socket, for poll(2) with a timeout.
-    pub fn as_raw_fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
     }
 }
 

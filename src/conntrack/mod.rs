@@ -16,13 +16,13 @@
 
 pub mod bpf;
 mod error;
-pub mod events;
+pub(crate) mod events;
 pub mod netns;
 pub mod parse;
 pub mod query;
 pub mod request;
 pub mod socket;
-pub mod sysctl;
+pub(crate) mod sysctl;
 mod wakeup;
 pub mod wire;
 
@@ -32,7 +32,7 @@ pub use error::ConntrackError;
 pub use events::{EventSocket, EventStats, RecvBatch};
 pub use query::{DumpStats, FilterSupport, LookupResult, LookupStats, QuerySocket};
 pub use sysctl::events_sysctl;
-pub use wakeup::Wakeup;
+pub(crate) use wakeup::Wakeup;
 
 /// What the observer does about `net.netfilter.nf_conntrack_events` in its namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -48,7 +48,7 @@ pub enum EventsSysctl {
 
 /// Receive buffer asked for by default: about 13,000 events of headroom at ~1,280 bytes
 /// of kernel truesize each.
-pub const DEFAULT_RCVBUF_BYTES: usize = 16 << 20;
+pub(crate) const DEFAULT_RCVBUF_BYTES: usize = 16 << 20;
 
 /// How the observer opens its sockets.
 #[derive(Clone, Debug, PartialEq, Eq)]

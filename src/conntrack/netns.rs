@@ -56,7 +56,7 @@ const NSFS_MAGIC: i64 = 0x6e73_6673;
 /// it. The file must then live on nsfs and be a network namespace (`NS_GET_NSTYPE`),
 /// or `setns` would fail later with a less helpful error, or not at all for a namespace
 /// of another type opened by mistake.
-pub fn open(path: &Path) -> Result<File, ConntrackError> {
+pub(crate) fn open(path: &Path) -> Result<File, ConntrackError> {
     let not = |why: String| ConntrackError::NotNetns {
         path: path.display().to_string(),
         why,

@@ -23,7 +23,7 @@ const DUMP_BUF_BYTES: usize = 64 * 1024;
 /// one full dump per family with a userspace filter is cheaper: each filtered walk still
 /// visits the whole global hash, and on a large table a walk costs about a tenth of a
 /// full dump.
-pub const MAX_FILTERED_WALKS: usize = 8;
+pub(crate) const MAX_FILTERED_WALKS: usize = 8;
 
 /// Lookups sent per datagram by [`QuerySocket::lookup_flows`]. The kernel queues every
 /// reply of a datagram before `send` returns, so the replies of one batch must fit the
@@ -74,7 +74,7 @@ pub struct LookupStats {
 
 impl LookupStats {
     /// System calls the lookups made (sends and receives).
-    pub fn syscalls(&self) -> u64 {
+    pub(crate) fn syscalls(&self) -> u64 {
         self.sends + self.recvs
     }
 }
@@ -261,7 +261,7 @@ impl QuerySocket {
     /// IPv4 addresses are filtered in the kernel: one walk per address for the reply
     /// source (the guest, with or without DNAT), and one more for the original
     /// destination if [`QuerySocket::set_match_orig_destination`] asked for it;
-    /// above [`MAX_FILTERED_WALKS`] walks, one full dump with a userspace filter is used
+    /// above 8 walks, one full dump with a userspace filter is used
     /// instead. IPv6 addresses always use a full IPv6 dump filtered in userspace: on
     /// Linux 6.18 the kernel's IPv6 `CTA_FILTER` address match is inverted (asking for
     /// an address returns every other flow and not the flow itself), so trusting it

@@ -16,7 +16,7 @@ use crate::flow::{Family, Flow, Tuple};
 
 /// Which side of a flow an address filter looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum AddressMatch {
+pub(crate) enum AddressMatch {
     /// The reply tuple's source: the guest, with or without DNAT in front of it.
     ReplySource,
     /// The original tuple's destination: the address the client dialled.
@@ -71,7 +71,7 @@ pub fn dump(family: Family, seq: u32) -> Vec<u8> {
 
 /// A dump that the kernel filters (`CTA_FILTER`, Linux 5.8+) down to the flows where
 /// `addr` is on the side `side` names.
-pub fn filtered_dump(addr: IpAddr, side: AddressMatch, seq: u32) -> Vec<u8> {
+pub(crate) fn filtered_dump(addr: IpAddr, side: AddressMatch, seq: u32) -> Vec<u8> {
     let (tuple, filter_kind, flag) = match side {
         AddressMatch::ReplySource => (
             ConntrackAttribute::CtaTupleReply(vec![CtTuple::Ip(vec![IPTuple::SourceAddress(
@@ -110,7 +110,7 @@ pub fn filtered_dump(addr: IpAddr, side: AddressMatch, seq: u32) -> Vec<u8> {
 /// alignment, so several can share one datagram). The kernel answers with the entry (a
 /// hash lookup, no table walk) or with `ENOENT`. `CTA_ID` is left out on purpose: a new
 /// entry reusing the tuple is then reported with its own id instead of `ENOENT`.
-pub fn lookup_into(out: &mut Vec<u8>, flow: &Flow, seq: u32) {
+pub(crate) fn lookup_into(out: &mut Vec<u8>, flow: &Flow, seq: u32) {
     let mut attrs = vec![ConntrackAttribute::CtaTupleOrig(tuple_attrs(
         &flow.orig,
         flow.protocol,

@@ -49,7 +49,7 @@ fn getsockopt_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
 }
 
 /// The receive buffer the kernel actually grants.
-pub fn effective_rcvbuf(fd: RawFd) -> Result<usize, ConntrackError> {
+pub(crate) fn effective_rcvbuf(fd: RawFd) -> Result<usize, ConntrackError> {
     getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)
         .map(|v| v.max(0) as usize)
         .map_err(|e| ConntrackError::io("getsockopt(SO_RCVBUF)", e))
@@ -57,7 +57,7 @@ pub fn effective_rcvbuf(fd: RawFd) -> Result<usize, ConntrackError> {
 
 /// How a receive buffer request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RcvbufOutcome {
+pub(crate) struct RcvbufOutcome {
     /// The effective size granted (what `SO_RCVBUF` reads back).
     pub effective: usize,
     /// `SO_RCVBUFFORCE` was refused (no CAP_NET_ADMIN) and `SO_RCVBUF`, capped by
@@ -68,7 +68,7 @@ pub struct RcvbufOutcome {
 /// Asks for an effective receive buffer of `bytes`: `SO_RCVBUFFORCE` first (ignores
 /// `rmem_max`, needs CAP_NET_ADMIN), else `SO_RCVBUF`. The kernel doubles the value it is
 /// given, so half is requested.
-pub fn set_rcvbuf(fd: RawFd, bytes: usize) -> Result<RcvbufOutcome, ConntrackError> {
+pub(crate) fn set_rcvbuf(fd: RawFd, bytes: usize) -> Result<RcvbufOutcome, ConntrackError> {
     let request = (bytes / 2).clamp(1, i32::MAX as usize) as i32;
     let fell_back = match setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, request) {
         Ok(()) => false,
@@ -96,7 +96,7 @@ pub fn set_rcvbuf(fd: RawFd, bytes: usize) -> Result<RcvbufOutcome, ConntrackErr
 
 /// `SO_MEMINFO[SK_MEMINFO_DROPS]`: messages the kernel dropped because the receive
 /// buffer was full (exact, unlike ENOBUFS which is reported once per episode).
-pub fn socket_drops(fd: RawFd) -> Result<u32, ConntrackError> {
+pub(crate) fn socket_drops(fd: RawFd) -> Result<u32, ConntrackError> {
     // SK_MEMINFO_VARS is 9 on every kernel that has SO_MEMINFO (4.6+).
     let mut info = [0u32; 9];
     let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
@@ -117,7 +117,10 @@ pub fn socket_drops(fd: RawFd) -> Result<u32, ConntrackError> {
 }
 
 /// Attaches (or atomically replaces) a classic BPF socket filter.
-pub fn attach_filter(fd: RawFd, program: &[libc::sock_filter]) -> Result<(), ConntrackError> {
+pub(crate) fn attach_filter(
+    fd: RawFd,
+    program: &[libc::sock_filter],
+) -> Result<(), ConntrackError> {
     if program.is_empty() || program.len() > super::bpf::MAX_INSNS {
         return Err(ConntrackError::Invalid(format!(
             "BPF program of {} instructions (1..={} allowed)",
@@ -147,7 +150,7 @@ pub fn attach_filter(fd: RawFd, program: &[libc::sock_filter]) -> Result<(), Con
 }
 
 /// Removes the socket filter, if any.
-pub fn detach_filter(fd: RawFd) -> Result<(), ConntrackError> {
+pub(crate) fn detach_filter(fd: RawFd) -> Result<(), ConntrackError> {
     match setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DETACH_FILTER, 0) {
         Ok(()) => Ok(()),
         // ENOENT: there was no filter.
@@ -158,10 +161,10 @@ pub fn detach_filter(fd: RawFd) -> Result<(), ConntrackError> {
 
 /// Size of one receive slot: events are under 1 KiB; 8 KiB covers labels, helpers and
 /// security contexts.
-pub const SLOT_BYTES: usize = 8192;
+pub(crate) const SLOT_BYTES: usize = 8192;
 
 /// Fixed buffers for `recvmmsg`, allocated once.
-pub struct MmsgBuffers {
+pub(crate) struct MmsgBuffers {
     data: Vec<u8>,
     iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
@@ -181,7 +184,7 @@ impl std::fmt::Debug for MmsgBuffers {
 
 /// Outcome of one `recvmmsg` call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MmsgResult {
+pub(crate) enum MmsgResult {
     /// This many datagrams were received.
     Received(usize),
     /// Nothing queued (EAGAIN).
@@ -192,7 +195,7 @@ pub enum MmsgResult {
 
 impl MmsgBuffers {
     /// `slots` datagrams of [`SLOT_BYTES`] each.
-    pub fn new(slots: usize) -> Self {
+    pub(crate) fn new(slots: usize) -> Self {
         let slots = slots.max(1);
         let mut data = vec![0u8; slots * SLOT_BYTES];
         let base = data.as_mut_ptr();
@@ -232,12 +235,12 @@ impl MmsgBuffers {
     }
 
     /// Number of slots.
-    pub fn slots(&self) -> usize {
+    pub(crate) fn slots(&self) -> usize {
         self.headers.len()
     }
 
     /// One non-blocking `recvmmsg`.
-    pub fn recv(&mut self, fd: RawFd) -> Result<MmsgResult, ConntrackError> {
+    pub(crate) fn recv(&mut self, fd: RawFd) -> Result<MmsgResult, ConntrackError> {
         loop {
             // SAFETY: every header points at a live iovec over `data`; counts match.
             let n = unsafe {
@@ -268,7 +271,7 @@ impl MmsgBuffers {
 
     /// Datagram `i` of the last receive, and whether the kernel truncated it.
     #[inline]
-    pub fn datagram(&self, i: usize) -> (&[u8], bool) {
+    pub(crate) fn datagram(&self, i: usize) -> (&[u8], bool) {
         let h = &self.headers[i];
         let len = (h.msg_len as usize).min(SLOT_BYTES);
         let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
@@ -277,7 +280,7 @@ impl MmsgBuffers {
 }
 
 /// Waits up to `timeout_ms` for `fd` to become readable; false on timeout.
-pub fn wait_readable(fd: RawFd, timeout_ms: i32) -> Result<bool, ConntrackError> {
+pub(crate) fn wait_readable(fd: RawFd, timeout_ms: i32) -> Result<bool, ConntrackError> {
     let mut pfd = libc::pollfd {
         fd,
         events: libc::POLLIN,

@@ -24,7 +24,7 @@ pub fn events_sysctl(netns: Option<&Path>) -> Result<u8, ConntrackError> {
 }
 
 /// Writes `nf_conntrack_events` in the namespace at `netns`.
-pub fn set_events_sysctl(netns: Option<&Path>, value: u8) -> Result<(), ConntrackError> {
+pub(crate) fn set_events_sysctl(netns: Option<&Path>, value: u8) -> Result<(), ConntrackError> {
     if value > 2 {
         return Err(ConntrackError::Invalid(format!(
             "nf_conntrack_events must be 0, 1 or 2, not {value}"

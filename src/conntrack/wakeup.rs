@@ -10,13 +10,13 @@ use super::ConntrackError;
 
 /// A wake-up flag shared between threads (`Send + Sync`).
 #[derive(Debug)]
-pub struct Wakeup {
+pub(crate) struct Wakeup {
     fd: OwnedFd,
 }
 
 impl Wakeup {
     /// A new, unset flag (a non-blocking, close-on-exec eventfd).
-    pub fn new() -> Result<Self, ConntrackError> {
+    pub(crate) fn new() -> Result<Self, ConntrackError> {
         // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
         let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -31,7 +31,7 @@ impl Wakeup {
     }
 
     /// Sets the flag: a waiter returns now, or its next wait returns at once.
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64. The only possible failure is EAGAIN
         // when the counter is saturated, which means the flag is set already.

@@ -1,42 +1,41 @@
 //! ctnetlink wire constants (uapi `nfnetlink.h`, `nfnetlink_conntrack.h`).
 
 /// `struct nlmsghdr` size.
-pub const NLMSG_HDRLEN: usize = 16;
+pub(crate) const NLMSG_HDRLEN: usize = 16;
 /// `struct nfgenmsg` size.
-pub const NFGENMSG_LEN: usize = 4;
+pub(crate) const NFGENMSG_LEN: usize = 4;
 /// Offset of the first attribute of a netfilter message.
 pub const ATTRS_OFFSET: usize = NLMSG_HDRLEN + NFGENMSG_LEN;
 
-/// `NLMSG_NOOP`.
-pub const NLMSG_NOOP: u16 = 1;
 /// `NLMSG_ERROR`.
 pub const NLMSG_ERROR: u16 = 2;
 /// `NLMSG_DONE`.
 pub const NLMSG_DONE: u16 = 3;
 /// `NLMSG_OVERRUN`.
-pub const NLMSG_OVERRUN: u16 = 4;
+pub(crate) const NLMSG_OVERRUN: u16 = 4;
 
 /// `NLM_F_REQUEST`.
-pub const NLM_F_REQUEST: u16 = 0x1;
+pub(crate) const NLM_F_REQUEST: u16 = 0x1;
 /// `NLM_F_MULTI`.
 pub const NLM_F_MULTI: u16 = 0x2;
 /// `NLM_F_ACK`.
-pub const NLM_F_ACK: u16 = 0x4;
+pub(crate) const NLM_F_ACK: u16 = 0x4;
 /// `NLM_F_DUMP_FILTERED`: the kernel applied the dump filter.
-pub const NLM_F_DUMP_FILTERED: u16 = 0x20;
+pub(crate) const NLM_F_DUMP_FILTERED: u16 = 0x20;
 /// `NLM_F_DUMP` (`ROOT | MATCH`).
-pub const NLM_F_DUMP: u16 = 0x300;
+pub(crate) const NLM_F_DUMP: u16 = 0x300;
 /// `NLM_F_EXCL`.
 pub const NLM_F_EXCL: u16 = 0x200;
 /// `NLM_F_CREATE`: on a `CT_NEW` event, tells NEW from UPDATE.
 pub const NLM_F_CREATE: u16 = 0x400;
 
 /// `NFNL_SUBSYS_CTNETLINK`.
-pub const NFNL_SUBSYS_CTNETLINK: u8 = 1;
+pub(crate) const NFNL_SUBSYS_CTNETLINK: u8 = 1;
 /// `IPCTNL_MSG_CT_NEW`.
 pub const IPCTNL_MSG_CT_NEW: u8 = 0;
-/// `IPCTNL_MSG_CT_GET`.
-pub const IPCTNL_MSG_CT_GET: u8 = 1;
+/// `IPCTNL_MSG_CT_GET`; requests are built with netlink-packet-netfilter, tests check them.
+#[cfg(test)]
+pub(crate) const IPCTNL_MSG_CT_GET: u8 = 1;
 /// `IPCTNL_MSG_CT_DELETE`.
 pub const IPCTNL_MSG_CT_DELETE: u8 = 2;
 
@@ -48,9 +47,9 @@ pub const NFNLGRP_CONNTRACK_UPDATE: u32 = 2;
 pub const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
 
 /// `NLA_F_NESTED`.
-pub const NLA_F_NESTED: u16 = 0x8000;
+pub(crate) const NLA_F_NESTED: u16 = 0x8000;
 /// `NLA_F_NET_BYTEORDER`.
-pub const NLA_F_NET_BYTEORDER: u16 = 0x4000;
+pub(crate) const NLA_F_NET_BYTEORDER: u16 = 0x4000;
 /// Mask of the attribute type bits.
 pub const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | NLA_F_NET_BYTEORDER);
 
@@ -65,40 +64,38 @@ pub mod cta {
     /// `CTA_PROTOINFO`.
     pub const PROTOINFO: u16 = 4;
     /// `CTA_TIMEOUT`.
-    pub const TIMEOUT: u16 = 7;
+    pub(crate) const TIMEOUT: u16 = 7;
     /// `CTA_MARK`.
-    pub const MARK: u16 = 8;
+    pub(crate) const MARK: u16 = 8;
     /// `CTA_ID`.
     pub const ID: u16 = 12;
     /// `CTA_ZONE`.
     pub const ZONE: u16 = 18;
     /// `CTA_FILTER`.
-    pub const FILTER: u16 = 25;
+    pub(crate) const FILTER: u16 = 25;
     /// `CTA_TIMESTAMP_EVENT`.
-    pub const TIMESTAMP_EVENT: u16 = 27;
+    pub(crate) const TIMESTAMP_EVENT: u16 = 27;
 
     /// `CTA_TUPLE_IP`.
     pub const TUPLE_IP: u16 = 1;
     /// `CTA_TUPLE_PROTO`.
     pub const TUPLE_PROTO: u16 = 2;
-    /// `CTA_TUPLE_ZONE`.
-    pub const TUPLE_ZONE: u16 = 3;
 
     /// `CTA_IP_V4_SRC`.
-    pub const IP_V4_SRC: u16 = 1;
+    pub(crate) const IP_V4_SRC: u16 = 1;
     /// `CTA_IP_V4_DST`.
-    pub const IP_V4_DST: u16 = 2;
+    pub(crate) const IP_V4_DST: u16 = 2;
     /// `CTA_IP_V6_SRC`.
-    pub const IP_V6_SRC: u16 = 3;
+    pub(crate) const IP_V6_SRC: u16 = 3;
     /// `CTA_IP_V6_DST`.
-    pub const IP_V6_DST: u16 = 4;
+    pub(crate) const IP_V6_DST: u16 = 4;
 
     /// `CTA_PROTO_NUM`.
     pub const PROTO_NUM: u16 = 1;
     /// `CTA_PROTO_SRC_PORT`.
-    pub const PROTO_SRC_PORT: u16 = 2;
+    pub(crate) const PROTO_SRC_PORT: u16 = 2;
     /// `CTA_PROTO_DST_PORT`.
-    pub const PROTO_DST_PORT: u16 = 3;
+    pub(crate) const PROTO_DST_PORT: u16 = 3;
 
     /// `CTA_PROTOINFO_TCP`.
     pub const PROTOINFO_TCP: u16 = 1;
@@ -106,22 +103,22 @@ pub mod cta {
     pub const PROTOINFO_TCP_STATE: u16 = 1;
 
     /// `CTA_FILTER_ORIG_FLAGS`.
-    pub const FILTER_ORIG_FLAGS: u16 = 1;
+    pub(crate) const FILTER_ORIG_FLAGS: u16 = 1;
     /// `CTA_FILTER_REPLY_FLAGS`.
-    pub const FILTER_REPLY_FLAGS: u16 = 2;
+    pub(crate) const FILTER_REPLY_FLAGS: u16 = 2;
     /// `CTA_FILTER_FLAG(CTA_IP_SRC)`.
-    pub const FILTER_F_IP_SRC: u32 = 1 << 0;
+    pub(crate) const FILTER_F_IP_SRC: u32 = 1 << 0;
     /// `CTA_FILTER_FLAG(CTA_IP_DST)`.
-    pub const FILTER_F_IP_DST: u32 = 1 << 1;
+    pub(crate) const FILTER_F_IP_DST: u32 = 1 << 1;
 }
 
 /// `AF_INET` as `nfgen_family`.
-pub const AF_INET: u8 = 2;
+pub(crate) const AF_INET: u8 = 2;
 /// `AF_INET6` as `nfgen_family`.
-pub const AF_INET6: u8 = 10;
+pub(crate) const AF_INET6: u8 = 10;
 
 /// Rounds up to the netlink 4-byte alignment.
 #[inline]
-pub const fn align4(len: usize) -> usize {
+pub(crate) const fn align4(len: usize) -> usize {
     (len + 3) & !3
 }
