@@ -2,8 +2,13 @@
 //! be put into Standby, and when traffic arrives for one that is in Standby, from the
 //! Linux conntrack table.
 //!
-//! Layers, each using only those below it: [`ffi`] (C ABI) → [`controller`] (threads) →
-//! [`conntrack`] (netlink I/O) → [`engine`] (pure state machine) → [`policy`], [`flow`].
+//! Layers, each using only those below it:
+//! - [`ffi`]: the C ABI, on top of the [`controller`];
+//! - [`controller`]: the running threads, which join the two layers below;
+//! - [`conntrack`] (netlink I/O) and [`engine`] (pure state machine): siblings that do
+//!   not use each other; of the crate, conntrack uses [`flow`] only, the engine uses
+//!   [`flow`] and [`policy`];
+//! - [`policy`], [`flow`]: plain data.
 
 #![warn(missing_docs)]
 // Every unsafe block states why it is sound, next to the code it covers.
