@@ -796,6 +796,26 @@ impl Engine {
         self.do_finish_lookup(id, now, true)
     }
 
+    /// Changes how long before each deadline the confirmation is asked for (see
+    /// [`EngineConfig::confirm_lead_ms`]). The observer sets it from how long its dumps
+    /// take, so that the confirmation of a large table still ends before the deadline.
+    /// Every instance's deadline is armed again; a no-op when the lead is unchanged.
+    pub fn set_confirm_lead_ms(&mut self, lead_ms: u64, now: UnixMillis) {
+        self.see(now);
+        if lead_ms == self.config.confirm_lead_ms {
+            return;
+        }
+        self.config.confirm_lead_ms = lead_ms;
+        for slot in self.live_slots() {
+            self.rearm(slot);
+        }
+    }
+
+    /// The current confirmation lead (see [`Engine::set_confirm_lead_ms`]).
+    pub fn confirm_lead_ms(&self) -> u64 {
+        self.config.confirm_lead_ms
+    }
+
     /// Records the observer's health; while failed, no instance is put into Standby.
     pub fn set_observer_health(&mut self, health: ObserverHealth, now: UnixMillis) {
         self.events_off = health == ObserverHealth::EventsOff;

@@ -724,3 +724,21 @@ fn a_declined_standby_frees_its_slot_and_is_decided_again() {
     h.e.tick(T0 + MIN + 3);
     assert_eq!(h.standbys(), vec![1]);
 }
+
+#[test]
+fn a_longer_confirm_lead_moves_armed_deadlines_earlier() {
+    let mut h = confirm_first();
+    h.reg(1, spec(MIN), T0);
+    // Registered with no flow at T0: due at T0 + 1 min, confirmed 2 s before.
+    assert_eq!(h.e.next_deadline(), Some(T0 + MIN - 2 * SEC));
+    h.e.set_confirm_lead_ms(10 * SEC, T0 + SEC);
+    assert_eq!(h.e.confirm_lead_ms(), 10 * SEC);
+    assert_eq!(h.e.next_deadline(), Some(T0 + MIN - 10 * SEC));
+    h.e.tick(T0 + MIN - 10 * SEC);
+    assert_eq!(h.requests(), vec![ObserverRequest::Confirm(1)]);
+    // Capped at half the idle timeout, as the configured lead is.
+    let mut h = confirm_first();
+    h.reg(2, spec(10 * SEC), T0);
+    h.e.set_confirm_lead_ms(MIN, T0);
+    assert_eq!(h.e.next_deadline(), Some(T0 + 5 * SEC));
+}
