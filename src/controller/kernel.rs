@@ -58,9 +58,11 @@ const REPLY_QUEUE: usize = 64;
 /// events, before it looks at the event socket again, so that the events of a steady
 /// trickle are read together. The socket's receive buffer absorbs the wait. Never
 /// beyond the next deadline; host calls and dump results end it early. Measured at
-/// ~7,000 events/s (see the commit that set it): 1 ms cuts wake-ups by about 8 and the
-/// loop's CPU per event by about 3 against no linger, and 2 ms gains little more.
-const LINGER: Duration = Duration::from_millis(1);
+/// ~7,700 events/s (`controller_event_latency`): no linger costs ~2,700 wake-ups/s and
+/// ~13 us of loop CPU per event, 1 ms ~700 and ~8 us, 2 ms ~430 and ~5 us (about what
+/// reading the socket alone costs), 3 ms little less. The price is at most this much
+/// added to a Wake that arrives during a trickle; a lone event is read at once.
+const LINGER: Duration = Duration::from_millis(2);
 /// A wake-up that read this many events or more is under a flood: poll again at once.
 const LINGER_BELOW: u64 = 256;
 
