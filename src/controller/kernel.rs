@@ -556,43 +556,34 @@ impl EngineLoop {
         }
     }
 
-    /// Reads and applies everything queued on the event socket (`woke`: poll said so).
+    /// Reads and applies what is queued on the event socket (`woke`: poll said so), one
+    /// bounded batch: under a flood the loop goes round (deadlines, dump results, host
+    /// calls) between batches, and the next poll returns at once.
     fn read_events(&mut self, woke: bool) {
         let Some(sock) = self.events.as_mut() else {
             return;
         };
-        let mut read = 0u64;
-        let mut lost = false;
-        let result = loop {
-            let batch = &mut self.batch;
-            let b = match sock.recv_batch(&mut |ev| batch.push(*ev)) {
-                Ok(b) => b,
-                Err(e) => break Err(e),
-            };
-            if !batch.is_empty() {
-                read += batch.len() as u64;
-                let now = self.shared.clock.now();
-                self.shared.engine.lock().on_flow_events(batch, now);
-                batch.clear();
-            }
-            if b.lost() {
-                lost = true;
-            }
-            if !b.more {
-                break Ok(());
-            }
-        };
-        if lost {
-            self.shared.events_lost.fetch_add(1, Ordering::Relaxed);
+        let batch = &mut self.batch;
+        let result = sock.recv_batch(&mut |ev| batch.push(*ev));
+        let read = batch.len() as u64;
+        if !batch.is_empty() {
             let now = self.shared.clock.now();
-            self.shared.engine.lock().events_lost(ResyncScope::All, now);
+            self.shared.engine.lock().on_flow_events(batch, now);
+            batch.clear();
         }
         self.shared.events_read.fetch_add(read, Ordering::Relaxed);
         if woke {
             self.shared.event_wakeups.fetch_add(1, Ordering::Relaxed);
         }
         match result {
-            Ok(()) => self.linger = read > 0 && read < LINGER_BELOW,
+            Ok(b) => {
+                if b.lost() {
+                    self.shared.events_lost.fetch_add(1, Ordering::Relaxed);
+                    let now = self.shared.clock.now();
+                    self.shared.engine.lock().events_lost(ResyncScope::All, now);
+                }
+                self.linger = !b.more && read > 0 && read < LINGER_BELOW;
+            }
             Err(e) => self.events_failed(e),
         }
     }
