@@ -65,6 +65,11 @@ const REPLY_QUEUE: usize = 64;
 const LINGER: Duration = Duration::from_millis(2);
 /// A wake-up that read this many events or more is under a flood: poll again at once.
 const LINGER_BELOW: u64 = 256;
+/// Linger only when the previous wake-up that read events was this recent: a steady
+/// trickle (where a linger saves wake-ups) keeps them closer than this, while sparse
+/// events (where it would only delay the next one, say the NEW that wakes an instance)
+/// do not.
+const LINGER_WITHIN: Duration = Duration::from_millis(4);
 
 /// What the engine loop asks of the dump worker. The worker answers each request with
 /// replies that carry the request's id, in order; a new kind of request is a new variant
@@ -211,6 +216,7 @@ impl KernelRuntime {
             reopen_backoff: BACKOFF_INITIAL,
             batch: Vec::new(),
             linger: false,
+            last_read: Instant::now(),
             to_worker,
             replies,
             inbox: Vec::new(),
@@ -470,6 +476,8 @@ struct EngineLoop {
     batch: Vec<FlowEvent>,
     /// The last wake-up read few events: wait [`LINGER`] before polling the socket.
     linger: bool,
+    /// When events were last read.
+    last_read: Instant,
     to_worker: Sender<WorkerRequest>,
     replies: Receiver<WorkerReply>,
     /// Replies taken from the channel and not applied yet, reused.
@@ -582,7 +590,12 @@ impl EngineLoop {
                     let now = self.shared.clock.now();
                     self.shared.engine.lock().events_lost(ResyncScope::All, now);
                 }
-                self.linger = !b.more && read > 0 && read < LINGER_BELOW;
+                if read > 0 {
+                    let at = Instant::now();
+                    let steady = at.duration_since(self.last_read) < LINGER_WITHIN;
+                    self.last_read = at;
+                    self.linger = steady && !b.more && read < LINGER_BELOW;
+                }
             }
             Err(e) => self.events_failed(e),
         }
