@@ -327,7 +327,7 @@ fn run_c_abi(ns: &Netns, instances: u64, spread_ms: u64, base: u64) -> (Vec<i64>
 }
 
 /// Kernel mode through the Rust API without the confirm dump: the controller's own
-/// machinery (engine thread timer, decision queue, blocked poller).
+/// machinery (engine loop timer, decision queue, blocked poller).
 fn run_machinery(ns: &Netns, instances: u64, spread_ms: u64, base: u64) -> Vec<i64> {
     let mut cfg = ControllerConfig::kernel();
     cfg.netns = Some(format!("/run/netns/{}", ns.0).into());

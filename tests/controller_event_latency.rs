@@ -5,6 +5,9 @@
 //! That bounds the event-to-engine latency from above: it adds the decision queue and
 //! the poller's wake-up. The load is short TCP connections to a Running instance.
 //!
+//! It also prints what the controller's threads cost meanwhile: their CPU time, per
+//! event read, and how many events each wake-up of the engine loop read.
+//!
 //! Prints figures, asserts nothing about them (they depend on the machine). Needs root;
 //! ignored by default:
 //!
@@ -45,14 +48,77 @@ fn standby_instance(addr: IpAddr) -> InstanceSpec {
     spec
 }
 
+/// CPU time so far of this process's controller threads, from the scheduler's
+/// per-thread accounting. (`as-netns` is not one: the load runs in such a thread.)
+fn controller_cpu() -> Duration {
+    let mut total = Duration::ZERO;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let dir = task.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !matches!(
+            comm.trim_end(),
+            "as-engine" | "as-dump" | "as-events" | "as-query"
+        ) {
+            continue;
+        }
+        let sched = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        if let Some(ns) = sched.split_whitespace().next().and_then(|v| v.parse().ok()) {
+            total += Duration::from_nanos(ns);
+        }
+    }
+    total
+}
+
+/// The controller's cost over a round: CPU, event socket wake-ups, events read.
+struct Cost {
+    cpu: Duration,
+    wakeups: u64,
+    events: u64,
+    secs: f64,
+}
+
+impl Cost {
+    fn start(ctl: &Controller) -> (Duration, u64, u64, Instant) {
+        let s = ctl.stats();
+        (
+            controller_cpu(),
+            s.event_wakeups,
+            s.events_read,
+            Instant::now(),
+        )
+    }
+
+    fn since(ctl: &Controller, (cpu, wakeups, events, t0): (Duration, u64, u64, Instant)) -> Self {
+        let s = ctl.stats();
+        Self {
+            cpu: controller_cpu() - cpu,
+            wakeups: s.event_wakeups - wakeups,
+            events: s.events_read - events,
+            secs: t0.elapsed().as_secs_f64(),
+        }
+    }
+
+    fn print(&self, what: &str) {
+        let per_event = self.cpu.as_secs_f64() * 1e6 / self.events.max(1) as f64;
+        println!(
+            "{what:<10} controller CPU {:>5.1}% of a core  {per_event:>5.2} us/event  events read {:>6.0}/s  wake-ups {:>6.0}/s  {:>5.1} events/wake-up",
+            self.cpu.as_secs_f64() * 100.0 / self.secs,
+            self.events as f64 / self.secs,
+            self.wakeups as f64 / self.secs,
+            self.events as f64 / self.wakeups.max(1) as f64,
+        );
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
 }
 
 /// One round of probes, one per Standby instance (registered afresh: each emits one
-/// Wake); returns the latencies and the flow events per second the engine applied.
-fn round(pair: &Pair, ctl: &Controller) -> (Vec<Duration>, f64) {
+/// Wake); returns the latencies, the flow events per second the engine applied, and
+/// what the controller cost meanwhile (after the registrations).
+fn round(pair: &Pair, ctl: &Controller) -> (Vec<Duration>, f64, Cost) {
     for i in 0..PROBES {
         let key = 1 + u64::from(i);
         let _ = ctl.unregister(key);
@@ -61,6 +127,7 @@ fn round(pair: &Pair, ctl: &Controller) -> (Vec<Duration>, f64) {
     std::thread::sleep(Duration::from_millis(500));
     let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let mut latencies = Vec::new();
+    let cost = Cost::start(ctl);
     let events_before = ctl.stats().engine.flow_events;
     let started = Instant::now();
     std::thread::scope(|s| {
@@ -96,8 +163,9 @@ fn round(pair: &Pair, ctl: &Controller) -> (Vec<Duration>, f64) {
     });
     let secs = started.elapsed().as_secs_f64();
     let events = ctl.stats().engine.flow_events - events_before;
+    let cost = Cost::since(ctl, cost);
     latencies.sort();
-    (latencies, events as f64 / secs)
+    (latencies, events as f64 / secs, cost)
 }
 
 fn report(what: &str, lat: &[Duration], events_per_s: f64, lost: u64) {
@@ -153,8 +221,9 @@ fn conntrack_event_to_decision_latency_under_load() {
                 }
             }
         });
-        let (idle, idle_rate) = round(&pair, &ctl);
+        let (idle, idle_rate, cost) = round(&pair, &ctl);
         report("idle", &idle, idle_rate, ctl.stats().events_lost);
+        cost.print("idle");
 
         s.spawn(|| {
             pair.in_a(|| {
@@ -174,8 +243,9 @@ fn conntrack_event_to_decision_latency_under_load() {
         });
         std::thread::sleep(Duration::from_secs(2));
         let lost = ctl.stats().events_lost;
-        let (loaded, rate) = round(&pair, &ctl);
+        let (loaded, rate, cost) = round(&pair, &ctl);
         report("loaded", &loaded, rate, ctl.stats().events_lost - lost);
+        cost.print("loaded");
         stop.store(true, Ordering::Relaxed);
         // Unblock the accept loop.
         let _ = pair.in_a(|| {

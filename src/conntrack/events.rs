@@ -309,10 +309,15 @@ impl EventSocket {
             pfds[1] = pfd(w.raw_fd());
         }
         let count = if wakeup.is_some() { 2 } else { 1 };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // ppoll rather than poll: a timeout under a millisecond must not become 0 (a
+        // caller waiting for an instant would spin) nor round up to a millisecond.
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
         loop {
-            // SAFETY: `count` valid pollfds.
-            let rc = unsafe { libc::poll(pfds.as_mut_ptr(), count, ms) };
+            // SAFETY: `count` valid pollfds, a live timespec, no signal mask.
+            let rc = unsafe { libc::ppoll(pfds.as_mut_ptr(), count, &ts, std::ptr::null()) };
             if rc >= 0 {
                 if let Some(w) = wakeup.filter(|_| pfds[1].revents != 0) {
                     w.clear();

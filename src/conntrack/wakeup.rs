@@ -1,10 +1,11 @@
 //! An eventfd that interrupts [`EventSocket::wait_readable_or_woken`]: the thread that
-//! reads events sleeps in poll(2), and a command for it (a new address filter, stop)
-//! should not wait for the poll to time out.
+//! reads events sleeps in poll(2), and work for it from other threads (a host call that
+//! changed the engine, a dump's results, stop) should not wait for the poll to time out.
 //!
 //! [`EventSocket::wait_readable_or_woken`]: super::EventSocket::wait_readable_or_woken
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use super::ConntrackError;
 
@@ -36,6 +37,35 @@ impl Wakeup {
         // SAFETY: writes 8 bytes from a live u64. The only possible failure is EAGAIN
         // when the counter is saturated, which means the flag is set already.
         unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Waits up to `timeout` (with sub-millisecond precision) for the flag to be set;
+    /// returns whether it was, and clears it.
+    pub fn wait(&self, timeout: Duration) -> Result<bool, ConntrackError> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        loop {
+            // SAFETY: one valid pollfd, a live timespec, no signal mask.
+            let rc = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+            if rc >= 0 {
+                let set = pfd.revents != 0;
+                if set {
+                    self.clear();
+                }
+                return Ok(set);
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EINTR) {
+                return Err(ConntrackError::io("ppoll", err));
+            }
+        }
     }
 
     /// Clears the flag.
@@ -75,5 +105,18 @@ mod tests {
         assert!(!is_set(&w));
         w.clear();
         assert!(!is_set(&w));
+    }
+
+    #[test]
+    fn wait_returns_at_once_when_set_and_times_out_when_not() {
+        let w = Wakeup::new().unwrap();
+        let t = std::time::Instant::now();
+        assert!(!w.wait(Duration::from_micros(300)).unwrap());
+        assert!(t.elapsed() >= Duration::from_micros(300));
+        w.wake();
+        let t = std::time::Instant::now();
+        assert!(w.wait(Duration::from_secs(5)).unwrap());
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert!(!is_set(&w), "wait clears the flag");
     }
 }

@@ -1,15 +1,19 @@
-//! The running system: observer threads feeding the engine thread, decisions queued for
-//! the host, and status snapshots readers never wait for.
+//! The running system: the engine loop and its dump worker, decisions queued for the
+//! host, and status snapshots readers never wait for.
 //!
 //! The [`Engine`] sits behind one `parking_lot` mutex that is never held across I/O:
-//! host calls, the engine thread and the observers each take it for the few microseconds
-//! an engine call lasts, so `status` never waits on netlink. Decisions go into a
-//! [`DecisionQueue`] that the host drains with a blocking [`Controller::poll_decisions`].
+//! host calls and the engine loop each take it for the few microseconds an engine call
+//! lasts, so `status` never waits on netlink. Decisions go into a [`DecisionQueue`] that
+//! the host drains with a blocking [`Controller::poll_decisions`].
 //!
 //! In [`Mode::Manual`] there is no thread at all: flow events and time come through the
 //! API and every call runs the engine to completion before it returns, so scenarios are
-//! deterministic. [`Mode::Kernel`] starts the engine thread (which owns the deadlines) and
-//! one observer thread for the network namespace.
+//! deterministic. [`Mode::Kernel`] starts two threads for the observed network namespace:
+//! the engine loop, which owns the conntrack event socket and the deadlines and does all
+//! the engine's work in program order (events, dump results, decisions, the kernel
+//! address filter, resyncs), and a dump worker that owns the query socket and streams
+//! dumps back to it without ever touching the engine. A host call that changes the
+//! engine wakes the loop.
 
 pub mod clock;
 mod kernel;
@@ -350,7 +354,7 @@ impl Controller {
         tracing::dispatcher::with_default(&self.shared.dispatch, f)
     }
 
-    /// Runs a mutating engine call, then settles the engine and wakes the engine thread.
+    /// Runs a mutating engine call, then settles the engine and wakes the engine loop.
     fn mutate<T>(
         &self,
         f: impl FnOnce(&mut Engine, UnixMillis) -> Result<T, EngineError>,
@@ -526,9 +530,7 @@ impl Controller {
     pub fn ingest(&self, events: &[FlowEvent]) -> Result<(), ControllerError> {
         self.manual_only("ingest")?;
         self.mutate(|e, now| {
-            for event in events {
-                e.on_flow_event(event, now);
-            }
+            e.on_flow_events(events, now);
             Ok(())
         })
     }
@@ -611,9 +613,10 @@ impl Controller {
         })
     }
 
-    /// Test-only (kernel mode): the event thread drops its conntrack socket exactly as
-    /// after a failed receive, and its reopen attempts fail for `down_for`; it then
-    /// reopens through the usual backoff and the engine resyncs.
+    /// Test-only (kernel mode, cargo feature `test-hooks`): the engine loop drops its
+    /// conntrack event socket exactly as after a failed receive, and its reopen attempts
+    /// fail for `down_for`; it then reopens through the usual backoff and resyncs.
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn fail_event_socket_for_test(&self, down_for: Duration) -> Result<(), ControllerError> {
         let kernel = self
