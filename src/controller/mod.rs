@@ -15,6 +15,8 @@
 //! dumps back to it without ever touching the engine. A host call that changes the
 //! engine wakes the loop.
 
+#![forbid(unsafe_code)]
+
 pub mod clock;
 mod kernel;
 pub mod logs;
