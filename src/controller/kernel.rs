@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
+use super::lead::ConfirmLead;
 use super::{ControllerConfig, ControllerError, EventsSysctlMode, Shared};
 use crate::conntrack::{
     ConntrackError, EventSocket, EventsSysctl, LookupResult, ObserverConfig, QuerySocket, Wakeup,
@@ -272,6 +273,8 @@ impl KernelRuntime {
             events_off: false,
             reported: ObserverHealth::Healthy,
             requests: Vec::new(),
+            lead: ConfirmLead::new(config.confirm_lead_ms),
+            dump_began: Instant::now(),
         };
         // The worker first: if the loop cannot be spawned, dropping it drops the
         // worker's request channel and the worker ends.
@@ -576,6 +579,10 @@ struct EngineLoop {
     events_off: bool,
     reported: ObserverHealth,
     requests: Vec<ObserverRequest>,
+    /// The confirmation lead, sized from the wall time of the dumps.
+    lead: ConfirmLead,
+    /// When the running dump was handed to the worker.
+    dump_began: Instant,
 }
 
 impl EngineLoop {
@@ -770,6 +777,13 @@ impl EngineLoop {
                 }
                 WorkerReply::End(id, Ok(()), walks) => {
                     self.count_walks(walks);
+                    if let Some(lead) = self.lead.dump_took(self.dump_began.elapsed()) {
+                        tracing::info!(
+                            confirm_lead_ms = lead,
+                            "confirmation lead follows the time dumps take"
+                        );
+                        self.shared.engine.lock().set_confirm_lead_ms(lead, now);
+                    }
                     if let Err(e) = self.shared.engine.lock().finish_resync(id, now) {
                         // Not an observer failure.
                         tracing::debug!(error = %e, "resync superseded");
@@ -959,6 +973,7 @@ impl EngineLoop {
             )
         };
         self.resyncs.in_flight = Some((id, scope));
+        self.dump_began = Instant::now();
         if self
             .to_worker
             .send(WorkerRequest::Dump(DumpRequest { id, addresses }))

@@ -19,6 +19,7 @@
 
 pub mod clock;
 mod kernel;
+mod lead;
 pub mod logs;
 pub mod queue;
 
@@ -191,6 +192,10 @@ pub struct ControllerStats {
     /// Flows looked up by exact tuple (`CT_GET`, a hash lookup, no walk) to check UDP
     /// flows whose expiry passed (kernel mode).
     pub flow_lookups: u64,
+    /// How long before each deadline the confirmation is asked for now, in
+    /// milliseconds: in kernel mode the configured lead, or three times the slowest of
+    /// the last dumps when that is longer, so that a slow table is confirmed in time.
+    pub confirm_lead_ms: u64,
 }
 
 /// State shared by the host-facing handle and the controller's threads.
@@ -495,9 +500,14 @@ impl Controller {
 
     /// Counters.
     pub fn stats(&self) -> ControllerStats {
-        let (engine, observer_failed, conntrack_events_off) = {
+        let (engine, observer_failed, conntrack_events_off, confirm_lead_ms) = {
             let e = self.shared.engine.lock();
-            (e.stats(), e.observer_error().is_some(), e.events_off())
+            (
+                e.stats(),
+                e.observer_error().is_some(),
+                e.events_off(),
+                e.confirm_lead_ms(),
+            )
         };
         ControllerStats {
             engine,
@@ -509,6 +519,7 @@ impl Controller {
             observer_errors: self.shared.observer_errors.load(Ordering::Relaxed),
             dump_walks: self.shared.dump_walks.load(Ordering::Relaxed),
             flow_lookups: self.shared.flow_lookups.load(Ordering::Relaxed),
+            confirm_lead_ms,
             decisions_pending: self.shared.decisions.len() as u64,
             decisions_merged: self.shared.decisions.merged(),
             log_records_dropped: self.shared.logs.dropped(),
