@@ -274,11 +274,18 @@ fn run_c_abi(ns: &Netns, instances: u64, spread_ms: u64, base: u64) -> (Vec<i64>
         c_register(&h, key, base + key * spread_ms / instances);
     }
     let register_ms = t.elapsed().as_millis();
+    // Each countdown starts once the first dump of its address has been applied.
     let deadlines: Vec<u64> = (0..instances)
         .map(|key| {
-            let st = c_status(&h, key);
-            assert!(st.has_next_standby_at, "instance {key} has no deadline");
-            st.next_standby_at_ms
+            let until = Instant::now() + Duration::from_secs(10);
+            loop {
+                let st = c_status(&h, key);
+                if st.has_next_standby_at {
+                    return st.next_standby_at_ms;
+                }
+                assert!(Instant::now() < until, "instance {key} has no deadline");
+                std::thread::sleep(Duration::from_millis(1));
+            }
         })
         .collect();
     let late = collect_latencies(
@@ -337,8 +344,18 @@ fn run_machinery(ns: &Netns, instances: u64, spread_ms: u64, base: u64) -> Vec<i
         ctl.register(key, spec(key, base + key * spread_ms / instances))
             .expect("register");
     }
+    // Each countdown starts once the first dump of its address has been applied.
     let deadlines: Vec<u64> = (0..instances)
-        .map(|key| ctl.status(key).unwrap().next_standby_at.expect("deadline"))
+        .map(|key| {
+            let until = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(at) = ctl.status(key).unwrap().next_standby_at {
+                    return at;
+                }
+                assert!(Instant::now() < until, "instance {key} has no deadline");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
         .collect();
     let mut decisions = Vec::new();
     collect_latencies(

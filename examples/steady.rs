@@ -358,7 +358,10 @@ fn peer(args: &[String]) {
         ..ObserverConfig::default()
     };
     let mut ev = EventSocket::open(&cfg).expect("event socket");
-    if !has(args, "--all") {
+    if has(args, "--all") {
+        // Every event the kernel produces: no address filter, no state filter.
+        ev.set_state_filter(false).expect("no state filter");
+    } else {
         ev.set_address_filter(&addrs(count)).expect("filter");
     }
     ready();
