@@ -65,12 +65,14 @@ const REPLY_QUEUE: usize = 64;
 /// calls and dump results end it early. Waiting after the socket became readable,
 /// rather than after the last read, also covers the time the next event takes to come:
 /// one wake-up per linger, where waiting first and polling after costs about a quarter
-/// more at 3,000 events/s (`make bench-steady`). Measured at
-/// ~7,700 events/s (`controller_event_latency`): no linger costs ~2,700 wake-ups/s and
-/// ~13 us of loop CPU per event, 1 ms ~700 and ~8 us, 2 ms ~430 and ~5 us (about what
-/// reading the socket alone costs), 3 ms little less. The price is at most this much
-/// added to a Wake that arrives during a trickle; a lone event is read at once.
-const LINGER: Duration = Duration::from_millis(2);
+/// more at 3,000 events/s (`make bench-steady`). Measured there (500 addresses, 1,000
+/// TCP connections/s): 2 ms gives as many wake-ups as a reader lingering 2 ms (~350/s)
+/// and 1.35x its CPU per event, the decision work included; 4 ms ~200 wake-ups/s and
+/// 0.9-1.25x. The price is at most this much added to a Wake that arrives during a
+/// trickle (at 3,600 other events/s, `controller_event_latency`: probe to Wake p50
+/// 2.5 ms, p99 7.6 ms, against 1.1 and 2.9 ms with 2 ms); a lone event is read at once
+/// (quiet: p50 0.36 ms, p99 under 1 ms).
+const LINGER: Duration = Duration::from_millis(4);
 /// A wake-up that read this many events or more is under a flood: poll again at once.
 const LINGER_BELOW: u64 = 256;
 /// Linger only when the socket became readable this soon after the previous read: a
