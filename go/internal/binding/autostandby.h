@@ -88,7 +88,12 @@ typedef struct autostandby_log_record autostandby_log_record;
 // `autostandby_status.reason`: `min_uptime_not_elapsed`.
 #define AUTOSTANDBY_REASON_MIN_UPTIME_NOT_ELAPSED 12
 
-// `autostandby_status.reason`: `resync_pending`.
+// `autostandby_status.reason`: `resync_pending`: the instance's flows are not known, so
+// no standby until a conntrack dump has read them. Kernel mode, from registration (and
+// from each new address) until the first dump of its addresses has been applied:
+// status `active`, with no countdown (a persisted one is applied after that dump).
+// After lost events or a live flow's entry vanished: status `idle_countdown`, the
+// countdown runs and the standby waits.
 #define AUTOSTANDBY_REASON_RESYNC_PENDING 13
 
 // `autostandby_status.reason`: `confirm_failed`.
@@ -635,6 +640,11 @@ uint32_t autostandby_controller_new(const struct autostandby_config *config,
 void autostandby_controller_free(struct autostandby_controller *c);
 
 // Registers an instance under the host-chosen `key`.
+//
+// In kernel mode the instance reports status `active`, reason `resync_pending` (no
+// countdown, no standby) until a dump of its addresses that began after this call has
+// been applied (typically tens of milliseconds); then its persisted runtime is applied
+// (live flows clear it, none resumes it). In manual mode the countdown starts at once.
 //
 // `inst` and everything it points to are borrowed for the call only.
 // Errors: `AUTOSTANDBY_ERR_ALREADY_EXISTS` for a used key, `AUTOSTANDBY_ERR_ADDRESS_IN_USE`
