@@ -315,6 +315,26 @@ fn main() -> ExitCode {
             });
         }
     }
+    // A UDP flow whose expiry is then checked while a TCP connection keeps the instance
+    // active (an idle one is confirmed by a dump instead): the query socket allocates
+    // its lookup buffers on the first check and keeps them, as it keeps its dump buffer.
+    conns.clear();
+    for k in [Kind::Tcp4, Kind::Udp4] {
+        conns.push(Conn {
+            opened: Instant::now(),
+            _sock: open(&pair, k).expect("warm-up connection"),
+        });
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while ctl.stats().flow_lookups == 0 {
+        assert!(
+            Instant::now() < until,
+            "no expiry lookup: {:?}",
+            ctl.stats()
+        );
+        check(&ctl, &conns, &mut f, &mut decisions);
+        std::thread::sleep(Duration::from_millis(20));
+    }
     conns.clear();
     std::thread::sleep(Duration::from_millis(500));
     let (rss0, fds0, live0) = (rss_kib(), fds(), live_heap(&ctl));
