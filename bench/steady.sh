@@ -159,7 +159,7 @@ $(echo "$co" | sed 's/\([a-z_]*\)=/t_\1=/g') $(echo "$lo" | sed 's/\([a-z_]*\)=/
     if (v["c_observer_failed"] == "true" || v["c_observer_errors"] > 0) print "  warning: observer errors in the controller"
     if (v["l_connections"] < 0.95 * v["l_asked"]) printf "  warning: the load generator reached %d of %d connections\n", v["l_connections"], v["l_asked"]
   }' <<<"$r"
-  echo "  controller threads ms: events $(echo "$c" | field events_thread_ms), engine $(echo "$c" | field engine_thread_ms), query $(echo "$c" | field query_thread_ms), host loop $(echo "$c" | field main_thread_ms); events read $(echo "$c" | field events_read), flow events applied $(echo "$c" | field flow_events), resyncs $(echo "$c" | field resyncs), tracked flows $(echo "$c" | field tracked_flows), lost-event episodes $(echo "$c" | field events_lost)"
+  echo "  controller threads ms: engine loop $(echo "$c" | field engine_thread_ms), dump worker $(echo "$c" | field query_thread_ms), host loop $(echo "$c" | field main_thread_ms); events read $(echo "$c" | field events_read), flow events applied $(echo "$c" | field flow_events), resyncs $(echo "$c" | field resyncs), tracked flows $(echo "$c" | field tracked_flows), lost-event episodes $(echo "$c" | field events_lost)"
   echo "  controller dumps (at/addresses/walks/entries): $(echo "$c" | field dump_list); instance 0 at the end: $(echo "$c" | field first_status)"
 }
 

@@ -313,14 +313,14 @@ fn controller(args: &[String]) {
     let thread = |name: &str| ms(by_name(&cpu0, name), by_name(&cpu1, name));
     let cpu_ms = ms(total(&cpu0), total(&cpu1));
     println!(
-        "cpu_ms={cpu_ms:.1} events_thread_ms={:.1} engine_thread_ms={:.1} query_thread_ms={:.1} main_thread_ms={:.1} \
+        "cpu_ms={cpu_ms:.1} engine_thread_ms={:.1} query_thread_ms={:.1} main_thread_ms={:.1} \
          events_read={} event_wakeups={} flow_events={} unmatched={} events_lost={} \
          observer_errors={} resyncs={} dumps={} walks={} dumped_flows={} tracked_flows={} \
          standby={} standby_cancelled={} wake={} observer_failed={} seconds={:.3} dump_list={} \
          first_status={:?}/{:?}",
-        thread("as-events"),
         thread("as-engine"),
-        thread("as-query"),
+        // The dump worker, which owns the query socket.
+        thread("as-dump"),
         thread("steady"),
         s1.events_read - s0.events_read,
         s1.event_wakeups - s0.event_wakeups,
