@@ -167,7 +167,7 @@ echo "kernel $(uname -r), $(nproc) CPUs, COUNT=$COUNT RATE=$RATE/s CONC=$CONC WI
 echo "busy scenario: FOREIGN=$FOREIGN UDP=$UDP; IDLE=$IDLE TW=${TW}s UDP_TIMEOUT=${UDP_TIMEOUT}s"
 echo "load average before measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| run | scenario | TCP connections in window | events produced (unfiltered) | events read by peer | controller CPU % of a core | controller µs/event | peer µs/event | controller ÷ peer | controller reads per connection | controller wake-ups/s | peer wake-ups/s | dumps / walks / entries | query thread CPU s/min | standby / wake |"
+echo "| run | scenario | TCP connections in window | events produced (unfiltered) | events read by peer | controller CPU % of a core | controller µs/event | peer µs/event | controller ÷ peer | controller reads per connection | controller wake-ups/s | peer wake-ups/s | dumps / walks / entries | dump worker CPU s/min | standby / wake |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for run in $(seq "$RUNS"); do
   for scenario in $SCENARIOS; do
@@ -215,7 +215,7 @@ END {
     printf "  controller wake-ups per second    %s\n", stat("wakeups", sc)
     printf "  controller CPU s per minute       %s\n", stat("cpu_min", sc)
     printf "  dump walks per minute             %s\n", stat("walks_min", sc)
-    printf "  query thread (walk) CPU s/minute  %s   goal <= 0.05 (busy)\n", stat("query_min", sc)
+    printf "  dump worker (walk) CPU s/minute   %s   goal <= 0.05 (busy)\n", stat("query_min", sc)
   }
   if (("plain" in seen) && ("busy" in seen)) {
     for (k = 1; k <= cnt["busy"]; k++) val["delta", "d", k] = val["busy", "cpu_min", k] - val["plain", "cpu_min", k]

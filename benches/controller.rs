@@ -274,20 +274,10 @@ fn run_c_abi(ns: &Netns, instances: u64, spread_ms: u64, base: u64) -> (Vec<i64>
         c_register(&h, key, base + key * spread_ms / instances);
     }
     let register_ms = t.elapsed().as_millis();
-    // Each countdown starts once the first dump of its address has been applied.
-    let deadlines: Vec<u64> = (0..instances)
-        .map(|key| {
-            let until = Instant::now() + Duration::from_secs(10);
-            loop {
-                let st = c_status(&h, key);
-                if st.has_next_standby_at {
-                    return st.next_standby_at_ms;
-                }
-                assert!(Instant::now() < until, "instance {key} has no deadline");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-        .collect();
+    let deadlines = deadlines_after_first_dump(instances, |key| {
+        let st = c_status(&h, key);
+        st.has_next_standby_at.then_some(st.next_standby_at_ms)
+    });
     let late = collect_latencies(
         instances,
         &deadlines,
@@ -333,6 +323,23 @@ fn run_c_abi(ns: &Netns, instances: u64, spread_ms: u64, base: u64) -> (Vec<i64>
     (late, deadlines, register_ms)
 }
 
+/// Each instance's deadline, read once it has one: in kernel mode a countdown starts
+/// when the first dump of the instance's address has been applied.
+fn deadlines_after_first_dump(instances: u64, deadline: impl Fn(u64) -> Option<u64>) -> Vec<u64> {
+    (0..instances)
+        .map(|key| {
+            let until = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(at) = deadline(key) {
+                    return at;
+                }
+                assert!(Instant::now() < until, "instance {key} has no deadline");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .collect()
+}
+
 /// Kernel mode through the Rust API without the confirm dump: the controller's own
 /// machinery (engine loop timer, decision queue, blocked poller).
 fn run_machinery(ns: &Netns, instances: u64, spread_ms: u64, base: u64) -> Vec<i64> {
@@ -344,19 +351,8 @@ fn run_machinery(ns: &Netns, instances: u64, spread_ms: u64, base: u64) -> Vec<i
         ctl.register(key, spec(key, base + key * spread_ms / instances))
             .expect("register");
     }
-    // Each countdown starts once the first dump of its address has been applied.
-    let deadlines: Vec<u64> = (0..instances)
-        .map(|key| {
-            let until = Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Some(at) = ctl.status(key).unwrap().next_standby_at {
-                    return at;
-                }
-                assert!(Instant::now() < until, "instance {key} has no deadline");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-        .collect();
+    let deadlines =
+        deadlines_after_first_dump(instances, |key| ctl.status(key).unwrap().next_standby_at);
     let mut decisions = Vec::new();
     collect_latencies(
         instances,

@@ -3,9 +3,10 @@
 //! seconds, from namespace A) refresh its conntrack entry without any event, so every
 //! expiry check finds it live and is re-armed. After a warm-up it measures, over a
 //! window, the CPU time (user + kernel, from `/proc/self/task/*/schedstat`, in ns) of
-//! the controller's threads: the query thread runs the checks (a dump's kernel walk and
-//! a lookup's hash lookup are both charged to the thread that reads or sends), the
-//! engine thread applies their results.
+//! the controller's threads: the thread that owns the query socket runs the checks (a
+//! dump's kernel walk and a lookup's hash lookup are both charged to the thread that
+//! reads or sends; the query thread of the older code, the dump worker now), the engine
+//! thread or loop applies their results.
 //!
 //! `udp_expiry_load NETNS_A NETNS_B COUNT WARMUP_S WINDOW_S`; the instance addresses are
 //! 10.232.(i / 250).(i % 250 + 1), which the script assigns in B. Only API that predates

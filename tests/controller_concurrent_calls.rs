@@ -1,10 +1,11 @@
 //! A kernel-mode controller used from many host threads at once while its own threads
-//! work: connections opening and closing (the event thread), registrations changing the
-//! address filter and asking for resyncs, confirmations before standbys (the query
-//! thread), a forced failure of the event socket and its recovery, and a poller answering
-//! standbys. Besides what it asserts, it gives ThreadSanitizer (make tsan) every path
-//! between the host-facing calls and the three threads to watch. In network namespaces
-//! this test creates and always removes. Needs root: fails loudly without it.
+//! work: connections opening and closing (read by the engine loop), registrations
+//! changing the address filter and asking for resyncs, confirmations before standbys
+//! (dumped by the dump worker), a forced failure of the event socket and its recovery,
+//! and a poller answering standbys. Besides what it asserts, it gives ThreadSanitizer
+//! (make tsan) every path between the host-facing calls and the controller's threads to
+//! watch. In network namespaces this test creates and always removes. Needs root: fails
+//! loudly without it.
 
 mod conntrack_support;
 

@@ -18,7 +18,7 @@ const IDLE_MS: u64 = 600_000;
 const CONNS: u64 = 5;
 
 #[test]
-fn events_read_and_wakeups_count_what_the_event_thread_reads() {
+fn events_read_and_wakeups_count_what_the_engine_loop_reads() {
     let pair = Pair::new();
     let mut cfg = ControllerConfig::kernel();
     cfg.netns = Some(pair.b_path());
