@@ -91,7 +91,7 @@ run() {
     local why="exit $rc"
     grep -q 'WARNING: ThreadSanitizer' "$log" && why+=", ThreadSanitizer report"
     echo "tsan-test $name: FAILED, $passed passed, $nfailed failed ($why); log $log"
-    grep -E 'WARNING: ThreadSanitizer|SUMMARY: ThreadSanitizer|panicked at|^test .* FAILED$' "$log" | head -20
+    grep -E -A3 'WARNING: ThreadSanitizer|SUMMARY: ThreadSanitizer|panicked at|^test .* FAILED$' "$log" | head -40
   fi
   return "$rc"
 }

@@ -127,9 +127,11 @@ fn a_new_address_under_event_load_gets_its_filter_and_a_resync_that_finds_its_fl
         wait_for(
             &ctl,
             Duration::from_secs(5),
-            "both connections",
+            "both connections and the end of the resync",
             true,
-            |st| st.active_inbound == 2,
+            // A resync applies the flows it reads as they stream in and reports
+            // resync_pending until its end: wait for both.
+            |st| st.active_inbound == 2 && st.reason == Reason::ActiveInboundConnections,
         );
         // Held for longer than the idle timeout: it stays active.
         let held_until = Instant::now() + Duration::from_millis(3 * IDLE_MS);
