@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -27,9 +28,11 @@ const (
 )
 
 func main() {
+	timelinePath := flag.String("timeline", "", "write the run's timeline to this SVG file (and a PNG beside it when rsvg-convert is installed)")
+	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx); err != nil {
+	if err := run(ctx, *timelinePath); err != nil {
 		fmt.Fprintln(os.Stderr, "demo: error:", err)
 		os.Exit(1)
 	}
@@ -43,23 +46,29 @@ type demo struct {
 	records chan qemustore.Record
 	guest   *qemu.VM
 	h       qemu.Harness
+	tl      *timeline
 }
 
 func (d *demo) say(format string, args ...any) {
 	fmt.Printf("[%5.1fs] %s\n", time.Since(d.start).Seconds(), fmt.Sprintf(format, args...))
 }
 
-// narrate prints one status line a second until ctx ends.
+// narrate samples the controller's view ten times a second for the timeline and prints
+// one status line a second, until ctx ends.
 func (d *demo) narrate(ctx context.Context) {
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
-	for {
+	for n := 1; ; n++ {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case now := <-tick.C:
 			inst, _ := d.store.Instance(instanceID)
 			s := d.ctrl.Describe(inst)
+			d.tl.observe(now, s.ActiveInboundCount, s.CountdownRemaining)
+			if n%10 != 0 {
+				continue
+			}
 			countdown := "-"
 			if s.CountdownRemaining != nil {
 				countdown = s.CountdownRemaining.Round(100 * time.Millisecond).String()
@@ -81,6 +90,7 @@ func (d *demo) wait(ctx context.Context, kind qemustore.OpKind, within time.Dura
 	for {
 		select {
 		case r := <-d.records:
+			d.tl.record(r)
 			if r.Kind != kind {
 				continue
 			}
@@ -93,7 +103,7 @@ func (d *demo) wait(ctx context.Context, kind qemustore.OpKind, within time.Dura
 	}
 }
 
-func run(ctx context.Context) error {
+func run(ctx context.Context, timelinePath string) error {
 	h, err := qemu.HarnessFromEnv()
 	if err != nil {
 		return err
@@ -142,12 +152,15 @@ func run(ctx context.Context) error {
 	defer func() { stopRun(); <-runDone }()
 
 	d.say("controller started in kernel mode, watching conntrack in %s", h.Namespace)
+	// The timeline's clock starts with the controller.
+	d.tl = newTimeline(time.Now())
 	// The client opens its connection at once, before the first countdown ends.
 	d.say("client connects to %s and keeps the connection open for %v", h.GuestHTTP(), holdOpen)
 	conn, err := net.DialTimeout("tcp", h.GuestHTTP(), 5*time.Second)
 	if err != nil {
 		return err
 	}
+	d.tl.mark(time.Now(), "client connects")
 	narrCtx, stopNarr := context.WithCancel(ctx)
 	defer stopNarr()
 	go d.narrate(narrCtx)
@@ -164,6 +177,7 @@ func run(ctx context.Context) error {
 	}
 	conn.Close()
 	closedAt := time.Now()
+	d.tl.mark(closedAt, "client closes")
 	d.say("client sends a request (%s) and closes the connection: the countdown starts", status)
 
 	sb, err := d.wait(ctx, qemustore.OpStandby, idleTimeout+30*time.Second)
@@ -192,6 +206,8 @@ func run(ctx context.Context) error {
 	}
 	firstByte := time.Now()
 	conn.Close()
+	d.tl.mark(firstSYN, "first SYN")
+	d.tl.mark(firstByte, "first byte")
 	wake, err := d.wait(ctx, qemustore.OpRestoreStarted, time.Second)
 	if err != nil {
 		return err
@@ -224,5 +240,12 @@ func run(ctx context.Context) error {
 	row("first SYN to connection established", connected.Sub(firstSYN).Round(time.Millisecond).String())
 	row("first SYN to first byte", firstByte.Sub(firstSYN).Round(time.Millisecond).String())
 	fmt.Println("  " + strings.Repeat("-", 55))
+	if timelinePath != "" {
+		written, err := d.tl.save(timelinePath, "libautostandby demo: a QEMU guest sleeps when idle and wakes on a SYN")
+		if err != nil {
+			return fmt.Errorf("write the timeline: %w", err)
+		}
+		fmt.Println("timeline:", strings.Join(written, ", "))
+	}
 	return nil
 }
