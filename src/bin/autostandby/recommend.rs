@@ -145,16 +145,18 @@ fn print_table(ip: &IpAddr, r: &Recommendation) -> Result<(), Failure> {
     if estimated {
         outln!("  ~ estimated: some idle gaps fall in the histogram bucket this timeout splits")?;
     }
+    let per = match r.minutes_per_wake {
+        1 => "minute".to_owned(),
+        n => format!("{n} minutes"),
+    };
     match r.recommended_timeout_ms {
         Some(t) => outln!(
-            "  recommended idle timeout: {} (the shortest with at most one wake per {} minutes observed)",
-            fmt_span(t),
-            r.minutes_per_wake
+            "  recommended idle timeout: {} (the shortest with at most one wake per {per} observed)",
+            fmt_span(t)
         )?,
-        None => outln!(
-            "  no recommendation: every candidate wakes more than once per {} minutes observed",
-            r.minutes_per_wake
-        )?,
+        None => {
+            outln!("  no recommendation: every candidate wakes more than once per {per} observed")?
+        }
     }
     Ok(())
 }
