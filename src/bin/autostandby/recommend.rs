@@ -7,7 +7,7 @@ use std::time::Duration;
 use autostandby::controller::Controller;
 use autostandby::engine::{RecommendQuery, Recommendation};
 
-use super::{Failure, json_opt, json_str, write_out};
+use super::{FLOWS_READ_TIMEOUT, Failure, json_opt, json_str, wait_flows_read, write_out};
 
 /// The idle timeout the observed instances are registered with: the longest a policy
 /// allows, so that no standby countdown, confirmation dump or decision happens while the
@@ -62,13 +62,20 @@ pub(super) fn run(
     query: &RecommendQuery,
     json: bool,
 ) -> Result<(), Failure> {
-    if !json {
-        eprintln!(
-            "autostandby: observing {} address(es) for {}",
-            ips.len(),
-            fmt_span(duration.as_millis() as u64)
-        );
+    // Observation starts when the library has read the addresses' flows: the whole
+    // `duration` is then observed.
+    let keys: Vec<u64> = (0..ips.len() as u64).collect();
+    if !wait_flows_read(controller, &keys, FLOWS_READ_TIMEOUT) {
+        return Err(Failure::Message(format!(
+            "the flows of the addresses were not read within {}s: the conntrack dump did not complete",
+            FLOWS_READ_TIMEOUT.as_secs()
+        )));
     }
+    eprintln!(
+        "autostandby: observing {} address(es) for {}",
+        ips.len(),
+        fmt_span(duration.as_millis() as u64)
+    );
     std::thread::sleep(duration);
     for (key, ip) in ips.iter().enumerate() {
         let r = controller
