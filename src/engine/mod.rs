@@ -34,6 +34,9 @@
 //!   dense array, one line per flow record, a record removed by an event kept as a
 //!   spare for its instance's next flow, and [`Engine::on_flow_events`] loading the
 //!   lines a group of events needs before applying any of them.
+//! - Each instance keeps a histogram of its idle gaps (`history`, 576 bytes behind the
+//!   cold part, allocated when its flows are first known), fed only on the transitions
+//!   of its live count between 0 and 1, so the flow-event path touches nothing more.
 
 // Pure code: unsafe belongs only in the conntrack socket layer and the C ABI.
 #![forbid(unsafe_code)]
