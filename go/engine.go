@@ -20,6 +20,7 @@ type engine interface {
 	Hold(key uint64) (binding.Status, error)
 	Status(key uint64) (binding.Status, error)
 	Explain(key uint64) ([]binding.FlowInfo, error)
+	Recommend(key uint64, q binding.RecommendQuery) (binding.Recommendation, error)
 	Stats() (binding.Stats, error)
 	DrainLogs(out []binding.LogRecord) (int, error)
 	Close()

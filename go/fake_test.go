@@ -121,6 +121,9 @@ func (f *fakeEngine) Hold(uint64) (binding.Status, error) {
 
 func (f *fakeEngine) Status(uint64) (binding.Status, error)      { return binding.Status{}, nil }
 func (f *fakeEngine) Explain(uint64) ([]binding.FlowInfo, error) { return nil, nil }
+func (f *fakeEngine) Recommend(uint64, binding.RecommendQuery) (binding.Recommendation, error) {
+	return binding.Recommendation{}, nil
+}
 func (f *fakeEngine) Stats() (binding.Stats, error)              { return binding.Stats{}, nil }
 func (f *fakeEngine) DrainLogs([]binding.LogRecord) (int, error) { return 0, nil }
 func (f *fakeEngine) Close()                                     {}

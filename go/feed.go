@@ -297,6 +297,9 @@ func (u unavailableEngine) ReportWake(uint64, binding.WakeOutcome) error { retur
 func (u unavailableEngine) Hold(uint64) (binding.Status, error)          { return binding.Status{}, u.err }
 func (u unavailableEngine) Status(uint64) (binding.Status, error)        { return binding.Status{}, u.err }
 func (u unavailableEngine) Explain(uint64) ([]binding.FlowInfo, error)   { return nil, u.err }
-func (u unavailableEngine) Stats() (binding.Stats, error)                { return binding.Stats{}, u.err }
-func (u unavailableEngine) DrainLogs([]binding.LogRecord) (int, error)   { return 0, u.err }
-func (u unavailableEngine) Close()                                       {}
+func (u unavailableEngine) Recommend(uint64, binding.RecommendQuery) (binding.Recommendation, error) {
+	return binding.Recommendation{}, u.err
+}
+func (u unavailableEngine) Stats() (binding.Stats, error)              { return binding.Stats{}, u.err }
+func (u unavailableEngine) DrainLogs([]binding.LogRecord) (int, error) { return 0, u.err }
+func (u unavailableEngine) Close()                                     {}

@@ -265,6 +265,10 @@ typedef struct autostandby_log_record autostandby_log_record;
 // `autostandby_log_record.level`: trace.
 #define AUTOSTANDBY_LOG_TRACE 5
 
+// Most candidate timeouts one `autostandby_recommend` query may ask about, and so the
+// most outcomes it reports.
+#define AUTOSTANDBY_RECOMMEND_MAX_CANDIDATES 64
+
 // An opaque controller handle, created by `autostandby_controller_new` and released by
 // `autostandby_controller_free`.
 struct autostandby_controller;
@@ -481,6 +485,61 @@ struct autostandby_flow_info {
   uint64_t first_seen_ms;
   // How long ago that was.
   uint64_t age_ms;
+};
+
+// What `autostandby_recommend` is asked (NULL asks with every default).
+struct autostandby_recommend_query {
+  // `sizeof(autostandby_recommend_query)`.
+  uint32_t struct_size;
+  // The rule's N: the recommended timeout is the shortest candidate with at most one
+  // wake per N minutes of observed time. 0 means 30.
+  uint32_t minutes_per_wake;
+  // Candidate idle timeouts in ms, each at least 1 (may be NULL when the length is 0;
+  // none means 30 s, 1, 2, 5, 10, 15, 30 min and 1 h). Answered ascending, each once.
+  const uint64_t *candidates_ms;
+  // Entries of `candidates_ms`, at most `AUTOSTANDBY_RECOMMEND_MAX_CANDIDATES`.
+  size_t candidates_len;
+};
+
+// The summary `autostandby_recommend` writes.
+struct autostandby_recommendation {
+  // `sizeof(autostandby_recommendation)`, set by the caller before the call.
+  uint32_t struct_size;
+  // The rule's N in use.
+  uint32_t minutes_per_wake;
+  // Observation has begun (`observed_since_ms` is set): the instance's flows are known.
+  bool has_observed_since;
+  // When observation began (ms since the Unix epoch).
+  uint64_t observed_since_ms;
+  // Observed time, to now.
+  uint64_t observed_ms;
+  // Closed idle gaps recorded.
+  uint64_t gaps;
+  // A gap is open now (no counted flow is live).
+  bool has_open_gap;
+  // Length so far of the open gap.
+  uint64_t open_gap_ms;
+  // A candidate satisfies the rule.
+  bool has_recommended;
+  // The shortest candidate satisfying the rule.
+  uint64_t recommended_timeout_ms;
+};
+
+// What one candidate timeout would have done over the observed window.
+struct autostandby_timeout_outcome {
+  // The candidate timeout.
+  uint64_t timeout_ms;
+  // Standbys it would have caused (one per gap at least this long, the open one too).
+  uint64_t standbys;
+  // Wakes it would have caused (one per such gap that has ended).
+  uint64_t wakes;
+  // Time the instance would have spent in Standby.
+  uint64_t standby_ms;
+  // `standby_ms` over the observed time.
+  double standby_fraction;
+  // False when part of the answer was estimated (gaps sharing the timeout's
+  // histogram bucket).
+  bool exact;
 };
 
 // Controller-wide counters.
@@ -795,6 +854,30 @@ uint32_t autostandby_explain(struct autostandby_controller *c,
                              size_t cap,
                              size_t *out_len,
                              struct autostandby_error *err);
+
+// What candidate idle timeouts would have done over an instance's observed idle gaps,
+// and the recommended one. `query` is NULL (every default) or has `struct_size` at least
+// this header's; `*out` (whose `struct_size` the caller sets) gets the summary; up to
+// `cap` entries of `outcomes` get one outcome per candidate, ascending, and `*out_len`
+// the number of candidates, which may exceed `cap` (at most
+// `AUTOSTANDBY_RECOMMEND_MAX_CANDIDATES`). With `cap` 0, `outcomes` may be NULL. A
+// candidate of 0, too many candidates, or candidates NULL with a length is
+// `AUTOSTANDBY_ERR_INVALID_ARGUMENT`. Never waits on I/O. Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `query` is NULL or points to `struct_size` readable
+// bytes of an `autostandby_recommend_query` (with `candidates_ms` valid for
+// `candidates_len` reads); `out` is NULL or a writable `autostandby_recommendation`
+// with `struct_size` set; `outcomes` is NULL or valid for `cap` writes; `out_len` and
+// `err` are NULL or writable.
+uint32_t autostandby_recommend(struct autostandby_controller *c,
+                               uint64_t key,
+                               const struct autostandby_recommend_query *query,
+                               struct autostandby_recommendation *out,
+                               struct autostandby_timeout_outcome *outcomes,
+                               size_t cap,
+                               size_t *out_len,
+                               struct autostandby_error *err);
 
 // Controller-wide counters into `*out` (whose `struct_size` the caller sets).
 //

@@ -143,6 +143,16 @@ fn every_handle_function_rejects_a_null_controller() {
             autostandby_hold(c, 1, &mut st, &mut e),
             autostandby_status(c, 1, &mut st, &mut e),
             autostandby_explain(c, 1, ptr::null_mut(), 0, &mut n, &mut e),
+            autostandby_recommend(
+                c,
+                1,
+                ptr::null(),
+                &mut recommendation_out(),
+                ptr::null_mut(),
+                0,
+                &mut n,
+                &mut e,
+            ),
             autostandby_stats(c, &mut stats, &mut e),
             autostandby_drain_logs(c, ptr::null_mut(), 0, &mut n, &mut e),
             autostandby_ingest(c, ptr::null(), 0, &mut e),
@@ -635,4 +645,190 @@ fn a_netns_path_that_is_not_a_network_namespace_is_refused_at_once() {
     assert_eq!(got[1].0, AUTOSTANDBY_ERR_INVALID_ARGUMENT, "{}", got[1].1);
     assert!(got[1].1.contains("not a namespace file"), "{}", got[1].1);
     assert!(got[0].2 && got[1].2, "out is cleared on failure");
+}
+
+fn recommendation_out() -> autostandby_recommendation {
+    autostandby_recommendation {
+        struct_size: size_of::<autostandby_recommendation>() as u32,
+        ..Default::default()
+    }
+}
+
+fn query(candidates: &[u64]) -> autostandby_recommend_query {
+    autostandby_recommend_query {
+        struct_size: size_of::<autostandby_recommend_query>() as u32,
+        minutes_per_wake: 0,
+        candidates_ms: candidates.as_ptr(),
+        candidates_len: candidates.len(),
+    }
+}
+
+#[test]
+fn recommend_validates_its_arguments_and_answers() {
+    const MIN: u64 = 60_000;
+    let h = Handle::manual(1_000);
+    let addrs = [ip("10.9.0.2")];
+    let p = policy(24 * 60 * MIN);
+    let inst = instance(&addrs, &p);
+    let mut e = err();
+    let mut n = usize::MAX;
+    let mut out = recommendation_out();
+    let mut outcomes = [autostandby_timeout_outcome::default(); 8];
+    let cands = [5 * MIN, MIN];
+    let q = query(&cands);
+    // SAFETY (all calls below): pointers are NULL or valid for what they say.
+    unsafe {
+        assert_eq!(autostandby_register(h.0, 1, &inst, &mut e), AUTOSTANDBY_OK);
+        let call = |q: *const autostandby_recommend_query,
+                    out: *mut autostandby_recommendation,
+                    outcomes: *mut autostandby_timeout_outcome,
+                    cap: usize,
+                    n: *mut usize,
+                    e: &mut autostandby_error| {
+            autostandby_recommend(h.0, 1, q, out, outcomes, cap, n, e)
+        };
+        let oc = outcomes.as_mut_ptr();
+        // NULL outputs.
+        assert_eq!(
+            call(&q, &mut out, oc, 8, ptr::null_mut(), &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert!(msg(&e).contains("out_len"), "{}", msg(&e));
+        assert_eq!(
+            call(&q, ptr::null_mut(), oc, 8, &mut n, &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert_eq!(n, 0, "out_len is cleared on failure");
+        assert_eq!(
+            call(&q, &mut out, ptr::null_mut(), 2, &mut n, &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        assert!(msg(&e).contains("outcomes"), "{}", msg(&e));
+        // Wrong sizes.
+        let mut small = recommendation_out();
+        small.struct_size = 4;
+        assert_eq!(
+            call(&q, &mut small, oc, 8, &mut n, &mut e),
+            AUTOSTANDBY_ERR_STRUCT_SIZE
+        );
+        let mut bad_q = q;
+        bad_q.struct_size = 8;
+        assert_eq!(
+            call(&bad_q, &mut out, oc, 8, &mut n, &mut e),
+            AUTOSTANDBY_ERR_STRUCT_SIZE
+        );
+        assert!(msg(&e).contains("query"), "{}", msg(&e));
+        assert_eq!(
+            call(&q, &mut out, oc, usize::MAX, &mut n, &mut e),
+            AUTOSTANDBY_ERR_INVALID_ARGUMENT
+        );
+        // Bad candidates.
+        let mut null_c = q;
+        null_c.candidates_ms = ptr::null();
+        assert_eq!(
+            call(&null_c, &mut out, oc, 8, &mut n, &mut e),
+            AUTOSTANDBY_ERR_NULL_POINTER
+        );
+        let zero = [MIN, 0];
+        assert_eq!(
+            call(&query(&zero), &mut out, oc, 8, &mut n, &mut e),
+            AUTOSTANDBY_ERR_INVALID_ARGUMENT
+        );
+        assert!(msg(&e).contains("candidate"), "{}", msg(&e));
+        let many: Vec<u64> = (1..=AUTOSTANDBY_RECOMMEND_MAX_CANDIDATES as u64 + 1).collect();
+        assert_eq!(
+            call(&query(&many), &mut out, oc, 8, &mut n, &mut e),
+            AUTOSTANDBY_ERR_INVALID_ARGUMENT
+        );
+        // Unknown instance.
+        assert_eq!(
+            autostandby_recommend(h.0, 99, &q, &mut out, oc, 8, &mut n, &mut e),
+            AUTOSTANDBY_ERR_NOT_FOUND
+        );
+
+        // Idle from registration for 10 min, a 1-minute connection, idle for 4 more.
+        let open = tcp_event(
+            AUTOSTANDBY_FLOW_NEW,
+            "10.9.0.1",
+            4000,
+            "10.9.0.2",
+            80,
+            1,
+            Some(3),
+        );
+        let close = tcp_event(
+            AUTOSTANDBY_FLOW_DESTROY,
+            "10.9.0.1",
+            4000,
+            "10.9.0.2",
+            80,
+            1,
+            Some(7),
+        );
+        assert_eq!(
+            autostandby_advance_clock(h.0, 10 * MIN, &mut e),
+            AUTOSTANDBY_OK
+        );
+        assert_eq!(autostandby_ingest(h.0, &open, 1, &mut e), AUTOSTANDBY_OK);
+        assert_eq!(autostandby_advance_clock(h.0, MIN, &mut e), AUTOSTANDBY_OK);
+        assert_eq!(autostandby_ingest(h.0, &close, 1, &mut e), AUTOSTANDBY_OK);
+        assert_eq!(
+            autostandby_advance_clock(h.0, 4 * MIN, &mut e),
+            AUTOSTANDBY_OK
+        );
+
+        // A capacity of 1 still reports both candidates, ascending.
+        assert_eq!(
+            call(&q, &mut out, oc, 1, &mut n, &mut e),
+            AUTOSTANDBY_OK,
+            "{}",
+            msg(&e)
+        );
+        assert_eq!(n, 2);
+        assert_eq!(
+            (
+                outcomes[0].timeout_ms,
+                outcomes[0].standbys,
+                outcomes[0].wakes
+            ),
+            (MIN, 2, 1)
+        );
+        assert_eq!(outcomes[0].standby_ms, 9 * MIN + 3 * MIN);
+        assert_eq!(
+            outcomes[1],
+            autostandby_timeout_outcome::default(),
+            "beyond cap"
+        );
+        assert_eq!(call(&q, &mut out, oc, 8, &mut n, &mut e), AUTOSTANDBY_OK);
+        assert_eq!(
+            (
+                outcomes[1].timeout_ms,
+                outcomes[1].standbys,
+                outcomes[1].wakes,
+                outcomes[1].standby_ms
+            ),
+            (5 * MIN, 1, 1, 5 * MIN)
+        );
+        assert!(outcomes[1].exact);
+        assert!(out.has_observed_since);
+        assert_eq!(out.observed_since_ms, 1_000);
+        assert_eq!((out.observed_ms, out.gaps), (15 * MIN, 1));
+        assert_eq!((out.has_open_gap, out.open_gap_ms), (true, 4 * MIN));
+        assert_eq!(out.minutes_per_wake, 30);
+        // 15 minutes observed, at most one wake per 30 minutes: no wake allowed, and
+        // both candidates have one.
+        assert!(!out.has_recommended);
+        // NULL query: the default candidates (30 s to 1 h); the 10-minute gap wakes
+        // every one up to 10 min, so 15 min is the shortest with no wake.
+        assert_eq!(
+            autostandby_recommend(h.0, 1, ptr::null(), &mut out, oc, 8, &mut n, &mut e),
+            AUTOSTANDBY_OK
+        );
+        assert_eq!(n, 8);
+        assert_eq!(outcomes[0].timeout_ms, 30_000);
+        assert_eq!(
+            (out.has_recommended, out.recommended_timeout_ms),
+            (true, 15 * MIN)
+        );
+    }
 }

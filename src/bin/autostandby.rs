@@ -6,6 +6,8 @@
 //! autostandby watch --ip ADDR[,ADDR...] [--idle 30s] [--netns PATH] [--json]
 //! autostandby flows --ip ADDR [--netns PATH] [--json]
 //! autostandby stats [--ip ADDR[,ADDR...]] [--for 2s] [--netns PATH] [--json]
+//! autostandby recommend --ip ADDR[,ADDR...] --for 1h [--candidates 30s,1m,...]
+//!     [--minutes-per-wake 30] [--netns PATH] [--json]
 //! ```
 
 use std::net::IpAddr;
@@ -15,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use autostandby::controller::{Controller, ControllerConfig, ControllerError};
 use autostandby::engine::{
-    BeginStandby, Decision, InstanceSpec, Lifecycle, Reason, StandbyOutcome, Status, StatusSnapshot,
+    BeginStandby, Decision, InstanceSpec, Lifecycle, Reason, RecommendQuery, StandbyOutcome,
+    Status, StatusSnapshot,
 };
 use autostandby::flow::TcpState;
 use autostandby::policy::{Policy, Protocols};
@@ -30,6 +33,11 @@ usage:
       the flows keeping ADDR awake, once that first dump is applied (waits up to 5s)
   autostandby stats [--ip ADDR[,ADDR...]] [--for 2s] [--netns PATH] [--json]
       observe for a while, then print the controller's counters
+  autostandby recommend --ip ADDR[,ADDR...] --for 1h [--candidates 30s,1m,...]
+                        [--minutes-per-wake 30] [--netns PATH] [--json]
+      observe for a while, then print for each candidate idle timeout (default 30s,
+      1m, 2m, 5m, 10m, 15m, 30m, 1h) the standbys and wakes it would have caused and the
+      share of time in standby, and the shortest with at most one wake per N minutes
 
 Reads the conntrack table of the network namespace (the current one by default); needs
 root or CAP_NET_ADMIN. Never puts a VM into standby or wakes one.";
@@ -70,6 +78,11 @@ macro_rules! outln {
     ($($arg:tt)*) => { write_out(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
+// After the macros, which it uses. Kept in a directory of its own so that cargo does
+// not take it for a binary.
+#[path = "autostandby/recommend.rs"]
+mod recommend;
+
 /// Parsed command line.
 #[derive(Debug, PartialEq)]
 struct Args {
@@ -79,6 +92,12 @@ struct Args {
     duration: Duration,
     netns: Option<PathBuf>,
     json: bool,
+    /// `recommend`: candidate timeouts (ms); empty means the library's defaults.
+    candidates: Vec<u64>,
+    /// `recommend`: the rule's N; 0 means the library's default.
+    minutes_per_wake: u32,
+    /// `--for` was given.
+    duration_set: bool,
 }
 
 #[derive(Debug, PartialEq, Clone, Copy)]
@@ -86,6 +105,7 @@ enum Command {
     Watch,
     Flows,
     Stats,
+    Recommend,
 }
 
 /// Parses `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
@@ -132,6 +152,7 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         Some("watch") => Command::Watch,
         Some("flows") => Command::Flows,
         Some("stats") => Command::Stats,
+        Some("recommend") => Command::Recommend,
         Some(other) => return Err(format!("unknown command {other:?}")),
         None => return Err("missing command".into()),
     };
@@ -142,6 +163,9 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         duration: Duration::from_secs(2),
         netns: None,
         json: false,
+        candidates: Vec::new(),
+        minutes_per_wake: 0,
+        duration_set: false,
     };
     while let Some(flag) = it.next() {
         let (name, inline) = match flag.split_once('=') {
@@ -157,14 +181,34 @@ fn parse_args(argv: &[String]) -> Result<Args, String> {
         match name {
             "--ip" => args.ips.extend(parse_ips(&value()?)?),
             "--idle" => args.idle = parse_duration(&value()?)?,
-            "--for" => args.duration = parse_duration(&value()?)?,
+            "--for" => {
+                args.duration = parse_duration(&value()?)?;
+                args.duration_set = true;
+            }
+            "--candidates" if command == Command::Recommend => {
+                args.candidates = recommend::parse_candidates(&value()?, parse_duration)?;
+            }
+            "--minutes-per-wake" if command == Command::Recommend => {
+                let v = value()?;
+                args.minutes_per_wake =
+                    v.parse().ok().filter(|&n: &u32| n > 0).ok_or_else(|| {
+                        format!("--minutes-per-wake must be a positive integer, got {v:?}")
+                    })?;
+            }
             "--netns" => args.netns = Some(PathBuf::from(value()?)),
             "--json" if inline.is_none() => args.json = true,
             _ => return Err(format!("unknown flag {flag:?}")),
         }
     }
-    if matches!(command, Command::Watch | Command::Flows) && args.ips.is_empty() {
+    if matches!(
+        command,
+        Command::Watch | Command::Flows | Command::Recommend
+    ) && args.ips.is_empty()
+    {
         return Err("--ip is required".into());
+    }
+    if command == Command::Recommend && !args.duration_set {
+        return Err("recommend needs --for (how long to observe, e.g. 1h)".into());
     }
     if command == Command::Flows && args.ips.len() != 1 {
         return Err("flows takes exactly one --ip".into());
@@ -189,7 +233,11 @@ fn start(args: &Args) -> Result<Controller, String> {
     })?;
     let policy = Policy {
         enabled: true,
-        idle_timeout_ms: args.idle.as_millis() as u64,
+        idle_timeout_ms: if args.command == Command::Recommend {
+            recommend::OBSERVE_IDLE_TIMEOUT_MS
+        } else {
+            args.idle.as_millis() as u64
+        },
         ignore_source_cidrs: Vec::new(),
         ignore_destination_ports: Vec::new(),
         protocols: Protocols {
@@ -510,6 +558,13 @@ fn main() -> ExitCode {
         Command::Watch => watch(&args),
         Command::Flows => flows(&args),
         Command::Stats => stats(&args),
+        Command::Recommend => start(&args).map_err(Failure::from).and_then(|c| {
+            let query = RecommendQuery {
+                candidates_ms: args.candidates.clone(),
+                minutes_per_wake: args.minutes_per_wake,
+            };
+            recommend::run(&c, &args.ips, args.duration, &query, args.json)
+        }),
     };
     match result {
         Ok(()) | Err(Failure::BrokenPipe) => ExitCode::SUCCESS,
@@ -577,6 +632,37 @@ mod tests {
         let s = args("stats --for 1s --netns /run/netns/x").unwrap();
         assert_eq!(s.duration, Duration::from_secs(1));
         assert_eq!(s.netns, Some(PathBuf::from("/run/netns/x")));
+    }
+
+    #[test]
+    fn recommend_flags() {
+        let a = args("recommend --ip 10.0.0.2 --for 1h --candidates 30s,2m --minutes-per-wake 60")
+            .unwrap();
+        assert_eq!(a.command, Command::Recommend);
+        assert_eq!(a.duration, Duration::from_secs(3600));
+        assert_eq!(a.candidates, vec![30_000, 120_000]);
+        assert_eq!(a.minutes_per_wake, 60);
+        assert!(
+            args("recommend --ip 10.0.0.2")
+                .unwrap_err()
+                .contains("--for")
+        );
+        assert!(args("recommend --for 1h").unwrap_err().contains("--ip"));
+        assert!(
+            args("recommend --ip 10.0.0.2 --for 1h --minutes-per-wake 0")
+                .unwrap_err()
+                .contains("positive")
+        );
+        assert!(
+            args("recommend --ip 10.0.0.2 --for 1h --candidates 30s,0s")
+                .unwrap_err()
+                .contains("positive")
+        );
+        assert!(
+            args("watch --ip 10.0.0.2 --candidates 30s")
+                .unwrap_err()
+                .contains("unknown flag")
+        );
     }
 
     #[test]

@@ -34,8 +34,8 @@ use tracing::{Dispatch, Level};
 
 use crate::engine::{
     BeginStandby, Decision, Engine, EngineConfig, EngineError, EngineStats, InstanceKey,
-    InstanceSpec, KeptAwakeBy, ObserverHealth, ObserverRequest, ResyncScope, Runtime,
-    StandbyOutcome, StandbyRetry, StatusSnapshot, UnixMillis, WakeOutcome,
+    InstanceSpec, KeptAwakeBy, ObserverHealth, ObserverRequest, RecommendQuery, Recommendation,
+    ResyncScope, Runtime, StandbyOutcome, StandbyRetry, StatusSnapshot, UnixMillis, WakeOutcome,
 };
 use crate::flow::{Flow, FlowEvent};
 use clock::{Clock, SystemClock};
@@ -476,6 +476,20 @@ impl Controller {
         let engine = self.shared.engine.lock();
         let s = engine.status(key, self.shared.clock.now())?;
         Ok(self.shared.status_to_wall(s))
+    }
+
+    /// What candidate idle timeouts would have done over `key`'s observed idle gaps, and
+    /// the recommended one (see [`Engine::recommend`]); `observed_since` is wall time.
+    /// Never waits on I/O.
+    pub fn recommend(
+        &self,
+        key: InstanceKey,
+        query: &RecommendQuery,
+    ) -> Result<Recommendation, ControllerError> {
+        let engine = self.shared.engine.lock();
+        let mut r = engine.recommend(key, query, self.shared.clock.now())?;
+        r.observed_since = r.observed_since.map(|t| self.shared.clock.to_wall(t));
+        Ok(r)
     }
 
     /// Appends the flows keeping `key` awake to `out`.

@@ -305,6 +305,9 @@ impl Engine {
             let inst = self.inst_mut(slot);
             inst.live += 1;
             let became = inst.live == 1;
+            if became {
+                self.history_busy(slot, now);
+            }
             self.activity(slot, now, became);
             if source == Source::Event(EventKind::New) {
                 self.maybe_wake(slot, flow);
@@ -388,6 +391,7 @@ impl Engine {
             let inst = self.inst_mut(slot);
             inst.live -= 1;
             if inst.live == 0 {
+                self.history_idle(slot, at);
                 self.drained(slot, at);
             }
         }
@@ -420,7 +424,15 @@ impl Engine {
             i = r.next;
         }
         let inst = self.inst_mut(slot);
+        let was = inst.live;
         inst.live = live;
+        let now = self.last_now;
+        match (was, live) {
+            (0, 1..) => self.history_busy(slot, now),
+            (1.., 0) => self.history_idle(slot, now),
+            _ => {}
+        }
+        let inst = self.inst_mut(slot);
         if live == 0 {
             // As when the last flow ends (`drained`): a later flow brings its own check.
             inst.udp_check_at = None;

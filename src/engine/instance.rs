@@ -121,6 +121,8 @@ pub(crate) struct InstCold {
     /// while `persist_epoch` equals the engine's drain epoch.
     pub persist_idx: u32,
     pub persist_epoch: u64,
+    /// Idle gaps since observation began (`None` before: flows not known yet).
+    pub history: Option<Box<super::history::GapHistory>>,
 }
 
 impl std::ops::Deref for Inst {
@@ -170,6 +172,7 @@ impl Inst {
                 expiry_asked: false,
                 persist_idx: u32::MAX,
                 persist_epoch: u64::MAX,
+                history: None,
             }),
             live: 0,
             phase: Phase::None,

@@ -18,7 +18,8 @@
 //! and apply flow reports), `countdown` (idleness, holds, persistence), `standby` (the
 //! pipeline from a due deadline to the host's report), `resync` (observer health,
 //! lost events, dumps) and `expiry` (checks for UDP flows conntrack may have expired
-//! without an event). `status` builds snapshots and explanations.
+//! without an event). `status` builds snapshots and explanations. `history` keeps each
+//! instance's idle gaps and answers what other idle timeouts would have done.
 //!
 //! Choices worth knowing:
 //! - Flows are stored whatever the policy says, so a policy change recounts without a
@@ -33,6 +34,9 @@
 //!   dense array, one line per flow record, a record removed by an event kept as a
 //!   spare for its instance's next flow, and [`Engine::on_flow_events`] loading the
 //!   lines a group of events needs before applying any of them.
+//! - Each instance keeps a histogram of its idle gaps (`history`, 576 bytes behind the
+//!   cold part, allocated when its flows are first known), fed only on the transitions
+//!   of its live count between 0 and 1, so the flow-event path touches nothing more.
 
 // Pure code: unsafe belongs only in the conntrack socket layer and the C ABI.
 #![forbid(unsafe_code)]
@@ -50,6 +54,7 @@ mod expiry;
 mod fasthash;
 mod flow_events;
 mod flows;
+mod history;
 mod instance;
 mod registry;
 mod resync;
@@ -58,6 +63,11 @@ mod status;
 
 #[cfg(test)]
 mod tests;
+
+pub use history::{
+    DEFAULT_CANDIDATES_MS, DEFAULT_MINUTES_PER_WAKE, EDGES_MS as GAP_HISTOGRAM_EDGES_MS,
+    HISTORY_BYTES, MAX_CANDIDATES, RecommendQuery, Recommendation, TimeoutOutcome,
+};
 
 use fasthash::FastMap;
 use flows::Probe;
@@ -552,6 +562,9 @@ pub enum EngineError {
         "address {0} cannot be an instance address (unspecified, loopback, multicast and broadcast addresses are refused)"
     )]
     InvalidAddress(IpAddr),
+    /// A [`RecommendQuery`] asks for something that cannot be answered; the text says what.
+    #[error("invalid recommendation query: {0}")]
+    InvalidQuery(String),
 }
 
 /// The state machine. See the module docs.
@@ -999,6 +1012,18 @@ impl Engine {
     /// host knows its table size, e.g. from `nf_conntrack_max`).
     pub fn reserve_flows(&mut self, additional: usize) {
         self.flows.reserve(additional);
+    }
+
+    /// What candidate idle timeouts would have done over `key`'s observed idle gaps, and
+    /// the timeout the rule recommends (see [`RecommendQuery`] and [`Recommendation`]).
+    /// Reads only; `now` is the end of the observed window.
+    pub fn recommend(
+        &self,
+        key: InstanceKey,
+        query: &RecommendQuery,
+        now: UnixMillis,
+    ) -> Result<Recommendation, EngineError> {
+        self.do_recommend(key, query, now)
     }
 
     /// Bytes held by the flow storage's buffers (capacity, not length).

@@ -99,6 +99,9 @@ impl Engine {
         self.insts[slot as usize] = Some(inst);
         self.by_key.insert(key, slot);
         self.refresh(slot, now);
+        if self.inst(slot).unsynced_seq.is_none() {
+            self.history_start(slot, now);
+        }
         Ok(())
     }
 

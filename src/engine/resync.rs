@@ -229,6 +229,7 @@ impl Engine {
             if self.inst(slot).unsynced_seq.is_some_and(|s| s <= r.id) {
                 self.inst_mut(slot).unsynced_seq = None;
                 self.refresh(slot, now);
+                self.history_start(slot, now);
             }
         }
         let mut again = Vec::new();

@@ -11,7 +11,9 @@ use crate::controller::{
     Controller, ControllerConfig, DEFAULT_MAX_CONCURRENT_STANDBYS, DEFAULT_RCVBUF_BYTES,
     DEFAULT_RESYNC_INTERVAL_MS, EventsSysctlMode, Mode,
 };
-use crate::engine::{BeginStandby, Decision, Reason, StandbyOutcome, StandbyRetry, WakeOutcome};
+use crate::engine::{
+    BeginStandby, Decision, Reason, RecommendQuery, StandbyOutcome, StandbyRetry, WakeOutcome,
+};
 
 /// `sizeof(autostandby_config)` in the first release, which ended at `manual_start_ms`.
 /// Callers built against that header still pass it; the later fields take defaults.
@@ -601,6 +603,74 @@ pub unsafe extern "C" fn autostandby_explain(
                 *slot = autostandby_flow_info::from_kept(f);
             }
             *out_len = flows.len();
+            Ok(())
+        })
+    }
+}
+
+/// What candidate idle timeouts would have done over an instance's observed idle gaps,
+/// and the recommended one. `query` is NULL (every default) or has `struct_size` at least
+/// this header's; `*out` (whose `struct_size` the caller sets) gets the summary; up to
+/// `cap` entries of `outcomes` get one outcome per candidate, ascending, and `*out_len`
+/// the number of candidates, which may exceed `cap` (at most
+/// `AUTOSTANDBY_RECOMMEND_MAX_CANDIDATES`). With `cap` 0, `outcomes` may be NULL. A
+/// candidate of 0, too many candidates, or candidates NULL with a length is
+/// `AUTOSTANDBY_ERR_INVALID_ARGUMENT`. Never waits on I/O. Thread-safe.
+///
+/// # Safety
+/// `c` is NULL or a live handle; `query` is NULL or points to `struct_size` readable
+/// bytes of an `autostandby_recommend_query` (with `candidates_ms` valid for
+/// `candidates_len` reads); `out` is NULL or a writable `autostandby_recommendation`
+/// with `struct_size` set; `outcomes` is NULL or valid for `cap` writes; `out_len` and
+/// `err` are NULL or writable.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn autostandby_recommend(
+    c: *mut autostandby_controller,
+    key: u64,
+    query: *const autostandby_recommend_query,
+    out: *mut autostandby_recommendation,
+    outcomes: *mut autostandby_timeout_outcome,
+    cap: usize,
+    out_len: *mut usize,
+    err: *mut autostandby_error,
+) -> u32 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        with_controller(c, err, |ctl| {
+            let out_len = self::out(out_len, "out_len")?;
+            *out_len = 0;
+            let out = sized_out(out, "out")?;
+            let outcomes = slice_mut(outcomes, cap, "outcomes")?;
+            let q = if query.is_null() {
+                RecommendQuery::default()
+            } else {
+                let size = leading_size(query, "query")?;
+                check_size::<autostandby_recommend_query>(size, "query")?;
+                let q = &*query;
+                RecommendQuery {
+                    candidates_ms: slice(q.candidates_ms, q.candidates_len, "query.candidates_ms")?
+                        .to_vec(),
+                    minutes_per_wake: q.minutes_per_wake,
+                }
+            };
+            let r = ctl.recommend(key, &q)?;
+            *out = autostandby_recommendation {
+                struct_size: out.struct_size,
+                minutes_per_wake: r.minutes_per_wake,
+                has_observed_since: r.observed_since.is_some(),
+                observed_since_ms: r.observed_since.unwrap_or(0),
+                observed_ms: r.observed_ms,
+                gaps: r.gaps,
+                has_open_gap: r.open_gap_ms.is_some(),
+                open_gap_ms: r.open_gap_ms.unwrap_or(0),
+                has_recommended: r.recommended_timeout_ms.is_some(),
+                recommended_timeout_ms: r.recommended_timeout_ms.unwrap_or(0),
+            };
+            for (slot, o) in outcomes.iter_mut().zip(&r.outcomes) {
+                *slot = autostandby_timeout_outcome::from_outcome(o);
+            }
+            *out_len = r.outcomes.len();
             Ok(())
         })
     }

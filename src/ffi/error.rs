@@ -110,7 +110,8 @@ impl From<EngineError> for FfiError {
             EngineError::NoConfirmPending(_) => AUTOSTANDBY_ERR_NO_CONFIRM_PENDING,
             EngineError::UnknownResync(_)
             | EngineError::UnknownLookup(_)
-            | EngineError::InvalidAddress(_) => AUTOSTANDBY_ERR_INVALID_ARGUMENT,
+            | EngineError::InvalidAddress(_)
+            | EngineError::InvalidQuery(_) => AUTOSTANDBY_ERR_INVALID_ARGUMENT,
         };
         Self::new(code, err.to_string())
     }

@@ -299,6 +299,85 @@ pub struct autostandby_status {
     pub countdown_remaining_ms: u64,
 }
 
+/// Most candidate timeouts one `autostandby_recommend` query may ask about, and so the
+/// most outcomes it reports.
+pub const AUTOSTANDBY_RECOMMEND_MAX_CANDIDATES: usize = 64;
+const _: () = assert!(AUTOSTANDBY_RECOMMEND_MAX_CANDIDATES == crate::engine::MAX_CANDIDATES);
+
+/// What `autostandby_recommend` is asked (NULL asks with every default).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct autostandby_recommend_query {
+    /// `sizeof(autostandby_recommend_query)`.
+    pub struct_size: u32,
+    /// The rule's N: the recommended timeout is the shortest candidate with at most one
+    /// wake per N minutes of observed time. 0 means 30.
+    pub minutes_per_wake: u32,
+    /// Candidate idle timeouts in ms, each at least 1 (may be NULL when the length is 0;
+    /// none means 30 s, 1, 2, 5, 10, 15, 30 min and 1 h). Answered ascending, each once.
+    pub candidates_ms: *const u64,
+    /// Entries of `candidates_ms`, at most `AUTOSTANDBY_RECOMMEND_MAX_CANDIDATES`.
+    pub candidates_len: usize,
+}
+
+/// The summary `autostandby_recommend` writes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct autostandby_recommendation {
+    /// `sizeof(autostandby_recommendation)`, set by the caller before the call.
+    pub struct_size: u32,
+    /// The rule's N in use.
+    pub minutes_per_wake: u32,
+    /// Observation has begun (`observed_since_ms` is set): the instance's flows are known.
+    pub has_observed_since: bool,
+    /// When observation began (ms since the Unix epoch).
+    pub observed_since_ms: u64,
+    /// Observed time, to now.
+    pub observed_ms: u64,
+    /// Closed idle gaps recorded.
+    pub gaps: u64,
+    /// A gap is open now (no counted flow is live).
+    pub has_open_gap: bool,
+    /// Length so far of the open gap.
+    pub open_gap_ms: u64,
+    /// A candidate satisfies the rule.
+    pub has_recommended: bool,
+    /// The shortest candidate satisfying the rule.
+    pub recommended_timeout_ms: u64,
+}
+
+/// What one candidate timeout would have done over the observed window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct autostandby_timeout_outcome {
+    /// The candidate timeout.
+    pub timeout_ms: u64,
+    /// Standbys it would have caused (one per gap at least this long, the open one too).
+    pub standbys: u64,
+    /// Wakes it would have caused (one per such gap that has ended).
+    pub wakes: u64,
+    /// Time the instance would have spent in Standby.
+    pub standby_ms: u64,
+    /// `standby_ms` over the observed time.
+    pub standby_fraction: f64,
+    /// False when part of the answer was estimated (gaps sharing the timeout's
+    /// histogram bucket).
+    pub exact: bool,
+}
+
+impl autostandby_timeout_outcome {
+    pub(crate) fn from_outcome(o: &crate::engine::TimeoutOutcome) -> Self {
+        Self {
+            timeout_ms: o.timeout_ms,
+            standbys: o.standbys,
+            wakes: o.wakes,
+            standby_ms: o.standby_ms,
+            standby_fraction: o.standby_fraction,
+            exact: o.exact,
+        }
+    }
+}
+
 /// One flow keeping an instance awake.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -163,6 +163,25 @@ int main(void) {
   CHECK(wake.protocol == 6 && wake.src_port == 40001 && wake.dst_port == 8080);
   CHECK(wake.dst.family == AUTOSTANDBY_FAMILY_IPV4 && wake.dst.addr[3] == 2);
 
+  /* The 60 s gap between the two clients, as the default candidate timeouts see it:
+     30 s and 1 min would each have put the instance into Standby once and woken it
+     once; 60 s observed allow no wake at one per 30 minutes, so 2 min is recommended. */
+  struct autostandby_recommendation rec;
+  memset(&rec, 0, sizeof rec);
+  rec.struct_size = sizeof rec;
+  struct autostandby_timeout_outcome outcomes[AUTOSTANDBY_RECOMMEND_MAX_CANDIDATES];
+  CALL_OK(autostandby_recommend, c, key, NULL, &rec, outcomes, AUTOSTANDBY_RECOMMEND_MAX_CANDIDATES, &n);
+  CHECK(n == 8);
+  CHECK(rec.has_observed_since && rec.observed_since_ms == T0 && rec.observed_ms == 60000);
+  CHECK(rec.gaps == 1 && !rec.has_open_gap && rec.minutes_per_wake == 30);
+  CHECK(outcomes[0].timeout_ms == 30000 && outcomes[0].standbys == 1 && outcomes[0].wakes == 1);
+  CHECK(outcomes[0].standby_ms == 30000 && outcomes[0].exact);
+  CHECK(outcomes[1].timeout_ms == 60000 && outcomes[1].wakes == 1 && outcomes[1].standby_ms == 0);
+  CHECK(outcomes[2].timeout_ms == 120000 && outcomes[2].standbys == 0);
+  CHECK(rec.has_recommended && rec.recommended_timeout_ms == 120000);
+  rec.struct_size = 4;
+  CALL_EXPECT(AUTOSTANDBY_ERR_STRUCT_SIZE, autostandby_recommend(c, key, NULL, &rec, outcomes, 8, &n, &err_));
+
   struct autostandby_stats stats;
   memset(&stats, 0, sizeof stats);
   stats.struct_size = sizeof stats;

@@ -287,6 +287,66 @@ func (c *Controller) Explain(key uint64) ([]FlowInfo, error) {
 	}
 }
 
+// Recommend reports what candidate idle timeouts would have done over key's observed
+// idle gaps, and the timeout the rule recommends.
+func (c *Controller) Recommend(key uint64, q RecommendQuery) (Recommendation, error) {
+	cands := make([]C.uint64_t, len(q.Candidates))
+	for i, d := range q.Candidates {
+		ms := d.Milliseconds()
+		if ms <= 0 {
+			// Zero and negative durations are refused by the library as a 0 candidate.
+			ms = 0
+		}
+		cands[i] = C.uint64_t(ms)
+	}
+	// The candidates are copied to C memory: a Go pointer may not sit inside the query
+	// struct passed to C.
+	var cq C.struct_autostandby_recommend_query
+	cq.struct_size = C.uint32_t(unsafe.Sizeof(cq))
+	cq.minutes_per_wake = C.uint32_t(q.MinutesPerWake)
+	if len(cands) > 0 {
+		size := C.size_t(len(cands)) * C.size_t(unsafe.Sizeof(cands[0]))
+		p := (*C.uint64_t)(C.malloc(size))
+		defer C.free(unsafe.Pointer(p))
+		copy(unsafe.Slice(p, len(cands)), cands)
+		cq.candidates_ms = p
+		cq.candidates_len = C.size_t(len(cands))
+	}
+	var out C.struct_autostandby_recommendation
+	out.struct_size = C.uint32_t(unsafe.Sizeof(out))
+	buf := make([]C.struct_autostandby_timeout_outcome, C.AUTOSTANDBY_RECOMMEND_MAX_CANDIDATES)
+	var n C.size_t
+	err := c.call("recommend", func(p *C.autostandby_controller, e *C.autostandby_error) C.uint32_t {
+		return C.autostandby_recommend(p, C.uint64_t(key), &cq, &out, &buf[0], C.size_t(len(buf)), &n, e)
+	})
+	if err != nil {
+		return Recommendation{}, err
+	}
+	r := Recommendation{
+		ObservedSince:  millisToTime(bool(out.has_observed_since), uint64(out.observed_since_ms)),
+		Observed:       time.Duration(out.observed_ms) * time.Millisecond,
+		Gaps:           uint64(out.gaps),
+		HasOpenGap:     bool(out.has_open_gap),
+		OpenGap:        time.Duration(out.open_gap_ms) * time.Millisecond,
+		MinutesPerWake: uint32(out.minutes_per_wake),
+		HasRecommended: bool(out.has_recommended),
+		Recommended:    time.Duration(out.recommended_timeout_ms) * time.Millisecond,
+		Outcomes:       make([]TimeoutOutcome, min(int(n), len(buf))),
+	}
+	for i := range r.Outcomes {
+		o := &buf[i]
+		r.Outcomes[i] = TimeoutOutcome{
+			Timeout:         time.Duration(o.timeout_ms) * time.Millisecond,
+			Standbys:        uint64(o.standbys),
+			Wakes:           uint64(o.wakes),
+			InStandby:       time.Duration(o.standby_ms) * time.Millisecond,
+			StandbyFraction: float64(o.standby_fraction),
+			Exact:           bool(o.exact),
+		}
+	}
+	return r, nil
+}
+
 // Stats returns the library's counters.
 func (c *Controller) Stats() (Stats, error) {
 	var s cStats

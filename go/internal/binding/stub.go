@@ -63,6 +63,11 @@ func (*Controller) Status(uint64) (Status, error) { return Status{}, ErrUnsuppor
 // Explain fails.
 func (*Controller) Explain(uint64) ([]FlowInfo, error) { return nil, ErrUnsupported }
 
+// Recommend fails.
+func (*Controller) Recommend(uint64, RecommendQuery) (Recommendation, error) {
+	return Recommendation{}, ErrUnsupported
+}
+
 // Stats fails.
 func (*Controller) Stats() (Stats, error) { return Stats{}, ErrUnsupported }
 

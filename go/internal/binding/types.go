@@ -221,6 +221,45 @@ type FlowInfo struct {
 	Age                time.Duration
 }
 
+// RecommendQuery asks what candidate idle timeouts would have done over an instance's
+// observed idle gaps. The zero value asks with the library's defaults.
+type RecommendQuery struct {
+	// Candidates are the idle timeouts to evaluate, each at least 1 ms; none means
+	// 30s, 1m, 2m, 5m, 10m, 15m, 30m and 1h.
+	Candidates []time.Duration
+	// MinutesPerWake is the rule's N: the recommendation is the shortest candidate
+	// with at most one wake per N minutes of observed time; 0 means 30.
+	MinutesPerWake uint32
+}
+
+// TimeoutOutcome is what one candidate timeout would have done over the observed time.
+type TimeoutOutcome struct {
+	Timeout         time.Duration
+	Standbys        uint64
+	Wakes           uint64
+	InStandby       time.Duration
+	StandbyFraction float64
+	// Exact is false when part of the answer was estimated (gaps sharing the
+	// timeout's histogram bucket).
+	Exact bool
+}
+
+// Recommendation is the library's answer to a RecommendQuery.
+type Recommendation struct {
+	// ObservedSince is when observation began; zero while the instance's flows have
+	// not been read yet.
+	ObservedSince  time.Time
+	Observed       time.Duration
+	Gaps           uint64
+	HasOpenGap     bool
+	OpenGap        time.Duration
+	MinutesPerWake uint32
+	Outcomes       []TimeoutOutcome
+	// HasRecommended says whether any candidate satisfies the rule.
+	HasRecommended bool
+	Recommended    time.Duration
+}
+
 // FlowEventKind is what a manual flow event reports.
 type FlowEventKind uint32
 

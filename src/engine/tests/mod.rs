@@ -8,6 +8,7 @@ mod filtered;
 mod first_resync;
 mod holds;
 mod model;
+mod recommend;
 mod resync;
 mod standby;
 
