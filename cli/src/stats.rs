@@ -7,7 +7,9 @@ use std::time::Duration;
 use autostandby::controller::{Controller, ControllerStats};
 use autostandby::engine::Status;
 
-use crate::common::{Failure, Netns, distinct, json_str, outln, parse_duration, parse_ip, start};
+use crate::common::{
+    Failure, Netns, distinct, json_str, outln, parse_duration, parse_ip, start, wait_flows_read,
+};
 
 /// Observe for a while, then print the controller's counters.
 ///
@@ -370,11 +372,19 @@ fn prometheus(s: &ControllerStats, inst: &Instances) -> String {
     out
 }
 
-/// Observes for `--for`, then prints.
+/// How much longer than `--for` stats waits for the first dump of the addresses.
+const FIRST_DUMP_GRACE: Duration = Duration::from_secs(5);
+
+/// Observes for `--for` (and until the first dump of the addresses is applied, up to
+/// [`FIRST_DUMP_GRACE`] more), then prints.
 pub fn run(args: &Args) -> Result<(), Failure> {
     distinct(&args.ips)?;
     let controller = start(&args.netns, &args.ips, args.idle)?;
     std::thread::sleep(args.duration);
+    // Per-instance figures mean little before the first dump of the addresses (every
+    // one `active`/`resync_pending`, no flow): on a slow host, give it a little longer.
+    let keys: Vec<u64> = (0..args.ips.len() as u64).collect();
+    wait_flows_read(&controller, &keys, FIRST_DUMP_GRACE);
     let s = controller.stats();
     if args.prometheus {
         let inst = instances(&controller, args.ips.len())?;

@@ -208,3 +208,78 @@ fn json_output_matches_its_documentation() {
         seen.push(line);
     }
 }
+
+/// The metric names of the Go controller, from go/metrics.go.
+fn go_metric_names() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../go/metrics.go");
+    let go = std::fs::read_to_string(path).expect("read go/metrics.go");
+    let names: Vec<String> = go
+        .split('"')
+        .filter(|s| s.starts_with("hypeman_auto_standby_"))
+        .map(str::to_owned)
+        .collect();
+    assert!(names.len() >= 6, "metric names in go/metrics.go: {names:?}");
+    names
+}
+
+#[test]
+fn prometheus_output_uses_the_go_controllers_names() {
+    let pair = Pair::new();
+    pair.sysctl_b("net.netfilter.nf_conntrack_events", "1");
+    let _conns = connections(&pair);
+    let lines = lines_of_run(
+        &[
+            "stats",
+            "--prometheus",
+            "--for",
+            "1s",
+            "--ip",
+            &format!("{SERVER},{OTHER}"),
+        ],
+        &pair,
+    );
+    let go = go_metric_names();
+    let samples: Vec<(&str, u64)> = lines
+        .iter()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("{l}"));
+            (series, value.parse().unwrap_or_else(|_| panic!("{l}")))
+        })
+        .collect();
+    for l in lines.iter().filter(|l| l.starts_with("# TYPE ")) {
+        let name = l.split(' ').nth(2).expect(l);
+        assert!(
+            name.starts_with("autostandby_") || go.iter().any(|g| g == name),
+            "{name} is neither the library's nor one of go/metrics.go's"
+        );
+    }
+    let value = |series: &str| {
+        samples
+            .iter()
+            .find(|(s, _)| *s == series)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {series} in {lines:#?}"))
+    };
+    // SERVER has the connections, OTHER none.
+    assert_eq!(
+        value("hypeman_auto_standby_tracked_instances_total{phase=\"active\"}"),
+        1
+    );
+    assert_eq!(
+        value("hypeman_auto_standby_tracked_instances_total{phase=\"idle_countdown\"}"),
+        1
+    );
+    assert_eq!(
+        value("hypeman_auto_standby_active_connections_total"),
+        FLOWS as u64
+    );
+    assert_eq!(
+        value("autostandby_instances_by_status{status=\"active\"}"),
+        1
+    );
+    assert_eq!(value("autostandby_instances"), 2);
+    assert_eq!(value("autostandby_tracked_flows"), FLOWS as u64);
+    value("hypeman_auto_standby_conntrack_events_total{result=\"received\"}");
+    value("hypeman_auto_standby_conntrack_events_lost_total");
+}
