@@ -20,3 +20,7 @@ pub mod engine;
 pub mod ffi;
 pub mod flow;
 pub mod policy;
+
+/// The library's version (the crate version); the C ABI version is
+/// [`ffi::AUTOSTANDBY_ABI_VERSION`].
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -4,28 +4,52 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use autostandby::controller::Controller;
 use autostandby::engine::{RecommendQuery, Recommendation};
 
-use super::{FLOWS_READ_TIMEOUT, Failure, json_opt, json_str, wait_flows_read, write_out};
+use crate::common::{
+    Failure, Netns, distinct, json_opt, json_str, outln, parse_duration, parse_ip, start,
+    wait_flows_read,
+};
 
 /// The idle timeout the observed instances are registered with: the longest a policy
 /// allows, so that no standby countdown, confirmation dump or decision happens while the
 /// tool only watches.
-pub(super) const OBSERVE_IDLE_TIMEOUT_MS: u64 = 30 * 24 * 3_600_000;
+const OBSERVE_IDLE_TIMEOUT: Duration = Duration::from_millis(30 * 24 * 3_600_000);
 
-/// Parses a comma-separated list of durations (`30s,1m,90s`) into milliseconds.
-pub(super) fn parse_candidates(
-    text: &str,
-    parse_duration: impl Fn(&str) -> Result<Duration, String>,
-) -> Result<Vec<u64>, String> {
-    text.split(',')
-        .map(|s| parse_duration(s.trim()).map(|d| d.as_millis() as u64))
-        .collect()
+/// How long to wait for the first dump of the addresses, after which observing begins.
+const FLOWS_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Observe addresses for a while, then print what candidate idle timeouts would have
+/// done over their idle gaps.
+///
+/// For each candidate (default 30s, 1m, 2m, 5m, 10m, 15m, 30m, 1h): the standbys and
+/// wakes it would have caused and the share of time in standby; and the shortest with at
+/// most one wake per N minutes observed. --json prints one object per address
+/// (docs/cli-json.md).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Addresses to observe, comma-separated or repeated.
+    #[arg(long = "ip", value_name = "ADDR", value_delimiter = ',', value_parser = parse_ip, required = true)]
+    pub ips: Vec<IpAddr>,
+    /// How long to observe (ms, s, m, h; a bare number is seconds).
+    #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Candidate idle timeouts, comma-separated (the library's defaults when absent).
+    #[arg(long, value_name = "DURATION", value_delimiter = ',', value_parser = parse_duration)]
+    pub candidates: Vec<Duration>,
+    /// The rule's N: the recommendation wakes at most once per N minutes observed
+    /// (the library's default, 30, when absent).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub minutes_per_wake: Option<u32>,
+    #[command(flatten)]
+    pub netns: Netns,
+    /// One JSON object per address instead of the tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `1h30m`, `57m40s`, `30s`, `250ms`: the largest units that say `ms` exactly.
-pub(super) fn fmt_span(ms: u64) -> String {
+fn fmt_span(ms: u64) -> String {
     if ms == 0 {
         return "0s".into();
     }
@@ -53,19 +77,24 @@ pub(super) fn fmt_span(ms: u64) -> String {
     out
 }
 
-/// Observes the instances `0..ips.len()` of `controller` (registered for `ips`) for
-/// `duration`, then prints one table (or one JSON object) per address.
-pub(super) fn run(
-    controller: &Controller,
-    ips: &[IpAddr],
-    duration: Duration,
-    query: &RecommendQuery,
-    json: bool,
-) -> Result<(), Failure> {
+/// Observes the addresses for `--for`, then prints one table (or one JSON object) per
+/// address.
+pub fn run(args: &Args) -> Result<(), Failure> {
+    distinct(&args.ips)?;
+    let query = RecommendQuery {
+        candidates_ms: args
+            .candidates
+            .iter()
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .collect(),
+        minutes_per_wake: args.minutes_per_wake.unwrap_or(0),
+    };
+    let (ips, duration, json) = (&args.ips, args.duration, args.json);
+    let controller = start(&args.netns, ips, OBSERVE_IDLE_TIMEOUT)?;
     // Observation starts when the library has read the addresses' flows: the whole
     // `duration` is then observed.
     let keys: Vec<u64> = (0..ips.len() as u64).collect();
-    if !wait_flows_read(controller, &keys, FLOWS_READ_TIMEOUT) {
+    if !wait_flows_read(&controller, &keys, FLOWS_READ_TIMEOUT) {
         return Err(Failure::Message(format!(
             "the flows of the addresses were not read within {}s: the conntrack dump did not complete",
             FLOWS_READ_TIMEOUT.as_secs()
@@ -79,7 +108,7 @@ pub(super) fn run(
     std::thread::sleep(duration);
     for (key, ip) in ips.iter().enumerate() {
         let r = controller
-            .recommend(key as u64, query)
+            .recommend(key as u64, &query)
             .map_err(|e| format!("{ip}: {e}"))?;
         if json {
             outln!("{}", to_json(ip, &r))?;
@@ -91,7 +120,7 @@ pub(super) fn run(
 }
 
 /// One line of JSON for `ip`'s answer.
-pub(super) fn to_json(ip: &IpAddr, r: &Recommendation) -> String {
+fn to_json(ip: &IpAddr, r: &Recommendation) -> String {
     let rows: Vec<String> = r
         .outcomes
         .iter()

@@ -3,6 +3,7 @@
 //! of that address has been applied. In network namespaces this test creates and always
 //! removes. Needs root: fails loudly without it.
 
+#[path = "../../tests/conntrack_support/mod.rs"]
 mod conntrack_support;
 
 use std::io::{BufRead, BufReader};
