@@ -197,6 +197,7 @@ fn start(args: &Args) -> Result<Controller, String> {
             udp: true,
         },
         wake_on_traffic: false,
+        wake_source_cidrs: Vec::new(),
         min_uptime_ms: 0,
     };
     for (key, ip) in args.ips.iter().enumerate() {

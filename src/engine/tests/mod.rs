@@ -10,6 +10,7 @@ mod holds;
 mod model;
 mod resync;
 mod standby;
+mod wake_admission;
 
 use std::net::IpAddr;
 
