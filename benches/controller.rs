@@ -58,6 +58,8 @@ fn c_policy(idle_ms: u64) -> autostandby_policy {
         udp: false,
         wake_on_traffic: false,
         min_uptime_ms: 0,
+        wake_source_cidrs: ptr::null(),
+        wake_source_cidrs_len: 0,
     }
 }
 
@@ -105,6 +107,7 @@ fn spec(key: u64, idle_ms: u64) -> InstanceSpec {
             protocols: Protocols::default(),
             wake_on_traffic: false,
             min_uptime_ms: 0,
+            wake_source_cidrs: vec![],
         }),
         lifecycle: Lifecycle::Running,
         network_enabled: true,

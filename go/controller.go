@@ -95,7 +95,8 @@ func New(store InstanceStore, source ConnectionSource, opts ControllerOptions) (
 		return nil, errors.New("autostandby: nil InstanceStore")
 	}
 	opts = opts.withDefaults()
-	cfg := binding.Config{MaxConcurrentStandbys: uint32(opts.MaxConcurrentStandbys)}
+	cfg := binding.Config{MaxConcurrentStandbys: uint32(opts.MaxConcurrentStandbys),
+		MaxConcurrentRestores: uint32(opts.MaxConcurrentRestores)}
 	if opts.StandbyRetryBackoff {
 		cfg.StandbyRetry = binding.StandbyRetryBackoff
 	}
@@ -382,6 +383,7 @@ func instanceSpec(inst *Instance) (*binding.Instance, string, error) {
 			Enabled:           policy.enabled,
 			IdleTimeout:       policy.idleTimeout,
 			IgnoreSourceCIDRs: policy.ignoreSources,
+			WakeSourceCIDRs:   policy.wakeSources,
 			TCP:               policy.tcp,
 			UDP:               policy.udp,
 			WakeOnTraffic:     policy.wakeOnTraffic,
@@ -819,11 +821,14 @@ func (c *Controller) wake(ctx context.Context, t *tracked, d binding.Decision) {
 	restorer, ok := c.store.(InstanceRestorer)
 	if !ok {
 		log.Info("auto-standby inbound traffic for instance in standby; store cannot restore")
+		// Every Wake holds one of the library's restore slots until reported.
+		c.reportWake(t, binding.WakeDeclined)
 		return
 	}
 	if c.opts.DryRun {
 		c.metrics.wake(ctx, attemptDryRun)
 		log.Info("auto-standby dry run: would restore instance on inbound traffic")
+		c.reportWake(t, binding.WakeDeclined)
 		return
 	}
 	c.mu.Lock()
@@ -834,13 +839,15 @@ func (c *Controller) wake(ctx context.Context, t *tracked, d binding.Decision) {
 	c.wakes[t.id] = true
 	c.mu.Unlock()
 	c.standbyWG.Go(func() {
-		defer func() {
-			c.mu.Lock()
-			delete(c.wakes, t.id)
-			c.mu.Unlock()
-		}()
 		log.Info("auto-standby restoring instance on inbound traffic")
-		if err := restorer.RestoreInstance(ctx, t.id); err != nil {
+		err := restorer.RestoreInstance(ctx, t.id)
+		// Off the books before the report: once reported failed, the library may
+		// emit the next Wake for this instance at once, and it must not be dropped
+		// as a duplicate (it holds a restore slot).
+		c.mu.Lock()
+		delete(c.wakes, t.id)
+		c.mu.Unlock()
+		if err != nil {
 			c.metrics.wake(ctx, attemptError)
 			c.metrics.controllerError(ctx, opRestore)
 			log.Warn("auto-standby restore on inbound traffic failed", "error", err)
@@ -905,6 +912,9 @@ func (c *Controller) gaugeSnapshot() gaugeSnapshot {
 	if stats, err := c.eng.Stats(); err == nil {
 		s.flowEvents = int64(stats.FlowEvents)
 		s.eventsLost = int64(stats.EventsLost)
+		s.wakesSuppressed = stats.WakesSuppressed
+		s.restoresQueued = int64(stats.RestoresQueued)
+		s.restoresInFlight = int64(stats.RestoresInFlight)
 		if q := int64(stats.StandbyQueued); q > s.queued {
 			s.queued = q
 		}

@@ -15,6 +15,7 @@ func (c *Controller) Describe(inst Instance) StatusSnapshot {
 	snap, eligible := c.describeBase(&inst)
 	if !eligible {
 		c.describeRestoreFailure(&snap, &inst)
+		c.describeWakeRequests(&snap, &inst)
 		if c != nil && c.opts.UpstreamReasons {
 			snap.Reason = upstreamReason(snap.Reason)
 		}
@@ -64,6 +65,21 @@ func (c *Controller) describeRestoreFailure(snap *StatusSnapshot, inst *Instance
 		return
 	}
 	snap.Status, snap.Reason = StatusError, ReasonRestoreFailed
+}
+
+// describeWakeRequests lists the flows that asked for the restore of an instance in
+// Standby.
+func (c *Controller) describeWakeRequests(snap *StatusSnapshot, inst *Instance) {
+	if c == nil || inst.State != StateStandby || inst.AutoStandby == nil || !inst.AutoStandby.WakeOnTraffic {
+		return
+	}
+	t, ok := c.lookupID(inst.ID)
+	if !ok {
+		return
+	}
+	if flows, err := c.eng.Explain(t.key); err == nil && len(flows) > 0 {
+		snap.WakeRequestedBy = flowInfos(flows)
+	}
 }
 
 // describeBase fills what the instance alone decides (hypeman's order: platform,

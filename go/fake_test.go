@@ -168,7 +168,10 @@ type fakeStore struct {
 	restores  []string
 	// restoreErr, when set, is what RestoreInstance returns (after recording the call).
 	restoreErr error
-	events     chan InstanceEvent
+	// restoreBlock, when set, holds RestoreInstance (after recording the call) until it
+	// is closed.
+	restoreBlock chan struct{}
+	events       chan InstanceEvent
 }
 
 func newFakeStore(instances ...Instance) *fakeStore {
@@ -265,10 +268,17 @@ func (s *fakeStore) SubscribeInstanceEvents() (<-chan InstanceEvent, func(), err
 
 func (s *fakeStore) RestoreInstance(_ context.Context, id string) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.restores = append(s.restores, id)
-	return s.restoreErr
+	block, err := s.restoreBlock, s.restoreErr
+	s.mu.Unlock()
+	if block != nil {
+		<-block
+	}
+	return err
 }
+
+// errFakeRestore is a restore failure for tests.
+var errFakeRestore = errors.New("restore failed")
 
 func (s *fakeStore) restoreCount() int {
 	s.mu.Lock()

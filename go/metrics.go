@@ -3,11 +3,13 @@ package autostandby
 import (
 	"context"
 
+	"github.com/libautostandby/libautostandby/go/internal/binding"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 )
 
-// Metric names: hypeman's, plus wake attempts and lost-event counts.
+// Metric names: hypeman's, plus wake attempts, suppressed wakes, the restore queue and
+// lost-event counts.
 const (
 	metricConntrackEvents     = "hypeman_auto_standby_conntrack_events_total"
 	metricStartupResync       = "hypeman_auto_standby_startup_resync_duration_seconds"
@@ -19,6 +21,9 @@ const (
 	metricStandbyQueued       = "hypeman_auto_standby_standby_queued"
 	metricWakeAttempts        = "hypeman_auto_standby_wake_attempts_total"
 	metricConntrackEventsLost = "hypeman_auto_standby_conntrack_events_lost_total"
+	metricWakesSuppressed     = "hypeman_auto_standby_wakes_suppressed_total"
+	metricRestoreQueued       = "hypeman_auto_standby_restore_queued"
+	metricRestoreInFlight     = "hypeman_auto_standby_restore_in_flight"
 )
 
 // Values of the operation label of controller_errors_total used here.
@@ -66,6 +71,11 @@ type gaugeSnapshot struct {
 	queued            int64
 	flowEvents        int64
 	eventsLost        int64
+	// wakesSuppressed: new flows to instances in Standby that did not ask for a
+	// restore, by reason.
+	wakesSuppressed  map[string]uint64
+	restoresQueued   int64
+	restoresInFlight int64
 }
 
 // newMetrics creates every instrument on meter. As in hypeman, a failure to create
@@ -123,6 +133,21 @@ func newMetrics(meter metric.Meter, snapshot func() gaugeSnapshot) (*metrics, er
 	if err != nil {
 		return nil, err
 	}
+	suppressed, err := meter.Int64ObservableCounter(metricWakesSuppressed,
+		metric.WithDescription("New connections to standby instances that did not restore them, by reason"))
+	if err != nil {
+		return nil, err
+	}
+	restoreQueued, err := meter.Int64ObservableGauge(metricRestoreQueued,
+		metric.WithDescription("Restores on inbound traffic waiting for a slot (max_concurrent_restores)"))
+	if err != nil {
+		return nil, err
+	}
+	restoreInFlight, err := meter.Int64ObservableGauge(metricRestoreInFlight,
+		metric.WithDescription("Restores on inbound traffic asked for and not yet finished"))
+	if err != nil {
+		return nil, err
+	}
 	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		s := snapshot()
 		for _, phase := range []string{"active", "idle_countdown", "ready_for_standby", "ineligible"} {
@@ -133,8 +158,14 @@ func newMetrics(meter metric.Meter, snapshot func() gaugeSnapshot) (*metrics, er
 		o.ObserveInt64(queued, s.queued)
 		o.ObserveInt64(events, s.flowEvents, metric.WithAttributes(attribute.String("result", "received")))
 		o.ObserveInt64(lost, s.eventsLost)
+		for _, reason := range binding.WakeSuppressedReasons {
+			o.ObserveInt64(suppressed, int64(s.wakesSuppressed[reason]),
+				metric.WithAttributes(attribute.String("reason", reason)))
+		}
+		o.ObserveInt64(restoreQueued, s.restoresQueued)
+		o.ObserveInt64(restoreInFlight, s.restoresInFlight)
 		return nil
-	}, tracked, active, inFlight, queued, events, lost)
+	}, tracked, active, inFlight, queued, events, lost, suppressed, restoreQueued, restoreInFlight)
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 // Defaults of ControllerOptions (hypeman's where it has one).
 const (
 	DefaultMaxConcurrentStandbys = 16
+	DefaultMaxConcurrentRestores = 8
 	DefaultSnapshotSyncInterval  = 5 * time.Minute
 	DefaultRetryDelay            = 2 * time.Second
 	DefaultReconnectDelay        = 2 * time.Second
@@ -45,6 +46,10 @@ type ControllerOptions struct {
 	ReconcileDelay time.Duration
 	// MaxConcurrentStandbys bounds StandbyInstance calls in flight (default 16).
 	MaxConcurrentStandbys int
+	// MaxConcurrentRestores bounds RestoreInstance calls on inbound traffic in flight
+	// (default 8): more instances asked for wait, in the order of their first
+	// connection, and are restored as earlier restores end.
+	MaxConcurrentRestores int
 	// SnapshotSyncInterval is how often the instance list is re-read and reconciled
 	// with the library (default 5m).
 	SnapshotSyncInterval time.Duration
@@ -75,6 +80,9 @@ func (o ControllerOptions) withDefaults() ControllerOptions {
 	}
 	if o.MaxConcurrentStandbys <= 0 {
 		o.MaxConcurrentStandbys = DefaultMaxConcurrentStandbys
+	}
+	if o.MaxConcurrentRestores <= 0 {
+		o.MaxConcurrentRestores = DefaultMaxConcurrentRestores
 	}
 	if o.SnapshotSyncInterval <= 0 {
 		o.SnapshotSyncInterval = DefaultSnapshotSyncInterval

@@ -35,6 +35,10 @@ type Policy struct {
 	// WakeOnTraffic asks for a Wake (RestoreInstance) on the first qualifying inbound
 	// flow while the instance is in Standby.
 	WakeOnTraffic bool `json:"wake_on_traffic,omitempty"`
+	// WakeSourceCIDRs are the client prefixes allowed to wake the instance; empty
+	// allows any client. A flow must also count under the rest of the policy (its
+	// protocol, port and source) to wake it.
+	WakeSourceCIDRs []string `json:"wake_source_cidrs,omitempty"`
 	// MinUptime is a Go duration: no standby sooner than this after a start or restore.
 	MinUptime string `json:"min_uptime,omitempty"`
 }
@@ -50,6 +54,7 @@ func (p *Policy) Clone() *Policy {
 	out.IgnoreSourceCIDRs = slices.Clone(p.IgnoreSourceCIDRs)
 	out.IgnoreDestinationPorts = slices.Clone(p.IgnoreDestinationPorts)
 	out.Protocols = slices.Clone(p.Protocols)
+	out.WakeSourceCIDRs = slices.Clone(p.WakeSourceCIDRs)
 	return &out
 }
 
@@ -98,12 +103,18 @@ func NormalizePolicy(p *Policy) (*Policy, error) {
 		out.IdleTimeout = d.String()
 	}
 
-	prefixes, err := normalizeCIDRs(p.IgnoreSourceCIDRs)
+	prefixes, err := normalizeCIDRs("ignore_source_cidrs", p.IgnoreSourceCIDRs)
 	if err != nil {
 		return nil, err
 	}
 	for _, prefix := range prefixes {
 		out.IgnoreSourceCIDRs = append(out.IgnoreSourceCIDRs, prefix.String())
+	}
+	if prefixes, err = normalizeCIDRs("wake_source_cidrs", p.WakeSourceCIDRs); err != nil {
+		return nil, err
+	}
+	for _, prefix := range prefixes {
+		out.WakeSourceCIDRs = append(out.WakeSourceCIDRs, prefix.String())
 	}
 
 	for _, port := range p.IgnoreDestinationPorts {
@@ -156,7 +167,7 @@ func ValidateDestinationPorts(ports []int) error {
 // normalizeCIDRs parses, masks, de-duplicates and sorts prefixes. Empty entries are
 // skipped, as in hypeman. An IPv4-mapped IPv6 prefix becomes the IPv4 prefix it names,
 // because flows are matched on unmapped addresses.
-func normalizeCIDRs(cidrs []string) ([]netip.Prefix, error) {
+func normalizeCIDRs(field string, cidrs []string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, raw := range cidrs {
 		text := strings.TrimSpace(raw)
@@ -165,7 +176,7 @@ func normalizeCIDRs(cidrs []string) ([]netip.Prefix, error) {
 		}
 		prefix, err := netip.ParsePrefix(text)
 		if err != nil {
-			return nil, policyErr("ignore_source_cidrs", "contains invalid CIDR %q: %v", text, err)
+			return nil, policyErr(field, "contains invalid CIDR %q: %v", text, err)
 		}
 		if addr := prefix.Addr(); addr.Is4In6() && prefix.Bits() >= 96 {
 			prefix = netip.PrefixFrom(addr.Unmap(), prefix.Bits()-96)
@@ -186,6 +197,7 @@ type compiledPolicy struct {
 	enabled       bool
 	idleTimeout   time.Duration
 	ignoreSources []netip.Prefix
+	wakeSources   []netip.Prefix
 	ignorePorts   []uint16
 	tcp, udp      bool
 	wakeOnTraffic bool
@@ -219,6 +231,13 @@ func compilePolicy(p *Policy) (*compiledPolicy, error) {
 			return nil, fmt.Errorf("parse normalized auto-standby source CIDR %q: %w", text, err)
 		}
 		c.ignoreSources = append(c.ignoreSources, prefix)
+	}
+	for _, text := range norm.WakeSourceCIDRs {
+		prefix, err := netip.ParsePrefix(text)
+		if err != nil {
+			return nil, fmt.Errorf("parse normalized auto-standby wake source CIDR %q: %w", text, err)
+		}
+		c.wakeSources = append(c.wakeSources, prefix)
 	}
 	if len(norm.Protocols) == 0 {
 		c.tcp = true

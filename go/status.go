@@ -132,6 +132,10 @@ type StatusSnapshot struct {
 	TrackingMode string `json:"tracking_mode"`
 	// KeptAwakeBy lists the flows that keep the instance active (empty otherwise).
 	KeptAwakeBy []FlowInfo `json:"kept_awake_by,omitempty"`
+	// WakeRequestedBy lists, for an instance in Standby, the connections still tracked
+	// that asked for its restore (counted under its policy, from a client allowed by
+	// wake_source_cidrs).
+	WakeRequestedBy []FlowInfo `json:"wake_requested_by,omitempty"`
 }
 
 // MarshalJSON renders CountdownRemaining as a Go duration string ("4m0s"), as hypeman's

@@ -241,6 +241,11 @@ typedef struct autostandby_log_record autostandby_log_record;
 // Standby.
 #define AUTOSTANDBY_WAKE_FAILED 1
 
+// `autostandby_report_wake` outcome: the host will not restore the instance (a dry
+// run, or it cannot restore): the restore slot is freed and no other WAKE comes for it
+// until it leaves Standby.
+#define AUTOSTANDBY_WAKE_DECLINED 2
+
 // `autostandby_flow_event.kind`: a new flow.
 #define AUTOSTANDBY_FLOW_NEW 0
 
@@ -307,6 +312,10 @@ struct autostandby_config {
   // half the idle timeout); 0 for the mode's default: 2,000 ms in kernel mode, the
   // deadline itself in manual mode.
   uint64_t confirm_lead_ms;
+  // WAKE decisions outstanding at once (each until `autostandby_report_wake` or an
+  // update out of Standby); more wait in a queue in the order of the flows that
+  // asked; 0 for 8. Added in the third layout: callers with a shorter struct get 8.
+  uint32_t max_concurrent_restores;
 };
 
 // Details of a failed call, filled when the caller passes a non-NULL pointer.
@@ -361,6 +370,13 @@ struct autostandby_policy {
   bool wake_on_traffic;
   // No standby before this long after start or restore.
   uint64_t min_uptime_ms;
+  // Client prefixes allowed to wake the instance from Standby; none (length 0)
+  // allows any client. A flow must also count under the rest of the policy. May be
+  // NULL when the length is 0. Added after the first release: a caller whose
+  // `struct_size` ends at `min_uptime_ms` gets none.
+  const struct autostandby_cidr *wake_source_cidrs;
+  // Entries of `wake_source_cidrs`.
+  size_t wake_source_cidrs_len;
 };
 
 // The persisted idle countdown.
@@ -597,6 +613,25 @@ struct autostandby_stats {
   // Restores the host reported failed with `autostandby_report_wake`. Added in the
   // third layout: written only when `struct_size` covers it.
   uint64_t wake_failures;
+  // New flows to an instance in Standby with wake-on-traffic that did not ask for a
+  // restore because the policy does not count their protocol. This and the fields
+  // below were added in the fourth layout: written only when `struct_size` covers
+  // them.
+  uint64_t wakes_suppressed_not_counted_protocol;
+  // ... because their guest port is in `ignore_destination_ports`.
+  uint64_t wakes_suppressed_not_counted_port;
+  // ... because their client is in `ignore_source_cidrs`.
+  uint64_t wakes_suppressed_ignored_source;
+  // ... because their client is outside a non-empty `wake_source_cidrs`.
+  uint64_t wakes_suppressed_source_not_allowed;
+  // ... because the last restore failed and its backoff is not over.
+  uint64_t wakes_suppressed_restore_backoff;
+  // WAKE decisions emitted and not yet reported (nor ended by an update out of
+  // Standby).
+  uint64_t restores_in_flight;
+  // Instances whose WAKE waits for one of the `max_concurrent_restores` slots: the
+  // restore queue's length.
+  uint64_t restores_queued;
 };
 
 // One captured log record.
@@ -802,7 +837,12 @@ uint32_t autostandby_decline_standby(struct autostandby_controller *c,
                                      struct autostandby_error *err);
 
 // The host's report on the restore it attempted for an `AUTOSTANDBY_DECISION_WAKE`:
-// `outcome` is `AUTOSTANDBY_WAKE_RESTORED` or `AUTOSTANDBY_WAKE_FAILED`.
+// `outcome` is `AUTOSTANDBY_WAKE_RESTORED`, `AUTOSTANDBY_WAKE_FAILED` or
+// `AUTOSTANDBY_WAKE_DECLINED`.
+//
+// Each WAKE holds one of the `max_concurrent_restores` slots until this report or an
+// update of the instance out of Standby (or its unregistration); WAKEs beyond them
+// wait, in the order of the flows that asked. Report every WAKE taken.
 //
 // After a failure, while the instance is still in Standby, its status is `error` with
 // reason `restore_failed`, and the next qualifying new flow after a backoff (1 s,

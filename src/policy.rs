@@ -53,6 +53,9 @@ pub struct Policy {
     pub protocols: Protocols,
     /// Emit a `Wake` decision on the first qualifying flow while in Standby.
     pub wake_on_traffic: bool,
+    /// Client prefixes allowed to wake the instance from Standby; empty allows any
+    /// client. A flow must also count under the rest of the policy to wake it.
+    pub wake_source_cidrs: Vec<Cidr>,
     /// No standby before this long after start or restore, in milliseconds.
     pub min_uptime_ms: u64,
 }
@@ -96,6 +99,20 @@ pub enum PolicyError {
     /// `protocols` selects no protocol at all.
     #[error("protocols must enable at least one of tcp and udp")]
     NoProtocol,
+    /// A `wake_source_cidrs` entry has a prefix length too long for its family.
+    #[error("wake_source_cidrs contains invalid CIDR {addr}/{prefix_len}")]
+    InvalidWakeCidr {
+        /// The rejected address.
+        addr: IpAddr,
+        /// The rejected prefix length.
+        prefix_len: u8,
+    },
+    /// A `wake_source_cidrs` entry could not be parsed from text.
+    #[error("wake_source_cidrs contains invalid CIDR {text:?}")]
+    UnparsableWakeCidr {
+        /// The rejected text.
+        text: String,
+    },
 }
 
 impl PolicyError {
@@ -108,6 +125,17 @@ impl PolicyError {
             Self::InvalidCidr { .. } | Self::UnparsableCidr { .. } => "ignore_source_cidrs",
             Self::PortOutOfRange { .. } => "ignore_destination_ports",
             Self::NoProtocol => "protocols",
+            Self::InvalidWakeCidr { .. } | Self::UnparsableWakeCidr { .. } => "wake_source_cidrs",
+        }
+    }
+
+    /// The same error about a `wake_source_cidrs` entry (CIDR errors are built as
+    /// `ignore_source_cidrs` ones by [`Cidr::new`] and [`Cidr::parse`]).
+    pub fn for_wake_cidrs(self) -> Self {
+        match self {
+            Self::InvalidCidr { addr, prefix_len } => Self::InvalidWakeCidr { addr, prefix_len },
+            Self::UnparsableCidr { text } => Self::UnparsableWakeCidr { text },
+            other => other,
         }
     }
 }
@@ -226,6 +254,7 @@ impl Default for Policy {
             ignore_destination_ports: Vec::new(),
             protocols: Protocols::default(),
             wake_on_traffic: false,
+            wake_source_cidrs: Vec::new(),
             min_uptime_ms: 0,
         }
     }
@@ -254,6 +283,13 @@ impl Policy {
         cidrs.sort_by_key(Cidr::sort_key);
         cidrs.dedup();
         p.ignore_source_cidrs = cidrs;
+        let mut wake = Vec::with_capacity(p.wake_source_cidrs.len());
+        for c in &p.wake_source_cidrs {
+            wake.push(Cidr::new(c.addr, c.prefix_len).map_err(PolicyError::for_wake_cidrs)?);
+        }
+        wake.sort_by_key(Cidr::sort_key);
+        wake.dedup();
+        p.wake_source_cidrs = wake;
         if p.ignore_destination_ports.contains(&0) {
             return Err(PolicyError::PortOutOfRange { value: 0 });
         }
@@ -284,6 +320,21 @@ impl Policy {
             .filter(|t| !t.trim().is_empty())
             .map(Cidr::parse)
             .collect()
+    }
+
+    /// Builds `wake_source_cidrs` from text entries; blank entries are skipped.
+    pub fn parse_wake_cidrs<'a, I>(texts: I) -> Result<Vec<Cidr>, PolicyError>
+    where
+        I: IntoIterator<Item = &'a str>,
+    {
+        Self::parse_cidrs(texts).map_err(PolicyError::for_wake_cidrs)
+    }
+
+    /// True when a client at `addr` may wake the instance ([`Policy::wake_source_cidrs`]
+    /// is empty or has a prefix holding it).
+    #[inline]
+    pub fn allows_wake_from(&self, addr: IpAddr) -> bool {
+        self.wake_source_cidrs.is_empty() || self.wake_source_cidrs.iter().any(|c| c.contains(addr))
     }
 
     /// True when `port` (the guest's port) is ignored. Ports must be normalised.

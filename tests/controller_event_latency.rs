@@ -207,6 +207,8 @@ fn conntrack_event_to_decision_latency_under_load() {
     let mut cfg = ControllerConfig::kernel();
     cfg.netns = Some(pair.b_path());
     cfg.resync_interval_ms = 600_000;
+    // Every probe's instance is woken and none restored: no restore may wait for a slot.
+    cfg.max_concurrent_restores = PROBES;
     let ctl = Controller::new(cfg).expect("kernel controller");
     ctl.register(0, running_instance(ip(SERVER), 600_000))
         .unwrap();

@@ -199,6 +199,7 @@ fn lost_events_are_answered_with_a_resync() {
             },
             wake_on_traffic: false,
             min_uptime_ms: 0,
+            wake_source_cidrs: vec![],
         }),
         lifecycle: Lifecycle::Running,
         network_enabled: true,

@@ -195,3 +195,40 @@ fn defaults_are_tcp_only_and_disabled() {
     assert!(!p.enabled && p.protocols.tcp && !p.protocols.udp && !p.wake_on_traffic);
     assert_eq!(p.min_uptime_ms, 0);
 }
+
+#[test]
+fn wake_sources_are_normalised_and_their_errors_name_their_field() {
+    let mut p = enabled(300_000);
+    p.wake_source_cidrs =
+        Policy::parse_wake_cidrs(["203.0.113.9/24", "", "10.0.0.0/8", "10.1.2.3/8"]).unwrap();
+    let p = p.normalized().unwrap();
+    assert_eq!(
+        p.wake_source_cidrs,
+        vec![
+            Cidr::new(ip("10.0.0.0"), 8).unwrap(),
+            Cidr::new(ip("203.0.113.0"), 24).unwrap()
+        ]
+    );
+    assert!(p.allows_wake_from(ip("10.200.0.1")));
+    assert!(!p.allows_wake_from(ip("198.51.100.1")));
+    assert!(enabled(1).allows_wake_from(ip("198.51.100.1")));
+
+    let e = Policy::parse_wake_cidrs(["10.0.0.0"]).unwrap_err();
+    assert_eq!(e.field(), "wake_source_cidrs");
+    assert_eq!(
+        e.to_string(),
+        "wake_source_cidrs contains invalid CIDR \"10.0.0.0\""
+    );
+    let mut p = enabled(1);
+    p.wake_source_cidrs = vec![Cidr {
+        addr: ip("10.0.0.0"),
+        prefix_len: 40,
+    }];
+    assert_eq!(
+        p.normalized(),
+        Err(PolicyError::InvalidWakeCidr {
+            addr: ip("10.0.0.0"),
+            prefix_len: 40
+        })
+    );
+}

@@ -122,6 +122,7 @@ pub fn start(netns: &Netns, ips: &[IpAddr], idle: Duration) -> Result<Controller
             udp: true,
         },
         wake_on_traffic: false,
+        wake_source_cidrs: Vec::new(),
         min_uptime_ms: 0,
     };
     for (key, ip) in ips.iter().enumerate() {

@@ -46,6 +46,8 @@ use queue::DecisionQueue;
 pub const DEFAULT_RCVBUF_BYTES: usize = 16 << 20;
 /// Default number of standbys outstanding at once.
 pub const DEFAULT_MAX_CONCURRENT_STANDBYS: u32 = 16;
+/// Default number of restores (`Wake` decisions) outstanding at once.
+pub use crate::engine::DEFAULT_MAX_CONCURRENT_RESTORES;
 /// Kernel mode: how long an instance whose live TCP entry conntrack destroyed waits for
 /// a packet to re-create it before a scoped resync decides (see
 /// [`EngineConfig::suspect_end_grace_ms`]).
@@ -86,6 +88,8 @@ pub struct ControllerConfig {
     pub rcvbuf_bytes: usize,
     /// Standby decisions outstanding at once.
     pub max_concurrent_standbys: u32,
+    /// `Wake` decisions outstanding at once (see [`EngineConfig::max_concurrent_restores`]).
+    pub max_concurrent_restores: u32,
     /// Period of the reconcile dump.
     pub resync_interval_ms: u64,
     /// Handling of the events sysctl.
@@ -125,6 +129,7 @@ impl ControllerConfig {
             netns: None,
             rcvbuf_bytes: DEFAULT_RCVBUF_BYTES,
             max_concurrent_standbys: DEFAULT_MAX_CONCURRENT_STANDBYS,
+            max_concurrent_restores: DEFAULT_MAX_CONCURRENT_RESTORES,
             resync_interval_ms: DEFAULT_RESYNC_INTERVAL_MS,
             events_sysctl: EventsSysctlMode::ReportOnly,
             log_level: Level::INFO,
@@ -291,6 +296,11 @@ impl Controller {
                 "max_concurrent_standbys must be positive".into(),
             ));
         }
+        if config.max_concurrent_restores == 0 {
+            return Err(ControllerError::InvalidArgument(
+                "max_concurrent_restores must be positive".into(),
+            ));
+        }
         if config.resync_interval_ms == 0 {
             return Err(ControllerError::InvalidArgument(
                 "resync_interval_ms must be positive".into(),
@@ -298,6 +308,7 @@ impl Controller {
         }
         let engine_config = EngineConfig {
             max_concurrent_standbys: config.max_concurrent_standbys,
+            max_concurrent_restores: config.max_concurrent_restores,
             confirm_before_standby: config.confirm_before_standby,
             confirm_lead_ms: config.confirm_lead_ms,
             standby_retry: config.standby_retry,

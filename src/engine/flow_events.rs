@@ -5,7 +5,7 @@ use super::flows::{
     FlowRec, FlowTable, Found, NIL, Probe, STATE_UNKNOWN, ShapeKey, Vacant, addr_bits, bits_addr,
 };
 use super::instance::{Inst, Q_COUNT_TCP, Q_COUNT_UDP, Q_FILTERS, Q_MAY_WAKE};
-use super::{Decision, Engine, UnixMillis};
+use super::{Engine, UnixMillis};
 use crate::flow::{EventKind, Flow, TcpState, Tuple, proto};
 
 /// A flow event with its addresses converted, identity hashed and instance found.
@@ -208,12 +208,19 @@ impl Engine {
             rec.state = st.0;
         }
         if !rec.counted() {
+            if source == Source::Event(EventKind::New)
+                && self.inst(prepared.slot).quick & Q_MAY_WAKE != 0
+            {
+                let rec = *self.flows.rec(found.rec);
+                let shape = *self.flows.shape(rec.shape);
+                self.wake_not_counted(prepared.slot, &rec, &shape);
+            }
             return;
         }
         if let Source::Event(kind) = source {
             self.activity(prepared.slot, now, false);
-            if kind == EventKind::New {
-                self.maybe_wake(prepared.slot, flow);
+            if kind == EventKind::New && self.maybe_wake(prepared.slot, flow) {
+                self.flows.rec_mut(found.rec).set_asked_wake();
             }
         }
         if !tcp {
@@ -299,6 +306,13 @@ impl Engine {
         };
         let counted = Self::counts(self.inst(slot), &rec, &shape_key);
         rec.set_counted(counted);
+        if source == Source::Event(EventKind::New) && self.inst(slot).quick & Q_MAY_WAKE != 0 {
+            if !counted {
+                self.wake_not_counted(slot, &rec, &shape_key);
+            } else if self.wake(slot, flow) {
+                rec.set_asked_wake();
+            }
+        }
         self.flows
             .insert_shaped(rec, &shape_key, prepared.hash, Some(vacant));
         if counted {
@@ -309,9 +323,6 @@ impl Engine {
                 self.history_busy(slot, now);
             }
             self.activity(slot, now, became);
-            if source == Source::Event(EventKind::New) {
-                self.maybe_wake(slot, flow);
-            }
             if !tcp {
                 self.note_expiry(slot, flow, now);
             }
@@ -463,37 +474,15 @@ impl Engine {
         }
     }
 
+    /// A counted flow's NEW event: asks for a restore when the instance is in Standby
+    /// with wake-on-traffic (see [`Engine::wake`]); returns whether the flow asked.
     #[inline]
-    pub(super) fn maybe_wake(&mut self, slot: u32, flow: &Flow) {
+    pub(super) fn maybe_wake(&mut self, slot: u32, flow: &Flow) -> bool {
         // Q_MAY_WAKE: in Standby with wake-on-traffic enabled.
-        let inst = self.inst(slot);
-        if inst.quick & Q_MAY_WAKE == 0 || inst.wake_sent {
-            return;
+        if self.inst(slot).quick & Q_MAY_WAKE == 0 {
+            return false;
         }
-        self.wake(slot, flow);
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn wake(&mut self, slot: u32, flow: &Flow) {
-        // After a failed restore, new traffic retries it only once the backoff is over,
-        // so a host whose restores keep failing is not asked again on every connection.
-        if self.inst(slot).wake_retry_at > self.last_now {
-            return;
-        }
-        let key = self.inst(slot).key;
-        self.inst_mut(slot).wake_sent = true;
-        self.stats.wake_decisions += 1;
-        self.decisions.push(Decision::Wake {
-            key,
-            protocol: flow.protocol,
-            flow: Tuple::new(
-                flow.orig.src,
-                flow.orig.src_port,
-                flow.orig.dst,
-                flow.orig.dst_port,
-            ),
-        });
+        self.wake(slot, flow)
     }
 }
 

@@ -31,6 +31,9 @@ const F_ODST_V4: u8 = 4;
 /// Record flag: a spare. The flow was removed by an event, but the record stays on its
 /// instance's list for the instance's next new flow (see [`FlowTable::remove_found`]).
 const F_SPARE: u8 = 8;
+/// Record flag: the flow's NEW event asked for the restore of its instance in Standby
+/// (shown by explanations of a Standby instance).
+const F_ASKED_WAKE: u8 = 16;
 /// The upper 96 bits of an IPv4-mapped [`addr_bits`] value.
 const V4_MAPPED_HIGH: u128 = 0xffff;
 
@@ -101,6 +104,18 @@ impl FlowRec {
     #[inline]
     pub(crate) fn is_spare(&self) -> bool {
         self.flags & F_SPARE != 0
+    }
+
+    /// The flow asked for its instance's restore (see [`FlowRec::set_asked_wake`]).
+    #[inline]
+    pub(crate) fn asked_wake(&self) -> bool {
+        self.flags & F_ASKED_WAKE != 0
+    }
+
+    /// Marks the flow as one that asked for its instance's restore.
+    #[inline]
+    pub(crate) fn set_asked_wake(&mut self) {
+        self.flags |= F_ASKED_WAKE;
     }
 
     /// Counted in its instance's live qualifying total.

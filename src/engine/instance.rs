@@ -30,6 +30,23 @@ impl Phase {
     }
 }
 
+/// Where an instance in Standby is in being restored on traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WakePhase {
+    /// No flow has asked for a restore in this Standby period (or the last restore
+    /// failed): the next admitted flow does.
+    None,
+    /// A flow asked; waiting for one of the `max_concurrent_restores` slots (FIFO, in
+    /// the order of the flows that asked).
+    Queued,
+    /// `Wake` emitted: holds a restore slot until the host reports the restore or the
+    /// instance leaves Standby.
+    Restoring,
+    /// The host reported the restore done, or that it will not restore: no other `Wake`
+    /// until the instance leaves Standby.
+    Done,
+}
+
 /// [`Inst::quick`]: TCP flows count under the policy (before port and source filters).
 pub(crate) const Q_COUNT_TCP: u8 = 1;
 /// [`Inst::quick`]: UDP flows count under the policy (before port and source filters).
@@ -104,9 +121,11 @@ pub(crate) struct InstCold {
     /// `EngineStats::suspect_ends`): until then no standby, and at that time a resync
     /// scoped to the instance is asked for.
     pub suspect_until: Option<UnixMillis>,
-    /// A `Wake` was emitted for the current Standby period (read only when
-    /// [`Q_MAY_WAKE`] is set).
-    pub wake_sent: bool,
+    /// Where the current Standby period's restore is (read only when [`Q_MAY_WAKE`] is
+    /// set, or to release what it holds).
+    pub wake: WakePhase,
+    /// Ticket of the current restore queue entry (older entries are stale).
+    pub wake_ticket: u64,
     /// Consecutive restores the host reported failed in the current Standby period; while
     /// non-zero the status is `error` / `restore_failed`.
     pub wake_failures: u32,
@@ -165,7 +184,8 @@ impl Inst {
                 resync_requested: false,
                 confirm_failed: false,
                 suspect_until: None,
-                wake_sent: false,
+                wake: WakePhase::None,
+                wake_ticket: 0,
                 wake_failures: 0,
                 wake_retry_at: 0,
                 udp_check_at: None,

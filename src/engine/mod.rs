@@ -60,6 +60,7 @@ mod registry;
 mod resync;
 mod standby;
 mod status;
+mod wake;
 
 #[cfg(test)]
 mod tests;
@@ -223,7 +224,97 @@ pub enum WakeOutcome {
     /// flow after [`WAKE_RETRY_INITIAL_MS`] (doubled per consecutive failure, capped at
     /// [`WAKE_RETRY_MAX_MS`]) emits `Wake` again.
     Failed = 1,
+    /// The host will not restore the instance (a dry run, or it cannot restore): the
+    /// restore slot is freed and no other `Wake` comes until the instance leaves Standby.
+    Declined = 2,
 }
+
+/// Why a NEW flow to an instance in Standby with wake-on-traffic did not ask for a
+/// restore (see [`EngineStats::wakes_suppressed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum WakeSuppressed {
+    /// `not_counted_protocol`: the policy does not count the flow's protocol.
+    NotCountedProtocol = 0,
+    /// `not_counted_port`: the guest port is in `ignore_destination_ports`.
+    NotCountedPort = 1,
+    /// `ignored_source`: the client is in `ignore_source_cidrs`.
+    IgnoredSource = 2,
+    /// `source_not_allowed`: the client is outside a non-empty `wake_source_cidrs`.
+    SourceNotAllowed = 3,
+    /// `restore_backoff`: the last restore failed and its backoff is not over.
+    RestoreBackoff = 4,
+}
+
+impl WakeSuppressed {
+    /// Every reason, in the order of their numbers.
+    pub const ALL: [Self; 5] = [
+        Self::NotCountedProtocol,
+        Self::NotCountedPort,
+        Self::IgnoredSource,
+        Self::SourceNotAllowed,
+        Self::RestoreBackoff,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotCountedProtocol => "not_counted_protocol",
+            Self::NotCountedPort => "not_counted_port",
+            Self::IgnoredSource => "ignored_source",
+            Self::SourceNotAllowed => "source_not_allowed",
+            Self::RestoreBackoff => "restore_backoff",
+        }
+    }
+}
+
+/// NEW flows that did not ask for a restore of an instance in Standby, by reason (see
+/// [`WakeSuppressed`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WakesSuppressed {
+    /// [`WakeSuppressed::NotCountedProtocol`].
+    pub not_counted_protocol: u64,
+    /// [`WakeSuppressed::NotCountedPort`].
+    pub not_counted_port: u64,
+    /// [`WakeSuppressed::IgnoredSource`].
+    pub ignored_source: u64,
+    /// [`WakeSuppressed::SourceNotAllowed`].
+    pub source_not_allowed: u64,
+    /// [`WakeSuppressed::RestoreBackoff`].
+    pub restore_backoff: u64,
+}
+
+impl WakesSuppressed {
+    /// The count for `reason`.
+    pub fn get(&self, reason: WakeSuppressed) -> u64 {
+        match reason {
+            WakeSuppressed::NotCountedProtocol => self.not_counted_protocol,
+            WakeSuppressed::NotCountedPort => self.not_counted_port,
+            WakeSuppressed::IgnoredSource => self.ignored_source,
+            WakeSuppressed::SourceNotAllowed => self.source_not_allowed,
+            WakeSuppressed::RestoreBackoff => self.restore_backoff,
+        }
+    }
+
+    /// All reasons together.
+    pub fn total(&self) -> u64 {
+        WakeSuppressed::ALL.iter().map(|&r| self.get(r)).sum()
+    }
+
+    fn bump(&mut self, reason: WakeSuppressed) {
+        let c = match reason {
+            WakeSuppressed::NotCountedProtocol => &mut self.not_counted_protocol,
+            WakeSuppressed::NotCountedPort => &mut self.not_counted_port,
+            WakeSuppressed::IgnoredSource => &mut self.ignored_source,
+            WakeSuppressed::SourceNotAllowed => &mut self.source_not_allowed,
+            WakeSuppressed::RestoreBackoff => &mut self.restore_backoff,
+        };
+        *c += 1;
+    }
+}
+
+/// Default of [`EngineConfig::max_concurrent_restores`].
+pub const DEFAULT_MAX_CONCURRENT_RESTORES: u32 = 8;
 
 /// First delay before a failed restore may be retried on new traffic.
 pub const WAKE_RETRY_INITIAL_MS: u64 = 1_000;
@@ -440,6 +531,15 @@ pub struct EngineStats {
     pub suspect_ends: u64,
     /// Restores the host reported failed (see [`Engine::report_wake`]).
     pub wake_failures: u64,
+    /// NEW flows to an instance in Standby with wake-on-traffic that did not ask for a
+    /// restore, by reason.
+    pub wakes_suppressed: WakesSuppressed,
+    /// `Wake` decisions emitted and not yet settled: neither reported with
+    /// [`Engine::report_wake`] nor ended by the instance leaving Standby.
+    pub restores_in_flight: u64,
+    /// Instances whose restore waits for one of the
+    /// [`EngineConfig::max_concurrent_restores`] slots (the restore queue's length).
+    pub restores_queued: u64,
     /// Lookups ([`ObserverRequest::Lookup`]) finished, each answering the expiry checks
     /// of one or more instances without a dump.
     pub lookups: u64,
@@ -469,6 +569,10 @@ pub enum StandbyRetry {
 pub struct EngineConfig {
     /// Standby decisions outstanding at once (default 16).
     pub max_concurrent_standbys: u32,
+    /// `Wake` decisions outstanding at once (default 8): more wait in a queue, in the
+    /// order of the flows that asked, and go out as restores are reported or instances
+    /// leave Standby. At least 1.
+    pub max_concurrent_restores: u32,
     /// Ask the observer to confirm idleness right before each standby (kernel mode).
     pub confirm_before_standby: bool,
     /// With `confirm_before_standby`, how long before the deadline the confirmation is
@@ -508,6 +612,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             max_concurrent_standbys: 16,
+            max_concurrent_restores: DEFAULT_MAX_CONCURRENT_RESTORES,
             confirm_before_standby: false,
             confirm_lead_ms: 2_000,
             standby_retry: StandbyRetry::Countdown,
@@ -584,6 +689,10 @@ pub struct Engine {
     queue: VecDeque<(u32, u64)>,
     in_flight: u32,
     queued: u32,
+    /// Restores waiting for a slot: instance slot, ticket, and the flow that asked.
+    restore_queue: VecDeque<wake::QueuedWake>,
+    restores_in_flight: u32,
+    restores_queued: u32,
     observer_error: Option<String>,
     /// The observer error is that conntrack events are off (see [`ObserverHealth::EventsOff`]).
     events_off: bool,
@@ -620,6 +729,9 @@ impl Engine {
             queue: VecDeque::new(),
             in_flight: 0,
             queued: 0,
+            restore_queue: VecDeque::new(),
+            restores_in_flight: 0,
+            restores_queued: 0,
             observer_error: None,
             events_off: false,
             resyncs: Vec::new(),
@@ -896,6 +1008,10 @@ impl Engine {
 
     /// The host's report on the restore it attempted for a `Wake`.
     ///
+    /// Every `Wake` holds one of the [`EngineConfig::max_concurrent_restores`] slots
+    /// until this report or until the instance leaves Standby (an update with another
+    /// lifecycle, or unregister): a host must do one of them for each `Wake`.
+    ///
     /// A failure while the instance is still in Standby makes its status `error` /
     /// `restore_failed` and lets a qualifying NEW flow emit `Wake` again once a backoff
     /// has passed (retries happen only while clients keep connecting; no timer fires on
@@ -946,7 +1062,8 @@ impl Engine {
         Ok(self.status_of(self.slot(key)?, now))
     }
 
-    /// Appends the flows keeping `key` awake to `out`.
+    /// Appends the flows keeping `key` awake to `out`; for an instance in Standby, the
+    /// flows that asked for its restore (and are still tracked).
     pub fn explain(
         &self,
         key: InstanceKey,
@@ -1004,6 +1121,8 @@ impl Engine {
             tracked_flows: self.flows.len() as u64,
             standby_in_flight: u64::from(self.in_flight),
             standby_queued: u64::from(self.queued),
+            restores_in_flight: u64::from(self.restores_in_flight),
+            restores_queued: u64::from(self.restores_queued),
             ..self.stats
         }
     }

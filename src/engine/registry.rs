@@ -143,7 +143,6 @@ impl Engine {
                 _ => inst.running_since = None,
             }
             if spec.lifecycle != Lifecycle::Standby {
-                inst.wake_sent = false;
                 inst.clear_wake_failures();
             }
             // The persisted runtime in an update is the host's copy of what we told it;
@@ -152,6 +151,11 @@ impl Engine {
             inst.spec = spec;
             inst.spec.runtime = runtime;
             inst.spec_changed();
+        }
+        if self.inst(slot).spec.lifecycle != Lifecycle::Standby {
+            self.end_wake(slot);
+        } else {
+            self.dequeue_wake_if_barred(slot);
         }
         if gained && self.config.pending_until_first_resync {
             // The flows of a new address are unknown until a resync that begins from
@@ -191,6 +195,7 @@ impl Engine {
 
     pub(super) fn remove_instance(&mut self, slot: u32, now: UnixMillis) {
         self.flows.clear_instance(slot);
+        self.end_wake(slot);
         let inst = self.insts[slot as usize].take().expect("live slot");
         self.by_key.remove(&inst.key);
         for a in &inst.spec.addresses {

@@ -1,7 +1,7 @@
 //! The standby pipeline: a due deadline, the optional confirmation, the FIFO of standbys
 //! waiting for a free slot, and the host's `begin_standby`/`report_standby`.
 
-use super::instance::{Inst, Phase};
+use super::instance::{Inst, Phase, WakePhase};
 use super::{
     BeginStandby, Decision, Engine, EngineError, InstanceKey, Lifecycle, ObserverRequest, Reason,
     StandbyOutcome, StandbyRetry, UnixMillis, WAKE_RETRY_INITIAL_MS, WAKE_RETRY_MAX_MS,
@@ -282,16 +282,20 @@ impl Engine {
                 inst.spec.lifecycle = Lifecycle::Standby;
                 inst.spec_changed();
                 inst.running_since = None;
-                inst.wake_sent = false;
                 inst.clear_wake_failures();
+                self.end_wake(slot);
                 self.persist(slot);
                 self.deadlines.remove(slot);
                 // A client that connected while the snapshot was written would be
                 // stranded: wake the instance right back when its policy allows.
-                let counted = self.flows.list(slot).find(|&i| self.flows.rec(i).counted());
-                if let Some(i) = counted {
+                let asking = self.flows.list(slot).find(|&i| {
+                    self.flows.rec(i).counted() && self.wake_allowed(slot, &self.flow_view(i))
+                });
+                if let Some(i) = asking {
                     let flow = self.flow_view(i);
-                    self.maybe_wake(slot, &flow);
+                    if self.maybe_wake(slot, &flow) {
+                        self.flows.rec_mut(i).set_asked_wake();
+                    }
                 }
                 self.free_slot(now);
             }
@@ -343,12 +347,23 @@ impl Engine {
         let slot = self.slot(key)?;
         let inst = self.inst_mut(slot);
         // A report that arrives after the host moved the instance on (restored by other
-        // means, stopped) is about a Standby period that is over.
+        // means, stopped) is about a Standby period that is over (and its slot is free).
         if inst.spec.lifecycle != Lifecycle::Standby {
             return Ok(());
         }
+        let phase = inst.wake;
+        if phase == WakePhase::Queued {
+            // No Wake is out for this period: the report is about an earlier one.
+            return Ok(());
+        }
+        if phase == WakePhase::Restoring {
+            inst.wake = WakePhase::Done;
+            self.free_restore_slot();
+        }
+        let inst = self.inst_mut(slot);
         match outcome {
             WakeOutcome::Success => inst.clear_wake_failures(),
+            WakeOutcome::Declined => {}
             WakeOutcome::Failed => {
                 inst.wake_failures = inst.wake_failures.saturating_add(1);
                 let shift = (inst.wake_failures - 1).min(40);
@@ -358,7 +373,7 @@ impl Engine {
                 inst.wake_retry_at = now.saturating_add(backoff);
                 // The instance is still in Standby and its clients are stranded: the
                 // next one to connect (after the backoff) must be able to wake it.
-                inst.wake_sent = false;
+                inst.wake = WakePhase::None;
                 self.stats.wake_failures += 1;
             }
         }

@@ -92,11 +92,13 @@ impl Engine {
         s
     }
 
-    /// Appends the live qualifying flows of `slot`.
+    /// Appends the live qualifying flows of `slot`; in Standby, the flows that asked
+    /// for its restore.
     pub(crate) fn explain_of(&self, slot: u32, now: UnixMillis, out: &mut Vec<KeptAwakeBy>) {
+        let standby = self.inst(slot).spec.lifecycle == super::Lifecycle::Standby;
         for i in self.flows.list(slot) {
             let r = self.flows.rec(i);
-            if r.counted() {
+            if r.counted() && (!standby || r.asked_wake()) {
                 let f = self.flow_view(i);
                 let first_seen = u64::from(r.first_seen_s) * 1000;
                 out.push(KeptAwakeBy {

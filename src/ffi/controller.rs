@@ -8,8 +8,8 @@ use super::error::{AUTOSTANDBY_ERR_STRUCT_SIZE, FfiError, autostandby_error};
 use super::guard::{autostandby_controller, call, with_controller};
 use super::types::*;
 use crate::controller::{
-    Controller, ControllerConfig, DEFAULT_MAX_CONCURRENT_STANDBYS, DEFAULT_RCVBUF_BYTES,
-    DEFAULT_RESYNC_INTERVAL_MS, EventsSysctlMode, Mode,
+    Controller, ControllerConfig, DEFAULT_MAX_CONCURRENT_RESTORES, DEFAULT_MAX_CONCURRENT_STANDBYS,
+    DEFAULT_RCVBUF_BYTES, DEFAULT_RESYNC_INTERVAL_MS, EventsSysctlMode, Mode,
 };
 use crate::engine::{
     BeginStandby, Decision, Reason, RecommendQuery, StandbyOutcome, StandbyRetry, WakeOutcome,
@@ -19,6 +19,16 @@ use crate::engine::{
 /// Callers built against that header still pass it; the later fields take defaults.
 const CONFIG_SIZE_V1: usize =
     std::mem::offset_of!(autostandby_config, manual_start_ms) + std::mem::size_of::<u64>();
+
+/// `sizeof(struct autostandby_config)` in the second layout, which ended at
+/// `confirm_lead_ms`.
+const CONFIG_SIZE_V2: usize =
+    std::mem::offset_of!(autostandby_config, confirm_lead_ms) + std::mem::size_of::<u64>();
+
+/// `sizeof(struct autostandby_stats)` in the third layout, which ended at
+/// `wake_failures`.
+const STATS_SIZE_V3: usize =
+    std::mem::offset_of!(autostandby_stats, wake_failures) + std::mem::size_of::<u64>();
 
 /// `sizeof(struct autostandby_stats)` in the first release, which ended at
 /// `log_records_dropped`. Such callers get every field their struct has.
@@ -82,7 +92,8 @@ unsafe fn leading_size<T>(ptr: *const T, what: &str) -> Result<u32, FfiError> {
 unsafe fn read_config(ptr: *const autostandby_config) -> Result<autostandby_config, FfiError> {
     // SAFETY: NULL or valid, per the caller.
     let size = unsafe { leading_size(ptr, "config")? };
-    let len = versioned_len::<autostandby_config>(size, &[CONFIG_SIZE_V1], "config")?;
+    let len =
+        versioned_len::<autostandby_config>(size, &[CONFIG_SIZE_V1, CONFIG_SIZE_V2], "config")?;
     let mut c = autostandby_config::default();
     // SAFETY: the caller's struct has at least `len` readable bytes (its `struct_size`),
     // `len` is at most `size_of::<autostandby_config>()`, and the two do not overlap.
@@ -156,6 +167,10 @@ fn config_from_c(c: &autostandby_config) -> Result<ControllerConfig, FfiError> {
         max_concurrent_standbys: nonzero(
             c.max_concurrent_standbys.into(),
             DEFAULT_MAX_CONCURRENT_STANDBYS.into(),
+        ) as u32,
+        max_concurrent_restores: nonzero(
+            c.max_concurrent_restores.into(),
+            DEFAULT_MAX_CONCURRENT_RESTORES.into(),
         ) as u32,
         resync_interval_ms: nonzero(c.resync_interval_ms, DEFAULT_RESYNC_INTERVAL_MS),
         events_sysctl,
@@ -473,7 +488,12 @@ pub unsafe extern "C" fn autostandby_decline_standby(
 }
 
 /// The host's report on the restore it attempted for an `AUTOSTANDBY_DECISION_WAKE`:
-/// `outcome` is `AUTOSTANDBY_WAKE_RESTORED` or `AUTOSTANDBY_WAKE_FAILED`.
+/// `outcome` is `AUTOSTANDBY_WAKE_RESTORED`, `AUTOSTANDBY_WAKE_FAILED` or
+/// `AUTOSTANDBY_WAKE_DECLINED`.
+///
+/// Each WAKE holds one of the `max_concurrent_restores` slots until this report or an
+/// update of the instance out of Standby (or its unregistration); WAKEs beyond them
+/// wait, in the order of the flows that asked. Report every WAKE taken.
 ///
 /// After a failure, while the instance is still in Standby, its status is `error` with
 /// reason `restore_failed`, and the next qualifying new flow after a backoff (1 s,
@@ -498,9 +518,10 @@ pub unsafe extern "C" fn autostandby_report_wake(
             let outcome = match outcome {
                 AUTOSTANDBY_WAKE_RESTORED => WakeOutcome::Success,
                 AUTOSTANDBY_WAKE_FAILED => WakeOutcome::Failed,
+                AUTOSTANDBY_WAKE_DECLINED => WakeOutcome::Declined,
                 other => {
                     return Err(FfiError::invalid(format!(
-                        "outcome is {other}, expected 0..=1"
+                        "outcome is {other}, expected 0..=2"
                     )));
                 }
             };
@@ -696,8 +717,11 @@ pub unsafe extern "C" fn autostandby_stats(
         with_controller(c, err, |ctl| {
             // SAFETY: NULL or valid for its `struct_size`, per the caller.
             let size = leading_size(out.cast_const(), "stats")?;
-            let len =
-                versioned_len::<autostandby_stats>(size, &[STATS_SIZE_V1, STATS_SIZE_V2], "stats")?;
+            let len = versioned_len::<autostandby_stats>(
+                size,
+                &[STATS_SIZE_V1, STATS_SIZE_V2, STATS_SIZE_V3],
+                "stats",
+            )?;
             let s = ctl.stats();
             let full = autostandby_stats {
                 struct_size: size,
@@ -719,6 +743,16 @@ pub unsafe extern "C" fn autostandby_stats(
                 conntrack_events_off: s.conntrack_events_off,
                 suspect_ends: s.engine.suspect_ends,
                 wake_failures: s.engine.wake_failures,
+                wakes_suppressed_not_counted_protocol: s
+                    .engine
+                    .wakes_suppressed
+                    .not_counted_protocol,
+                wakes_suppressed_not_counted_port: s.engine.wakes_suppressed.not_counted_port,
+                wakes_suppressed_ignored_source: s.engine.wakes_suppressed.ignored_source,
+                wakes_suppressed_source_not_allowed: s.engine.wakes_suppressed.source_not_allowed,
+                wakes_suppressed_restore_backoff: s.engine.wakes_suppressed.restore_backoff,
+                restores_in_flight: s.engine.restores_in_flight,
+                restores_queued: s.engine.restores_queued,
             };
             // SAFETY: the caller's struct has `struct_size` writable bytes, `len` is no
             // more than that nor than ours, and ends on a field boundary.

@@ -71,6 +71,10 @@ pub const AUTOSTANDBY_WAKE_RESTORED: u32 = 0;
 /// `autostandby_report_wake` outcome: the restore failed; the instance is still in
 /// Standby.
 pub const AUTOSTANDBY_WAKE_FAILED: u32 = 1;
+/// `autostandby_report_wake` outcome: the host will not restore the instance (a dry
+/// run, or it cannot restore): the restore slot is freed and no other WAKE comes for it
+/// until it leaves Standby.
+pub const AUTOSTANDBY_WAKE_DECLINED: u32 = 2;
 
 /// `autostandby_flow_event.kind`: a new flow.
 pub const AUTOSTANDBY_FLOW_NEW: u32 = 0;
@@ -137,7 +141,19 @@ pub struct autostandby_policy {
     pub wake_on_traffic: bool,
     /// No standby before this long after start or restore.
     pub min_uptime_ms: u64,
+    /// Client prefixes allowed to wake the instance from Standby; none (length 0)
+    /// allows any client. A flow must also count under the rest of the policy. May be
+    /// NULL when the length is 0. Added after the first release: a caller whose
+    /// `struct_size` ends at `min_uptime_ms` gets none.
+    pub wake_source_cidrs: *const autostandby_cidr,
+    /// Entries of `wake_source_cidrs`.
+    pub wake_source_cidrs_len: usize,
 }
+
+/// `sizeof(struct autostandby_policy)` in the first release, which ended at
+/// `min_uptime_ms`.
+pub(crate) const POLICY_SIZE_V1: usize =
+    std::mem::offset_of!(autostandby_policy, min_uptime_ms) + size_of::<u64>();
 
 /// The persisted idle countdown.
 #[repr(C)]
@@ -211,6 +227,10 @@ pub struct autostandby_config {
     /// half the idle timeout); 0 for the mode's default: 2,000 ms in kernel mode, the
     /// deadline itself in manual mode.
     pub confirm_lead_ms: u64,
+    /// WAKE decisions outstanding at once (each until `autostandby_report_wake` or an
+    /// update out of Standby); more wait in a queue in the order of the flows that
+    /// asked; 0 for 8. Added in the third layout: callers with a shorter struct get 8.
+    pub max_concurrent_restores: u32,
 }
 
 impl Default for autostandby_config {
@@ -229,6 +249,7 @@ impl Default for autostandby_config {
             standby_retry: 0,
             confirm_before_standby: false,
             confirm_lead_ms: 0,
+            max_concurrent_restores: 0,
         }
     }
 }
@@ -501,6 +522,25 @@ pub struct autostandby_stats {
     /// Restores the host reported failed with `autostandby_report_wake`. Added in the
     /// third layout: written only when `struct_size` covers it.
     pub wake_failures: u64,
+    /// New flows to an instance in Standby with wake-on-traffic that did not ask for a
+    /// restore because the policy does not count their protocol. This and the fields
+    /// below were added in the fourth layout: written only when `struct_size` covers
+    /// them.
+    pub wakes_suppressed_not_counted_protocol: u64,
+    /// ... because their guest port is in `ignore_destination_ports`.
+    pub wakes_suppressed_not_counted_port: u64,
+    /// ... because their client is in `ignore_source_cidrs`.
+    pub wakes_suppressed_ignored_source: u64,
+    /// ... because their client is outside a non-empty `wake_source_cidrs`.
+    pub wakes_suppressed_source_not_allowed: u64,
+    /// ... because the last restore failed and its backoff is not over.
+    pub wakes_suppressed_restore_backoff: u64,
+    /// WAKE decisions emitted and not yet reported (nor ended by an update out of
+    /// Standby).
+    pub restores_in_flight: u64,
+    /// Instances whose WAKE waits for one of the `max_concurrent_restores` slots: the
+    /// restore queue's length.
+    pub restores_queued: u64,
 }
 
 /// One captured log record.
@@ -656,6 +696,62 @@ impl autostandby_policy {
     pub unsafe fn to_policy(&self) -> Result<Policy, FfiError> {
         check_size::<Self>(self.struct_size, "policy")?;
         // SAFETY: forwarded from the caller.
+        unsafe { self.convert_unchecked() }
+    }
+
+    /// Reads a caller's policy of this header's size or the first release's (whose
+    /// missing fields are empty), and converts it.
+    ///
+    /// # Safety
+    /// `ptr` is valid for reads of its own `struct_size` bytes, and the array pointers
+    /// it holds are NULL or valid for their lengths.
+    pub unsafe fn read(ptr: *const Self) -> Result<Policy, FfiError> {
+        // SAFETY: non-NULL per the caller; every struct with a size starts with it.
+        let size = unsafe { ptr.cast::<u32>().read() } as usize;
+        if size >= size_of::<Self>() {
+            // SAFETY: valid for a whole struct, per the caller and its size.
+            return unsafe { (*ptr).convert_unchecked() };
+        }
+        if size != POLICY_SIZE_V1 {
+            return Err(FfiError::new(
+                AUTOSTANDBY_ERR_STRUCT_SIZE,
+                format!(
+                    "policy.struct_size is {size}: expected sizeof from this header ({}) or \
+                     from an older release ({POLICY_SIZE_V1})",
+                    size_of::<Self>()
+                ),
+            ));
+        }
+        let mut p = Self {
+            struct_size: 0,
+            enabled: false,
+            idle_timeout_ms: 0,
+            ignore_source_cidrs: std::ptr::null(),
+            ignore_source_cidrs_len: 0,
+            ignore_destination_ports: std::ptr::null(),
+            ignore_destination_ports_len: 0,
+            tcp: false,
+            udp: false,
+            wake_on_traffic: false,
+            min_uptime_ms: 0,
+            wake_source_cidrs: std::ptr::null(),
+            wake_source_cidrs_len: 0,
+        };
+        // SAFETY: the caller's struct has `size` readable bytes, fewer than ours, ending
+        // on a field boundary; the two do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(ptr.cast::<u8>(), (&raw mut p).cast::<u8>(), size);
+        }
+        // SAFETY: the pointers read are the caller's, valid per the caller.
+        unsafe { p.convert_unchecked() }
+    }
+
+    /// [`autostandby_policy::to_policy`] without the size check.
+    ///
+    /// # Safety
+    /// The array pointers are NULL or valid for their lengths.
+    unsafe fn convert_unchecked(&self) -> Result<Policy, FfiError> {
+        // SAFETY: forwarded from the caller.
         let cidrs = unsafe {
             slice(
                 self.ignore_source_cidrs,
@@ -683,6 +779,27 @@ impl autostandby_policy {
                     })?;
             ignore_source_cidrs.push(Cidr::new(ip, c.prefix_len).map_err(policy_error)?);
         }
+        // SAFETY: forwarded from the caller.
+        let wake = unsafe {
+            slice(
+                self.wake_source_cidrs,
+                self.wake_source_cidrs_len,
+                "policy.wake_source_cidrs",
+            )?
+        };
+        let mut wake_source_cidrs = Vec::with_capacity(wake.len());
+        for (i, c) in wake.iter().enumerate() {
+            let ip =
+                c.ip.to_ip(&format!("policy.wake_source_cidrs[{i}].ip"))
+                    .map_err(|e| {
+                        FfiError::new(
+                            AUTOSTANDBY_ERR_INVALID_POLICY,
+                            format!("wake_source_cidrs: {}", e.message),
+                        )
+                    })?;
+            wake_source_cidrs
+                .push(Cidr::new(ip, c.prefix_len).map_err(|e| policy_error(e.for_wake_cidrs()))?);
+        }
         let mut ignore_destination_ports = Vec::with_capacity(ports.len());
         for &p in ports {
             match u16::try_from(p) {
@@ -700,6 +817,7 @@ impl autostandby_policy {
                 udp: self.udp,
             },
             wake_on_traffic: self.wake_on_traffic,
+            wake_source_cidrs,
             min_uptime_ms: self.min_uptime_ms,
         }
         .normalized()
@@ -737,10 +855,11 @@ impl autostandby_instance {
             .map(|(i, a)| a.to_ip(&format!("instance.addresses[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
         // SAFETY: NULL or valid, per the caller.
-        let policy = match unsafe { self.policy.as_ref() } {
-            // SAFETY: forwarded from the caller.
-            Some(p) => Some(unsafe { p.to_policy()? }),
-            None => None,
+        let policy = if self.policy.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL, and valid for its own size, per the caller.
+            Some(unsafe { autostandby_policy::read(self.policy)? })
         };
         Ok(InstanceSpec {
             addresses,

@@ -91,6 +91,8 @@ pub fn policy(idle_timeout_ms: u64) -> autostandby_policy {
         udp: false,
         wake_on_traffic: false,
         min_uptime_ms: 0,
+        wake_source_cidrs: ptr::null(),
+        wake_source_cidrs_len: 0,
     }
 }
 

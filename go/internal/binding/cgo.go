@@ -94,6 +94,7 @@ func New(cfg Config) (*Controller, error) {
 	cc.standby_retry = C.uint32_t(cfg.StandbyRetry)
 	cc.confirm_before_standby = C.bool(cfg.ConfirmBeforeStandby)
 	cc.confirm_lead_ms = C.uint64_t(durationToMillis(cfg.ConfirmLead))
+	cc.max_concurrent_restores = C.uint32_t(cfg.MaxConcurrentRestores)
 	if _, ms := timeToMillis(cfg.ManualStart); ms > 0 {
 		cc.manual_start_ms = C.uint64_t(ms)
 	}
@@ -373,6 +374,15 @@ func (c *Controller) Stats() (Stats, error) {
 		ConntrackEventsOff: bool(s.conntrack_events_off),
 		SuspectEnds:        uint64(s.suspect_ends),
 		WakeFailures:       uint64(s.wake_failures),
+		WakesSuppressed: map[string]uint64{
+			"not_counted_protocol": uint64(s.wakes_suppressed_not_counted_protocol),
+			"not_counted_port":     uint64(s.wakes_suppressed_not_counted_port),
+			"ignored_source":       uint64(s.wakes_suppressed_ignored_source),
+			"source_not_allowed":   uint64(s.wakes_suppressed_source_not_allowed),
+			"restore_backoff":      uint64(s.wakes_suppressed_restore_backoff),
+		},
+		RestoresInFlight: uint64(s.restores_in_flight),
+		RestoresQueued:   uint64(s.restores_queued),
 	}, err
 }
 
@@ -497,6 +507,15 @@ func instanceToC(inst *Instance, pin *runtime.Pinner) *C.autostandby_instance {
 			pin.Pin(&cidrs[0])
 			cp.ignore_source_cidrs = &cidrs[0]
 			cp.ignore_source_cidrs_len = C.size_t(len(cidrs))
+		}
+		if len(p.WakeSourceCIDRs) > 0 {
+			cidrs := make([]C.autostandby_cidr, len(p.WakeSourceCIDRs))
+			for i, prefix := range p.WakeSourceCIDRs {
+				cidrs[i] = C.autostandby_cidr{ip: ipToC(prefix.Addr()), prefix_len: C.uint8_t(prefix.Bits())}
+			}
+			pin.Pin(&cidrs[0])
+			cp.wake_source_cidrs = &cidrs[0]
+			cp.wake_source_cidrs_len = C.size_t(len(cidrs))
 		}
 		if len(p.IgnoreDestinationPorts) > 0 {
 			ports := make([]C.uint32_t, len(p.IgnoreDestinationPorts))

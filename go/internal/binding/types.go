@@ -109,6 +109,10 @@ type Config struct {
 	// ConfirmLead: how long before each deadline the confirmation is asked for; zero
 	// for the mode's default (kernel 2 s, manual: at the deadline).
 	ConfirmLead time.Duration
+	// MaxConcurrentRestores: Wake decisions outstanding at once (each until ReportWake
+	// or an update out of Standby); more wait in the order of the flows that asked.
+	// Zero for 8.
+	MaxConcurrentRestores uint32
 }
 
 // Lifecycle is an instance's lifecycle state as the library knows it.
@@ -131,6 +135,8 @@ type Policy struct {
 	TCP, UDP               bool
 	WakeOnTraffic          bool
 	MinUptime              time.Duration
+	// WakeSourceCIDRs: the clients that may wake the instance; empty allows any.
+	WakeSourceCIDRs []netip.Prefix
 }
 
 // Runtime is the persisted countdown; a zero time means absent.
@@ -191,6 +197,9 @@ type WakeOutcome uint32
 const (
 	WakeRestored WakeOutcome = 0
 	WakeFailed   WakeOutcome = 1
+	// WakeDeclined: the host will not restore (dry run, or it cannot): the restore
+	// slot is freed, and no other Wake comes until the instance leaves Standby.
+	WakeDeclined WakeOutcome = 2
 )
 
 // Status is the library's view of one instance. Zero times mean absent.
@@ -313,6 +322,20 @@ type Stats struct {
 	SuspectEnds uint64
 	// WakeFailures counts the restores reported failed with ReportWake.
 	WakeFailures uint64
+	// WakesSuppressed counts the new flows to instances in Standby with wake on
+	// traffic that did not ask for a restore, by reason (see WakeSuppressedReasons).
+	WakesSuppressed map[string]uint64
+	// RestoresInFlight: Wake decisions not yet reported (nor ended by an update out of
+	// Standby).
+	RestoresInFlight uint64
+	// RestoresQueued: Wakes waiting for one of the MaxConcurrentRestores slots.
+	RestoresQueued uint64
+}
+
+// WakeSuppressedReasons are the keys of Stats.WakesSuppressed: why a new flow to an
+// instance in Standby did not ask for its restore.
+var WakeSuppressedReasons = []string{
+	"not_counted_protocol", "not_counted_port", "ignored_source", "source_not_allowed", "restore_backoff",
 }
 
 // LogRecord is one line of the library's log buffer.

@@ -11,6 +11,7 @@ mod model;
 mod recommend;
 mod resync;
 mod standby;
+mod wake_admission;
 
 use std::net::IpAddr;
 
