@@ -285,7 +285,8 @@ struct autostandby_config {
   size_t rcvbuf_bytes;
   // Standbys outstanding at once; 0 for 16.
   uint32_t max_concurrent_standbys;
-  // Period of the reconcile dump; 0 for 60 s.
+  // How often the controller checks every flow it tracks (exact-tuple lookups, no
+  // table walk; kernel mode); 0 for 60 s.
   uint64_t resync_interval_ms;
   // `AUTOSTANDBY_EVENTS_SYSCTL_REPORT` or `AUTOSTANDBY_EVENTS_SYSCTL_ENABLE`.
   uint32_t events_sysctl;

@@ -456,7 +456,7 @@ fn stats(args: &Args) -> Result<(), Failure> {
     let controller = start(args)?;
     std::thread::sleep(args.duration);
     let s = controller.stats();
-    let rows: [(&str, u64); 18] = [
+    let rows: [(&str, u64); 19] = [
         ("instances", s.engine.instances),
         ("tracked_flows", s.engine.tracked_flows),
         ("flow_events", s.engine.flow_events),
@@ -468,6 +468,7 @@ fn stats(args: &Args) -> Result<(), Failure> {
         ("resyncs", s.engine.resyncs),
         ("dump_walks", s.dump_walks),
         ("flow_lookups", s.flow_lookups),
+        ("periodic_checks", s.periodic_checks),
         ("confirm_lead_ms", s.confirm_lead_ms),
         ("events_read", s.events_read),
         ("event_wakeups", s.event_wakeups),
