@@ -124,12 +124,14 @@ fn a_new_address_under_event_load_gets_its_filter_and_a_resync_that_finds_its_fl
         let after = pair.in_a(move || TcpStream::connect_timeout(&fresh, Duration::from_secs(2)));
         let (after_server, _) = listener.accept().unwrap();
 
+        // The dump's entries and its end may be applied in two turns of the loop: the
+        // instance is pending until the end.
         wait_for(
             &ctl,
-            Duration::from_secs(5),
-            "both connections",
+            Duration::from_secs(15),
+            "both connections and the resync's end",
             true,
-            |st| st.active_inbound == 2,
+            |st| st.active_inbound == 2 && st.reason != Reason::ResyncPending,
         );
         // Held for longer than the idle timeout: it stays active.
         let held_until = Instant::now() + Duration::from_millis(3 * IDLE_MS);
