@@ -241,8 +241,10 @@ pub enum ConfirmAnswer<'a> {
 
 impl Shared {
     /// Fires due deadlines and moves the engine's output to where it goes. Called with
-    /// the engine locked after every change.
-    pub(crate) fn settle(&self, engine: &mut Engine, now: UnixMillis) {
+    /// the engine locked after every change. With `defer_persist`, a batch of only
+    /// `PersistRuntime` decisions does not wake a blocked poller: the return value says
+    /// so, and the caller announces them soon (see [`DecisionQueue::announce`]).
+    pub(crate) fn settle(&self, engine: &mut Engine, now: UnixMillis, defer_persist: bool) -> bool {
         engine.tick(now);
         let mut out = Vec::new();
         engine.drain_decisions(&mut out);
@@ -255,7 +257,12 @@ impl Shared {
                 *r = self.runtime_to_wall(*r);
             }
         }
-        self.decisions.push_all(&mut out);
+        if defer_persist {
+            self.decisions.push_all_deferring(&mut out)
+        } else {
+            self.decisions.push_all(&mut out);
+            false
+        }
     }
 
     fn runtime_to_wall(&self, r: Runtime) -> Runtime {
@@ -392,7 +399,7 @@ impl Controller {
     }
 
     fn settle_locked(&self, engine: &mut Engine, now: UnixMillis) {
-        self.shared.settle(engine, now);
+        self.shared.settle(engine, now, false);
         if self.kernel.is_none() {
             // No observer in manual mode: the host answers a lost-events report with
             // `resync`, so resync and lookup requests have no reader. The host is the observer for
@@ -428,7 +435,11 @@ impl Controller {
         self.mutate(|e, now| e.unregister(key, now))
     }
 
-    /// Moves up to `max` decisions into `out`, waiting up to `timeout` for the first.
+    /// Moves up to `max` decisions into `out`, waiting up to `timeout` for the first. In
+    /// kernel mode a `PersistRuntime` that comes without other decisions ends the wait
+    /// up to 50 ms after it is queued (a call that finds it queued takes it at once), so a
+    /// busy instance whose countdown flips with every connection does not wake the host
+    /// each time.
     pub fn poll_decisions(
         &self,
         out: &mut Vec<Decision>,
