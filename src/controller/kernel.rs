@@ -3,8 +3,9 @@
 //! Two threads per controller:
 //! - the **engine loop** (`as-engine`) owns the [`EventSocket`], the [`Wakeup`] eventfd,
 //!   the deadlines and the observer's health. It sleeps in poll(2) on the event socket
-//!   and the eventfd until the engine's next deadline (or the next reconcile, the end of
-//!   a burst of resync requests, a socket reopen), then does everything in program
+//!   and the eventfd until the engine's next deadline (or the next periodic check, the
+//!   end of a burst of resync requests, a socket reopen, the announcement of queued
+//!   `PersistRuntime` decisions), then does everything in program
 //!   order: reads what is queued and applies it as one batch
 //!   ([`Engine::on_flow_events`](crate::engine::Engine::on_flow_events)), applies what
 //!   the dump worker sent back, fires due deadlines and queues the decisions, keeps the
