@@ -161,6 +161,7 @@ $(echo "$co" | sed 's/\([a-z_]*\)=/t_\1=/g') $(echo "$lo" | sed 's/\([a-z_]*\)=/
   }' <<<"$r"
   echo "  controller threads ms: engine loop $(echo "$c" | field engine_thread_ms), dump worker $(echo "$c" | field query_thread_ms), host loop $(echo "$c" | field main_thread_ms); events read $(echo "$c" | field events_read), flow events applied $(echo "$c" | field flow_events), resyncs $(echo "$c" | field resyncs), tracked flows $(echo "$c" | field tracked_flows), lost-event episodes $(echo "$c" | field events_lost)"
   echo "  controller dumps (at/addresses/walks/entries): $(echo "$c" | field dump_list); instance 0 at the end: $(echo "$c" | field first_status)"
+  echo "  controller periodic checks $(echo "$c" | field periodic_checks), flows looked up $(echo "$c" | field flow_lookups), walks counted $(echo "$c" | field dump_walks)"
 }
 
 echo "kernel $(uname -r), $(nproc) CPUs, COUNT=$COUNT RATE=$RATE/s CONC=$CONC WINDOW=${WINDOW}s WARMUP=${WARMUP}s RUNS=$RUNS"

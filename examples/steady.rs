@@ -316,7 +316,8 @@ fn controller(args: &[String]) {
         "cpu_ms={cpu_ms:.1} engine_thread_ms={:.1} query_thread_ms={:.1} main_thread_ms={:.1} \
          events_read={} event_wakeups={} flow_events={} unmatched={} events_lost={} \
          observer_errors={} resyncs={} dumps={} walks={} dumped_flows={} tracked_flows={} \
-         standby={} standby_cancelled={} wake={} observer_failed={} seconds={:.3} dump_list={} \
+         standby={} standby_cancelled={} wake={} observer_failed={} seconds={:.3} \
+         periodic_checks={} flow_lookups={} dump_walks={} dump_list={} \
          first_status={:?}/{:?}",
         thread("as-engine"),
         // The dump worker, which owns the query socket.
@@ -338,6 +339,9 @@ fn controller(args: &[String]) {
         wake - wake0,
         s1.observer_failed,
         window.secs(),
+        s1.periodic_checks - s0.periodic_checks,
+        s1.flow_lookups - s0.flow_lookups,
+        s1.dump_walks - s0.dump_walks,
         if dumps.detail.is_empty() {
             "-"
         } else {

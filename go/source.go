@@ -14,7 +14,8 @@ type SourceOptions struct {
 	NetnsPath string
 	// ReceiveBufferBytes sizes the event socket's receive buffer (default 16 MiB).
 	ReceiveBufferBytes int
-	// ResyncInterval is how often the library re-dumps the table as a safety net.
+	// ResyncInterval is how often the library checks every flow it tracks, as a
+	// safety net: an exact-tuple lookup each, not a walk of the table.
 	ResyncInterval time.Duration
 	// EnableConntrackEvents sets net.netfilter.nf_conntrack_events to 1 when it is not,
 	// so flows created before the controller started also report events.

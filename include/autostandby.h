@@ -294,7 +294,8 @@ struct autostandby_config {
   size_t rcvbuf_bytes;
   // Standbys outstanding at once; 0 for 16.
   uint32_t max_concurrent_standbys;
-  // Period of the reconcile dump; 0 for 60 s.
+  // How often the controller checks every flow it tracks (exact-tuple lookups, no
+  // table walk; kernel mode); 0 for 60 s.
   uint64_t resync_interval_ms;
   // `AUTOSTANDBY_EVENTS_SYSCTL_REPORT` or `AUTOSTANDBY_EVENTS_SYSCTL_ENABLE`.
   uint32_t events_sysctl;
@@ -775,7 +776,11 @@ uint32_t autostandby_unregister(struct autostandby_controller *c,
 
 // Takes up to `cap` pending decisions, oldest first, into `out`; `*out_len` is the count.
 //
-// Blocks up to `timeout_ms` until at least one decision is ready (0: never blocks).
+// Blocks up to `timeout_ms` until at least one decision is ready (0: never blocks). In
+// kernel mode a `PERSIST_RUNTIME` that comes without other decisions ends the block up
+// to 50 ms after it is ready (it is taken at once by a call that finds it queued), so a
+// busy instance whose countdown flips with every connection does not wake the host each
+// time.
 // Returns `AUTOSTANDBY_OK` with `*out_len == 0` on timeout, and
 // `AUTOSTANDBY_ERR_SHUTDOWN` once `autostandby_controller_free` has begun. With `cap`
 // 0, `out` may be NULL and nothing is taken. Thread-safe: concurrent pollers each get

@@ -218,6 +218,12 @@ fn rows(s: &ControllerStats) -> Vec<Row> {
             Flag(s.conntrack_events_off),
             "net.netfilter.nf_conntrack_events was 0 at its last read",
         ),
+        row(
+            "periodic_checks",
+            Counter,
+            Count(s.periodic_checks),
+            "Periodic checks of the tracked flows by exact-tuple lookups",
+        ),
     ]
 }
 

@@ -131,8 +131,8 @@ fn flows_reports_every_live_flow_on_every_run() {
 fn watch_says_resync_pending_first_then_active_then_counts_down() {
     let pair = Pair::new();
     // The connections predate the CLI's conntrack listener: with the default (2) they
-    // would send no events at all, and only a reconcile a minute later would see them
-    // close.
+    // would send no events at all, and only the periodic check a minute later would
+    // see them close.
     pair.sysctl_b("net.netfilter.nf_conntrack_events", "1");
     let conns = connections(&pair);
     let child = Command::new(BIN)

@@ -26,7 +26,8 @@
 //!
 //! The one reopen this cannot see is that of a CLOSE entry that never reached
 //! ESTABLISHED (a reset handshake) through the ignored-SYN path; such a flow is found by
-//! the next dump: the confirmation before every standby, the periodic reconcile.
+//! the next dump, at the latest the confirmation before every standby (the periodic
+//! check looks up only the flows the engine tracks).
 //!
 //! What the engine loses with the dropped UPDATEs is no decision: a stored flow's state
 //! stays that of its last passed event (SYN_SENT for an established connection, in

@@ -115,7 +115,7 @@ impl EventSocket {
         })?;
         if events_sysctl == 2 {
             tracing::info!(
-                "nf_conntrack_events=2: flows created before the observer started send no events; they are reconciled by dumps"
+                "nf_conntrack_events=2: flows created before the observer started send no events; the first dump finds them and the periodic check sees them end"
             );
         }
         // The state part of the filter from the start: no event is queued that cannot

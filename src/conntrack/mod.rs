@@ -38,8 +38,8 @@ pub(crate) use wakeup::Wakeup;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum EventsSysctl {
     /// Read and report the value only. With 2 (the kernel's default, "auto"), flows
-    /// created while no listener existed never send events; the periodic reconcile
-    /// catches them.
+    /// created while no listener existed never send events; the start-up dump finds
+    /// them, and the controller's periodic check (exact-tuple lookups) sees them end.
     #[default]
     Report,
     /// Set it to 1 at open, so every new flow carries events.

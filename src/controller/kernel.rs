@@ -3,8 +3,9 @@
 //! Two threads per controller:
 //! - the **engine loop** (`as-engine`) owns the [`EventSocket`], the [`Wakeup`] eventfd,
 //!   the deadlines and the observer's health. It sleeps in poll(2) on the event socket
-//!   and the eventfd until the engine's next deadline (or the next reconcile, the end of
-//!   a burst of resync requests, a socket reopen), then does everything in program
+//!   and the eventfd until the engine's next deadline (or the next periodic check, the
+//!   end of a burst of resync requests, a socket reopen, the announcement of queued
+//!   `PersistRuntime` decisions), then does everything in program
 //!   order: reads what is queued and applies it as one batch
 //!   ([`Engine::on_flow_events`](crate::engine::Engine::on_flow_events)), applies what
 //!   the dump worker sent back, fires due deadlines and queues the decisions, keeps the
@@ -16,9 +17,16 @@
 //!   each; a lone event is read at once.
 //! - the **dump worker** (`as-dump`) owns the [`QuerySocket`]: it runs the dumps the loop
 //!   asks for and streams the flows back in chunks over a channel, and looks up flows by
-//!   exact tuple (the checks of UDP flows whose expiry passed: a hash lookup each in the
-//!   kernel, no walk of the table), waking the loop through the eventfd. It never
-//!   touches the engine.
+//!   exact tuple (a hash lookup each in the kernel, no walk of the table), waking the
+//!   loop through the eventfd. It never touches the engine.
+//!
+//! The kernel's table is walked only for the first resync, after lost events, an address
+//! change or a socket reopen, and for the confirmation before a standby. The periodic
+//! safety check (every `resync_interval_ms`) looks up each tracked flow instead
+//! ([`Engine::check_tracked_flows`](crate::engine::Engine::check_tracked_flows)), as the
+//! checks of UDP flows whose expiry passed do: that catches an end whose DESTROY was
+//! lost or never sent, at a few microseconds a flow where a walk of a 200k-entry table
+//! costs most of a second. A flow whose NEW was lost is the confirmation's to find.
 //!
 //! Host calls lock the engine themselves, then wake the loop. Every thread holds the
 //! engine lock only for engine calls, never across a system call.
@@ -73,6 +81,12 @@ const REPLY_QUEUE: usize = 64;
 /// 2.5 ms, p99 7.6 ms, against 1.1 and 2.9 ms with 2 ms); a lone event is read at once
 /// (quiet: p50 0.36 ms, p99 under 1 ms).
 const LINGER: Duration = Duration::from_millis(4);
+/// How long a blocked poller may be left asleep when the loop queued only
+/// `PersistRuntime` decisions. A busy instance flips between active and idle with each
+/// short connection, each flip a decision to persist; waking the host for each cost it
+/// a wake-up per loop turn (about 200/s at 1,000 connections/s). The countdown they
+/// carry needs no such haste; `Standby`, `Wake` and `Confirm` still wake it at once.
+const PERSIST_ANNOUNCE: Duration = Duration::from_millis(50);
 /// A wake-up that read this many events or more is under a flood: poll again at once.
 const LINGER_BELOW: u64 = 256;
 /// Linger only when the socket became readable this soon after the previous read: a
@@ -90,6 +104,9 @@ enum WorkerRequest {
     Dump(DumpRequest),
     /// Exact-tuple lookups of flows.
     Lookup(LookupRequest),
+    /// A read of `nf_conntrack_events`, answered with [`WorkerReply::Sysctl`] (every
+    /// dump reads it too).
+    Sysctl,
 }
 
 /// Look up each of `flows` by its original tuple for lookup `id`, answered with one
@@ -281,6 +298,7 @@ impl KernelRuntime {
             requests: Vec::new(),
             lead: ConfirmLead::new(config.confirm_lead_ms),
             dump_began: Instant::now(),
+            announce_at: None,
         };
         // The worker first: if the loop cannot be spawned, dropping it drops the
         // worker's request channel and the worker ends.
@@ -349,6 +367,7 @@ fn dump_worker(
         let listening = match request {
             WorkerRequest::Dump(d) => run_dump(&mut socket, cfg, d, &send),
             WorkerRequest::Lookup(l) => run_lookup(&mut socket, cfg, l, &send),
+            WorkerRequest::Sysctl => read_sysctl(cfg, &send),
         };
         if !listening {
             return;
@@ -374,15 +393,10 @@ fn run_dump(
         }
     }
     // Events off means a connection opened from now on is never seen, so every dump
-    // (the first, each reconcile, each confirmation before a standby) reads it first;
-    // the loop applies the value before the dump's entries.
-    match crate::conntrack::sysctl::events_sysctl(cfg.netns.as_deref()) {
-        Ok(v) => {
-            if !send(WorkerReply::Sysctl(v)) {
-                return false;
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "could not read nf_conntrack_events"),
+    // (the first, each confirmation before a standby) reads it first, as each periodic
+    // check does; the loop applies the value before the dump's entries.
+    if !read_sysctl(cfg, send) {
+        return false;
     }
     let sock = socket.as_mut().expect("opened above");
     let mut chunk = Vec::with_capacity(RESYNC_CHUNK);
@@ -420,6 +434,17 @@ fn run_dump(
     ))
 }
 
+/// Reads `nf_conntrack_events` and sends it to the loop; false when the loop is gone.
+fn read_sysctl(cfg: &ObserverConfig, send: &dyn Fn(WorkerReply) -> bool) -> bool {
+    match crate::conntrack::sysctl::events_sysctl(cfg.netns.as_deref()) {
+        Ok(v) => send(WorkerReply::Sysctl(v)),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read nf_conntrack_events");
+            true
+        }
+    }
+}
+
 /// Runs one batch of exact-tuple lookups; false when the loop is gone. A socket that
 /// cannot be opened or fails makes the whole lookup fail.
 fn run_lookup(
@@ -443,14 +468,14 @@ fn run_lookup(
                     gone = stats.gone,
                     failed = stats.failed,
                     syscalls = stats.syscalls(),
-                    "expiry lookups finished"
+                    "flow lookups finished"
                 );
             })
             .map_err(|e| e.to_string()),
         None => Err("the query socket could not be opened".to_owned()),
     };
     if let Err(e) = &result {
-        tracing::warn!(error = %e, "auto-standby expiry lookups failed; resyncing instead");
+        tracing::warn!(error = %e, "auto-standby flow lookups failed; resyncing instead");
         // A fresh socket for the next request: this one may hold unread replies.
         *socket = None;
     }
@@ -589,6 +614,9 @@ struct EngineLoop {
     lead: ConfirmLead,
     /// When the running dump was handed to the worker.
     dump_began: Instant,
+    /// When to wake a blocked poller for `PersistRuntime` decisions queued without
+    /// waking it.
+    announce_at: Option<Instant>,
 }
 
 impl EngineLoop {
@@ -627,6 +655,9 @@ impl EngineLoop {
         }
         if self.events.is_none() {
             next = next.min(self.reopen_at);
+        }
+        if let Some(at) = self.announce_at {
+            next = next.min(at);
         }
         // In the engine's (monotonic) time: a step of the wall clock moves no deadline.
         let engine_now = self.shared.clock.now();
@@ -874,20 +905,37 @@ impl EngineLoop {
     }
 
     /// After any change: fires due deadlines and queues the decisions, puts a new
-    /// address set into the kernel filter, collects the engine's requests and the
-    /// reconcile, and begins the next resync if one is due.
+    /// address set into the kernel filter, runs the periodic check when due, collects
+    /// the engine's requests, and begins the next resync if one is due.
     fn after(&mut self) {
         let now = self.shared.clock.now();
         self.apply_health(now);
+        let periodic = Instant::now() >= self.next_reconcile;
+        if periodic {
+            self.next_reconcile = Instant::now() + self.resync_interval;
+            // Checked with the flows: events switched off since the last dump would
+            // otherwise go unnoticed until the next one.
+            self.send_worker(WorkerRequest::Sysctl);
+        }
         let new_addresses = {
             let mut engine = self.shared.engine.lock();
-            self.shared.settle(&mut engine, now);
+            if self.shared.settle(&mut engine, now, true) && self.announce_at.is_none() {
+                self.announce_at = Some(Instant::now() + PERSIST_ANNOUNCE);
+            }
+            if periodic {
+                let flows = engine.check_tracked_flows(now);
+                tracing::debug!(flows, "periodic check of the tracked flows");
+            }
             engine.drain_requests(&mut self.requests);
             self.next_deadline = engine.next_deadline();
             let generation = engine.addresses_generation();
             (self.address_generation != Some(generation)).then(|| (generation, engine.addresses()))
         };
         let at = Instant::now();
+        if self.announce_at.is_some_and(|t| t <= at) {
+            self.announce_at = None;
+            self.shared.decisions.announce();
+        }
         if let Some((generation, addresses)) = new_addresses {
             self.address_generation = Some(generation);
             self.set_address_filter(&addresses);
@@ -910,9 +958,8 @@ impl EngineLoop {
             self.resyncs.add(scope, at);
         }
         self.requests = requests;
-        if at >= self.next_reconcile {
-            self.next_reconcile = at + self.resync_interval;
-            self.resyncs.add(ResyncScope::All, at);
+        if periodic {
+            self.shared.periodic_checks.fetch_add(1, Ordering::Relaxed);
         }
         self.begin_resync(at);
     }
@@ -949,11 +996,13 @@ impl EngineLoop {
     /// engine applies meanwhile outranks the answer) and hands it to the worker.
     fn begin_lookup(&mut self, flows: Vec<Flow>, now: UnixMillis) {
         let id = self.shared.engine.lock().begin_lookup(&flows, now);
-        if self
-            .to_worker
-            .send(WorkerRequest::Lookup(LookupRequest { id, flows }))
-            .is_err()
-        {
+        self.send_worker(WorkerRequest::Lookup(LookupRequest { id, flows }));
+    }
+
+    fn send_worker(&self, request: WorkerRequest) {
+        if self.to_worker.send(request).is_err() {
+            // Only if the worker panicked: what was asked of it never ends (a resync that
+            // never ends keeps every instance it covers awake, saying it waits for it).
             tracing::error!("auto-standby dump worker is gone");
         }
     }
@@ -973,14 +1022,6 @@ impl EngineLoop {
         };
         self.resyncs.in_flight = Some((id, scope));
         self.dump_began = Instant::now();
-        if self
-            .to_worker
-            .send(WorkerRequest::Dump(DumpRequest { id, addresses }))
-            .is_err()
-        {
-            // Only if the worker panicked: the resync never ends, so no instance goes
-            // into Standby, and each says it waits for a resync.
-            tracing::error!("auto-standby dump worker is gone");
-        }
+        self.send_worker(WorkerRequest::Dump(DumpRequest { id, addresses }));
     }
 }

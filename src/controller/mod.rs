@@ -52,7 +52,8 @@ pub use crate::engine::DEFAULT_MAX_CONCURRENT_RESTORES;
 /// a packet to re-create it before a scoped resync decides (see
 /// [`EngineConfig::suspect_end_grace_ms`]).
 pub const SUSPECT_END_GRACE_MS: u64 = 1_500;
-/// Default period of the reconcile dump of every registered address: 60 s.
+/// Default period of the safety check of every tracked flow (exact-tuple lookups, no
+/// table walk): 60 s.
 pub const DEFAULT_RESYNC_INTERVAL_MS: u64 = 60_000;
 
 /// Where flow events and time come from.
@@ -70,7 +71,8 @@ pub enum Mode {
 /// What to do about `net.netfilter.nf_conntrack_events` in the observed namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum EventsSysctlMode {
-    /// Read and report it; rely on periodic reconciles when it is not 1.
+    /// Read and report it; when it is 2, flows created before the library listened send
+    /// no events: the start-up dump finds them and the periodic check retires them.
     #[default]
     ReportOnly,
     /// Set it to 1 so every new flow sends events.
@@ -90,7 +92,11 @@ pub struct ControllerConfig {
     pub max_concurrent_standbys: u32,
     /// `Wake` decisions outstanding at once (see [`EngineConfig::max_concurrent_restores`]).
     pub max_concurrent_restores: u32,
-    /// Period of the reconcile dump.
+    /// How often the controller checks what it tracks (kernel mode): every tracked flow
+    /// is looked up by its exact tuple, so an entry whose DESTROY never came ends within
+    /// about this long, and `nf_conntrack_events` is read again. No table walk, unless
+    /// an instance tracks more than a few thousand flows (see
+    /// [`Engine::check_tracked_flows`]).
     pub resync_interval_ms: u64,
     /// Handling of the events sysctl.
     pub events_sysctl: EventsSysctlMode,
@@ -194,9 +200,12 @@ pub struct ControllerStats {
     /// Walks of the kernel's conntrack hash the query socket asked for (each dump
     /// request is one, filtered or not; kernel mode).
     pub dump_walks: u64,
-    /// Flows looked up by exact tuple (`CT_GET`, a hash lookup, no walk) to check UDP
-    /// flows whose expiry passed (kernel mode).
+    /// Flows looked up by exact tuple (`CT_GET`, a hash lookup, no walk): UDP flows whose
+    /// expiry passed, and every tracked flow at each periodic check (kernel mode).
     pub flow_lookups: u64,
+    /// Periodic checks of the tracked flows run (every `resync_interval_ms`, kernel
+    /// mode). In steady state they add to `flow_lookups`, not to `dump_walks`.
+    pub periodic_checks: u64,
     /// How long before each deadline the confirmation is asked for now, in
     /// milliseconds: in kernel mode the configured lead, or three times the slowest of
     /// the last dumps when that is longer, so that a slow table is confirmed in time.
@@ -221,6 +230,8 @@ pub(crate) struct Shared {
     pub(crate) dump_walks: AtomicU64,
     /// See [`ControllerStats::flow_lookups`].
     pub(crate) flow_lookups: AtomicU64,
+    /// See [`ControllerStats::periodic_checks`].
+    pub(crate) periodic_checks: AtomicU64,
 }
 
 /// The host's answer to a [`Decision::Confirm`] (manual mode).
@@ -235,8 +246,10 @@ pub enum ConfirmAnswer<'a> {
 
 impl Shared {
     /// Fires due deadlines and moves the engine's output to where it goes. Called with
-    /// the engine locked after every change.
-    pub(crate) fn settle(&self, engine: &mut Engine, now: UnixMillis) {
+    /// the engine locked after every change. With `defer_persist`, a batch of only
+    /// `PersistRuntime` decisions does not wake a blocked poller: the return value says
+    /// so, and the caller announces them soon (see [`DecisionQueue::announce`]).
+    pub(crate) fn settle(&self, engine: &mut Engine, now: UnixMillis, defer_persist: bool) -> bool {
         engine.tick(now);
         let mut out = Vec::new();
         engine.drain_decisions(&mut out);
@@ -249,7 +262,12 @@ impl Shared {
                 *r = self.runtime_to_wall(*r);
             }
         }
-        self.decisions.push_all(&mut out);
+        if defer_persist {
+            self.decisions.push_all_deferring(&mut out)
+        } else {
+            self.decisions.push_all(&mut out);
+            false
+        }
     }
 
     fn runtime_to_wall(&self, r: Runtime) -> Runtime {
@@ -340,6 +358,7 @@ impl Controller {
             event_wakeups: AtomicU64::new(0),
             dump_walks: AtomicU64::new(0),
             flow_lookups: AtomicU64::new(0),
+            periodic_checks: AtomicU64::new(0),
         });
         let kernel = match config.mode {
             Mode::Kernel => Some(kernel::KernelRuntime::start(shared.clone(), &config)?),
@@ -391,7 +410,7 @@ impl Controller {
     }
 
     fn settle_locked(&self, engine: &mut Engine, now: UnixMillis) {
-        self.shared.settle(engine, now);
+        self.shared.settle(engine, now, false);
         if self.kernel.is_none() {
             // No observer in manual mode: the host answers a lost-events report with
             // `resync`, so resync and lookup requests have no reader. The host is the observer for
@@ -427,7 +446,11 @@ impl Controller {
         self.mutate(|e, now| e.unregister(key, now))
     }
 
-    /// Moves up to `max` decisions into `out`, waiting up to `timeout` for the first.
+    /// Moves up to `max` decisions into `out`, waiting up to `timeout` for the first. In
+    /// kernel mode a `PersistRuntime` that comes without other decisions ends the wait
+    /// up to 50 ms after it is queued (a call that finds it queued takes it at once), so a
+    /// busy instance whose countdown flips with every connection does not wake the host
+    /// each time.
     pub fn poll_decisions(
         &self,
         out: &mut Vec<Decision>,
@@ -544,6 +567,7 @@ impl Controller {
             observer_errors: self.shared.observer_errors.load(Ordering::Relaxed),
             dump_walks: self.shared.dump_walks.load(Ordering::Relaxed),
             flow_lookups: self.shared.flow_lookups.load(Ordering::Relaxed),
+            periodic_checks: self.shared.periodic_checks.load(Ordering::Relaxed),
             confirm_lead_ms,
             decisions_pending: self.shared.decisions.len() as u64,
             decisions_merged: self.shared.decisions.merged(),

@@ -40,6 +40,9 @@ struct State {
     popped: u64,
     merged: u64,
     shutdown: bool,
+    /// Decisions were appended without waking the pollers (see
+    /// [`DecisionQueue::push_all_deferring`]).
+    unannounced: bool,
 }
 
 /// Why [`DecisionQueue::take`] returned nothing.
@@ -61,9 +64,33 @@ impl DecisionQueue {
 
     /// Appends decisions and wakes the pollers.
     pub fn push_all(&self, decisions: &mut Vec<Decision>) {
-        if decisions.is_empty() {
-            return;
+        self.push(decisions, false);
+    }
+
+    /// Appends decisions, waking the pollers only if one of them is not a
+    /// `PersistRuntime`. Returns true when the pollers were left asleep with decisions
+    /// waiting: [`DecisionQueue::announce`] is then due soon. A poller that is not
+    /// blocked takes them at once either way.
+    pub fn push_all_deferring(&self, decisions: &mut Vec<Decision>) -> bool {
+        self.push(decisions, true)
+    }
+
+    /// Wakes the pollers if decisions were appended without waking them.
+    pub fn announce(&self) {
+        let mut state = self.state.lock();
+        if std::mem::take(&mut state.unannounced) {
+            self.ready.notify_all();
         }
+    }
+
+    fn push(&self, decisions: &mut Vec<Decision>, defer_persist: bool) -> bool {
+        if decisions.is_empty() {
+            return false;
+        }
+        let urgent = !defer_persist
+            || decisions
+                .iter()
+                .any(|d| !matches!(d, Decision::PersistRuntime { .. }));
         let mut state = self.state.lock();
         let state = &mut *state;
         for d in decisions.drain(..) {
@@ -81,7 +108,14 @@ impl DecisionQueue {
                 .insert(slot, state.popped + state.items.len() as u64);
             state.items.push_back(d);
         }
-        self.ready.notify_all();
+        if urgent {
+            state.unannounced = false;
+            self.ready.notify_all();
+            false
+        } else {
+            state.unannounced = true;
+            true
+        }
     }
 
     /// Moves up to `max` decisions into `out`, waiting up to `timeout` for the first one.
@@ -120,6 +154,9 @@ impl DecisionQueue {
             out.push(d);
         }
         state.popped += n as u64;
+        if state.items.is_empty() {
+            state.unannounced = false;
+        }
         Ok(())
     }
 
@@ -149,6 +186,47 @@ impl DecisionQueue {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn persist_decisions_alone_wait_for_the_announcement_others_wake_at_once() {
+        let q = Arc::new(DecisionQueue::new());
+        let persist = Decision::PersistRuntime {
+            key: 1,
+            runtime: None,
+        };
+        let unannounced = |q: &DecisionQueue| q.state.lock().unannounced;
+        // Whether the poller blocks before or after the push, the announcement (or
+        // finding them queued) hands it the decision.
+        let q2 = q.clone();
+        let poller = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            q2.take(&mut out, 8, Duration::from_secs(60)).map(|()| out)
+        });
+        assert!(q.push_all_deferring(&mut vec![persist]));
+        assert!(unannounced(&q));
+        q.announce();
+        assert!(!unannounced(&q));
+        assert_eq!(poller.join().unwrap(), Ok(vec![persist]));
+
+        // Another kind in the batch wakes the pollers with it.
+        let standby = Decision::Standby { key: 2 };
+        assert!(!q.push_all_deferring(&mut vec![persist, standby]));
+        assert!(!unannounced(&q));
+        let mut out = Vec::new();
+        q.take(&mut out, 8, Duration::ZERO).unwrap();
+        assert_eq!(out, vec![persist, standby]);
+
+        // A poller that finds them queued takes them without the announcement, and
+        // nothing is left to announce.
+        assert!(q.push_all_deferring(&mut vec![persist]));
+        out.clear();
+        q.take(&mut out, 8, Duration::from_secs(60)).unwrap();
+        assert_eq!(out, vec![persist]);
+        assert!(!unannounced(&q));
+        // Plain pushes always wake.
+        q.push_all(&mut vec![persist]);
+        assert!(!unannounced(&q));
+    }
 
     #[test]
     fn a_blocked_take_wakes_on_push_and_on_shutdown() {

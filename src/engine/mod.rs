@@ -168,7 +168,8 @@ pub enum ObserverRequest {
     /// `CT_GET`, no table walk): [`Engine::begin_lookup`], [`Engine::lookup_answer`]
     /// for each, then [`Engine::finish_lookup`] (or [`Engine::fail_lookup`] when the
     /// lookups could not run). Asked for the counted UDP flows of active instances whose
-    /// reported expiry has passed; the checks falling due together share one request.
+    /// reported expiry has passed (the checks falling due together share one request),
+    /// and for every tracked flow by [`Engine::check_tracked_flows`].
     Lookup(Vec<Flow>),
 }
 
@@ -541,7 +542,7 @@ pub struct EngineStats {
     /// [`EngineConfig::max_concurrent_restores`] slots (the restore queue's length).
     pub restores_queued: u64,
     /// Lookups ([`ObserverRequest::Lookup`]) finished, each answering the expiry checks
-    /// of one or more instances without a dump.
+    /// of one or more instances, or a periodic check, without a dump.
     pub lookups: u64,
     /// Flows those lookups found gone (expired without an event, usually).
     pub lookup_gone: u64,
@@ -888,6 +889,20 @@ impl Engine {
     /// new `Resync` request is queued for instances whose events were lost.
     pub fn fail_resync(&mut self, id: ResyncId, now: UnixMillis) -> Result<(), EngineError> {
         self.do_fail_resync(id, now)
+    }
+
+    /// The periodic safety check of everything tracked: asks, with one
+    /// [`ObserverRequest::Lookup`], for the exact-tuple lookup of every flow stored for
+    /// every instance whose flows are known, so that an entry gone without its DESTROY
+    /// (a lost event, or an entry from before the observer listened, which with
+    /// `nf_conntrack_events=2` never sends one) ends, and a found one refreshes its state
+    /// and expiry. No table walk, unless an instance tracks very many flows (it is
+    /// resynced instead) or all of them together are too many to look up one by one
+    /// (everything is). Flows the events never reported are not its concern: the
+    /// confirmation before each standby walks the instance's addresses. Returns the
+    /// number of flows asked about.
+    pub fn check_tracked_flows(&mut self, now: UnixMillis) -> usize {
+        self.do_check_tracked_flows(now)
     }
 
     /// Starts the lookup of `flows` (as an [`ObserverRequest::Lookup`] listed them). Call

@@ -363,7 +363,11 @@ fn decision_to_c(d: &Decision) -> autostandby_decision {
 
 /// Takes up to `cap` pending decisions, oldest first, into `out`; `*out_len` is the count.
 ///
-/// Blocks up to `timeout_ms` until at least one decision is ready (0: never blocks).
+/// Blocks up to `timeout_ms` until at least one decision is ready (0: never blocks). In
+/// kernel mode a `PERSIST_RUNTIME` that comes without other decisions ends the block up
+/// to 50 ms after it is ready (it is taken at once by a call that finds it queued), so a
+/// busy instance whose countdown flips with every connection does not wake the host each
+/// time.
 /// Returns `AUTOSTANDBY_OK` with `*out_len == 0` on timeout, and
 /// `AUTOSTANDBY_ERR_SHUTDOWN` once `autostandby_controller_free` has begun. With `cap`
 /// 0, `out` may be NULL and nothing is taken. Thread-safe: concurrent pollers each get

@@ -209,7 +209,8 @@ pub struct autostandby_config {
     pub rcvbuf_bytes: usize,
     /// Standbys outstanding at once; 0 for 16.
     pub max_concurrent_standbys: u32,
-    /// Period of the reconcile dump; 0 for 60 s.
+    /// How often the controller checks every flow it tracks (exact-tuple lookups, no
+    /// table walk; kernel mode); 0 for 60 s.
     pub resync_interval_ms: u64,
     /// `AUTOSTANDBY_EVENTS_SYSCTL_REPORT` or `AUTOSTANDBY_EVENTS_SYSCTL_ENABLE`.
     pub events_sysctl: u32,

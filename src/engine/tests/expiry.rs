@@ -3,6 +3,7 @@
 
 use super::resync::{udp, udp_spec, udp_spec_at, udp_to};
 use super::*;
+use crate::engine::expiry::{MAX_CHECK_LOOKUPS, MAX_LOOKUP_FLOWS};
 
 /// An engine with instance 1 (UDP counted) and one UDP flow reported at `T0` with 30 s
 /// left, ticked to its check; returns the check's time.
@@ -209,7 +210,7 @@ fn only_counted_udp_flows_are_looked_up_and_very_many_are_resynced() {
 
     let mut h = H::new();
     h.reg(1, udp_spec(), T0);
-    let many = crate::engine::expiry::MAX_LOOKUP_FLOWS as u32 + 1;
+    let many = MAX_LOOKUP_FLOWS as u32 + 1;
     for i in 0..many {
         h.new_flow(udp_to(guest(), 10_000 + i as u16, i, Some(30)), T0);
     }
@@ -261,4 +262,107 @@ fn a_destroy_during_a_long_lookup_does_not_hide_a_later_dumps_entry() {
     h.e.resync_flow(r, &udp(Some(30))).unwrap();
     h.e.finish_resync(r, at + 7).unwrap();
     assert_eq!(h.st(1, at + 7).active_inbound, 1);
+}
+
+#[test]
+fn the_periodic_check_looks_up_every_tracked_flow_and_ends_the_gone_ones() {
+    let mut h = H::new();
+    let b = ip("10.0.1.2");
+    h.reg(1, spec(MIN), T0);
+    h.reg(2, udp_spec_at(b), T0);
+    let (gone, live) = (
+        inbound(40_000, Some(TcpState::ESTABLISHED)),
+        inbound(40_001, Some(TcpState::ESTABLISHED)),
+    );
+    h.new_flow(gone, T0);
+    h.new_flow(live, T0);
+    h.new_flow(udp_to(b, 5353, 7, Some(120)), T0);
+    h.drain();
+    assert_eq!(h.requests(), vec![]);
+
+    let at = T0 + MIN;
+    assert_eq!(h.e.check_tracked_flows(at), 3);
+    let asked = vec![udp_to(b, 5353, 7, None), gone, live];
+    assert_eq!(looked_up(&mut h), asked);
+    let l = h.e.begin_lookup(&asked, at);
+    h.e.lookup_answer(l, &asked[1], LookupAnswer::Gone).unwrap();
+    // Found: the kernel's state replaces the one known.
+    let closing = inbound(40_001, Some(TcpState::CLOSE_WAIT));
+    h.e.lookup_answer(l, &asked[2], LookupAnswer::Found(&closing))
+        .unwrap();
+    h.e.lookup_answer(
+        l,
+        &asked[0],
+        LookupAnswer::Found(&udp_to(b, 5353, 7, Some(90))),
+    )
+    .unwrap();
+    h.e.finish_lookup(l, at + 1).unwrap();
+    let st = h.st(1, at + 1);
+    assert_eq!(
+        (st.status, st.active_inbound),
+        (Status::Active, 1),
+        "{st:?}"
+    );
+    assert_eq!(h.st(2, at + 1).active_inbound, 1);
+    assert_eq!(h.e.stats().lookup_gone, 1);
+    assert_eq!(h.e.stats().tracked_flows, 2);
+    // The next check asks with the refreshed state.
+    assert_eq!(h.e.check_tracked_flows(at + MIN), 2);
+    assert_eq!(looked_up(&mut h), vec![udp_to(b, 5353, 7, None), closing]);
+}
+
+/// The flows of the one request, a `Lookup`, in the order of their ids.
+fn looked_up(h: &mut H) -> Vec<Flow> {
+    let requests = h.requests();
+    let [ObserverRequest::Lookup(flows)] = &requests[..] else {
+        panic!("not one lookup: {requests:?}");
+    };
+    let mut flows = flows.clone();
+    flows.sort_by_key(|f| f.id);
+    flows
+}
+
+#[test]
+fn the_periodic_check_leaves_pending_instances_to_their_resync_and_walks_for_crowds() {
+    let mut h = H::new();
+    let (a, b, c) = (ip("10.0.1.1"), ip("10.0.1.2"), ip("10.0.1.3"));
+    h.reg(1, udp_spec_at(a), T0);
+    h.reg(2, udp_spec_at(b), T0);
+    h.reg(3, udp_spec_at(c), T0);
+    let many = MAX_LOOKUP_FLOWS as u32 + 1;
+    for i in 0..many {
+        h.new_flow(udp_to(a, 10_000 + i as u16, i, Some(30)), T0);
+    }
+    h.new_flow(udp_to(b, 5353, 1, Some(30)), T0);
+    h.new_flow(udp_to(c, 5353, 2, Some(30)), T0);
+    h.e.events_lost(ResyncScope::Instances(vec![3]), T0);
+    h.requests();
+    assert_eq!(h.e.check_tracked_flows(T0 + SEC), 1);
+    assert_eq!(
+        h.requests(),
+        vec![
+            ObserverRequest::Resync(ResyncScope::Instances(vec![1])),
+            ObserverRequest::Lookup(vec![udp_to(b, 5353, 1, None)]),
+        ]
+    );
+}
+
+#[test]
+fn the_periodic_check_walks_once_when_the_lookups_would_cost_more() {
+    let mut h = H::new();
+    let per = MAX_LOOKUP_FLOWS as u32;
+    let instances = (MAX_CHECK_LOOKUPS as u32).div_ceil(per) + 1;
+    for k in 0..instances {
+        let addr = ip(&format!("10.0.2.{}", k + 1));
+        h.reg(u64::from(k), udp_spec_at(addr), T0);
+        for i in 0..per {
+            h.new_flow(udp_to(addr, 10_000 + i as u16, i, Some(30)), T0);
+        }
+    }
+    h.requests();
+    assert_eq!(h.e.check_tracked_flows(T0 + SEC), 0);
+    assert_eq!(
+        h.requests(),
+        vec![ObserverRequest::Resync(ResyncScope::All)]
+    );
 }
