@@ -32,9 +32,13 @@ impl Engine {
     /// Every registered slot, sorted so that walks over all instances (and the decisions
     /// they emit) are deterministic.
     pub(super) fn live_slots(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self.by_key.values().copied().collect();
-        v.sort_unstable();
-        v
+        // The slot vector in order: sorted without a sort.
+        self.insts
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.is_some())
+            .map(|(s, _)| s as u32)
+            .collect()
     }
 
     /// Remembers the latest `now` seen, for calls that carry none (`resync_flow`).
@@ -92,6 +96,7 @@ impl Engine {
         }
         for a in &inst.spec.addresses {
             self.by_addr.insert(addr_bits(*a), slot);
+            self.note_address(addr_bits(*a), true);
         }
         if !inst.spec.addresses.is_empty() {
             self.addr_gen += 1;
@@ -123,9 +128,13 @@ impl Engine {
         let changed = !removed.is_empty() || gained;
         for b in &removed {
             self.by_addr.remove(*b);
+            self.note_address(*b, false);
         }
         for a in &spec.addresses {
             self.by_addr.insert(addr_bits(*a), slot);
+            if !old_addrs.contains(a) {
+                self.note_address(addr_bits(*a), true);
+            }
         }
         if changed {
             self.addr_gen += 1;
@@ -192,6 +201,7 @@ impl Engine {
         self.by_key.remove(&inst.key);
         for a in &inst.spec.addresses {
             self.by_addr.remove(addr_bits(*a));
+            self.note_address(addr_bits(*a), false);
         }
         if !inst.spec.addresses.is_empty() {
             self.addr_gen += 1;
