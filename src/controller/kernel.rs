@@ -23,6 +23,7 @@
 //! Host calls lock the engine themselves, then wake the loop. Every thread holds the
 //! engine lock only for engine calls, never across a system call.
 
+use std::collections::BTreeSet;
 use std::mem;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -47,16 +48,28 @@ use crate::flow::{Flow, FlowEvent};
 /// bursts (a host registering its instances one by one at start-up): the loop begins the
 /// dump once no such request has come for this long...
 const BURST_QUIET: Duration = Duration::from_millis(5);
-/// ...or once the burst has lasted this long.
-const BURST_MAX: Duration = Duration::from_millis(50);
+/// ...or once the burst has lasted this long...
+const BURST_MAX: Duration = Duration::from_millis(500);
+/// ...a span multiplied by this for each further dump while the same burst goes on, so
+/// that a long burst costs few dumps (each walks the whole table and applies the state
+/// of every instance): a burst of 100,000 registrations (1-3 s) costs two...
+const BURST_GROWTH: u32 = 4;
+/// ...up to this span, so that a host registering without pause still gets its new
+/// instances read this often.
+const BURST_MAX_LIMIT: Duration = Duration::from_secs(8);
 /// First delay before reopening a failed socket or retrying a failed dump; doubled per
 /// failure.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// Longest delay between reopen attempts or dump retries.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Dumped flows per chunk sent to the loop: small enough that the engine lock is held
-/// well under a millisecond per chunk.
+/// Dumped flows per chunk sent to the loop.
 const RESYNC_CHUNK: usize = 1024;
+/// Dumped flows applied per hold of the engine lock, so a host call waits at most
+/// tens of microseconds for a chunk.
+const APPLY_STEP: usize = 128;
+/// Instances the end of a resync is applied to per hold of the engine lock
+/// ([`Engine::finish_resync_bounded`](crate::engine::Engine::finish_resync_bounded)).
+const FINISH_STEP: usize = 256;
 /// Chunks queued for the loop before the worker waits (the loop never waits on it).
 const REPLY_QUEUE: usize = 64;
 /// How long the first event of a steady trickle waits, once the socket is readable,
@@ -274,6 +287,7 @@ impl KernelRuntime {
             next_reconcile: Instant::now() + Duration::from_millis(config.resync_interval_ms),
             next_deadline: None,
             address_generation: None,
+            addresses: AddressSet::default(),
             events_down: None,
             resync_error: None,
             events_off: false,
@@ -472,6 +486,9 @@ struct ResyncQueue {
     /// After a failed dump, none begins before this.
     not_before: Option<Instant>,
     backoff: Duration,
+    /// How long the current burst of requests to resync everything may last before a
+    /// dump begins anyway.
+    burst_max: Duration,
 }
 
 impl Default for ResyncQueue {
@@ -482,6 +499,7 @@ impl Default for ResyncQueue {
             in_flight: None,
             not_before: None,
             backoff: BACKOFF_INITIAL,
+            burst_max: BURST_MAX,
         }
     }
 }
@@ -499,7 +517,7 @@ impl ResyncQueue {
     /// When the pending resync of everything is ripe.
     fn all_ripe_at(&self) -> Option<Instant> {
         self.all
-            .map(|(first, last)| (last + BURST_QUIET).min(first + BURST_MAX))
+            .map(|(first, last)| (last + BURST_QUIET).min(first + self.burst_max))
     }
 
     /// When the next resync may begin; `None` when none is wanted or one is running.
@@ -522,6 +540,13 @@ impl ResyncQueue {
         }
         self.not_before = None;
         if self.all_ripe_at().is_some_and(|at| at <= now) {
+            // A burst still going on (no quiet gap yet) waits longer for its next dump.
+            let going_on = self.all.is_some_and(|(_, last)| last + BURST_QUIET > now);
+            self.burst_max = if going_on {
+                (self.burst_max * BURST_GROWTH).min(BURST_MAX_LIMIT)
+            } else {
+                BURST_MAX
+            };
             // Covers the instances too.
             self.all = None;
             self.instances.clear();
@@ -546,6 +571,41 @@ impl ResyncQueue {
             self.not_before = Some(now + self.backoff);
             self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         }
+    }
+}
+
+/// The loop's copy of the registered addresses, kept up to date from the engine's
+/// changes ([`Engine::drain_address_changes`](crate::engine::Engine::drain_address_changes))
+/// so that the engine lock is never held for a walk of the whole set.
+#[derive(Debug, Default)]
+struct AddressSet {
+    /// Changes drained from the engine and not applied yet.
+    changes: Vec<(IpAddr, bool)>,
+    /// The whole set, when the engine could not give the changes.
+    all: Vec<IpAddr>,
+    set: BTreeSet<IpAddr>,
+    /// `set` as a list (for the kernel filter and the dumps).
+    sorted: Vec<IpAddr>,
+}
+
+impl AddressSet {
+    /// Applies what was drained: the changes, or the whole set when not `complete`.
+    fn apply(&mut self, complete: bool) {
+        if !complete {
+            self.set.clear();
+            self.set.extend(self.all.drain(..));
+        } else if self.changes.is_empty() {
+            return;
+        }
+        for (a, added) in self.changes.drain(..) {
+            if added {
+                self.set.insert(a);
+            } else {
+                self.set.remove(&a);
+            }
+        }
+        self.sorted.clear();
+        self.sorted.extend(self.set.iter().copied());
     }
 }
 
@@ -579,6 +639,8 @@ struct EngineLoop {
     /// The engine's next deadline as of the last settle.
     next_deadline: Option<UnixMillis>,
     address_generation: Option<u64>,
+    /// The registered addresses, kept from the engine's changes.
+    addresses: AddressSet,
     events_down: Option<String>,
     resync_error: Option<String>,
     /// `nf_conntrack_events` was 0 at the last read.
@@ -765,12 +827,14 @@ impl EngineLoop {
             match reply {
                 WorkerReply::Sysctl(value) => self.events_sysctl(value, now),
                 WorkerReply::Flows(id, flows) => {
-                    let mut engine = self.shared.engine.lock();
                     // The engine skips entries older than an event it applied meanwhile.
                     // An error means a newer resync replaced this one: the rest is moot.
-                    for f in &flows {
-                        if engine.resync_flow(id, f).is_err() {
-                            break;
+                    'chunk: for part in flows.chunks(APPLY_STEP) {
+                        let mut engine = self.shared.engine.lock();
+                        for f in part {
+                            if engine.resync_flow(id, f).is_err() {
+                                break 'chunk;
+                            }
                         }
                     }
                 }
@@ -783,9 +847,19 @@ impl EngineLoop {
                         );
                         self.shared.engine.lock().set_confirm_lead_ms(lead, now);
                     }
-                    if let Err(e) = self.shared.engine.lock().finish_resync(id, now) {
-                        // Not an observer failure.
-                        tracing::debug!(error = %e, "resync superseded");
+                    // In steps, each settled, so host calls get the lock in between
+                    // and the decisions go out in bounded batches.
+                    loop {
+                        let mut engine = self.shared.engine.lock();
+                        match engine.finish_resync_bounded(id, now, FINISH_STEP) {
+                            Ok(false) => self.shared.settle(&mut engine, now),
+                            Ok(true) => break,
+                            Err(e) => {
+                                // Not an observer failure.
+                                tracing::debug!(error = %e, "resync superseded");
+                                break;
+                            }
+                        }
                     }
                     self.resync_error = None;
                     self.resyncs.ended(id, true, Instant::now());
@@ -879,18 +953,26 @@ impl EngineLoop {
     fn after(&mut self) {
         let now = self.shared.clock.now();
         self.apply_health(now);
-        let new_addresses = {
+        let (generation, complete) = {
             let mut engine = self.shared.engine.lock();
             self.shared.settle(&mut engine, now);
             engine.drain_requests(&mut self.requests);
             self.next_deadline = engine.next_deadline();
-            let generation = engine.addresses_generation();
-            (self.address_generation != Some(generation)).then(|| (generation, engine.addresses()))
+            // The changes only: the set itself is kept here, off the lock.
+            let complete = engine.drain_address_changes(&mut self.addresses.changes);
+            if !complete {
+                self.addresses.all.clear();
+                engine.addresses_unsorted(&mut self.addresses.all);
+            }
+            (engine.addresses_generation(), complete)
         };
+        self.addresses.apply(complete);
         let at = Instant::now();
-        if let Some((generation, addresses)) = new_addresses {
+        if self.address_generation != Some(generation) {
             self.address_generation = Some(generation);
+            let addresses = mem::take(&mut self.addresses.sorted);
             self.set_address_filter(&addresses);
+            self.addresses.sorted = addresses;
             // Flows of a new address may predate the filter, and a dump that began
             // before the filter was in place could miss one created in between: this
             // resync begins after it.
@@ -964,13 +1046,28 @@ impl EngineLoop {
             return;
         };
         let now = self.shared.clock.now();
-        let (id, addresses) = {
+        let begun = {
             let mut engine = self.shared.engine.lock();
-            (
-                engine.begin_resync(scope.clone(), now),
-                engine.scope_addresses(&scope),
-            )
+            if scope == ResyncScope::All
+                && self.address_generation != Some(engine.addresses_generation())
+            {
+                // The set changed since the filter was set: the next round sets it and
+                // resyncs everything after that.
+                None
+            } else {
+                let addresses = match &scope {
+                    // Every address: the loop's copy, equal to the engine's set now.
+                    ResyncScope::All => None,
+                    ResyncScope::Instances(_) => Some(engine.scope_addresses(&scope)),
+                };
+                Some((engine.begin_resync(scope.clone(), now), addresses))
+            }
         };
+        let Some((id, addresses)) = begun else {
+            self.resyncs.add(scope, at);
+            return;
+        };
+        let addresses = addresses.unwrap_or_else(|| self.addresses.sorted.clone());
         self.resyncs.in_flight = Some((id, scope));
         self.dump_began = Instant::now();
         if self
