@@ -53,6 +53,7 @@ mod flows;
 mod instance;
 mod registry;
 mod resync;
+mod slots;
 mod standby;
 mod status;
 
@@ -562,7 +563,7 @@ pub enum EngineError {
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
-    insts: Vec<Option<instance::Inst>>,
+    insts: slots::Slots<instance::Inst>,
     free_slots: Vec<u32>,
     by_key: FastMap<InstanceKey, u32>,
     by_addr: addrs::AddrIndex,
@@ -607,7 +608,7 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Self {
         Self {
             config,
-            insts: Vec::new(),
+            insts: slots::Slots::default(),
             free_slots: Vec::new(),
             by_key: FastMap::default(),
             by_addr: addrs::AddrIndex::default(),

@@ -76,7 +76,7 @@ impl Engine {
         let slot = match self.free_slots.pop() {
             Some(s) => s,
             None => {
-                self.insts.push(None);
+                self.insts.push_empty();
                 (self.insts.len() - 1) as u32
             }
         };
