@@ -219,6 +219,45 @@ impl AddrIndex {
     }
 }
 
+/// Instance key to slot: the same table and its incremental growth, so that no
+/// registration rehashes every key at once. A key `k` is stored as `k + 2^64`, never
+/// the empty or the moved mark.
+#[derive(Debug, Default)]
+pub(crate) struct KeyIndex(AddrIndex);
+
+#[inline]
+fn key_bits(k: u64) -> u128 {
+    u128::from(k) | (1 << 64)
+}
+
+impl KeyIndex {
+    /// The slot of instance `k`.
+    #[inline]
+    pub(crate) fn get(&self, k: u64) -> Option<u32> {
+        self.0.get(key_bits(k))
+    }
+
+    /// Whether `k` is indexed.
+    pub(crate) fn contains_key(&self, k: u64) -> bool {
+        self.get(k).is_some()
+    }
+
+    /// Sets the slot of `k`.
+    pub(crate) fn insert(&mut self, k: u64, slot: u32) {
+        self.0.insert(key_bits(k), slot);
+    }
+
+    /// Removes `k`.
+    pub(crate) fn remove(&mut self, k: u64) {
+        self.0.remove(key_bits(k));
+    }
+
+    /// Number of indexed keys.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +316,19 @@ mod tests {
             }
         }
         assert!(idx.entries.len() >= 2 * model.len());
+    }
+
+    #[test]
+    fn instance_keys_include_zero_and_the_largest() {
+        let mut idx = KeyIndex::default();
+        for k in [0, 1, u64::MAX, u64::MAX - 1] {
+            assert!(!idx.contains_key(k));
+            idx.insert(k, k as u32);
+        }
+        assert_eq!(idx.len(), 4);
+        assert_eq!(idx.get(0), Some(0));
+        assert_eq!(idx.get(u64::MAX), Some(u32::MAX));
+        idx.remove(0);
+        assert_eq!((idx.get(0), idx.len()), (None, 3));
     }
 }

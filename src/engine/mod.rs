@@ -565,7 +565,7 @@ pub struct Engine {
     config: EngineConfig,
     insts: slots::Slots<instance::Inst>,
     free_slots: Vec<u32>,
-    by_key: FastMap<InstanceKey, u32>,
+    by_key: addrs::KeyIndex,
     by_addr: addrs::AddrIndex,
     addr_gen: u64,
     /// Changes of the address set not drained yet (see
@@ -610,7 +610,7 @@ impl Engine {
             config,
             insts: slots::Slots::default(),
             free_slots: Vec::new(),
-            by_key: FastMap::default(),
+            by_key: addrs::KeyIndex::default(),
             by_addr: addrs::AddrIndex::default(),
             addr_gen: 0,
             addr_journal: Vec::new(),
@@ -1038,8 +1038,8 @@ impl Engine {
             ResyncScope::Instances(keys) => {
                 let mut v: Vec<IpAddr> = keys
                     .iter()
-                    .filter_map(|k| self.by_key.get(k))
-                    .flat_map(|&s| self.inst(s).spec.addresses.iter().copied())
+                    .filter_map(|k| self.by_key.get(*k))
+                    .flat_map(|s| self.inst(s).spec.addresses.iter().copied())
                     .collect();
                 v.sort();
                 v.dedup();

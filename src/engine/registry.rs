@@ -23,10 +23,7 @@ impl Engine {
     }
 
     pub(super) fn slot(&self, key: InstanceKey) -> Result<u32, EngineError> {
-        self.by_key
-            .get(&key)
-            .copied()
-            .ok_or(EngineError::NotFound(key))
+        self.by_key.get(key).ok_or(EngineError::NotFound(key))
     }
 
     /// Every registered slot, sorted so that walks over all instances (and the decisions
@@ -68,7 +65,7 @@ impl Engine {
         now: UnixMillis,
     ) -> Result<(), EngineError> {
         self.see(now);
-        if self.by_key.contains_key(&key) {
+        if self.by_key.contains_key(key) {
             return Err(EngineError::AlreadyRegistered(key));
         }
         let spec = normalise_spec(spec)?;
@@ -198,7 +195,7 @@ impl Engine {
     pub(super) fn remove_instance(&mut self, slot: u32, now: UnixMillis) {
         self.flows.clear_instance(slot);
         let inst = self.insts[slot as usize].take().expect("live slot");
-        self.by_key.remove(&inst.key);
+        self.by_key.remove(inst.key);
         for a in &inst.spec.addresses {
             self.by_addr.remove(addr_bits(*a));
             self.note_address(addr_bits(*a), false);
@@ -219,7 +216,7 @@ impl Engine {
         let epoch = self.drain_epoch;
         for i in 0..self.decisions.len() {
             if let Decision::PersistRuntime { key: k, .. } = self.decisions[i]
-                && let Some(&s) = self.by_key.get(&k)
+                && let Some(s) = self.by_key.get(k)
             {
                 let other = self.inst_mut(s);
                 other.persist_idx = i as u32;

@@ -64,7 +64,7 @@ impl Engine {
             ResyncScope::Instances(keys) => {
                 let mut v: Vec<(u32, InstanceKey)> = keys
                     .iter()
-                    .filter_map(|k| self.by_key.get(k).map(|&s| (s, *k)))
+                    .filter_map(|k| self.by_key.get(*k).map(|s| (s, *k)))
                     .collect();
                 v.sort_unstable();
                 v.dedup();
@@ -189,7 +189,7 @@ impl Engine {
             // A slot freed and reused since the resync began belongs to another instance.
             Some(v) => v
                 .iter()
-                .filter(|(s, k)| self.by_key.get(k) == Some(s))
+                .filter(|(s, k)| self.by_key.get(*k) == Some(*s))
                 .copied()
                 .collect(),
         };
@@ -286,7 +286,7 @@ impl Engine {
         // Instances unregistered since (their slot maybe reused) are skipped.
         let members: Vec<u32> = f.members[f.next..end]
             .iter()
-            .filter(|(s, k)| self.by_key.get(k) == Some(s))
+            .filter(|(s, k)| self.by_key.get(*k) == Some(*s))
             .map(|&(s, _)| s)
             .collect();
         f.next = end;
