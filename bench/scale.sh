@@ -130,7 +130,9 @@ echo "kernel $(uname -r), $(nproc) CPUs, HOG=$HOG RUNS=$RUNS INSTANCES=$INSTANCE
 echo "load average before measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
 for scenario in $SCENARIOS; do
   for run in $(seq "$RUNS"); do
-    line=$("run_$scenario" | tee /dev/stderr | grep -a '^instances=' | tail -1)
+    "run_$scenario" >"$tmp/run"
+    cat "$tmp/run"
+    line=$(grep -a '^instances=' "$tmp/run" | tail -1)
     echo "$scenario run=$run $line" >>"$tmp/results"
   done
 done
