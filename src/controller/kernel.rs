@@ -21,7 +21,10 @@
 //!   touches the engine.
 //!
 //! Host calls lock the engine themselves, then wake the loop. Every thread holds the
-//! engine lock only for engine calls, never across a system call.
+//! engine lock only for engine calls, never across a system call, and no hold walks
+//! every instance or address: the loop keeps its own copy of the address set from the
+//! engine's changes, applies dumped flows and the end of a resync in bounded steps,
+//! and lets host calls in between (`make bench-scale`).
 
 use std::collections::BTreeSet;
 use std::mem;
