@@ -67,6 +67,9 @@ const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Dumped flows per chunk sent to the loop.
 const RESYNC_CHUNK: usize = 1024;
+/// Shortest time between two replacements of the kernel filter while the address set
+/// keeps changing.
+const FILTER_EVERY: Duration = Duration::from_millis(5);
 /// Dumped flows applied per hold of the engine lock, so a host call waits at most
 /// tens of microseconds for a chunk.
 const APPLY_STEP: usize = 128;
@@ -290,6 +293,8 @@ impl KernelRuntime {
             next_reconcile: Instant::now() + Duration::from_millis(config.resync_interval_ms),
             next_deadline: None,
             address_generation: None,
+            seen_generation: None,
+            filter_set_at: None,
             addresses: AddressSet::default(),
             events_down: None,
             resync_error: None,
@@ -587,8 +592,10 @@ struct AddressSet {
     /// The whole set, when the engine could not give the changes.
     all: Vec<IpAddr>,
     set: BTreeSet<IpAddr>,
-    /// `set` as a list (for the kernel filter and the dumps).
+    /// `set` as a list (for the kernel filter and the dumps), once `refresh`ed.
     sorted: Vec<IpAddr>,
+    /// `sorted` is older than `set`.
+    stale: bool,
 }
 
 impl AddressSet {
@@ -607,8 +614,15 @@ impl AddressSet {
                 self.set.remove(&a);
             }
         }
-        self.sorted.clear();
-        self.sorted.extend(self.set.iter().copied());
+        self.stale = true;
+    }
+
+    /// Brings `sorted` up to date (only when needed: it copies the whole set).
+    fn refresh(&mut self) {
+        if mem::take(&mut self.stale) {
+            self.sorted.clear();
+            self.sorted.extend(self.set.iter().copied());
+        }
     }
 }
 
@@ -641,7 +655,12 @@ struct EngineLoop {
     next_reconcile: Instant,
     /// The engine's next deadline as of the last settle.
     next_deadline: Option<UnixMillis>,
+    /// The address-set generation the kernel filter was last built from.
     address_generation: Option<u64>,
+    /// The latest address-set generation seen.
+    seen_generation: Option<u64>,
+    /// When the kernel filter was last replaced.
+    filter_set_at: Option<Instant>,
     /// The registered addresses, kept from the engine's changes.
     addresses: AddressSet,
     events_down: Option<String>,
@@ -682,11 +701,23 @@ impl EngineLoop {
         }
     }
 
+    /// When the kernel filter may be replaced next: at once, or, while the address set
+    /// keeps changing, [`FILTER_EVERY`] after the last time, so that a burst of
+    /// registrations does not rebuild a filter of every address for each one. Until
+    /// then the instances added are resync-pending (and the resync that reads their
+    /// flows begins after the filter that passes their events).
+    fn filter_due(&self, now: Instant) -> Instant {
+        self.filter_set_at.map_or(now, |t| t + FILTER_EVERY)
+    }
+
     /// Until the engine's next deadline, the next reconcile, the next resync that may
-    /// begin, or the next reopen attempt, whichever is first.
+    /// begin, the next reopen attempt or a filter update put off, whichever is first.
     fn time_to_next_wake(&self) -> Duration {
         let now = Instant::now();
         let mut next = self.next_reconcile;
+        if self.address_generation != self.seen_generation {
+            next = next.min(self.filter_due(now));
+        }
         if let Some(at) = self.resyncs.due(now) {
             next = next.min(at);
         }
@@ -971,15 +1002,20 @@ impl EngineLoop {
         };
         self.addresses.apply(complete);
         let at = Instant::now();
-        if self.address_generation != Some(generation) {
+        if self.seen_generation != Some(generation) {
+            self.seen_generation = Some(generation);
+            // Flows of a new address may predate the filter, and a dump that began
+            // before the filter was in place could miss one created in between: this
+            // resync begins after it (`begin_resync` checks).
+            self.resyncs.add(ResyncScope::All, at);
+        }
+        if self.address_generation != Some(generation) && self.filter_due(at) <= at {
             self.address_generation = Some(generation);
+            self.filter_set_at = Some(at);
+            self.addresses.refresh();
             let addresses = mem::take(&mut self.addresses.sorted);
             self.set_address_filter(&addresses);
             self.addresses.sorted = addresses;
-            // Flows of a new address may predate the filter, and a dump that began
-            // before the filter was in place could miss one created in between: this
-            // resync begins after it.
-            self.resyncs.add(ResyncScope::All, at);
         }
         // Taken and put back so the loop keeps one allocation for them.
         let mut requests = mem::take(&mut self.requests);
@@ -1070,7 +1106,10 @@ impl EngineLoop {
             self.resyncs.add(scope, at);
             return;
         };
-        let addresses = addresses.unwrap_or_else(|| self.addresses.sorted.clone());
+        let addresses = addresses.unwrap_or_else(|| {
+            self.addresses.refresh();
+            self.addresses.sorted.clone()
+        });
         self.resyncs.in_flight = Some((id, scope));
         self.dump_began = Instant::now();
         if self
