@@ -29,8 +29,12 @@
 //! costs most of a second. A flow whose NEW was lost is the confirmation's to find.
 //!
 //! Host calls lock the engine themselves, then wake the loop. Every thread holds the
-//! engine lock only for engine calls, never across a system call.
+//! engine lock only for engine calls, never across a system call, and no hold walks
+//! every instance or address: the loop keeps its own copy of the address set from the
+//! engine's changes, applies dumped flows and the end of a resync in bounded steps,
+//! and lets host calls in between (`make bench-scale`).
 
+use std::collections::BTreeSet;
 use std::mem;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -55,16 +59,31 @@ use crate::flow::{Flow, FlowEvent};
 /// bursts (a host registering its instances one by one at start-up): the loop begins the
 /// dump once no such request has come for this long...
 const BURST_QUIET: Duration = Duration::from_millis(5);
-/// ...or once the burst has lasted this long.
-const BURST_MAX: Duration = Duration::from_millis(50);
+/// ...or once the burst has lasted this long...
+const BURST_MAX: Duration = Duration::from_millis(500);
+/// ...a span multiplied by this for each further dump while the same burst goes on, so
+/// that a long burst costs few dumps (each walks the whole table and applies the state
+/// of every instance): a burst of 100,000 registrations (1-3 s) costs two...
+const BURST_GROWTH: u32 = 4;
+/// ...up to this span, so that a host registering without pause still gets its new
+/// instances read this often.
+const BURST_MAX_LIMIT: Duration = Duration::from_secs(8);
 /// First delay before reopening a failed socket or retrying a failed dump; doubled per
 /// failure.
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 /// Longest delay between reopen attempts or dump retries.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Dumped flows per chunk sent to the loop: small enough that the engine lock is held
-/// well under a millisecond per chunk.
+/// Dumped flows per chunk sent to the loop.
 const RESYNC_CHUNK: usize = 1024;
+/// Shortest time between two replacements of the kernel filter while the address set
+/// keeps changing.
+const FILTER_EVERY: Duration = Duration::from_millis(5);
+/// Dumped flows applied per hold of the engine lock, so a host call waits at most
+/// tens of microseconds for a chunk.
+const APPLY_STEP: usize = 128;
+/// Instances the end of a resync is applied to per hold of the engine lock
+/// ([`Engine::finish_resync_bounded`](crate::engine::Engine::finish_resync_bounded)).
+const FINISH_STEP: usize = 256;
 /// Chunks queued for the loop before the worker waits (the loop never waits on it).
 const REPLY_QUEUE: usize = 64;
 /// How long the first event of a steady trickle waits, once the socket is readable,
@@ -291,6 +310,9 @@ impl KernelRuntime {
             next_reconcile: Instant::now() + Duration::from_millis(config.resync_interval_ms),
             next_deadline: None,
             address_generation: None,
+            seen_generation: None,
+            filter_set_at: None,
+            addresses: AddressSet::default(),
             events_down: None,
             resync_error: None,
             events_off: false,
@@ -497,6 +519,9 @@ struct ResyncQueue {
     /// After a failed dump, none begins before this.
     not_before: Option<Instant>,
     backoff: Duration,
+    /// How long the current burst of requests to resync everything may last before a
+    /// dump begins anyway.
+    burst_max: Duration,
 }
 
 impl Default for ResyncQueue {
@@ -507,6 +532,7 @@ impl Default for ResyncQueue {
             in_flight: None,
             not_before: None,
             backoff: BACKOFF_INITIAL,
+            burst_max: BURST_MAX,
         }
     }
 }
@@ -524,7 +550,7 @@ impl ResyncQueue {
     /// When the pending resync of everything is ripe.
     fn all_ripe_at(&self) -> Option<Instant> {
         self.all
-            .map(|(first, last)| (last + BURST_QUIET).min(first + BURST_MAX))
+            .map(|(first, last)| (last + BURST_QUIET).min(first + self.burst_max))
     }
 
     /// When the next resync may begin; `None` when none is wanted or one is running.
@@ -547,6 +573,13 @@ impl ResyncQueue {
         }
         self.not_before = None;
         if self.all_ripe_at().is_some_and(|at| at <= now) {
+            // A burst still going on (no quiet gap yet) waits longer for its next dump.
+            let going_on = self.all.is_some_and(|(_, last)| last + BURST_QUIET > now);
+            self.burst_max = if going_on {
+                (self.burst_max * BURST_GROWTH).min(BURST_MAX_LIMIT)
+            } else {
+                BURST_MAX
+            };
             // Covers the instances too.
             self.all = None;
             self.instances.clear();
@@ -570,6 +603,50 @@ impl ResyncQueue {
             self.add(scope, now);
             self.not_before = Some(now + self.backoff);
             self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+/// The loop's copy of the registered addresses, kept up to date from the engine's
+/// changes ([`Engine::drain_address_changes`](crate::engine::Engine::drain_address_changes))
+/// so that the engine lock is never held for a walk of the whole set.
+#[derive(Debug, Default)]
+struct AddressSet {
+    /// Changes drained from the engine and not applied yet.
+    changes: Vec<(IpAddr, bool)>,
+    /// The whole set, when the engine could not give the changes.
+    all: Vec<IpAddr>,
+    set: BTreeSet<IpAddr>,
+    /// `set` as a list (for the kernel filter and the dumps), once `refresh`ed.
+    sorted: Vec<IpAddr>,
+    /// `sorted` is older than `set`.
+    stale: bool,
+}
+
+impl AddressSet {
+    /// Applies what was drained: the changes, or the whole set when not `complete`.
+    fn apply(&mut self, complete: bool) {
+        if !complete {
+            self.set.clear();
+            self.set.extend(self.all.drain(..));
+        } else if self.changes.is_empty() {
+            return;
+        }
+        for (a, added) in self.changes.drain(..) {
+            if added {
+                self.set.insert(a);
+            } else {
+                self.set.remove(&a);
+            }
+        }
+        self.stale = true;
+    }
+
+    /// Brings `sorted` up to date (only when needed: it copies the whole set).
+    fn refresh(&mut self) {
+        if mem::take(&mut self.stale) {
+            self.sorted.clear();
+            self.sorted.extend(self.set.iter().copied());
         }
     }
 }
@@ -603,7 +680,14 @@ struct EngineLoop {
     next_reconcile: Instant,
     /// The engine's next deadline as of the last settle.
     next_deadline: Option<UnixMillis>,
+    /// The address-set generation the kernel filter was last built from.
     address_generation: Option<u64>,
+    /// The latest address-set generation seen.
+    seen_generation: Option<u64>,
+    /// When the kernel filter was last replaced.
+    filter_set_at: Option<Instant>,
+    /// The registered addresses, kept from the engine's changes.
+    addresses: AddressSet,
     events_down: Option<String>,
     resync_error: Option<String>,
     /// `nf_conntrack_events` was 0 at the last read.
@@ -645,11 +729,23 @@ impl EngineLoop {
         }
     }
 
+    /// When the kernel filter may be replaced next: at once, or, while the address set
+    /// keeps changing, [`FILTER_EVERY`] after the last time, so that a burst of
+    /// registrations does not rebuild a filter of every address for each one. Until
+    /// then the instances added are resync-pending (and the resync that reads their
+    /// flows begins after the filter that passes their events).
+    fn filter_due(&self, now: Instant) -> Instant {
+        self.filter_set_at.map_or(now, |t| t + FILTER_EVERY)
+    }
+
     /// Until the engine's next deadline, the next reconcile, the next resync that may
-    /// begin, or the next reopen attempt, whichever is first.
+    /// begin, the next reopen attempt or a filter update put off, whichever is first.
     fn time_to_next_wake(&self) -> Duration {
         let now = Instant::now();
         let mut next = self.next_reconcile;
+        if self.address_generation != self.seen_generation {
+            next = next.min(self.filter_due(now));
+        }
         if let Some(at) = self.resyncs.due(now) {
             next = next.min(at);
         }
@@ -796,12 +892,14 @@ impl EngineLoop {
             match reply {
                 WorkerReply::Sysctl(value) => self.events_sysctl(value, now),
                 WorkerReply::Flows(id, flows) => {
-                    let mut engine = self.shared.engine.lock();
                     // The engine skips entries older than an event it applied meanwhile.
                     // An error means a newer resync replaced this one: the rest is moot.
-                    for f in &flows {
-                        if engine.resync_flow(id, f).is_err() {
-                            break;
+                    'chunk: for part in flows.chunks(APPLY_STEP) {
+                        let mut engine = self.shared.engine.lock();
+                        for f in part {
+                            if engine.resync_flow(id, f).is_err() {
+                                break 'chunk;
+                            }
                         }
                     }
                 }
@@ -814,9 +912,25 @@ impl EngineLoop {
                         );
                         self.shared.engine.lock().set_confirm_lead_ms(lead, now);
                     }
-                    if let Err(e) = self.shared.engine.lock().finish_resync(id, now) {
-                        // Not an observer failure.
-                        tracing::debug!(error = %e, "resync superseded");
+                    // In steps, each settled, so host calls get the lock in between
+                    // and the decisions go out in bounded batches.
+                    loop {
+                        let mut engine = self.shared.engine.lock();
+                        match engine.finish_resync_bounded(id, now, FINISH_STEP) {
+                            Ok(false) => {
+                                if self.shared.settle(&mut engine, now, true)
+                                    && self.announce_at.is_none()
+                                {
+                                    self.announce_at = Some(Instant::now() + PERSIST_ANNOUNCE);
+                                }
+                            }
+                            Ok(true) => break,
+                            Err(e) => {
+                                // Not an observer failure.
+                                tracing::debug!(error = %e, "resync superseded");
+                                break;
+                            }
+                        }
                     }
                     self.resync_error = None;
                     self.resyncs.ended(id, true, Instant::now());
@@ -917,7 +1031,7 @@ impl EngineLoop {
             // otherwise go unnoticed until the next one.
             self.send_worker(WorkerRequest::Sysctl);
         }
-        let new_addresses = {
+        let (generation, complete) = {
             let mut engine = self.shared.engine.lock();
             if self.shared.settle(&mut engine, now, true) && self.announce_at.is_none() {
                 self.announce_at = Some(Instant::now() + PERSIST_ANNOUNCE);
@@ -928,21 +1042,34 @@ impl EngineLoop {
             }
             engine.drain_requests(&mut self.requests);
             self.next_deadline = engine.next_deadline();
-            let generation = engine.addresses_generation();
-            (self.address_generation != Some(generation)).then(|| (generation, engine.addresses()))
+            // The changes only: the set itself is kept here, off the lock.
+            let complete = engine.drain_address_changes(&mut self.addresses.changes);
+            if !complete {
+                self.addresses.all.clear();
+                engine.addresses_unsorted(&mut self.addresses.all);
+            }
+            (engine.addresses_generation(), complete)
         };
+        self.addresses.apply(complete);
         let at = Instant::now();
         if self.announce_at.is_some_and(|t| t <= at) {
             self.announce_at = None;
             self.shared.decisions.announce();
         }
-        if let Some((generation, addresses)) = new_addresses {
-            self.address_generation = Some(generation);
-            self.set_address_filter(&addresses);
+        if self.seen_generation != Some(generation) {
+            self.seen_generation = Some(generation);
             // Flows of a new address may predate the filter, and a dump that began
             // before the filter was in place could miss one created in between: this
-            // resync begins after it.
+            // resync begins after it (`begin_resync` checks).
             self.resyncs.add(ResyncScope::All, at);
+        }
+        if self.address_generation != Some(generation) && self.filter_due(at) <= at {
+            self.address_generation = Some(generation);
+            self.filter_set_at = Some(at);
+            self.addresses.refresh();
+            let addresses = mem::take(&mut self.addresses.sorted);
+            self.set_address_filter(&addresses);
+            self.addresses.sorted = addresses;
         }
         // Taken and put back so the loop keeps one allocation for them.
         let mut requests = mem::take(&mut self.requests);
@@ -1013,13 +1140,31 @@ impl EngineLoop {
             return;
         };
         let now = self.shared.clock.now();
-        let (id, addresses) = {
+        let begun = {
             let mut engine = self.shared.engine.lock();
-            (
-                engine.begin_resync(scope.clone(), now),
-                engine.scope_addresses(&scope),
-            )
+            if scope == ResyncScope::All
+                && self.address_generation != Some(engine.addresses_generation())
+            {
+                // The set changed since the filter was set: the next round sets it and
+                // resyncs everything after that.
+                None
+            } else {
+                let addresses = match &scope {
+                    // Every address: the loop's copy, equal to the engine's set now.
+                    ResyncScope::All => None,
+                    ResyncScope::Instances(_) => Some(engine.scope_addresses(&scope)),
+                };
+                Some((engine.begin_resync(scope.clone(), now), addresses))
+            }
         };
+        let Some((id, addresses)) = begun else {
+            self.resyncs.add(scope, at);
+            return;
+        };
+        let addresses = addresses.unwrap_or_else(|| {
+            self.addresses.refresh();
+            self.addresses.sorted.clone()
+        });
         self.resyncs.in_flight = Some((id, scope));
         self.dump_began = Instant::now();
         self.send_worker(WorkerRequest::Dump(DumpRequest { id, addresses }));

@@ -316,7 +316,7 @@ impl Engine {
         let mut fallback = Vec::new();
         for (slot, key, slot_failed) in l.scope {
             // A slot freed and reused since the lookup began belongs to another instance.
-            if self.by_key.get(&key) != Some(&slot) {
+            if self.by_key.get(key) != Some(slot) {
                 continue;
             }
             if failed || slot_failed {

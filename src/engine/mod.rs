@@ -58,6 +58,7 @@ mod history;
 mod instance;
 mod registry;
 mod resync;
+mod slots;
 mod standby;
 mod status;
 mod wake;
@@ -319,6 +320,10 @@ pub const DEFAULT_MAX_CONCURRENT_RESTORES: u32 = 8;
 
 /// First delay before a failed restore may be retried on new traffic.
 pub const WAKE_RETRY_INITIAL_MS: u64 = 1_000;
+
+/// Changes of the address set kept for [`Engine::drain_address_changes`] before they
+/// are dropped (and the next drain reports it).
+pub const ADDRESS_JOURNAL_MAX: usize = 1 << 16;
 /// Longest delay between restore retries: a client retrying its connection is served
 /// within this long of the host recovering.
 pub const WAKE_RETRY_MAX_MS: u64 = 30_000;
@@ -677,11 +682,17 @@ pub enum EngineError {
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
-    insts: Vec<Option<instance::Inst>>,
+    insts: slots::Slots<instance::Inst>,
     free_slots: Vec<u32>,
-    by_key: FastMap<InstanceKey, u32>,
+    by_key: addrs::KeyIndex,
     by_addr: addrs::AddrIndex,
     addr_gen: u64,
+    /// Changes of the address set not drained yet (see
+    /// [`Engine::drain_address_changes`]): the address (as `flows::addr_bits`) and
+    /// whether it was added.
+    addr_journal: Vec<(u128, bool)>,
+    /// The journal overflowed and was dropped: the next drain says so.
+    addr_journal_lost: bool,
     flows: flows::FlowTable,
     deadlines: deadlines::Deadlines,
     decisions: Vec<Decision>,
@@ -698,6 +709,9 @@ pub struct Engine {
     /// The observer error is that conntrack events are off (see [`ObserverHealth::EventsOff`]).
     events_off: bool,
     resyncs: Vec<resync::OpenResync>,
+    /// A resync closed and being finished in bounded steps
+    /// ([`Engine::finish_resync_bounded`]).
+    finishing: Option<resync::Finishing>,
     lookups: Vec<expiry::OpenLookup>,
     next_resync: u64,
     touch_seq: u32,
@@ -717,11 +731,13 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Self {
         Self {
             config,
-            insts: Vec::new(),
+            insts: slots::Slots::default(),
             free_slots: Vec::new(),
-            by_key: FastMap::default(),
+            by_key: addrs::KeyIndex::default(),
             by_addr: addrs::AddrIndex::default(),
             addr_gen: 0,
+            addr_journal: Vec::new(),
+            addr_journal_lost: false,
             flows: flows::FlowTable::default(),
             deadlines: deadlines::Deadlines::default(),
             decisions: Vec::new(),
@@ -736,6 +752,7 @@ impl Engine {
             observer_error: None,
             events_off: false,
             resyncs: Vec::new(),
+            finishing: None,
             lookups: Vec::new(),
             next_resync: 1,
             touch_seq: 0,
@@ -882,7 +899,23 @@ impl Engine {
     /// Ends resync `id`: flows of the scope neither dumped nor touched by an event since
     /// it began are removed.
     pub fn finish_resync(&mut self, id: ResyncId, now: UnixMillis) -> Result<(), EngineError> {
-        self.do_finish_resync(id, now)
+        self.do_finish_resync(id, now, usize::MAX).map(|_| ())
+    }
+
+    /// [`Engine::finish_resync`] in bounded steps, so that a caller sharing the engine
+    /// behind a lock can let other calls in between: each call applies the end of the
+    /// resync to at most `max_instances` of the instances it covers and returns whether
+    /// it has finished. Until it has, call it again with the same `id`; the instances
+    /// not reached yet stay as they were (awaiting this resync), other calls may come in
+    /// between, and finishing or failing another resync first completes this one. The
+    /// flows the dump showed gone are removed by the first call.
+    pub fn finish_resync_bounded(
+        &mut self,
+        id: ResyncId,
+        now: UnixMillis,
+        max_instances: usize,
+    ) -> Result<bool, EngineError> {
+        self.do_finish_resync(id, now, max_instances.max(1))
     }
 
     /// Abandons resync `id` (the dump failed); the scope stays awake and pending, and a
@@ -1101,6 +1134,48 @@ impl Engine {
         self.addr_gen
     }
 
+    /// Moves the changes of the address set since the last call into `out`, oldest
+    /// first: each address and whether it was added (`true`) or removed. Applied in
+    /// order to the set as of the previous call they give the current set, at a cost
+    /// proportional to the changes rather than to the set, so an observer can keep its
+    /// own copy for its kernel filters without walking every address under a lock.
+    ///
+    /// Returns false when changes were dropped because none were drained for a long
+    /// time (at most [`ADDRESS_JOURNAL_MAX`] are kept): `out` is then left unchanged and
+    /// the caller must take the whole set again ([`Engine::addresses_unsorted`]).
+    pub fn drain_address_changes(&mut self, out: &mut Vec<(IpAddr, bool)>) -> bool {
+        if std::mem::take(&mut self.addr_journal_lost) {
+            return false;
+        }
+        out.extend(
+            self.addr_journal
+                .drain(..)
+                .map(|(bits, added)| (flows::bits_addr(bits), added)),
+        );
+        true
+    }
+
+    /// Every registered address, in no particular order, appended to `out`: a copy
+    /// without the sort of [`Engine::addresses`].
+    pub fn addresses_unsorted(&self, out: &mut Vec<IpAddr>) {
+        out.extend(self.by_addr.keys().map(flows::bits_addr));
+    }
+
+    /// Records a change of the address set for [`Engine::drain_address_changes`].
+    fn note_address(&mut self, bits: u128, added: bool) {
+        if self.addr_journal_lost {
+            return;
+        }
+        if self.addr_journal.len() >= ADDRESS_JOURNAL_MAX {
+            // Nobody is draining it (manual mode, say): free it, and tell the next
+            // drain that it must start from the whole set.
+            self.addr_journal = Vec::new();
+            self.addr_journal_lost = true;
+            return;
+        }
+        self.addr_journal.push((bits, added));
+    }
+
     /// Addresses of the instances in `scope` (for filtered dumps), sorted.
     pub fn scope_addresses(&self, scope: &ResyncScope) -> Vec<IpAddr> {
         match scope {
@@ -1108,8 +1183,8 @@ impl Engine {
             ResyncScope::Instances(keys) => {
                 let mut v: Vec<IpAddr> = keys
                     .iter()
-                    .filter_map(|k| self.by_key.get(k))
-                    .flat_map(|&s| self.inst(s).spec.addresses.iter().copied())
+                    .filter_map(|k| self.by_key.get(*k))
+                    .flat_map(|s| self.inst(s).spec.addresses.iter().copied())
                     .collect();
                 v.sort();
                 v.dedup();

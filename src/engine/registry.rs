@@ -23,18 +23,19 @@ impl Engine {
     }
 
     pub(super) fn slot(&self, key: InstanceKey) -> Result<u32, EngineError> {
-        self.by_key
-            .get(&key)
-            .copied()
-            .ok_or(EngineError::NotFound(key))
+        self.by_key.get(key).ok_or(EngineError::NotFound(key))
     }
 
     /// Every registered slot, sorted so that walks over all instances (and the decisions
     /// they emit) are deterministic.
     pub(super) fn live_slots(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self.by_key.values().copied().collect();
-        v.sort_unstable();
-        v
+        // The slot vector in order: sorted without a sort.
+        self.insts
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.is_some())
+            .map(|(s, _)| s as u32)
+            .collect()
     }
 
     /// Remembers the latest `now` seen, for calls that carry none (`resync_flow`).
@@ -64,7 +65,7 @@ impl Engine {
         now: UnixMillis,
     ) -> Result<(), EngineError> {
         self.see(now);
-        if self.by_key.contains_key(&key) {
+        if self.by_key.contains_key(key) {
             return Err(EngineError::AlreadyRegistered(key));
         }
         let spec = normalise_spec(spec)?;
@@ -72,7 +73,7 @@ impl Engine {
         let slot = match self.free_slots.pop() {
             Some(s) => s,
             None => {
-                self.insts.push(None);
+                self.insts.push_empty();
                 (self.insts.len() - 1) as u32
             }
         };
@@ -92,6 +93,7 @@ impl Engine {
         }
         for a in &inst.spec.addresses {
             self.by_addr.insert(addr_bits(*a), slot);
+            self.note_address(addr_bits(*a), true);
         }
         if !inst.spec.addresses.is_empty() {
             self.addr_gen += 1;
@@ -126,9 +128,13 @@ impl Engine {
         let changed = !removed.is_empty() || gained;
         for b in &removed {
             self.by_addr.remove(*b);
+            self.note_address(*b, false);
         }
         for a in &spec.addresses {
             self.by_addr.insert(addr_bits(*a), slot);
+            if !old_addrs.contains(a) {
+                self.note_address(addr_bits(*a), true);
+            }
         }
         if changed {
             self.addr_gen += 1;
@@ -197,9 +203,10 @@ impl Engine {
         self.flows.clear_instance(slot);
         self.end_wake(slot);
         let inst = self.insts[slot as usize].take().expect("live slot");
-        self.by_key.remove(&inst.key);
+        self.by_key.remove(inst.key);
         for a in &inst.spec.addresses {
             self.by_addr.remove(addr_bits(*a));
+            self.note_address(addr_bits(*a), false);
         }
         if !inst.spec.addresses.is_empty() {
             self.addr_gen += 1;
@@ -217,7 +224,7 @@ impl Engine {
         let epoch = self.drain_epoch;
         for i in 0..self.decisions.len() {
             if let Decision::PersistRuntime { key: k, .. } = self.decisions[i]
-                && let Some(&s) = self.by_key.get(&k)
+                && let Some(s) = self.by_key.get(k)
             {
                 let other = self.inst_mut(s);
                 other.persist_idx = i as u32;

@@ -18,6 +18,16 @@ pub(super) struct OpenResync {
     pub(super) began_at: UnixMillis,
 }
 
+/// A resync being finished in steps: the instances it covered, how far the steps have
+/// gone, and the instances to resync again.
+#[derive(Debug)]
+pub(super) struct Finishing {
+    id: u64,
+    members: Vec<(u32, InstanceKey)>,
+    next: usize,
+    again: Vec<InstanceKey>,
+}
+
 impl Engine {
     pub(super) fn do_set_observer_health(&mut self, error: Option<String>, now: UnixMillis) {
         self.see(now);
@@ -54,7 +64,7 @@ impl Engine {
             ResyncScope::Instances(keys) => {
                 let mut v: Vec<(u32, InstanceKey)> = keys
                     .iter()
-                    .filter_map(|k| self.by_key.get(k).map(|&s| (s, *k)))
+                    .filter_map(|k| self.by_key.get(*k).map(|s| (s, *k)))
                     .collect();
                 v.sort_unstable();
                 v.dedup();
@@ -155,7 +165,11 @@ impl Engine {
     }
 
     /// Ends resync `id`, answering it and the slots of its scope still registered.
-    fn close_resync(&mut self, id: ResyncId) -> Result<(OpenResync, Vec<u32>), EngineError> {
+    fn close_resync(
+        &mut self,
+        id: ResyncId,
+    ) -> Result<(OpenResync, Vec<(u32, InstanceKey)>), EngineError> {
+        self.complete_finishing();
         let pos = self
             .resyncs
             .iter()
@@ -167,12 +181,16 @@ impl Engine {
             self.tombstones.clear();
         }
         let members = match &r.scope {
-            None => self.live_slots(),
+            None => self
+                .live_slots()
+                .into_iter()
+                .map(|s| (s, self.inst(s).key))
+                .collect(),
             // A slot freed and reused since the resync began belongs to another instance.
             Some(v) => v
                 .iter()
-                .filter(|(s, k)| self.by_key.get(k) == Some(s))
-                .map(|(s, _)| *s)
+                .filter(|(s, k)| self.by_key.get(*k) == Some(*s))
+                .copied()
                 .collect(),
         };
         Ok((r, members))
@@ -196,12 +214,24 @@ impl Engine {
         Ok(())
     }
 
+    /// Completes a resync left half finished by [`Engine::finish_resync_bounded`].
+    fn complete_finishing(&mut self) {
+        if let Some(id) = self.finishing.as_ref().map(|f| f.id) {
+            let now = self.last_now;
+            while !self.finish_step(id, now, usize::MAX) {}
+        }
+    }
+
     pub(super) fn do_finish_resync(
         &mut self,
         id: ResyncId,
         now: UnixMillis,
-    ) -> Result<(), EngineError> {
+        max_instances: usize,
+    ) -> Result<bool, EngineError> {
         self.see(now);
+        if self.finishing.as_ref().is_some_and(|f| f.id == id.0) {
+            return Ok(self.finish_step(id.0, now, max_instances));
+        }
         let (r, members) = self.close_resync(id)?;
         let seq = r.id as u32;
         // Flows neither dumped nor mentioned by an event since the resync began are gone;
@@ -217,39 +247,11 @@ impl Engine {
         } else {
             members
                 .iter()
-                .flat_map(|&slot| self.collect(slot, |_, rec| stale(rec)))
+                .flat_map(|&(slot, _)| self.collect(slot, |_, rec| stale(rec)))
                 .collect()
         };
         for p in gone {
             self.remove_probe(&p, r.began_at);
-        }
-        // The instances whose flows this dump was the first to read: their countdown
-        // (or a persisted one) starts now, under the restart rules.
-        for &slot in &members {
-            if self.inst(slot).unsynced_seq.is_some_and(|s| s <= r.id) {
-                self.inst_mut(slot).unsynced_seq = None;
-                self.refresh(slot, now);
-                self.history_start(slot, now);
-            }
-        }
-        let mut again = Vec::new();
-        for &slot in &members {
-            self.expiry_answered(slot);
-            let key = self.inst(slot).key;
-            match self.inst(slot).lost_seq {
-                Some(l) if l <= r.id => {
-                    let inst = self.inst_mut(slot);
-                    inst.lost_seq = None;
-                    inst.resync_requested = false;
-                }
-                // Lost while this resync ran: it may have walked past the lost flows.
-                // One more, unless a resync begun after the loss is already open.
-                Some(l) if !self.open_resync_covers(slot, key, l) => {
-                    self.inst_mut(slot).resync_requested = true;
-                    again.push(key);
-                }
-                _ => {}
-            }
         }
         if r.scope.is_none() {
             match self.all_lost_seq {
@@ -264,10 +266,60 @@ impl Engine {
                 _ => {}
             }
         }
-        self.queue_resync(again);
+        self.finishing = Some(Finishing {
+            id: r.id,
+            members,
+            next: 0,
+            again: Vec::new(),
+        });
+        Ok(self.finish_step(r.id, now, max_instances))
+    }
+
+    /// Applies the end of resync `id` to up to `max` more of its instances; true once
+    /// all of them have it.
+    fn finish_step(&mut self, id: u64, now: UnixMillis, max: usize) -> bool {
+        let Some(mut f) = self.finishing.take() else {
+            return true;
+        };
+        debug_assert_eq!(f.id, id);
+        let end = f.members.len().min(f.next.saturating_add(max));
+        // Instances unregistered since (their slot maybe reused) are skipped.
+        let members: Vec<u32> = f.members[f.next..end]
+            .iter()
+            .filter(|(s, k)| self.by_key.get(*k) == Some(*s))
+            .map(|&(s, _)| s)
+            .collect();
+        f.next = end;
+        // The instances whose flows this dump was the first to read: their countdown
+        // (or a persisted one) starts now, under the restart rules.
+        for &slot in &members {
+            if self.inst(slot).unsynced_seq.is_some_and(|s| s <= id) {
+                self.inst_mut(slot).unsynced_seq = None;
+                self.refresh(slot, now);
+                self.history_start(slot, now);
+            }
+        }
+        for &slot in &members {
+            self.expiry_answered(slot);
+            let key = self.inst(slot).key;
+            match self.inst(slot).lost_seq {
+                Some(l) if l <= id => {
+                    let inst = self.inst_mut(slot);
+                    inst.lost_seq = None;
+                    inst.resync_requested = false;
+                }
+                // Lost while this resync ran: it may have walked past the lost flows.
+                // One more, unless a resync begun after the loss is already open.
+                Some(l) if !self.open_resync_covers(slot, key, l) => {
+                    self.inst_mut(slot).resync_requested = true;
+                    f.again.push(key);
+                }
+                _ => {}
+            }
+        }
         for &slot in &members {
             let inst = self.inst(slot);
-            if inst.phase == Phase::Confirming && inst.confirm_seq <= r.id {
+            if inst.phase == Phase::Confirming && inst.confirm_seq <= id {
                 self.inst_mut(slot).phase = Phase::None;
                 self.deadlines.remove(slot);
                 if self.ready_for_standby(slot, now) {
@@ -282,8 +334,13 @@ impl Engine {
             }
             self.rearm(slot);
         }
+        if f.next < f.members.len() {
+            self.finishing = Some(f);
+            return false;
+        }
+        self.queue_resync(f.again);
         self.stats.resyncs += 1;
-        Ok(())
+        true
     }
 
     pub(super) fn do_fail_resync(
@@ -294,7 +351,7 @@ impl Engine {
         self.see(now);
         let (r, members) = self.close_resync(id)?;
         let mut again = Vec::new();
-        for &slot in &members {
+        for &(slot, _) in &members {
             let inst = self.inst_mut(slot);
             if inst.phase == Phase::Confirming && inst.confirm_seq <= r.id {
                 // Could not confirm: stay awake and restart the countdown.

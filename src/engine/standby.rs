@@ -383,7 +383,7 @@ impl Engine {
 
 /// Whether a queue entry still stands for the instance: the slot may have been freed,
 /// reused, or cancelled and queued again under a newer ticket.
-fn is_current(insts: &[Option<Inst>], slot: u32, ticket: u64) -> bool {
+fn is_current(insts: &super::slots::Slots<Inst>, slot: u32, ticket: u64) -> bool {
     insts[slot as usize]
         .as_ref()
         .is_some_and(|i| i.phase == Phase::Queued && i.ticket == ticket)

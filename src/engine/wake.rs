@@ -173,7 +173,7 @@ fn not_counted_reason(inst: &Inst, rec: &FlowRec, shape: &ShapeKey) -> WakeSuppr
 
 /// Whether a restore queue entry still stands for the instance: the slot may have been
 /// freed, reused, or the instance queued again under a newer ticket.
-fn is_current(insts: &[Option<Inst>], slot: u32, ticket: u64) -> bool {
+fn is_current(insts: &super::slots::Slots<Inst>, slot: u32, ticket: u64) -> bool {
     insts[slot as usize]
         .as_ref()
         .is_some_and(|i| i.wake == WakePhase::Queued && i.wake_ticket == ticket)

@@ -222,6 +222,63 @@ fn address_changes_move_the_index_and_drop_old_flows() {
 }
 
 #[test]
+fn drained_address_changes_rebuild_the_address_set() {
+    use std::collections::BTreeSet;
+    let mut h = H::new();
+    let mut set = BTreeSet::new();
+    let mut changes = Vec::new();
+    let mut replay = |e: &mut crate::engine::Engine, set: &mut BTreeSet<IpAddr>| {
+        changes.clear();
+        assert!(e.drain_address_changes(&mut changes));
+        for &(a, added) in &changes {
+            if added {
+                set.insert(a);
+            } else {
+                set.remove(&a);
+            }
+        }
+        assert_eq!(set.iter().copied().collect::<Vec<_>>(), e.addresses());
+    };
+    h.reg(1, spec(MIN), T0);
+    let other = ip("192.168.100.99");
+    h.reg(2, spec_with(other, policy(MIN)), T0);
+    replay(&mut h.e, &mut set);
+    // An address moves from one instance to another between two drains.
+    h.e.unregister(2, T0).unwrap();
+    h.e.update(1, spec_with(other, policy(MIN)), T0).unwrap();
+    h.reg(3, spec(MIN), T0);
+    replay(&mut h.e, &mut set);
+    h.e.update(1, spec_with(other, policy(2 * MIN)), T0)
+        .unwrap();
+    replay(&mut h.e, &mut set);
+    assert_eq!(set.len(), 2);
+}
+
+#[test]
+fn an_undrained_address_journal_is_dropped_and_reported() {
+    let mut h = H::new();
+    let n = crate::engine::ADDRESS_JOURNAL_MAX as u64 + 10;
+    for key in 0..n {
+        let a = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0001 + key as u32));
+        h.reg(key, spec_with(a, policy(MIN)), T0);
+    }
+    let mut changes = Vec::new();
+    assert!(
+        !h.e.drain_address_changes(&mut changes),
+        "changes were dropped"
+    );
+    assert!(changes.is_empty());
+    let mut all = Vec::new();
+    h.e.addresses_unsorted(&mut all);
+    all.sort();
+    assert_eq!(all, h.e.addresses());
+    // From here on it is complete again.
+    h.e.unregister(0, T0).unwrap();
+    assert!(h.e.drain_address_changes(&mut changes));
+    assert_eq!(changes, vec![(ip("10.0.0.1"), false)]);
+}
+
+#[test]
 fn unregister_forgets_flows_and_persists_nothing() {
     let mut h = H::new();
     h.reg(1, spec(MIN), T0);

@@ -320,3 +320,81 @@ fn an_ineligible_instance_shows_why_while_pending() {
     resync(&mut h, ResyncScope::All, T0 + 2, T0 + 3, &[]);
     assert_eq!(h.st(1, T0 + 3).next_standby_at, Some(T0 + 3 + MIN));
 }
+
+fn addr_of(key: InstanceKey) -> IpAddr {
+    IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0100 + key as u32))
+}
+
+/// Registers `n` instances with addresses of their own, for a full resync.
+fn fleet(n: u64) -> H {
+    let mut h = kernel();
+    for key in 0..n {
+        h.reg(key, spec_with(addr_of(key), policy(MIN)), T0);
+    }
+    h
+}
+
+#[test]
+fn a_resync_finished_in_steps_ends_as_one_finished_at_once() {
+    let (mut once, mut steps) = (fleet(10), fleet(10));
+    let flow = |key: u64| {
+        let mut f = inbound(40_000 + key as u16, Some(TcpState::ESTABLISHED));
+        f.reply.src = addr_of(key);
+        f.orig.dst = addr_of(key);
+        f
+    };
+    let r1 = once.e.begin_resync(ResyncScope::All, T0 + SEC);
+    let r2 = steps.e.begin_resync(ResyncScope::All, T0 + SEC);
+    for key in [2, 7] {
+        once.e.resync_flow(r1, &flow(key)).unwrap();
+        steps.e.resync_flow(r2, &flow(key)).unwrap();
+    }
+    once.e.finish_resync(r1, T0 + 2 * SEC).unwrap();
+    let mut calls = 0;
+    while !steps.e.finish_resync_bounded(r2, T0 + 2 * SEC, 3).unwrap() {
+        calls += 1;
+        assert!(steps.e.resync_pending(9).unwrap(), "not reached yet");
+    }
+    assert_eq!(calls, 3, "10 instances, 3 per step");
+    assert_eq!(once.drain(), steps.drain());
+    assert_eq!(once.e.stats(), steps.e.stats());
+    for key in 0..10 {
+        assert_eq!(once.st(key, T0 + 2 * SEC), steps.st(key, T0 + 2 * SEC));
+    }
+    assert_eq!(steps.st(2, T0 + 2 * SEC).status, Status::Active);
+    assert_eq!(steps.st(3, T0 + 2 * SEC).status, Status::IdleCountdown);
+    assert_eq!(
+        steps.e.finish_resync(r2, T0 + 2 * SEC),
+        Err(EngineError::UnknownResync(r2))
+    );
+}
+
+#[test]
+fn an_instance_registered_between_steps_waits_for_a_later_resync() {
+    let mut h = fleet(4);
+    let r = h.e.begin_resync(ResyncScope::All, T0 + SEC);
+    assert!(!h.e.finish_resync_bounded(r, T0 + SEC, 1).unwrap());
+    // Slot 3 freed and taken by a new instance whose address the dump never read.
+    h.e.unregister(3, T0 + SEC).unwrap();
+    h.reg(9, spec_with(addr_of(9), policy(MIN)), T0 + SEC);
+    while !h.e.finish_resync_bounded(r, T0 + SEC, 1).unwrap() {}
+    assert_pending(&h, 9, T0 + SEC);
+    for key in 0..3 {
+        assert_eq!(h.st(key, T0 + SEC).status, Status::IdleCountdown);
+    }
+    resync(&mut h, ResyncScope::All, T0 + 2 * SEC, T0 + 2 * SEC, &[]);
+    assert_eq!(h.st(9, T0 + 2 * SEC).status, Status::IdleCountdown);
+}
+
+#[test]
+fn another_resync_ending_first_completes_the_one_in_steps() {
+    let mut h = fleet(4);
+    let r = h.e.begin_resync(ResyncScope::All, T0 + SEC);
+    let scoped = h.e.begin_resync(ResyncScope::Instances(vec![0]), T0 + SEC);
+    assert!(!h.e.finish_resync_bounded(r, T0 + SEC, 1).unwrap());
+    h.e.fail_resync(scoped, T0 + SEC).unwrap();
+    for key in 1..4 {
+        assert_eq!(h.st(key, T0 + SEC).status, Status::IdleCountdown);
+    }
+    assert_eq!(h.e.stats().resyncs, 1);
+}
