@@ -4,6 +4,9 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
+# cargo's target directory, absolute: CARGO_TARGET_DIR when set, else target/.
+TARGET_DIR := $(shell bash scripts/target-dir.sh)
+
 .PHONY: all deps build test test-all test-rust tsan test-c test-go demo demo-engine bench bench-engine bench-conntrack bench-controller bench-steady bench-go e2e fuzz fuzz-ci soak soak-ci lint header-check prebuilt prebuilt-check prebuilt-ensure prebuilt-verify clean
 
 all: build
@@ -97,8 +100,9 @@ test-go: deps prebuilt-ensure
 	  { echo "test-go: $(GO_STATIC_TEST) is not statically linked:" >&2; file $(GO_STATIC_TEST) >&2; exit 1; }
 	cd go && ../$(GO_STATIC_TEST) -test.run '^TestKernel' -test.count 1 -test.v -test.timeout 300s
 	$(CARGO) build --release --lib
-	cd go && $(GO) test $(GO_TEST_FLAGS) -tags autostandby_shared ./internal/binding/
-	cd go && CGO_LDFLAGS=-L$(CURDIR)/target/release LD_LIBRARY_PATH=$(CURDIR)/target/release \
+	cd go && CGO_LDFLAGS="-L$(TARGET_DIR)/release -Wl,-rpath,$(TARGET_DIR)/release" \
+	  $(GO) test $(GO_TEST_FLAGS) -tags autostandby_shared ./internal/binding/
+	cd go && CGO_LDFLAGS=-L$(TARGET_DIR)/release LD_LIBRARY_PATH=$(TARGET_DIR)/release \
 	  $(GO) test $(GO_TEST_FLAGS) -tags autostandby_system ./internal/binding/
 	cd go && CGO_ENABLED=0 $(GO) vet ./... && CGO_ENABLED=0 $(GO) test $(GO_TEST_FLAGS) ./...
 	@# A hypeman-shaped module of its own, built against this one as hypeman would.
@@ -113,7 +117,7 @@ bench-go: deps prebuilt-ensure
 # under ASan/UBSan against the .so and the .a, one valgrind run. Needs root.
 test-c: deps
 	$(CARGO) build --lib
-	bash tests/c/run.sh target/debug
+	bash tests/c/run.sh $(TARGET_DIR)/debug
 
 # Coverage-guided fuzzing (cargo fuzz, nightly, AddressSanitizer, debug assertions) of
 # the ctnetlink parser, the BPF event filter against its rule, and sequences of C ABI
