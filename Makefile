@@ -7,7 +7,7 @@ export CARGO_TERM_COLOR ?= never
 # cargo's target directory, absolute: CARGO_TARGET_DIR when set, else target/.
 TARGET_DIR := $(shell bash scripts/target-dir.sh)
 
-.PHONY: all deps build test test-all test-rust tsan test-c test-go demo demo-engine bench bench-engine bench-conntrack bench-controller bench-steady bench-go e2e fuzz fuzz-ci soak soak-ci lint header-check install install-build uninstall prebuilt prebuilt-check prebuilt-ensure prebuilt-verify clean
+.PHONY: all deps build check test test-all test-rust tsan test-c test-go demo demo-engine bench bench-engine bench-conntrack bench-controller bench-steady bench-go e2e fuzz fuzz-ci soak soak-ci lint header-check header-diff install install-build uninstall prebuilt prebuilt-check prebuilt-ensure prebuilt-verify clean
 
 all: build
 
@@ -17,11 +17,29 @@ deps:
 build: deps
 	$(CARGO) build --release
 
-# The committed header must equal what build.rs generates from src/ffi.
+# The committed header must equal what build.rs generates from src/ffi (any cargo build,
+# check or clippy of the crate runs build.rs; header-diff only compares).
 header-check: deps
 	$(CARGO) build --release --lib
+	@$(MAKE) --no-print-directory header-diff
+
+header-diff:
 	@git diff --exit-code -- include/autostandby.h >/dev/null || \
 	  { echo "include/autostandby.h is stale: run 'cargo build' and commit it" >&2; git diff --stat -- include/autostandby.h; exit 1; }
+
+# For people who change the code: everything that runs without root and without QEMU.
+# Formatting and clippy (which also regenerates the header), the header check, gofmt and
+# go vet, the unit tests (engine, parser, BPF filter, C ABI, proptests), and the
+# integration tests that need no network namespace. No deps: it needs cargo (with
+# clippy and rustfmt) and go, and no root.
+CHECK_TESTS := policy conntrack_parser controller_manual_confirm ffi_manual ffi_validation
+check:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	@$(MAKE) --no-print-directory header-diff
+	@out=$$(gofmt -l go); [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }
+	cd go && $(GO) vet ./...
+	$(CARGO) test --lib $(addprefix --test ,$(CHECK_TESTS))
 
 # The Go modules: the bindings (what hypeman requires); a hypeman-shaped consumer of
 # them; and the end-to-end tests and the benchmark in modules of their own, so that
