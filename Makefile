@@ -4,7 +4,10 @@ CARGO ?= cargo
 GO ?= go
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all deps build test test-all test-rust tsan test-c test-go demo demo-engine bench bench-engine bench-conntrack bench-controller bench-steady bench-scale bench-go e2e fuzz fuzz-ci soak soak-ci lint header-check prebuilt prebuilt-check prebuilt-ensure prebuilt-verify clean
+# cargo's target directory, absolute: CARGO_TARGET_DIR when set, else target/.
+TARGET_DIR := $(shell bash scripts/target-dir.sh)
+
+.PHONY: all deps build check test test-all test-rust tsan test-c test-go demo demo-engine bench bench-engine bench-conntrack bench-controller bench-steady bench-scale bench-go e2e fuzz fuzz-ci soak soak-ci lint header-check header-diff install install-build uninstall prebuilt prebuilt-check prebuilt-ensure prebuilt-verify clean
 
 all: build
 
@@ -14,11 +17,29 @@ deps:
 build: deps
 	$(CARGO) build --release
 
-# The committed header must equal what build.rs generates from src/ffi.
+# The committed header must equal what build.rs generates from src/ffi (any cargo build,
+# check or clippy of the crate runs build.rs; header-diff only compares).
 header-check: deps
 	$(CARGO) build --release --lib
+	@$(MAKE) --no-print-directory header-diff
+
+header-diff:
 	@git diff --exit-code -- include/autostandby.h >/dev/null || \
 	  { echo "include/autostandby.h is stale: run 'cargo build' and commit it" >&2; git diff --stat -- include/autostandby.h; exit 1; }
+
+# For people who change the code: everything that runs without root and without QEMU.
+# Formatting and clippy (which also regenerates the header), the header check, gofmt and
+# go vet, the unit tests (engine, parser, BPF filter, C ABI, proptests), and the
+# integration tests that need no network namespace. No deps: it needs cargo (with
+# clippy and rustfmt) and go, and no root.
+CHECK_TESTS := policy conntrack_parser controller_manual_confirm ffi_manual ffi_validation
+check:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	@$(MAKE) --no-print-directory header-diff
+	@out=$$(gofmt -l go); [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }
+	cd go && $(GO) vet ./...
+	$(CARGO) test --lib $(addprefix --test ,$(CHECK_TESTS))
 
 # The Go modules: the bindings (what hypeman requires); a hypeman-shaped consumer of
 # them; and the end-to-end tests and the benchmark in modules of their own, so that
@@ -97,8 +118,9 @@ test-go: deps prebuilt-ensure
 	  { echo "test-go: $(GO_STATIC_TEST) is not statically linked:" >&2; file $(GO_STATIC_TEST) >&2; exit 1; }
 	cd go && ../$(GO_STATIC_TEST) -test.run '^TestKernel' -test.count 1 -test.v -test.timeout 300s
 	$(CARGO) build --release --lib
-	cd go && $(GO) test $(GO_TEST_FLAGS) -tags autostandby_shared ./internal/binding/
-	cd go && CGO_LDFLAGS=-L$(CURDIR)/target/release LD_LIBRARY_PATH=$(CURDIR)/target/release \
+	cd go && CGO_LDFLAGS="-L$(TARGET_DIR)/release -Wl,-rpath,$(TARGET_DIR)/release" \
+	  $(GO) test $(GO_TEST_FLAGS) -tags autostandby_shared ./internal/binding/
+	cd go && CGO_LDFLAGS=-L$(TARGET_DIR)/release LD_LIBRARY_PATH=$(TARGET_DIR)/release \
 	  $(GO) test $(GO_TEST_FLAGS) -tags autostandby_system ./internal/binding/
 	cd go && CGO_ENABLED=0 $(GO) vet ./... && CGO_ENABLED=0 $(GO) test $(GO_TEST_FLAGS) ./...
 	@# A hypeman-shaped module of its own, built against this one as hypeman would.
@@ -110,10 +132,62 @@ bench-go: deps prebuilt-ensure
 	cd go/bench && $(GO) test -ldflags '$(GO_LIB_LDFLAGS)' -run '^$$' -bench BenchmarkClassifyTable -benchtime 1x -count 1 -timeout 900s .
 
 # C consumers: header alone as C/C++, exported symbols, manual and kernel scenarios
-# under ASan/UBSan against the .so and the .a, one valgrind run. Needs root.
+# under ASan/UBSan against the .so and the .a, one valgrind run (needs root); then make
+# install into a scratch DESTDIR, the manual scenario built against that tree with
+# pkg-config alone, shared and static, and make uninstall (tests/c/installed.sh).
 test-c: deps
 	$(CARGO) build --lib
-	bash tests/c/run.sh target/debug
+	bash tests/c/run.sh $(TARGET_DIR)/debug
+	bash tests/c/installed.sh
+
+# make install [PREFIX=/usr/local] [DESTDIR=] [LIBDIR=$(PREFIX)/lib] ...: the C library as
+# lib/libautostandby.so.ABI (SONAME libautostandby.so.ABI, ABI from
+# AUTOSTANDBY_ABI_VERSION) with the libautostandby.so link, lib/libautostandby.a,
+# include/autostandby.h, lib/pkgconfig/autostandby.pc, and the CLI as bin/autostandby.
+# make uninstall with the same variables removes them. The libraries are built alone in
+# the capi profile (release settings, target/capi), where the shared library is linked
+# with its SONAME: target/release's stays without, so that the tests and the Go bindings
+# can link to it in place (and a build of the crate there would relink it without). The
+# CLI is target/release's. No deps: it needs only cargo, and root only for the prefix.
+# Not cargo-c (cargo cinstall), which does the same: it is installed by compiling cargo
+# itself from source, minutes of a 2-core machine on every fresh CI machine, and its
+# current releases require a newer rustc than the pinned one.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+ABI_VERSION := $(shell sed -n 's/^pub const AUTOSTANDBY_ABI_VERSION: u32 = \([0-9]*\);$$/\1/p' src/ffi/mod.rs)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' Cargo.toml | head -n 1)
+SONAME := libautostandby.so.$(ABI_VERSION)
+# What the static library needs from the system, for pkg-config --static: rustc's
+# --print native-static-libs for this target. tests/c/installed.sh links with it.
+STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+
+install-build:
+	@[ -n "$(ABI_VERSION)" ] || { echo "install: no AUTOSTANDBY_ABI_VERSION in src/ffi/mod.rs" >&2; exit 1; }
+	$(CARGO) rustc --profile capi --lib --crate-type cdylib,staticlib -- -C link-arg=-Wl,-soname,$(SONAME)
+	$(CARGO) build --release --bin autostandby
+
+install: install-build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	install -m 0755 $(TARGET_DIR)/capi/libautostandby.so $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sfn $(SONAME) $(DESTDIR)$(LIBDIR)/libautostandby.so
+	install -m 0644 $(TARGET_DIR)/capi/libautostandby.a $(DESTDIR)$(LIBDIR)/libautostandby.a
+	install -m 0644 include/autostandby.h $(DESTDIR)$(INCLUDEDIR)/autostandby.h
+	install -m 0755 $(TARGET_DIR)/release/autostandby $(DESTDIR)$(BINDIR)/autostandby
+	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	  -e 's|@VERSION@|$(VERSION)|; s|@STATIC_LIBS@|$(STATIC_LIBS)|' \
+	  scripts/autostandby.pc.in >$(DESTDIR)$(PKGCONFIGDIR)/autostandby.pc
+	chmod 0644 $(DESTDIR)$(PKGCONFIGDIR)/autostandby.pc
+	@# The dynamic loader finds a new library in a system prefix only after ldconfig.
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libautostandby.so \
+	  $(DESTDIR)$(LIBDIR)/libautostandby.a $(DESTDIR)$(PKGCONFIGDIR)/autostandby.pc \
+	  $(DESTDIR)$(INCLUDEDIR)/autostandby.h $(DESTDIR)$(BINDIR)/autostandby
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 # Coverage-guided fuzzing (cargo fuzz, nightly, AddressSanitizer, debug assertions) of
 # the ctnetlink parser, the BPF event filter against its rule, and sequences of C ABI

@@ -22,9 +22,10 @@ TIME=/usr/bin/time
 
 echo "== building"
 cargo build --release --example conntrack_probe >/dev/null
-PROBE=$PWD/target/release/examples/conntrack_probe
-(cd bench/ctpeer && go build -o "$OLDPWD/target/release/ctpeer" .)
-PEER=$PWD/target/release/ctpeer
+TARGET=$(bash scripts/target-dir.sh) # CARGO_TARGET_DIR or target/
+PROBE=$TARGET/release/examples/conntrack_probe
+(cd bench/ctpeer && go build -o "$TARGET/release/ctpeer" .)
+PEER=$TARGET/release/ctpeer
 
 A=as-conntrack-bench-$$-a
 B=as-conntrack-bench-$$-b

@@ -29,7 +29,8 @@ V6_EVERY=${V6_EVERY:-"0 6"}
 MODES="none state exact100 fleet"
 
 cargo build --quiet --release --example filter_scale
-BIN=target/release/examples/filter_scale
+TARGET=$(bash scripts/target-dir.sh) # CARGO_TARGET_DIR or target/
+BIN=$TARGET/release/examples/filter_scale
 NS="as-fscale-$$"
 OUT=$(mktemp)
 cleanup() { ip netns del "$NS" 2>/dev/null || true; rm -f "$OUT"; }

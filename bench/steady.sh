@@ -41,8 +41,9 @@ UDP_TIMEOUT=${UDP_TIMEOUT:-20}
 
 echo "== building"
 cargo build --release --example steady --example conntrack_probe >/dev/null
-BIN=$PWD/target/release/examples/steady
-PROBE=$PWD/target/release/examples/conntrack_probe
+TARGET=$(bash scripts/target-dir.sh) # CARGO_TARGET_DIR or target/
+BIN=$TARGET/release/examples/steady
+PROBE=$TARGET/release/examples/conntrack_probe
 
 H=as-steady-$$-h
 C=as-steady-$$-c

@@ -40,11 +40,12 @@ trap cleanup EXIT
 
 echo "== building"
 cargo build --release --example udp_expiry_load --example conntrack_probe >/dev/null
-cp target/release/examples/udp_expiry_load "$TMP/after"
-cp target/release/examples/conntrack_probe "$TMP/conntrack_probe"
+TARGET=$(bash scripts/target-dir.sh) # CARGO_TARGET_DIR or target/
+cp "$TARGET/release/examples/udp_expiry_load" "$TMP/after"
+cp "$TARGET/release/examples/conntrack_probe" "$TMP/conntrack_probe"
 if [[ " $RUNS " == *" before "* ]]; then
   # The older sources in a scratch directory, built into a target directory of their
-  # own (kept under target/ for the next run): sharing this tree's would let cargo take
+  # own (kept in the target directory for the next run): sharing this tree's would let cargo take
   # one tree's artifacts for the other's, as both have the same unit names. The driver
   # uses only API both have.
   mkdir "$TMP/old"
@@ -52,7 +53,7 @@ if [[ " $RUNS " == *" before "* ]]; then
   cp examples/udp_expiry_load.rs "$TMP/old/examples/"
   # Archived files carry the commit's time; fresh ones make cargo rebuild the crate.
   find "$TMP/old" -type f -exec touch {} +
-  OLD_TARGET=$PWD/target/udp-expiry-before
+  OLD_TARGET=$TARGET/udp-expiry-before
   (cd "$TMP/old" && CARGO_TARGET_DIR="$OLD_TARGET" cargo build --release --example udp_expiry_load >/dev/null)
   cp "$OLD_TARGET/release/examples/udp_expiry_load" "$TMP/before"
 fi

@@ -8,9 +8,9 @@
 //! rate of the cycles, a quick A/B figure on a shared machine):
 //!
 //! ```text
-//! cargo build --release --example engine_event_profile
+//! cargo build --profile release-debug --example engine_event_profile
 //! valgrind --tool=callgrind --callgrind-out-file=cg.out \
-//!     target/release/examples/engine_event_profile
+//!     target/release-debug/examples/engine_event_profile
 //! callgrind_annotate --inclusive=yes cg.out | grep 'Engine::on_flow_events'
 //! ```
 //!

@@ -5,7 +5,8 @@
 #
 # Nightly toolchain, std rebuilt instrumented (-Zbuild-std, needs the rust-src component)
 # so that TSan sees the synchronisation inside std, parking_lot and crossbeam; a separate
-# target directory (target/tsan) so stable builds are left alone. Every report is fatal
+# target directory (tsan/ in cargo's, target/tsan by default) so stable builds are left
+# alone. Every report is fatal
 # (halt_on_error); scripts/tsan.supp, when present, lists the reports analysed and
 # suppressed, each with its reason. First a deliberate race (tests/tsan_canary.rs) must
 # be reported, or the run fails: a clean result then means the build was instrumented.
@@ -22,7 +23,8 @@ logs=build/tsan
 mkdir -p "$logs"
 rm -f "$logs"/*.log
 
-export CARGO_TARGET_DIR=target/tsan
+CARGO_TARGET_DIR=$(bash scripts/target-dir.sh)/tsan
+export CARGO_TARGET_DIR
 export RUSTFLAGS="-Zsanitizer=thread" RUSTDOCFLAGS="-Zsanitizer=thread"
 tsan_options="halt_on_error=1 second_deadlock_stack=1"
 [[ -f scripts/tsan.supp ]] && tsan_options+=" suppressions=$root/scripts/tsan.supp"

@@ -1,7 +1,9 @@
 //! Kernel mode through the C ABI, against real conntrack in network namespaces this test
-//! creates and always removes. Needs root: fails loudly without it.
+//! creates and always removes. Needs root: fails loudly without it in CI, says
+//! "needs root" elsewhere (tests/root_check).
 
 mod ffi_util;
+mod root_check;
 
 use std::ffi::CString;
 use std::mem::size_of;
@@ -17,12 +19,7 @@ use autostandby::policy::{Policy, Protocols};
 use ffi_util::*;
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "kernel-mode tests need root (network namespaces, conntrack): run them as root"
-    );
+    root_check::require_root("network namespaces, conntrack");
 }
 
 fn sh(args: &[&str]) {

@@ -1,6 +1,9 @@
 //! The `autostandby` binary writing into a closed pipe (`autostandby watch … | head -1`)
 //! stops quietly: no panic, no backtrace, exit status 0.
 
+#[path = "../../tests/root_check/mod.rs"]
+mod root_check;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -8,12 +11,7 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_autostandby");
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "autostandby watch reads conntrack: run this test as root"
-    );
+    root_check::require_root("autostandby watch reads conntrack");
 }
 
 /// Waits for `child` up to `limit`, killing it if it is still running then.

@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 lib_dir=${1:?usage: run.sh LIB_DIR}
+# Absolute, for the rpath (LIB_DIR is relative to the checkout or, under
+# CARGO_TARGET_DIR, anywhere).
+lib_dir=$(cd "$lib_dir" && pwd)
 out=build/c
 mkdir -p "$out"
 so=$lib_dir/libautostandby.so
@@ -35,11 +38,11 @@ build() { # name source link...
   shift 2
   gcc "${cflags[@]}" "${san[@]}" "$src" -o "$out/$name" "$@"
 }
-build manual_so tests/c/manual_scenario.c -L"$lib_dir" -lautostandby -Wl,-rpath,"$PWD/$lib_dir"
+build manual_so tests/c/manual_scenario.c -L"$lib_dir" -lautostandby -Wl,-rpath,"$lib_dir"
 build manual_a tests/c/manual_scenario.c "$a" "${static_libs[@]}"
-build kernel_so tests/c/kernel_scenario.c -L"$lib_dir" -lautostandby -Wl,-rpath,"$PWD/$lib_dir"
+build kernel_so tests/c/kernel_scenario.c -L"$lib_dir" -lautostandby -Wl,-rpath,"$lib_dir"
 build kernel_a tests/c/kernel_scenario.c "$a" "${static_libs[@]}"
-gcc "${cflags[@]}" tests/c/manual_scenario.c -o "$out/manual_valgrind" -L"$lib_dir" -lautostandby -Wl,-rpath,"$PWD/$lib_dir"
+gcc "${cflags[@]}" tests/c/manual_scenario.c -o "$out/manual_valgrind" -L"$lib_dir" -lautostandby -Wl,-rpath,"$lib_dir"
 
 echo "== manual scenario (.so, ASan/UBSan)"; "$out/manual_so"
 echo "== manual scenario (.a, ASan/UBSan)"; "$out/manual_a"

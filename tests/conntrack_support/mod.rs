@@ -29,18 +29,13 @@ pub const SERVER6: &str = "fd31::2";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Panics loudly unless the tests run as root.
+#[path = "../root_check/mod.rs"]
+mod root_check;
+
+/// Returns when the tests run as root; fails them in CI and, elsewhere, stops the test
+/// binary with a "needs root" message (tests/root_check).
 pub fn require_root() {
-    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .expect("effective uid");
-    assert_eq!(
-        uid, "0",
-        "the conntrack integration tests need root (network namespaces, nft, ctnetlink); run them as root"
-    );
+    root_check::require_root("network namespaces, nft, ctnetlink");
 }
 
 fn run(cmd: &mut Command) {
