@@ -17,6 +17,7 @@
 pub mod bpf;
 mod error;
 pub(crate) mod events;
+pub mod neigh;
 pub mod netns;
 pub mod parse;
 pub mod query;

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+mod hold;
 mod kernel;
 mod lead;
 pub mod logs;
@@ -105,6 +106,16 @@ pub struct ControllerConfig {
     pub confirm_lead_ms: u64,
     /// What a failed standby does to the countdown (default: a full new countdown).
     pub standby_retry: StandbyRetry,
+    /// Hold packets for instances in Standby (default off): once an instance is in
+    /// Standby (its standby reported successful, or registered in that state) its
+    /// neighbour entries (ARP, NDP) in the namespace of `netns` are removed, so the
+    /// first packets of a wake wait in the kernel's neighbour queue while the address
+    /// resolves again, and go out as soon as the restored guest announces itself or
+    /// answers a solicitation. Resolution gives up after `mcast_solicit` x
+    /// `retrans_time` (3 x 1 s by default on the device), which bounds the restore time
+    /// it covers; `unres_qlen_bytes` bounds the queue. Nothing is installed in the
+    /// kernel, so there is nothing to undo, and traffic is never black-holed.
+    pub hold_packets_in_standby: bool,
 }
 
 impl ControllerConfig {
@@ -131,6 +142,7 @@ impl ControllerConfig {
             confirm_before_standby: true,
             confirm_lead_ms: EngineConfig::default().confirm_lead_ms,
             standby_retry: StandbyRetry::default(),
+            hold_packets_in_standby: false,
         }
     }
 }
@@ -280,6 +292,7 @@ impl Shared {
 pub struct Controller {
     shared: Arc<Shared>,
     kernel: Option<kernel::KernelRuntime>,
+    hold: Option<Mutex<hold::PacketHold>>,
 }
 
 impl Controller {
@@ -334,7 +347,16 @@ impl Controller {
             Mode::Kernel => Some(kernel::KernelRuntime::start(shared.clone(), &config)?),
             Mode::Manual { .. } => None,
         };
-        let controller = Self { shared, kernel };
+        let hold = if config.hold_packets_in_standby {
+            Some(Mutex::new(hold::PacketHold::open(config.netns.as_deref())?))
+        } else {
+            None
+        };
+        let controller = Self {
+            shared,
+            kernel,
+            hold,
+        };
         controller.logged(|| {
             tracing::info!(
                 mode = ?config.mode,
@@ -402,18 +424,33 @@ impl Controller {
     /// Registers an instance under a host-chosen key.
     pub fn register(&self, key: InstanceKey, spec: InstanceSpec) -> Result<(), ControllerError> {
         let spec = self.shared.spec_to_engine(spec);
-        self.mutate(|e, now| e.register(key, spec, now))
+        let (addrs, lifecycle) = (spec.addresses.clone(), spec.lifecycle);
+        self.mutate(|e, now| e.register(key, spec, now))?;
+        self.with_hold(|h| h.set(key, &addrs, lifecycle));
+        Ok(())
     }
 
     /// Replaces an instance's spec.
     pub fn update(&self, key: InstanceKey, spec: InstanceSpec) -> Result<(), ControllerError> {
         let spec = self.shared.spec_to_engine(spec);
-        self.mutate(|e, now| e.update(key, spec, now))
+        let (addrs, lifecycle) = (spec.addresses.clone(), spec.lifecycle);
+        self.mutate(|e, now| e.update(key, spec, now))?;
+        self.with_hold(|h| h.set(key, &addrs, lifecycle));
+        Ok(())
     }
 
     /// Forgets an instance.
     pub fn unregister(&self, key: InstanceKey) -> Result<(), ControllerError> {
-        self.mutate(|e, now| e.unregister(key, now))
+        self.mutate(|e, now| e.unregister(key, now))?;
+        self.with_hold(|h| h.forget(key));
+        Ok(())
+    }
+
+    /// Runs `f` on the packet hold when it is on, with this controller's log capture.
+    fn with_hold(&self, f: impl FnOnce(&mut hold::PacketHold)) {
+        if let Some(hold) = &self.hold {
+            self.logged(|| f(&mut hold.lock()));
+        }
     }
 
     /// Moves up to `max` decisions into `out`, waiting up to `timeout` for the first.
@@ -446,7 +483,11 @@ impl Controller {
         key: InstanceKey,
         outcome: StandbyOutcome,
     ) -> Result<(), ControllerError> {
-        self.mutate(|e, now| e.report_standby(key, outcome, now))
+        self.mutate(|e, now| e.report_standby(key, outcome, now))?;
+        if outcome == StandbyOutcome::Success {
+            self.with_hold(|h| h.release(key));
+        }
+        Ok(())
     }
 
     /// The host's report on the restore it attempted for a `Wake` decision.

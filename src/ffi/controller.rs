@@ -18,6 +18,11 @@ use crate::engine::{BeginStandby, Decision, Reason, StandbyOutcome, StandbyRetry
 const CONFIG_SIZE_V1: usize =
     std::mem::offset_of!(autostandby_config, manual_start_ms) + std::mem::size_of::<u64>();
 
+/// `sizeof(autostandby_config)` in the second layout, which ended at `confirm_lead_ms`,
+/// before `hold_packets_in_standby`.
+const CONFIG_SIZE_V2: usize =
+    std::mem::offset_of!(autostandby_config, confirm_lead_ms) + std::mem::size_of::<u64>();
+
 /// `sizeof(struct autostandby_stats)` in the first release, which ended at
 /// `log_records_dropped`. Such callers get every field their struct has.
 const STATS_SIZE_V1: usize =
@@ -80,7 +85,8 @@ unsafe fn leading_size<T>(ptr: *const T, what: &str) -> Result<u32, FfiError> {
 unsafe fn read_config(ptr: *const autostandby_config) -> Result<autostandby_config, FfiError> {
     // SAFETY: NULL or valid, per the caller.
     let size = unsafe { leading_size(ptr, "config")? };
-    let len = versioned_len::<autostandby_config>(size, &[CONFIG_SIZE_V1], "config")?;
+    let len =
+        versioned_len::<autostandby_config>(size, &[CONFIG_SIZE_V1, CONFIG_SIZE_V2], "config")?;
     let mut c = autostandby_config::default();
     // SAFETY: the caller's struct has at least `len` readable bytes (its `struct_size`),
     // `len` is at most `size_of::<autostandby_config>()`, and the two do not overlap.
@@ -160,6 +166,7 @@ fn config_from_c(c: &autostandby_config) -> Result<ControllerConfig, FfiError> {
         standby_retry,
         confirm_before_standby,
         confirm_lead_ms: nonzero(c.confirm_lead_ms, base.confirm_lead_ms),
+        hold_packets_in_standby: c.hold_packets_in_standby,
         ..base
     })
 }

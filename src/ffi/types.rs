@@ -211,6 +211,18 @@ pub struct autostandby_config {
     /// half the idle timeout); 0 for the mode's default: 2,000 ms in kernel mode, the
     /// deadline itself in manual mode.
     pub confirm_lead_ms: u64,
+    /// Hold packets for instances in Standby (false, the default, leaves the kernel
+    /// alone): once an instance is in Standby (`autostandby_report_standby` with
+    /// `AUTOSTANDBY_OUTCOME_SUCCESS`, or registered with
+    /// `AUTOSTANDBY_LIFECYCLE_STANDBY`) its neighbour entries (ARP, NDP) in the
+    /// namespace of `netns_path` are removed, so the first packets of a wake wait in the
+    /// kernel's neighbour queue and go out once the restored guest's address resolves,
+    /// instead of being lost. Resolution gives up after the device's `mcast_solicit` x
+    /// `retrans_time` (3 x 1 s by default): restores slower than that lose the packets
+    /// as before. Static (permanent) entries are left alone. Nothing is installed, so
+    /// nothing needs undoing. Added after the first release: callers with the shorter
+    /// struct get false.
+    pub hold_packets_in_standby: bool,
 }
 
 impl Default for autostandby_config {
@@ -229,6 +241,7 @@ impl Default for autostandby_config {
             standby_retry: 0,
             confirm_before_standby: false,
             confirm_lead_ms: 0,
+            hold_packets_in_standby: false,
         }
     }
 }
