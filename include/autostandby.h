@@ -304,14 +304,16 @@ struct autostandby_config {
   // deadline itself in manual mode.
   uint64_t confirm_lead_ms;
   // Hold packets for instances in Standby (false, the default, leaves the kernel
-  // alone): once an instance is in Standby (`autostandby_report_standby` with
-  // `AUTOSTANDBY_OUTCOME_SUCCESS`, or registered with
-  // `AUTOSTANDBY_LIFECYCLE_STANDBY`) its neighbour entries (ARP, NDP) in the
+  // alone): when an instance's standby begins (`autostandby_begin_standby` says
+  // proceed), again when it is reported successful (`autostandby_report_standby`
+  // with `AUTOSTANDBY_OUTCOME_SUCCESS`), and when it is registered with
+  // `AUTOSTANDBY_LIFECYCLE_STANDBY`, its neighbour entries (ARP, NDP) in the
   // namespace of `netns_path` are removed, so the first packets of a wake wait in the
   // kernel's neighbour queue and go out once the restored guest's address resolves,
   // instead of being lost. Resolution gives up after the device's `mcast_solicit` x
   // `retrans_time` (3 x 1 s by default): restores slower than that lose the packets
-  // as before. Static (permanent) entries are left alone. Nothing is installed, so
+  // as before. Static (permanent) entries, and entries being resolved (their queue
+  // already holds packets), are left alone. Nothing is installed, so
   // nothing needs undoing. Added after the first release: callers with the shorter
   // struct get false.
   bool hold_packets_in_standby;

@@ -270,6 +270,25 @@ fn first_syn_to_a_standby_guest_is_delivered_once_it_is_restored() {
             .expect("client in A")
         })
     };
+    // The SYN now waits in an INCOMPLETE entry. Another removal (a lifecycle update
+    // saying Standby, say) must leave that entry alone: deleting it would fail its
+    // queue and end the connection with EHOSTUNREACH.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host_entries(&pair).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the SYN created no neighbour entry"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut spec = running_instance(ip(SERVER), IDLE_MS);
+    spec.addresses.push(ip(SERVER6));
+    spec.lifecycle = autostandby::engine::Lifecycle::Standby;
+    ctrl.update(KEY, spec).expect("update");
+    assert!(
+        host_entries(&pair).contains(&ip(SERVER)),
+        "the entry holding the SYN was removed"
+    );
     std::thread::sleep(DOWN_FOR);
     let restore_started = Instant::now();
     restore_guest(&pair);

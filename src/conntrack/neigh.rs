@@ -12,6 +12,10 @@
 //! is nothing to undo, and if resolution gives up the packets are dropped as before.
 //!
 //! Static entries (`PERMANENT`, `NOARP`) are left alone: the host set them on purpose.
+//! So are entries being resolved (`INCOMPLETE`): they already queue, and deleting one
+//! fails its queue, which a local sender sees as EHOSTUNREACH and a forwarded packet's
+//! sender as an ICMP host unreachable, ending the very connection that was waiting.
+//! `FAILED` entries hold nothing and resolve afresh on the next packet.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -32,6 +36,8 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 const NDA_DST: u16 = 1;
+const NUD_INCOMPLETE: u16 = 0x01;
+const NUD_FAILED: u16 = 0x20;
 const NUD_NOARP: u16 = 0x40;
 const NUD_PERMANENT: u16 = 0x80;
 const NTF_PROXY: u8 = 0x08;
@@ -55,6 +61,9 @@ pub struct RemoveReport {
     /// Static entries of the addresses that were left in place: packets to them are
     /// not held.
     pub static_kept: Vec<RemovedEntry>,
+    /// Entries left in place because they hold no link-layer address: being resolved
+    /// (packets already wait in their queue) or failed.
+    pub resolving: Vec<RemovedEntry>,
 }
 
 /// An rtnetlink socket in one network namespace, removing neighbour entries.
@@ -82,8 +91,8 @@ impl NeighbourSocket {
         })
     }
 
-    /// Removes every dynamic neighbour entry of `addrs`, on any device. An entry that
-    /// vanishes meanwhile is not an error.
+    /// Removes every neighbour entry of `addrs` that holds a link-layer address and is
+    /// not static, on any device. An entry that vanishes meanwhile is not an error.
     pub fn remove(&mut self, addrs: &[IpAddr]) -> Result<RemoveReport, ConntrackError> {
         let mut report = RemoveReport::default();
         if addrs.is_empty() {
@@ -98,6 +107,10 @@ impl NeighbourSocket {
         for e in found {
             if e.state & (NUD_PERMANENT | NUD_NOARP) != 0 {
                 report.static_kept.push(e);
+                continue;
+            }
+            if e.state & (NUD_INCOMPLETE | NUD_FAILED) != 0 {
+                report.resolving.push(e);
                 continue;
             }
             match self.delete(&e) {

@@ -106,9 +106,9 @@ pub struct ControllerConfig {
     pub confirm_lead_ms: u64,
     /// What a failed standby does to the countdown (default: a full new countdown).
     pub standby_retry: StandbyRetry,
-    /// Hold packets for instances in Standby (default off): once an instance is in
-    /// Standby (its standby reported successful, or registered in that state) its
-    /// neighbour entries (ARP, NDP) in the namespace of `netns` are removed, so the
+    /// Hold packets for instances in Standby (default off): when an instance's standby
+    /// begins, again when it is reported successful, and when it is registered in
+    /// Standby, its neighbour entries (ARP, NDP) in the namespace of `netns` are removed, so the
     /// first packets of a wake wait in the kernel's neighbour queue while the address
     /// resolves again, and go out as soon as the restored guest announces itself or
     /// answers a solicitation. Resolution gives up after `mcast_solicit` x
@@ -468,7 +468,15 @@ impl Controller {
 
     /// The host's last "still idle?" check before it snapshots `key`.
     pub fn begin_standby(&self, key: InstanceKey) -> Result<BeginStandby, ControllerError> {
-        self.mutate(|e, now| e.begin_standby(key, now))
+        let begun = self.mutate(|e, now| e.begin_standby(key, now))?;
+        if begun == BeginStandby::Proceed {
+            // The guest stops answering from the moment the host pauses it, well before
+            // the standby is reported: removed now, its entries stay gone unless a
+            // packet makes the still-running guest answer again, which the removal at
+            // the report then covers.
+            self.with_hold(|h| h.release(key));
+        }
+        Ok(begun)
     }
 
     /// Hands back a taken `Standby` decision without beginning it (see
