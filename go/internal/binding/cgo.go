@@ -94,6 +94,7 @@ func New(cfg Config) (*Controller, error) {
 	cc.standby_retry = C.uint32_t(cfg.StandbyRetry)
 	cc.confirm_before_standby = C.bool(cfg.ConfirmBeforeStandby)
 	cc.confirm_lead_ms = C.uint64_t(durationToMillis(cfg.ConfirmLead))
+	cc.hold_packets_in_standby = C.bool(cfg.HoldPacketsInStandby)
 	if _, ms := timeToMillis(cfg.ManualStart); ms > 0 {
 		cc.manual_start_ms = C.uint64_t(ms)
 	}

@@ -109,6 +109,10 @@ type Config struct {
 	// ConfirmLead: how long before each deadline the confirmation is asked for; zero
 	// for the mode's default (kernel 2 s, manual: at the deadline).
 	ConfirmLead time.Duration
+	// HoldPacketsInStandby removes the neighbour entries of instances in Standby so
+	// the first packets of a wake wait in the kernel's neighbour queue instead of
+	// being lost (see autostandby_config.hold_packets_in_standby).
+	HoldPacketsInStandby bool
 }
 
 // Lifecycle is an instance's lifecycle state as the library knows it.
