@@ -317,6 +317,13 @@ struct autostandby_config {
   // nothing needs undoing. Added after the first release: callers with the shorter
   // struct get false.
   bool hold_packets_in_standby;
+  // With the hold: the restore time held packets must survive, in ms; 0 leaves the
+  // devices' settings alone (about 3 s). The `mcast_solicit` of the device reaching a
+  // held instance is raised to cover it (never lowered) and put back when the last
+  // instance is unregistered or the controller is freed; the original values are
+  // recorded under `/run/autostandby` first, and the next controller of the same
+  // namespace restores any a crash left behind.
+  uint64_t hold_resolve_window_ms;
 };
 
 // Details of a failed call, filled when the caller passes a non-NULL pointer.

@@ -332,3 +332,102 @@ fn an_instance_registered_in_standby_has_its_entries_removed() {
         host_entries(&pair)
     );
 }
+
+/// `net.ipv{4,6}.neigh.va.<key>` in namespace A.
+fn host_neigh_sysctl(pair: &Pair, family: &str, key: &str) -> u64 {
+    let path = format!("/proc/sys/net/{family}/neigh/va/{key}");
+    pair.in_a(move || std::fs::read_to_string(&path))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+fn register_in_standby(ctrl: &Controller) {
+    let mut spec = running_instance(ip(SERVER), IDLE_MS);
+    spec.addresses.push(ip(SERVER6));
+    spec.lifecycle = autostandby::engine::Lifecycle::Standby;
+    ctrl.register(KEY, spec).expect("register");
+}
+
+#[test]
+fn a_resolve_window_raises_mcast_solicit_and_puts_it_back_also_after_a_crash() {
+    const WINDOW_MS: u64 = 10_000;
+    let pair = Pair::new();
+    let state_dir =
+        std::env::temp_dir().join(format!("as-hold-state-{}-{}", std::process::id(), pair.a));
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let guest = guest_udp(&pair);
+    let families = ["ipv4", "ipv6"];
+    let original: Vec<u64> = families
+        .iter()
+        .map(|f| host_neigh_sysctl(&pair, f, "mcast_solicit"))
+        .collect();
+    let wanted: Vec<u64> = families
+        .iter()
+        .zip(&original)
+        .map(|(f, o)| {
+            WINDOW_MS
+                .div_ceil(host_neigh_sysctl(&pair, f, "retrans_time_ms"))
+                .max(*o)
+        })
+        .collect();
+    assert!(
+        wanted.iter().zip(&original).all(|(w, o)| w > o),
+        "the window must need a raise for this test: {original:?} -> {wanted:?}"
+    );
+    let current = || -> Vec<u64> {
+        families
+            .iter()
+            .map(|f| host_neigh_sysctl(&pair, f, "mcast_solicit"))
+            .collect()
+    };
+    let start = |state_dir: &std::path::Path| {
+        let mut config = ControllerConfig::manual(1_000_000);
+        config.netns = Some(pair.a_path());
+        config.hold_packets_in_standby = true;
+        config.hold_resolve_window_ms = WINDOW_MS;
+        config.hold_state_dir = Some(state_dir.to_path_buf());
+        Controller::new(config).expect("controller")
+    };
+
+    // A clean run: raised at the removal, put back when the controller ends.
+    warm_up(&pair, &guest);
+    let ctrl = start(&state_dir);
+    register_in_standby(&ctrl);
+    assert_eq!(current(), wanted, "raised while held");
+    drop(ctrl);
+    assert_eq!(current(), original, "put back when the controller ended");
+
+    // Unregistering the last instance puts it back too.
+    warm_up(&pair, &guest);
+    let ctrl = start(&state_dir);
+    register_in_standby(&ctrl);
+    assert_eq!(current(), wanted);
+    ctrl.unregister(KEY).expect("unregister");
+    assert_eq!(current(), original, "put back at the last unregister");
+    drop(ctrl);
+
+    // A crash (the controller never ends) leaves the raise and its record; the next
+    // controller of the namespace finds the record and restores the value at start.
+    warm_up(&pair, &guest);
+    let crashed = start(&state_dir);
+    register_in_standby(&crashed);
+    assert_eq!(current(), wanted);
+    std::mem::forget(crashed);
+    assert_eq!(current(), wanted, "a crash leaves it raised");
+    let next = start(&state_dir);
+    assert_eq!(
+        current(),
+        original,
+        "restored by the next controller at start"
+    );
+    assert_eq!(
+        std::fs::read_dir(&state_dir)
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "records left in the state directory"
+    );
+    drop(next);
+    let _ = std::fs::remove_dir_all(&state_dir);
+}

@@ -23,6 +23,7 @@ pub mod parse;
 pub mod query;
 pub mod request;
 pub mod socket;
+pub mod solicit;
 pub(crate) mod sysctl;
 mod wakeup;
 pub mod wire;

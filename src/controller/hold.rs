@@ -8,6 +8,7 @@ use std::path::Path;
 
 use crate::conntrack::ConntrackError;
 use crate::conntrack::neigh::NeighbourSocket;
+use crate::conntrack::solicit::{Family, SolicitTuning};
 use crate::engine::{InstanceKey, Lifecycle};
 
 /// The rtnetlink socket and the addresses of every registered instance.
@@ -15,13 +16,30 @@ use crate::engine::{InstanceKey, Lifecycle};
 pub(crate) struct PacketHold {
     sock: NeighbourSocket,
     addrs: HashMap<InstanceKey, Vec<IpAddr>>,
+    /// Raises `mcast_solicit` on the devices reaching held instances; `None` leaves
+    /// the devices' settings alone.
+    tuning: Option<SolicitTuning>,
+    window_ms: u64,
 }
 
 impl PacketHold {
-    pub(crate) fn open(netns: Option<&Path>) -> Result<Self, ConntrackError> {
+    /// Opens the rtnetlink socket in `netns`; with a `window_ms`, also restores device
+    /// settings an earlier controller left changed (see [`SolicitTuning`]).
+    pub(crate) fn open(
+        netns: Option<&Path>,
+        window_ms: u64,
+        state_dir: &Path,
+    ) -> Result<Self, ConntrackError> {
+        let tuning = if window_ms > 0 {
+            Some(SolicitTuning::open(netns, state_dir)?)
+        } else {
+            None
+        };
         Ok(Self {
             sock: NeighbourSocket::open(netns)?,
             addrs: HashMap::new(),
+            tuning,
+            window_ms,
         })
     }
 
@@ -36,8 +54,14 @@ impl PacketHold {
         }
     }
 
+    /// Forgets `key`; once no instance is left, device settings are put back.
     pub(crate) fn forget(&mut self, key: InstanceKey) {
         self.addrs.remove(&key);
+        if self.addrs.is_empty()
+            && let Some(t) = &mut self.tuning
+        {
+            t.restore_all();
+        }
     }
 
     /// Removes `key`'s neighbour entries. Failures only cost the held packets, never a
@@ -48,6 +72,17 @@ impl PacketHold {
         };
         match self.sock.remove(addrs) {
             Ok(report) => {
+                if let Some(t) = &mut self.tuning {
+                    for e in report.removed.iter().chain(&report.resolving) {
+                        let family = match e.addr {
+                            IpAddr::V4(_) => Family::V4,
+                            IpAddr::V6(_) => Family::V6,
+                        };
+                        if let Err(err) = t.ensure(family, e.ifindex, self.window_ms) {
+                            tracing::warn!(key, error = %err, "could not lengthen address resolution for held packets");
+                        }
+                    }
+                }
                 if !report.removed.is_empty() {
                     tracing::info!(
                         key,

@@ -116,6 +116,17 @@ pub struct ControllerConfig {
     /// it covers; `unres_qlen_bytes` bounds the queue. Nothing is installed in the
     /// kernel, so there is nothing to undo, and traffic is never black-holed.
     pub hold_packets_in_standby: bool,
+    /// With the hold: the restore time held packets must survive, in ms (0, the
+    /// default, leaves the devices' settings alone: about 3 s). The `mcast_solicit` of a
+    /// device reaching a held instance is raised so that `mcast_solicit` x
+    /// `retrans_time` covers it (never lowered), and put back when the last instance is
+    /// unregistered or the controller ends; the original values are recorded in
+    /// `hold_state_dir` first, and a controller that finds records of its namespace
+    /// there (left by a crash) restores them at start.
+    pub hold_resolve_window_ms: u64,
+    /// Where device settings changed for the hold are recorded (`None`:
+    /// [`crate::conntrack::solicit::DEFAULT_STATE_DIR`]).
+    pub hold_state_dir: Option<PathBuf>,
 }
 
 impl ControllerConfig {
@@ -143,6 +154,8 @@ impl ControllerConfig {
             confirm_lead_ms: EngineConfig::default().confirm_lead_ms,
             standby_retry: StandbyRetry::default(),
             hold_packets_in_standby: false,
+            hold_resolve_window_ms: 0,
+            hold_state_dir: None,
         }
     }
 }
@@ -348,7 +361,16 @@ impl Controller {
             Mode::Manual { .. } => None,
         };
         let hold = if config.hold_packets_in_standby {
-            Some(Mutex::new(hold::PacketHold::open(config.netns.as_deref())?))
+            let state_dir = config
+                .hold_state_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(crate::conntrack::solicit::DEFAULT_STATE_DIR));
+            let hold = hold::PacketHold::open(
+                config.netns.as_deref(),
+                config.hold_resolve_window_ms,
+                &state_dir,
+            );
+            Some(Mutex::new(hold?))
         } else {
             None
         };

@@ -225,6 +225,13 @@ pub struct autostandby_config {
     /// nothing needs undoing. Added after the first release: callers with the shorter
     /// struct get false.
     pub hold_packets_in_standby: bool,
+    /// With the hold: the restore time held packets must survive, in ms; 0 leaves the
+    /// devices' settings alone (about 3 s). The `mcast_solicit` of the device reaching a
+    /// held instance is raised to cover it (never lowered) and put back when the last
+    /// instance is unregistered or the controller is freed; the original values are
+    /// recorded under `/run/autostandby` first, and the next controller of the same
+    /// namespace restores any a crash left behind.
+    pub hold_resolve_window_ms: u64,
 }
 
 impl Default for autostandby_config {
@@ -244,6 +251,7 @@ impl Default for autostandby_config {
             confirm_before_standby: false,
             confirm_lead_ms: 0,
             hold_packets_in_standby: false,
+            hold_resolve_window_ms: 0,
         }
     }
 }
