@@ -113,6 +113,9 @@ type Config struct {
 	// the first packets of a wake wait in the kernel's neighbour queue instead of
 	// being lost (see autostandby_config.hold_packets_in_standby).
 	HoldPacketsInStandby bool
+	// HoldResolveWindow: the restore time held packets must survive; zero leaves the
+	// devices' settings alone (see autostandby_config.hold_resolve_window_ms).
+	HoldResolveWindow time.Duration
 }
 
 // Lifecycle is an instance's lifecycle state as the library knows it.
