@@ -110,6 +110,7 @@ func New(store InstanceStore, source ConnectionSource, opts ControllerOptions) (
 		cfg.ResyncInterval = src.opts.ResyncInterval
 		cfg.SetEventsSysctl = src.opts.EnableConntrackEvents
 		cfg.HoldPacketsInStandby = src.opts.HoldPacketsInStandby
+		cfg.HoldResolveWindow = src.opts.HoldResolveWindow
 	case *ManualSource:
 		cfg.Mode, cfg.ManualStart = binding.ModeManual, src.start
 		mode = TrackingModeManual

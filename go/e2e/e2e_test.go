@@ -109,6 +109,8 @@ func (f *fixture) start() {
 			EnableConntrackEvents: true,
 			// AS_E2E_NO_HOLD=1 measures wakes without the hold, for comparison.
 			HoldPacketsInStandby: os.Getenv("AS_E2E_NO_HOLD") != "1",
+			// Restores took up to 1.5 s on a loaded machine; the default covers 3 s.
+			HoldResolveWindow: 10 * time.Second,
 		}),
 		autostandby.ControllerOptions{Log: log, LogDrainInterval: 100 * time.Millisecond})
 	if err != nil {
