@@ -78,7 +78,28 @@ fn controller(pair: &Pair, hold: bool) -> Controller {
     let mut config = ControllerConfig::manual(1_000_000);
     config.netns = Some(pair.a_path());
     config.hold_packets_in_standby = hold;
+    // Resolution lasts 30 s rather than the default 3 s, so that a slow machine (or a
+    // sanitizer) between sending and "restoring" cannot fail the held packets.
+    config.hold_resolve_window_ms = 30_000;
+    config.hold_state_dir = Some(state_path(pair));
     Controller::new(config).expect("controller")
+}
+
+/// A state directory for the hold's records, removed on drop.
+struct StateDir(std::path::PathBuf);
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn state_path(pair: &Pair) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("as-hold-state-{}", pair.a))
+}
+
+fn state_dir(pair: &Pair) -> StateDir {
+    StateDir(state_path(pair))
 }
 
 /// Registers the guest (both addresses) and takes it through a reported standby.
@@ -181,6 +202,7 @@ fn first_datagram_waits_for_the_restored_guest_with_the_hold_and_is_lost_without
             "the host should have learnt both guest addresses: {before:?}"
         );
         stop_guest(&pair);
+        let _state = state_dir(&pair);
         let ctrl = controller(&pair, hold);
         standby(&ctrl);
         let after = host_entries(&pair);
@@ -244,6 +266,7 @@ fn first_syn_to_a_standby_guest_is_delivered_once_it_is_restored() {
     let guest = guest_udp(&pair);
     warm_up(&pair, &guest);
     stop_guest(&pair);
+    let _state = state_dir(&pair);
     let ctrl = controller(&pair, true);
     standby(&ctrl);
     assert!(host_entries(&pair).is_empty());
@@ -321,6 +344,7 @@ fn an_instance_registered_in_standby_has_its_entries_removed() {
     let guest = guest_udp(&pair);
     warm_up(&pair, &guest);
     assert_eq!(host_entries(&pair).len(), 2);
+    let _state = state_dir(&pair);
     let ctrl = controller(&pair, true);
     let mut spec = running_instance(ip(SERVER), IDLE_MS);
     spec.addresses.push(ip(SERVER6));
