@@ -405,14 +405,15 @@ fn a_resolve_window_raises_mcast_solicit_and_puts_it_back_also_after_a_crash() {
             .map(|f| host_neigh_sysctl(&pair, f, "mcast_solicit"))
             .collect()
     };
-    let start = |state_dir: &std::path::Path| {
+    let start_with = |state_dir: &std::path::Path, window_ms: u64| {
         let mut config = ControllerConfig::manual(1_000_000);
         config.netns = Some(pair.a_path());
         config.hold_packets_in_standby = true;
-        config.hold_resolve_window_ms = WINDOW_MS;
+        config.hold_resolve_window_ms = window_ms;
         config.hold_state_dir = Some(state_dir.to_path_buf());
         Controller::new(config).expect("controller")
     };
+    let start = |state_dir: &std::path::Path| start_with(state_dir, WINDOW_MS);
 
     // A clean run: raised at the removal, put back when the controller ends.
     warm_up(&pair, &guest);
@@ -432,14 +433,15 @@ fn a_resolve_window_raises_mcast_solicit_and_puts_it_back_also_after_a_crash() {
     drop(ctrl);
 
     // A crash (the controller never ends) leaves the raise and its record; the next
-    // controller of the namespace finds the record and restores the value at start.
+    // controller of the namespace with the hold on finds the record and restores the
+    // value at start, even one with no window of its own.
     warm_up(&pair, &guest);
     let crashed = start(&state_dir);
     register_in_standby(&crashed);
     assert_eq!(current(), wanted);
     std::mem::forget(crashed);
     assert_eq!(current(), wanted, "a crash leaves it raised");
-    let next = start(&state_dir);
+    let next = start_with(&state_dir, 0);
     assert_eq!(
         current(),
         original,

@@ -23,22 +23,19 @@ pub(crate) struct PacketHold {
 }
 
 impl PacketHold {
-    /// Opens the rtnetlink socket in `netns`; with a `window_ms`, also restores device
-    /// settings an earlier controller left changed (see [`SolicitTuning`]).
+    /// Opens the rtnetlink socket in `netns` and restores device settings an earlier
+    /// controller of the namespace left changed (see [`SolicitTuning`]), also when this
+    /// one has no `window_ms` of its own.
     pub(crate) fn open(
         netns: Option<&Path>,
         window_ms: u64,
         state_dir: &Path,
     ) -> Result<Self, ConntrackError> {
-        let tuning = if window_ms > 0 {
-            Some(SolicitTuning::open(netns, state_dir)?)
-        } else {
-            None
-        };
+        let tuning = SolicitTuning::open(netns, state_dir)?;
         Ok(Self {
             sock: NeighbourSocket::open(netns)?,
             addrs: HashMap::new(),
-            tuning,
+            tuning: (window_ms > 0).then_some(tuning),
             window_ms,
         })
     }

@@ -121,8 +121,9 @@ pub struct ControllerConfig {
     /// device reaching a held instance is raised so that `mcast_solicit` x
     /// `retrans_time` covers it (never lowered), and put back when the last instance is
     /// unregistered or the controller ends; the original values are recorded in
-    /// `hold_state_dir` first, and a controller that finds records of its namespace
-    /// there (left by a crash) restores them at start.
+    /// `hold_state_dir` first, and a controller with the hold on (with a window or not)
+    /// that finds records of its namespace there (left by a crash) restores them at
+    /// start.
     pub hold_resolve_window_ms: u64,
     /// Where device settings changed for the hold are recorded (`None`:
     /// [`crate::conntrack::solicit::DEFAULT_STATE_DIR`]).

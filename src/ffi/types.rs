@@ -230,7 +230,8 @@ pub struct autostandby_config {
     /// held instance is raised to cover it (never lowered) and put back when the last
     /// instance is unregistered or the controller is freed; the original values are
     /// recorded under `/run/autostandby` first, and the next controller of the same
-    /// namespace restores any a crash left behind.
+    /// namespace with the hold on (with a window or not) restores any a crash left
+    /// behind.
     pub hold_resolve_window_ms: u64,
 }
 
