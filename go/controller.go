@@ -110,6 +110,8 @@ func New(store InstanceStore, source ConnectionSource, opts ControllerOptions) (
 		cfg.ReceiveBufferBytes = src.opts.ReceiveBufferBytes
 		cfg.ResyncInterval = src.opts.ResyncInterval
 		cfg.SetEventsSysctl = src.opts.EnableConntrackEvents
+		cfg.HoldPacketsInStandby = src.opts.HoldPacketsInStandby
+		cfg.HoldResolveWindow = src.opts.HoldResolveWindow
 	case *ManualSource:
 		cfg.Mode, cfg.ManualStart = binding.ModeManual, src.start
 		mode = TrackingModeManual

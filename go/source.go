@@ -20,6 +20,25 @@ type SourceOptions struct {
 	// EnableConntrackEvents sets net.netfilter.nf_conntrack_events to 1 when it is not,
 	// so flows created before the controller started also report events.
 	EnableConntrackEvents bool
+	// HoldPacketsInStandby makes the first packets of a wake wait on the host instead
+	// of being lost. Right before StandbyInstance and again once it has returned, the
+	// library removes the instance's neighbour entries (ARP, NDP) in the observed
+	// namespace (also for an instance listed in Standby at start); a packet for
+	// it then waits in the kernel's neighbour queue while the address resolves, and
+	// goes out as soon as the guest, restored by RestoreInstance, announces itself or
+	// answers. The kernel gives up after the device's mcast_solicit x retrans_time
+	// (3 x 1 s by default; see HoldResolveWindow): a restore slower than that fails
+	// the held packets, and a client waiting in connect gets "no route to host".
+	// Nothing is installed, so nothing is left behind and nothing is ever
+	// black-holed. Off by default.
+	HoldPacketsInStandby bool
+	// HoldResolveWindow is the restore time held packets must survive (zero leaves the
+	// devices' settings alone: about 3 s). The library raises mcast_solicit on the
+	// device reaching a held instance so that mcast_solicit x retrans_time covers it,
+	// and puts it back when the last instance goes or the controller is closed; it
+	// records the original under /run/autostandby first, and the next controller of
+	// the namespace restores what a crash left behind.
+	HoldResolveWindow time.Duration
 }
 
 // errReadByLibrary is what the library-owned sources answer when called directly.

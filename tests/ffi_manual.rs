@@ -797,6 +797,17 @@ fn config_from_an_older_header_gets_the_defaults_and_unknown_values_are_refused(
     let rc = unsafe { autostandby_controller_new(&bad, &mut out, &mut e) };
     assert_eq!(rc, AUTOSTANDBY_ERR_INVALID_ARGUMENT);
     assert!(msg(&e).contains("standby_retry is 2"), "{}", msg(&e));
+    // The second layout ended at `confirm_lead_ms`: that size is accepted too.
+    let v2_size = std::mem::offset_of!(autostandby_config, confirm_lead_ms) + 8;
+    let cfg = autostandby_config {
+        struct_size: v2_size as u32,
+        hold_packets_in_standby: true,
+        ..manual_config(T0)
+    };
+    let h2 = Handle::new(&cfg);
+    assert_eq!(register(&h2, 1, GUEST, &policy(10_000)).0, AUTOSTANDBY_OK);
+    drop(h2);
+
     // A size that is neither release's.
     let odd = autostandby_config {
         struct_size: old_size as u32 + 4,

@@ -3,16 +3,22 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	autostandby "github.com/libautostandby/libautostandby/go"
 	"github.com/libautostandby/libautostandby/go/e2e/qemu"
@@ -99,7 +105,13 @@ func (f *fixture) start() {
 	f.t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{f.t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ctrl, err := autostandby.New(f.store,
-		autostandby.NewConntrackSource(autostandby.SourceOptions{EnableConntrackEvents: true}),
+		autostandby.NewConntrackSource(autostandby.SourceOptions{
+			EnableConntrackEvents: true,
+			// AS_E2E_NO_HOLD=1 measures wakes without the hold, for comparison.
+			HoldPacketsInStandby: os.Getenv("AS_E2E_NO_HOLD") != "1",
+			// Restores took up to 1.5 s on a loaded machine; the default covers 3 s.
+			HoldResolveWindow: 10 * time.Second,
+		}),
 		autostandby.ControllerOptions{Log: log, LogDrainInterval: 100 * time.Millisecond})
 	if err != nil {
 		f.t.Fatalf("NewController (kernel mode): %v", err)
@@ -342,35 +354,181 @@ func TestHalfOpenConnectionKeepsRunning(t *testing.T) {
 	f.assertStandbyAfterClose(time.Now())
 }
 
-// Test 3: with the guest in Standby and wake_on_traffic on, a client's connection wakes
-// it: the library emits Wake, the store restores the guest, and the connection succeeds
-// within 5 s of its first SYN.
-func TestWakeOnTraffic(t *testing.T) {
-	f := newFixture(t, policy(true))
-	// No connection: the guest goes into Standby one idle timeout after registration.
-	f.waitRecord(qemustore.OpStandby, idleTimeout+standbySlack+30*time.Second)
-	f.waitStatus(5*time.Second, func(s autostandby.StatusSnapshot) bool { return s.Reason == autostandby.ReasonInstanceNotRunning })
+// wakes is how many wakes TestWakeOnTraffic makes, alternating IPv4 and IPv6
+// (AS_E2E_WAKES, default 10).
+func wakes(t *testing.T) int {
+	if v := os.Getenv("AS_E2E_WAKES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("AS_E2E_WAKES=%q: want a positive number", v)
+		}
+		return n
+	}
+	return 10
+}
 
-	firstSYN := time.Now()
-	conn, err := net.DialTimeout("tcp", harness.GuestHTTP(), 10*time.Second)
-	connected := time.Now()
+// synRetransmissions is the kernel's count of segments the connection resent
+// (tcpi_total_retrans): on a fresh connection that has sent one request, its SYNs.
+func synRetransmissions(t *testing.T, conn net.Conn) uint32 {
+	t.Helper()
+	raw, err := conn.(*net.TCPConn).SyscallConn()
 	if err != nil {
-		t.Fatalf("connect to the guest in Standby: %v", err)
+		t.Fatal(err)
 	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := qemu.HTTPGet(conn); err != nil {
-		t.Fatalf("HTTP after the wake: %v", err)
+	var info syscall.TCPInfo
+	var errno syscall.Errno
+	if err := raw.Control(func(fd uintptr) {
+		size := uint32(unsafe.Sizeof(info))
+		_, _, errno = syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, syscall.IPPROTO_TCP, syscall.TCP_INFO,
+			uintptr(unsafe.Pointer(&info)), uintptr(unsafe.Pointer(&size)), 0)
+	}); err != nil || errno != 0 {
+		t.Fatalf("TCP_INFO: %v %v", err, errno)
 	}
-	firstByte := time.Now()
-	wake := f.waitRecord(qemustore.OpRestoreStarted, time.Second)
-	restored := f.waitRecord(qemustore.OpRestore, time.Second)
-	if took := connected.Sub(firstSYN); took > 5*time.Second {
-		t.Fatalf("the connection took %v after its first SYN, want within 5 s", took)
+	return info.Total_retrans
+}
+
+// neighMonitor records when the host learns a link-layer address (`ip monitor neigh`
+// in the test's namespace): for a held SYN, the moment it leaves the host's queue.
+type neighMonitor struct {
+	mu     sync.Mutex
+	learnt []neighLearnt
+}
+
+type neighLearnt struct {
+	at   time.Time
+	addr string
+}
+
+func startNeighMonitor(t *testing.T) *neighMonitor {
+	t.Helper()
+	m := &neighMonitor{}
+	cmd := exec.Command("ip", "monitor", "neigh")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
-	fmt.Printf("e2e: wake on traffic: first SYN -> Wake %v, restore %v, connected %v, first byte %v\n",
-		wake.At.Sub(firstSYN).Round(10*time.Microsecond), restored.Duration.Round(time.Millisecond),
-		connected.Sub(firstSYN).Round(time.Millisecond), firstByte.Sub(firstSYN).Round(time.Millisecond))
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("ip monitor neigh: %v", err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			line := sc.Text()
+			if strings.HasPrefix(line, "Deleted") || !strings.Contains(line, " lladdr ") {
+				continue
+			}
+			m.mu.Lock()
+			m.learnt = append(m.learnt, neighLearnt{time.Now(), strings.Fields(line)[0]})
+			m.mu.Unlock()
+		}
+	}()
+	return m
+}
+
+// learntAfter is when addr's link-layer address was first learnt after since.
+func (m *neighMonitor) learntAfter(addr string, since time.Time) (time.Time, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, l := range m.learnt {
+		if l.addr == addr && l.at.After(since) {
+			return l.at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// Test 3: with the guest in Standby and wake_on_traffic on, a client's connection wakes
+// it: the library emits Wake, the store restores the guest, and the connection is
+// served. With the packet hold (on in these tests), the client's first SYN waits on the
+// host while the guest is restored instead of being lost, in every wake, over IPv4 and
+// IPv6 in turn: the client never resends it, and the connection is established within
+// a second of the restore's end (a lost SYN is resent one second after it was sent).
+//
+// The target of first SYN to connected within the restore time plus 100 ms is printed
+// for each wake and asserted only with AS_E2E_STRICT_WAKE=1: what follows the restore
+// is the guest's own work under TCG (announcing its address, answering the SYN), which
+// took 19-89 ms here and up to 235 ms on a loaded machine.
+func TestWakeOnTraffic(t *testing.T) {
+	const target, bound = 100 * time.Millisecond, time.Second
+	hold := os.Getenv("AS_E2E_NO_HOLD") != "1"
+	strict := os.Getenv("AS_E2E_STRICT_WAKE") == "1"
+	within := 0
+	f := newFixture(t, policy(true))
+	neigh := startNeighMonitor(t)
+	n := wakes(t)
+	var worst, worstConn time.Duration
+	var resent uint32
+	for i := 1; i <= n; i++ {
+		// No connection: the guest goes into Standby one idle timeout after registration,
+		// or after the previous wake's connection closed.
+		f.waitRecord(qemustore.OpStandby, idleTimeout+standbySlack+30*time.Second)
+		f.waitStatus(5*time.Second, func(s autostandby.StatusSnapshot) bool { return s.Reason == autostandby.ReasonInstanceNotRunning })
+
+		family, ip := "IPv4", harness.GuestIP
+		if i%2 == 0 {
+			family, ip = "IPv6", harness.GuestIP6
+		}
+		addr := net.JoinHostPort(ip, "80")
+		firstSYN := time.Now()
+		conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		connected := time.Now()
+		if err != nil {
+			t.Fatalf("wake %d (%s): connect to the guest in Standby: %v", i, family, err)
+		}
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(conn, "GET / HTTP/1.0\r\n\r\n"); err != nil {
+			t.Fatalf("wake %d (%s): request: %v", i, family, err)
+		}
+		var first [1]byte
+		if _, err := io.ReadFull(conn, first[:]); err != nil {
+			t.Fatalf("wake %d (%s): no answer after the wake: %v", i, family, err)
+		}
+		firstByte := time.Now()
+		rest, err := io.ReadAll(conn)
+		if err != nil || !strings.HasPrefix(string(first[:])+string(rest), "HTTP/1.") {
+			t.Fatalf("wake %d (%s): answer %q, %v", i, family, string(first[:])+string(rest), err)
+		}
+		retrans := synRetransmissions(t, conn)
+		conn.Close()
+		wake := f.waitRecord(qemustore.OpRestoreStarted, time.Second)
+		restored := f.waitRecord(qemustore.OpRestore, time.Second)
+		toByte := firstByte.Sub(firstSYN)
+		resolved := "-"
+		if at, ok := neigh.learntAfter(ip, firstSYN); ok {
+			resolved = fmt.Sprintf("%v (restore end %+v)", at.Sub(firstSYN).Round(time.Millisecond), at.Sub(restored.At).Round(time.Millisecond))
+		}
+		fmt.Printf("e2e: wake %2d (%s): first SYN -> Wake %v, restore %v (ends %v), address resolved %s, connected %v, first byte %v, SYN retransmissions %d\n",
+			i, family, wake.At.Sub(firstSYN).Round(10*time.Microsecond), restored.Duration.Round(time.Millisecond),
+			restored.At.Sub(firstSYN).Round(time.Millisecond), resolved,
+			connected.Sub(firstSYN).Round(time.Millisecond), toByte.Round(time.Millisecond), retrans)
+		toConn := connected.Sub(firstSYN)
+		if over := toConn - restored.Duration; over > worstConn {
+			worstConn = over
+		}
+		if over := toByte - restored.Duration; over > worst {
+			worst = over
+		}
+		resent += retrans
+		if !hold {
+			continue
+		}
+		if toConn <= restored.Duration+target {
+			within++
+		} else if strict {
+			t.Errorf("wake %d (%s): first SYN -> connected %v, more than the restore (%v) + %v",
+				i, family, toConn.Round(time.Millisecond), restored.Duration.Round(time.Millisecond), target)
+		}
+		if toConn > restored.Duration+bound {
+			t.Errorf("wake %d (%s): first SYN -> connected %v, more than the restore (%v) + %v: the SYN was not held",
+				i, family, toConn.Round(time.Millisecond), restored.Duration.Round(time.Millisecond), bound)
+		}
+		if retrans != 0 {
+			t.Errorf("wake %d (%s): the client resent its SYN %d times", i, family, retrans)
+		}
+	}
+	fmt.Printf("e2e: %d wakes (hold %v): connected at most %v and first byte at most %v after the restore time; %d of %d connected within restore + %v; %d SYN retransmissions\n",
+		n, hold, worstConn.Round(time.Millisecond), worst.Round(time.Millisecond), within, n, target, resent)
 }
 
 // Test 4: a controller restarted while a connection is open seeds the flow from the

@@ -17,11 +17,13 @@
 pub mod bpf;
 mod error;
 pub(crate) mod events;
+pub mod neigh;
 pub mod netns;
 pub mod parse;
 pub mod query;
 pub mod request;
 pub mod socket;
+pub mod solicit;
 pub(crate) mod sysctl;
 mod wakeup;
 pub mod wire;

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+mod hold;
 mod kernel;
 mod lead;
 pub mod logs;
@@ -115,6 +116,28 @@ pub struct ControllerConfig {
     pub confirm_lead_ms: u64,
     /// What a failed standby does to the countdown (default: a full new countdown).
     pub standby_retry: StandbyRetry,
+    /// Hold packets for instances in Standby (default off): when an instance's standby
+    /// begins, again when it is reported successful, and when it is registered in
+    /// Standby, its neighbour entries (ARP, NDP) in the namespace of `netns` are removed, so the
+    /// first packets of a wake wait in the kernel's neighbour queue while the address
+    /// resolves again, and go out as soon as the restored guest announces itself or
+    /// answers a solicitation. Resolution gives up after `mcast_solicit` x
+    /// `retrans_time` (3 x 1 s by default on the device), which bounds the restore time
+    /// it covers; `unres_qlen_bytes` bounds the queue. Nothing is installed in the
+    /// kernel, so there is nothing to undo, and traffic is never black-holed.
+    pub hold_packets_in_standby: bool,
+    /// With the hold: the restore time held packets must survive, in ms (0, the
+    /// default, leaves the devices' settings alone: about 3 s). The `mcast_solicit` of a
+    /// device reaching a held instance is raised so that `mcast_solicit` x
+    /// `retrans_time` covers it (never lowered), and put back when the last instance is
+    /// unregistered or the controller ends; the original values are recorded in
+    /// `hold_state_dir` first, and a controller with the hold on (with a window or not)
+    /// that finds records of its namespace there (left by a crash) restores them at
+    /// start.
+    pub hold_resolve_window_ms: u64,
+    /// Where device settings changed for the hold are recorded (`None`:
+    /// [`crate::conntrack::solicit::DEFAULT_STATE_DIR`]).
+    pub hold_state_dir: Option<PathBuf>,
 }
 
 impl ControllerConfig {
@@ -142,6 +165,9 @@ impl ControllerConfig {
             confirm_before_standby: true,
             confirm_lead_ms: EngineConfig::default().confirm_lead_ms,
             standby_retry: StandbyRetry::default(),
+            hold_packets_in_standby: false,
+            hold_resolve_window_ms: 0,
+            hold_state_dir: None,
         }
     }
 }
@@ -303,6 +329,7 @@ impl Shared {
 pub struct Controller {
     shared: Arc<Shared>,
     kernel: Option<kernel::KernelRuntime>,
+    hold: Option<Mutex<hold::PacketHold>>,
 }
 
 impl Controller {
@@ -364,7 +391,25 @@ impl Controller {
             Mode::Kernel => Some(kernel::KernelRuntime::start(shared.clone(), &config)?),
             Mode::Manual { .. } => None,
         };
-        let controller = Self { shared, kernel };
+        let hold = if config.hold_packets_in_standby {
+            let state_dir = config
+                .hold_state_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(crate::conntrack::solicit::DEFAULT_STATE_DIR));
+            let hold = hold::PacketHold::open(
+                config.netns.as_deref(),
+                config.hold_resolve_window_ms,
+                &state_dir,
+            );
+            Some(Mutex::new(hold?))
+        } else {
+            None
+        };
+        let controller = Self {
+            shared,
+            kernel,
+            hold,
+        };
         controller.logged(|| {
             tracing::info!(
                 mode = ?config.mode,
@@ -432,18 +477,33 @@ impl Controller {
     /// Registers an instance under a host-chosen key.
     pub fn register(&self, key: InstanceKey, spec: InstanceSpec) -> Result<(), ControllerError> {
         let spec = self.shared.spec_to_engine(spec);
-        self.mutate(|e, now| e.register(key, spec, now))
+        let (addrs, lifecycle) = (spec.addresses.clone(), spec.lifecycle);
+        self.mutate(|e, now| e.register(key, spec, now))?;
+        self.with_hold(|h| h.set(key, &addrs, lifecycle));
+        Ok(())
     }
 
     /// Replaces an instance's spec.
     pub fn update(&self, key: InstanceKey, spec: InstanceSpec) -> Result<(), ControllerError> {
         let spec = self.shared.spec_to_engine(spec);
-        self.mutate(|e, now| e.update(key, spec, now))
+        let (addrs, lifecycle) = (spec.addresses.clone(), spec.lifecycle);
+        self.mutate(|e, now| e.update(key, spec, now))?;
+        self.with_hold(|h| h.set(key, &addrs, lifecycle));
+        Ok(())
     }
 
     /// Forgets an instance.
     pub fn unregister(&self, key: InstanceKey) -> Result<(), ControllerError> {
-        self.mutate(|e, now| e.unregister(key, now))
+        self.mutate(|e, now| e.unregister(key, now))?;
+        self.with_hold(|h| h.forget(key));
+        Ok(())
+    }
+
+    /// Runs `f` on the packet hold when it is on, with this controller's log capture.
+    fn with_hold(&self, f: impl FnOnce(&mut hold::PacketHold)) {
+        if let Some(hold) = &self.hold {
+            self.logged(|| f(&mut hold.lock()));
+        }
     }
 
     /// Moves up to `max` decisions into `out`, waiting up to `timeout` for the first. In
@@ -465,7 +525,15 @@ impl Controller {
 
     /// The host's last "still idle?" check before it snapshots `key`.
     pub fn begin_standby(&self, key: InstanceKey) -> Result<BeginStandby, ControllerError> {
-        self.mutate(|e, now| e.begin_standby(key, now))
+        let begun = self.mutate(|e, now| e.begin_standby(key, now))?;
+        if begun == BeginStandby::Proceed {
+            // The guest stops answering from the moment the host pauses it, well before
+            // the standby is reported: removed now, its entries stay gone unless a
+            // packet makes the still-running guest answer again, which the removal at
+            // the report then covers.
+            self.with_hold(|h| h.release(key));
+        }
+        Ok(begun)
     }
 
     /// Hands back a taken `Standby` decision without beginning it (see
@@ -480,7 +548,11 @@ impl Controller {
         key: InstanceKey,
         outcome: StandbyOutcome,
     ) -> Result<(), ControllerError> {
-        self.mutate(|e, now| e.report_standby(key, outcome, now))
+        self.mutate(|e, now| e.report_standby(key, outcome, now))?;
+        if outcome == StandbyOutcome::Success {
+            self.with_hold(|h| h.release(key));
+        }
+        Ok(())
     }
 
     /// The host's report on the restore it attempted for a `Wake` decision.

@@ -177,6 +177,8 @@ fn config_from_c(c: &autostandby_config) -> Result<ControllerConfig, FfiError> {
         standby_retry,
         confirm_before_standby,
         confirm_lead_ms: nonzero(c.confirm_lead_ms, base.confirm_lead_ms),
+        hold_packets_in_standby: c.hold_packets_in_standby,
+        hold_resolve_window_ms: c.hold_resolve_window_ms,
         ..base
     })
 }

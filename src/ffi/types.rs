@@ -232,6 +232,28 @@ pub struct autostandby_config {
     /// update out of Standby); more wait in a queue in the order of the flows that
     /// asked; 0 for 8. Added in the third layout: callers with a shorter struct get 8.
     pub max_concurrent_restores: u32,
+    /// Hold packets for instances in Standby (false, the default, leaves the kernel
+    /// alone): when an instance's standby begins (`autostandby_begin_standby` says
+    /// proceed), again when it is reported successful (`autostandby_report_standby`
+    /// with `AUTOSTANDBY_OUTCOME_SUCCESS`), and when it is registered with
+    /// `AUTOSTANDBY_LIFECYCLE_STANDBY`, its neighbour entries (ARP, NDP) in the
+    /// namespace of `netns_path` are removed, so the first packets of a wake wait in the
+    /// kernel's neighbour queue and go out once the restored guest's address resolves,
+    /// instead of being lost. Resolution gives up after the device's `mcast_solicit` x
+    /// `retrans_time` (3 x 1 s by default): restores slower than that lose the packets
+    /// as before. Static (permanent) entries, and entries being resolved (their queue
+    /// already holds packets), are left alone. Nothing is installed, so
+    /// nothing needs undoing. Added after the first release: callers with the shorter
+    /// struct get false.
+    pub hold_packets_in_standby: bool,
+    /// With the hold: the restore time held packets must survive, in ms; 0 leaves the
+    /// devices' settings alone (about 3 s). The `mcast_solicit` of the device reaching a
+    /// held instance is raised to cover it (never lowered) and put back when the last
+    /// instance is unregistered or the controller is freed; the original values are
+    /// recorded under `/run/autostandby` first, and the next controller of the same
+    /// namespace with the hold on (with a window or not) restores any a crash left
+    /// behind.
+    pub hold_resolve_window_ms: u64,
 }
 
 impl Default for autostandby_config {
@@ -251,6 +273,8 @@ impl Default for autostandby_config {
             confirm_before_standby: false,
             confirm_lead_ms: 0,
             max_concurrent_restores: 0,
+            hold_packets_in_standby: false,
+            hold_resolve_window_ms: 0,
         }
     }
 }

@@ -95,6 +95,8 @@ func New(cfg Config) (*Controller, error) {
 	cc.confirm_before_standby = C.bool(cfg.ConfirmBeforeStandby)
 	cc.confirm_lead_ms = C.uint64_t(durationToMillis(cfg.ConfirmLead))
 	cc.max_concurrent_restores = C.uint32_t(cfg.MaxConcurrentRestores)
+	cc.hold_packets_in_standby = C.bool(cfg.HoldPacketsInStandby)
+	cc.hold_resolve_window_ms = C.uint64_t(durationToMillis(cfg.HoldResolveWindow))
 	if _, ms := timeToMillis(cfg.ManualStart); ms > 0 {
 		cc.manual_start_ms = C.uint64_t(ms)
 	}

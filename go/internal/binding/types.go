@@ -113,6 +113,13 @@ type Config struct {
 	// or an update out of Standby); more wait in the order of the flows that asked.
 	// Zero for 8.
 	MaxConcurrentRestores uint32
+	// HoldPacketsInStandby removes the neighbour entries of instances in Standby so
+	// the first packets of a wake wait in the kernel's neighbour queue instead of
+	// being lost (see autostandby_config.hold_packets_in_standby).
+	HoldPacketsInStandby bool
+	// HoldResolveWindow: the restore time held packets must survive; zero leaves the
+	// devices' settings alone (see autostandby_config.hold_resolve_window_ms).
+	HoldResolveWindow time.Duration
 }
 
 // Lifecycle is an instance's lifecycle state as the library knows it.

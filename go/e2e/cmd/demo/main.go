@@ -140,7 +140,8 @@ func run(ctx context.Context, timelinePath string) error {
 	}
 	defer logFile.Close()
 	d.ctrl, err = autostandby.New(d.store,
-		autostandby.NewConntrackSource(autostandby.SourceOptions{EnableConntrackEvents: true}),
+		// The hold keeps the client's first SYN on the host while the guest is restored.
+		autostandby.NewConntrackSource(autostandby.SourceOptions{EnableConntrackEvents: true, HoldPacketsInStandby: true}),
 		autostandby.ControllerOptions{Log: slog.New(slog.NewTextHandler(logFile, nil))})
 	if err != nil {
 		return fmt.Errorf("start the controller: %w", err)
