@@ -241,6 +241,11 @@ typedef struct autostandby_log_record autostandby_log_record;
 // Standby.
 #define AUTOSTANDBY_WAKE_FAILED 1
 
+// `autostandby_report_wake` outcome: the host will not restore the instance (a dry
+// run, or it cannot restore): the restore slot is freed and no other WAKE comes for it
+// until it leaves Standby.
+#define AUTOSTANDBY_WAKE_DECLINED 2
+
 // `autostandby_flow_event.kind`: a new flow.
 #define AUTOSTANDBY_FLOW_NEW 0
 
@@ -265,6 +270,10 @@ typedef struct autostandby_log_record autostandby_log_record;
 // `autostandby_log_record.level`: trace.
 #define AUTOSTANDBY_LOG_TRACE 5
 
+// Most candidate timeouts one `autostandby_recommend` query may ask about, and so the
+// most outcomes it reports.
+#define AUTOSTANDBY_RECOMMEND_MAX_CANDIDATES 64
+
 // An opaque controller handle, created by `autostandby_controller_new` and released by
 // `autostandby_controller_free`.
 struct autostandby_controller;
@@ -285,7 +294,8 @@ struct autostandby_config {
   size_t rcvbuf_bytes;
   // Standbys outstanding at once; 0 for 16.
   uint32_t max_concurrent_standbys;
-  // Period of the reconcile dump; 0 for 60 s.
+  // How often the controller checks every flow it tracks (exact-tuple lookups, no
+  // table walk; kernel mode); 0 for 60 s.
   uint64_t resync_interval_ms;
   // `AUTOSTANDBY_EVENTS_SYSCTL_REPORT` or `AUTOSTANDBY_EVENTS_SYSCTL_ENABLE`.
   uint32_t events_sysctl;
@@ -303,6 +313,32 @@ struct autostandby_config {
   // half the idle timeout); 0 for the mode's default: 2,000 ms in kernel mode, the
   // deadline itself in manual mode.
   uint64_t confirm_lead_ms;
+  // WAKE decisions outstanding at once (each until `autostandby_report_wake` or an
+  // update out of Standby); more wait in a queue in the order of the flows that
+  // asked; 0 for 8. Added in the third layout: callers with a shorter struct get 8.
+  uint32_t max_concurrent_restores;
+  // Hold packets for instances in Standby (false, the default, leaves the kernel
+  // alone): when an instance's standby begins (`autostandby_begin_standby` says
+  // proceed), again when it is reported successful (`autostandby_report_standby`
+  // with `AUTOSTANDBY_OUTCOME_SUCCESS`), and when it is registered with
+  // `AUTOSTANDBY_LIFECYCLE_STANDBY`, its neighbour entries (ARP, NDP) in the
+  // namespace of `netns_path` are removed, so the first packets of a wake wait in the
+  // kernel's neighbour queue and go out once the restored guest's address resolves,
+  // instead of being lost. Resolution gives up after the device's `mcast_solicit` x
+  // `retrans_time` (3 x 1 s by default): restores slower than that lose the packets
+  // as before. Static (permanent) entries, and entries being resolved (their queue
+  // already holds packets), are left alone. Nothing is installed, so
+  // nothing needs undoing. Added after the first release: callers with the shorter
+  // struct get false.
+  bool hold_packets_in_standby;
+  // With the hold: the restore time held packets must survive, in ms; 0 leaves the
+  // devices' settings alone (about 3 s). The `mcast_solicit` of the device reaching a
+  // held instance is raised to cover it (never lowered) and put back when the last
+  // instance is unregistered or the controller is freed; the original values are
+  // recorded under `/run/autostandby` first, and the next controller of the same
+  // namespace with the hold on (with a window or not) restores any a crash left
+  // behind.
+  uint64_t hold_resolve_window_ms;
 };
 
 // Details of a failed call, filled when the caller passes a non-NULL pointer.
@@ -357,6 +393,13 @@ struct autostandby_policy {
   bool wake_on_traffic;
   // No standby before this long after start or restore.
   uint64_t min_uptime_ms;
+  // Client prefixes allowed to wake the instance from Standby; none (length 0)
+  // allows any client. A flow must also count under the rest of the policy. May be
+  // NULL when the length is 0. Added after the first release: a caller whose
+  // `struct_size` ends at `min_uptime_ms` gets none.
+  const struct autostandby_cidr *wake_source_cidrs;
+  // Entries of `wake_source_cidrs`.
+  size_t wake_source_cidrs_len;
 };
 
 // The persisted idle countdown.
@@ -483,6 +526,61 @@ struct autostandby_flow_info {
   uint64_t age_ms;
 };
 
+// What `autostandby_recommend` is asked (NULL asks with every default).
+struct autostandby_recommend_query {
+  // `sizeof(autostandby_recommend_query)`.
+  uint32_t struct_size;
+  // The rule's N: the recommended timeout is the shortest candidate with at most one
+  // wake per N minutes of observed time. 0 means 30.
+  uint32_t minutes_per_wake;
+  // Candidate idle timeouts in ms, each at least 1 (may be NULL when the length is 0;
+  // none means 30 s, 1, 2, 5, 10, 15, 30 min and 1 h). Answered ascending, each once.
+  const uint64_t *candidates_ms;
+  // Entries of `candidates_ms`, at most `AUTOSTANDBY_RECOMMEND_MAX_CANDIDATES`.
+  size_t candidates_len;
+};
+
+// The summary `autostandby_recommend` writes.
+struct autostandby_recommendation {
+  // `sizeof(autostandby_recommendation)`, set by the caller before the call.
+  uint32_t struct_size;
+  // The rule's N in use.
+  uint32_t minutes_per_wake;
+  // Observation has begun (`observed_since_ms` is set): the instance's flows are known.
+  bool has_observed_since;
+  // When observation began (ms since the Unix epoch).
+  uint64_t observed_since_ms;
+  // Observed time, to now.
+  uint64_t observed_ms;
+  // Closed idle gaps recorded.
+  uint64_t gaps;
+  // A gap is open now (no counted flow is live).
+  bool has_open_gap;
+  // Length so far of the open gap.
+  uint64_t open_gap_ms;
+  // A candidate satisfies the rule.
+  bool has_recommended;
+  // The shortest candidate satisfying the rule.
+  uint64_t recommended_timeout_ms;
+};
+
+// What one candidate timeout would have done over the observed window.
+struct autostandby_timeout_outcome {
+  // The candidate timeout.
+  uint64_t timeout_ms;
+  // Standbys it would have caused (one per gap at least this long, the open one too).
+  uint64_t standbys;
+  // Wakes it would have caused (one per such gap that has ended).
+  uint64_t wakes;
+  // Time the instance would have spent in Standby.
+  uint64_t standby_ms;
+  // `standby_ms` over the observed time.
+  double standby_fraction;
+  // False when part of the answer was estimated (gaps sharing the timeout's
+  // histogram bucket).
+  bool exact;
+};
+
 // Controller-wide counters.
 struct autostandby_stats {
   // `sizeof(autostandby_stats)`, set by the caller before the call.
@@ -538,6 +636,25 @@ struct autostandby_stats {
   // Restores the host reported failed with `autostandby_report_wake`. Added in the
   // third layout: written only when `struct_size` covers it.
   uint64_t wake_failures;
+  // New flows to an instance in Standby with wake-on-traffic that did not ask for a
+  // restore because the policy does not count their protocol. This and the fields
+  // below were added in the fourth layout: written only when `struct_size` covers
+  // them.
+  uint64_t wakes_suppressed_not_counted_protocol;
+  // ... because their guest port is in `ignore_destination_ports`.
+  uint64_t wakes_suppressed_not_counted_port;
+  // ... because their client is in `ignore_source_cidrs`.
+  uint64_t wakes_suppressed_ignored_source;
+  // ... because their client is outside a non-empty `wake_source_cidrs`.
+  uint64_t wakes_suppressed_source_not_allowed;
+  // ... because the last restore failed and its backoff is not over.
+  uint64_t wakes_suppressed_restore_backoff;
+  // WAKE decisions emitted and not yet reported (nor ended by an update out of
+  // Standby).
+  uint64_t restores_in_flight;
+  // Instances whose WAKE waits for one of the `max_concurrent_restores` slots: the
+  // restore queue's length.
+  uint64_t restores_queued;
 };
 
 // One captured log record.
@@ -681,7 +798,11 @@ uint32_t autostandby_unregister(struct autostandby_controller *c,
 
 // Takes up to `cap` pending decisions, oldest first, into `out`; `*out_len` is the count.
 //
-// Blocks up to `timeout_ms` until at least one decision is ready (0: never blocks).
+// Blocks up to `timeout_ms` until at least one decision is ready (0: never blocks). In
+// kernel mode a `PERSIST_RUNTIME` that comes without other decisions ends the block up
+// to 50 ms after it is ready (it is taken at once by a call that finds it queued), so a
+// busy instance whose countdown flips with every connection does not wake the host each
+// time.
 // Returns `AUTOSTANDBY_OK` with `*out_len == 0` on timeout, and
 // `AUTOSTANDBY_ERR_SHUTDOWN` once `autostandby_controller_free` has begun. With `cap`
 // 0, `out` may be NULL and nothing is taken. Thread-safe: concurrent pollers each get
@@ -743,7 +864,12 @@ uint32_t autostandby_decline_standby(struct autostandby_controller *c,
                                      struct autostandby_error *err);
 
 // The host's report on the restore it attempted for an `AUTOSTANDBY_DECISION_WAKE`:
-// `outcome` is `AUTOSTANDBY_WAKE_RESTORED` or `AUTOSTANDBY_WAKE_FAILED`.
+// `outcome` is `AUTOSTANDBY_WAKE_RESTORED`, `AUTOSTANDBY_WAKE_FAILED` or
+// `AUTOSTANDBY_WAKE_DECLINED`.
+//
+// Each WAKE holds one of the `max_concurrent_restores` slots until this report or an
+// update of the instance out of Standby (or its unregistration); WAKEs beyond them
+// wait, in the order of the flows that asked. Report every WAKE taken.
 //
 // After a failure, while the instance is still in Standby, its status is `error` with
 // reason `restore_failed`, and the next qualifying new flow after a backoff (1 s,
@@ -795,6 +921,30 @@ uint32_t autostandby_explain(struct autostandby_controller *c,
                              size_t cap,
                              size_t *out_len,
                              struct autostandby_error *err);
+
+// What candidate idle timeouts would have done over an instance's observed idle gaps,
+// and the recommended one. `query` is NULL (every default) or has `struct_size` at least
+// this header's; `*out` (whose `struct_size` the caller sets) gets the summary; up to
+// `cap` entries of `outcomes` get one outcome per candidate, ascending, and `*out_len`
+// the number of candidates, which may exceed `cap` (at most
+// `AUTOSTANDBY_RECOMMEND_MAX_CANDIDATES`). With `cap` 0, `outcomes` may be NULL. A
+// candidate of 0, too many candidates, or candidates NULL with a length is
+// `AUTOSTANDBY_ERR_INVALID_ARGUMENT`. Never waits on I/O. Thread-safe.
+//
+// # Safety
+// `c` is NULL or a live handle; `query` is NULL or points to `struct_size` readable
+// bytes of an `autostandby_recommend_query` (with `candidates_ms` valid for
+// `candidates_len` reads); `out` is NULL or a writable `autostandby_recommendation`
+// with `struct_size` set; `outcomes` is NULL or valid for `cap` writes; `out_len` and
+// `err` are NULL or writable.
+uint32_t autostandby_recommend(struct autostandby_controller *c,
+                               uint64_t key,
+                               const struct autostandby_recommend_query *query,
+                               struct autostandby_recommendation *out,
+                               struct autostandby_timeout_outcome *outcomes,
+                               size_t cap,
+                               size_t *out_len,
+                               struct autostandby_error *err);
 
 // Controller-wide counters into `*out` (whose `struct_size` the caller sets).
 //
