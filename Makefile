@@ -37,7 +37,7 @@ check:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	@$(MAKE) --no-print-directory header-diff
-	@out=$$(gofmt -l go); [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }
+	@out=$$(gofmt -l $(GO_MODULES)); [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }
 	cd go && $(GO) vet ./...
 	$(CARGO) test --lib $(addprefix --test ,$(CHECK_TESTS))
 
@@ -45,12 +45,12 @@ check:
 # them; and the end-to-end tests and the benchmark in modules of their own, so that
 # their dependencies (vishvananda/netlink, the QEMU helpers) stay out of the bindings'
 # go.mod.
-GO_MODULES := go go/compat go/e2e go/bench
+GO_MODULES := go go/compat tests/e2e benches/go benches/ctpeer
 
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	@out=$$(gofmt -l go); [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }
+	@out=$$(gofmt -l $(GO_MODULES)); [ -z "$$out" ] || { echo "gofmt needed: $$out" >&2; exit 1; }
 	set -e; for m in $(GO_MODULES); do (cd $$m && $(GO) vet -tags e2e ./...); done
 
 # The static library shipped inside the Go module, so that a Go build needs no Rust
@@ -129,7 +129,7 @@ test-go: deps prebuilt-ensure
 # Go benchmark: our library against vishvananda/netlink + hypeman-style classification
 # on a 200,000-entry conntrack table in a namespace the benchmark creates (root).
 bench-go: deps prebuilt-ensure
-	cd go/bench && $(GO) test -ldflags '$(GO_LIB_LDFLAGS)' -run '^$$' -bench BenchmarkClassifyTable -benchtime 1x -count 1 -timeout 900s .
+	cd benches/go && $(GO) test -ldflags '$(GO_LIB_LDFLAGS)' -run '^$$' -bench BenchmarkClassifyTable -benchtime 1x -count 1 -timeout 900s .
 
 # C consumers: header alone as C/C++, exported symbols, manual and kernel scenarios
 # under ASan/UBSan against the .so and the .a, one valgrind run (needs root); then make
@@ -233,20 +233,20 @@ bench-engine: deps
 
 # Conntrack observer: dump, filtered dump, events and parser, with peers (root).
 bench-conntrack: deps
-	bash bench/conntrack.sh
+	bash benches/conntrack.sh
 
 # Controller steady state on a busy host shape (500 VM addresses, 1,000 new TCP
 # connections/s, optionally 200k foreign entries and a UDP session per address): CPU,
 # CPU per event and reads per connection against the library's own lingered event
-# reader, in separate processes (root). Knobs in bench/steady.sh (WINDOW, RUNS, ...).
+# reader, in separate processes (root). Knobs in benches/steady.sh (WINDOW, RUNS, ...).
 bench-steady: deps
-	bash bench/steady.sh
+	bash benches/steady.sh
 
 # Ten thousand VMs on one host: an idle storm of 10,000 instances over 200k foreign
 # entries, a 100,000-instance registration burst, status() under 7,000 events/s (root).
-# Knobs in bench/scale.sh (RUNS, HOG=1 for a CPU hog on both cores, SCENARIOS, ...).
+# Knobs in benches/scale.sh (RUNS, HOG=1 for a CPU hog on both cores, SCENARIOS, ...).
 bench-scale: deps
-	bash bench/scale.sh
+	bash benches/scale.sh
 
 # Controller: status cost and standby-decision latency (10,000 instances over a
 # minute), with peers (root).

@@ -1,5 +1,5 @@
 //! Measurement and capture tool for the conntrack observer, driven by
-//! `bench/conntrack.sh` (root). Subcommands:
+//! `benches/conntrack.sh` (root). Subcommands:
 //!
 //! - `insert COUNT`: fills the current namespace's table with COUNT established TCP
 //!   entries from 10.200.0.0/16 to 10.250.0.1:80, through batched ctnetlink requests;

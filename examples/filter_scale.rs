@@ -1,4 +1,4 @@
-//! The process of the filter-scale benchmark (`bench/filter_scale.sh`, root): in the
+//! The process of the filter-scale benchmark (`benches/filter_scale.sh`, root): in the
 //! current network namespace, opens `--listeners` event sockets with the address filter
 //! of `--mode`, then creates `--events` conntrack entries for foreign addresses (none of
 //! them registered, all outside the registered ranges) and measures the CPU time of the

@@ -1,4 +1,4 @@
-//! The kernel-mode controller at fleet scale, driven by `bench/scale.sh` (root). Each
+//! The kernel-mode controller at fleet scale, driven by `benches/scale.sh` (root). Each
 //! subcommand runs one controller on a network namespace the script prepared and prints
 //! one line of `key=value` figures:
 //!
@@ -328,7 +328,7 @@ fn main() {
         Some("burst") => burst(&args),
         Some("status") => status(&args),
         _ => {
-            eprintln!("usage: scale storm|burst|status ... (see bench/scale.sh)");
+            eprintln!("usage: scale storm|burst|status ... (see benches/scale.sh)");
             std::process::exit(2);
         }
     }

@@ -1,4 +1,4 @@
-//! The processes of the steady-state benchmark (`bench/steady.sh`, root). Each runs in its
+//! The processes of the steady-state benchmark (`benches/steady.sh`, root). Each runs in its
 //! own process so that its CPU time is its own; all of them measure the same window,
 //! from `--start-ms` (Unix milliseconds, after the warm-up) for `--window-s` seconds,
 //! then print one `key=value` line and exit. Subcommands:
@@ -158,7 +158,7 @@ fn main() {
         Some("peer") => peer(&args),
         Some("load") => load(&args),
         _ => {
-            eprintln!("usage: steady addrs|controller|peer|load ... (see bench/steady.sh)");
+            eprintln!("usage: steady addrs|controller|peer|load ... (see benches/steady.sh)");
             std::process::exit(2);
         }
     }

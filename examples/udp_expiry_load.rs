@@ -1,4 +1,4 @@
-//! Driver of `bench/udp_expiry.sh`: a kernel-mode controller watching namespace B with
+//! Driver of `benches/udp_expiry.sh`: a kernel-mode controller watching namespace B with
 //! COUNT instances, each serving one live UDP session whose datagrams (every few
 //! seconds, from namespace A) refresh its conntrack entry without any event, so every
 //! expiry check finds it live and is re-armed. After a warm-up it measures, over a

@@ -10,7 +10,7 @@ packages=(
   qemu-system-x86 qemu-utils   # the end-to-end VM (TCG)
   busybox-static cpio          # the guest's initramfs
   socat                        # QMP from shell scripts
-  time bc procps               # bench/conntrack.sh: peak RSS, ratios, sysctl
+  time bc procps               # benches/conntrack.sh: peak RSS, ratios, sysctl
   file                         # make test-go: checks that the static test binary is static
   git                          # scripts/prebuilt.sh: the files the archive is built from
 )

@@ -16,7 +16,7 @@ bash tests/e2e/guest.sh >/dev/null
 echo "demo: building the demo (with the prebuilt libautostandby, rebuilt if stale)"
 bash scripts/prebuilt.sh ensure
 mkdir -p build/e2e/bin
-# Go does not notice a rebuilt archive by itself: see go/e2e/qemu/build.go.
-ldflags="-X github.com/libautostandby/libautostandby/go/e2e/qemu.LibraryBuild=$(sha256sum go/internal/binding/libautostandby_linux_amd64.a | cut -c1-16)"
-(cd go/e2e && go build -ldflags "$ldflags" -o "$root/build/e2e/bin/demo" ./cmd/demo)
+# Go does not notice a rebuilt archive by itself: see tests/e2e/qemu/build.go.
+ldflags="-X github.com/libautostandby/libautostandby/tests/e2e/qemu.LibraryBuild=$(sha256sum go/internal/binding/libautostandby_linux_amd64.a | cut -c1-16)"
+(cd tests/e2e && go build -ldflags "$ldflags" -o "$root/build/e2e/bin/demo" ./cmd/demo)
 exec bash tests/e2e/vm.sh run "$root/build/e2e/bin/demo" -timeline "$root/build/e2e/demo-timeline.svg"

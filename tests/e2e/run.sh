@@ -11,9 +11,9 @@ bin="$root/build/e2e/bin"
 mkdir -p "$bin"
 echo "e2e: building the test binaries (with the prebuilt libautostandby, rebuilt if stale)"
 bash scripts/prebuilt.sh ensure
-# Go does not notice a rebuilt archive by itself: see go/e2e/qemu/build.go.
-ldflags="-X github.com/libautostandby/libautostandby/go/e2e/qemu.LibraryBuild=$(sha256sum go/internal/binding/libautostandby_linux_amd64.a | cut -c1-16)"
-(cd go/e2e && go vet -tags e2e ./... &&
+# Go does not notice a rebuilt archive by itself: see tests/e2e/qemu/build.go.
+ldflags="-X github.com/libautostandby/libautostandby/tests/e2e/qemu.LibraryBuild=$(sha256sum go/internal/binding/libautostandby_linux_amd64.a | cut -c1-16)"
+(cd tests/e2e && go vet -tags e2e ./... &&
   go test -count 1 -ldflags "$ldflags" ./qemustore ./cmd/demo &&
   go test -c -tags e2e -ldflags "$ldflags" -o "$bin/qemu.test" ./qemu &&
   go test -c -tags e2e -ldflags "$ldflags" -o "$bin/e2e.test" .)

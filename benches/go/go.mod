@@ -1,3 +1,5 @@
+// The module path lies under …/go so that the benchmark may import the bindings'
+// internal packages (Go checks internal imports by path); the directory is benches/go.
 module github.com/libautostandby/libautostandby/go/bench
 
 go 1.25.4
@@ -9,4 +11,4 @@ require (
 	golang.org/x/sys v0.38.0
 )
 
-replace github.com/libautostandby/libautostandby/go => ../
+replace github.com/libautostandby/libautostandby/go => ../../go

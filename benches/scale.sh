@@ -12,7 +12,7 @@
 #           empty table: register() p50/p99/max and the resyncs (full dumps) the burst
 #           caused. Goals: max <= 2 ms, <= 2 full dumps.
 #   status  status() p50/p99/max over WINDOW seconds while the load generator of
-#           bench/steady.sh (examples/steady.rs load) opens RATE (1,000) TCP
+#           benches/steady.sh (examples/steady.rs load) opens RATE (1,000) TCP
 #           connections/s to COUNT (500) instances, about 7,000 conntrack events/s.
 #           Goal: max <= 100 us.
 # Every scenario also times status() from a thread of its own during the run (one
@@ -28,7 +28,7 @@
 # IDLE_MS (20000: the storm's idle timeout), BURST, COUNT, RATE, WINDOW (30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ $(id -u) -eq 0 ]] || { echo "bench/scale.sh: needs root (namespaces, nft, ctnetlink)" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || { echo "benches/scale.sh: needs root (namespaces, nft, ctnetlink)" >&2; exit 1; }
 RUNS=${RUNS:-3}
 HOG=${HOG:-0}
 SCENARIOS=${SCENARIOS:-storm burst status}
@@ -121,7 +121,7 @@ run_status() {
   local p status=0
   for p in "${pids[@]}"; do wait "$p" || status=1; done
   pids=()
-  ((status == 0)) || { echo "bench/scale.sh: a process failed" >&2; exit 1; }
+  ((status == 0)) || { echo "benches/scale.sh: a process failed" >&2; exit 1; }
   echo "$(grep -a '^instances=' "$tmp/status") $(grep -av '^ready' "$tmp/load" | sed 's/\([a-z_]*\)=/load_\1=/g')"
   teardown
 }

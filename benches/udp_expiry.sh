@@ -14,7 +14,7 @@
 # lookups).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ $(id -u) -eq 0 ]] || { echo "bench/udp_expiry.sh: needs root (namespaces, ctnetlink)" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || { echo "benches/udp_expiry.sh: needs root (namespaces, ctnetlink)" >&2; exit 1; }
 N=${N:-200000}
 VMS=${VMS:-500}
 WARMUP=${WARMUP:-45}
@@ -23,10 +23,10 @@ UDP_TIMEOUT=${UDP_TIMEOUT:-30}
 RUNS=${RUNS:-before after}
 if [[ -z ${OLD_REV:-} ]]; then
   lookups=$(git log --format=%H -1 --grep='exact-tuple lookups, not dumps')
-  [[ -n $lookups ]] || { echo "bench/udp_expiry.sh: set OLD_REV" >&2; exit 1; }
+  [[ -n $lookups ]] || { echo "benches/udp_expiry.sh: set OLD_REV" >&2; exit 1; }
   OLD_REV=$lookups^
 fi
-(( VMS <= 250 * 250 )) || { echo "bench/udp_expiry.sh: VMS too large" >&2; exit 1; }
+(( VMS <= 250 * 250 )) || { echo "benches/udp_expiry.sh: VMS too large" >&2; exit 1; }
 
 TMP=$(mktemp -d /tmp/as-udp-expiry.XXXXXX)
 A=as-udpexp-$$-a

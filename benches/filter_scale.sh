@@ -21,7 +21,7 @@
 # Knobs: RUNS (7), EVENTS (20000), LISTENERS ("1 16"), V6_EVERY ("0 6").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ $(id -u) -eq 0 ]] || { echo "bench/filter_scale.sh: needs root (namespaces, ctnetlink)" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || { echo "benches/filter_scale.sh: needs root (namespaces, ctnetlink)" >&2; exit 1; }
 RUNS=${RUNS:-7}
 EVENTS=${EVENTS:-20000}
 LISTENERS=${LISTENERS:-"1 16"}

@@ -1,6 +1,6 @@
 // Command ctpeer dumps and classifies the IPv4 conntrack table with
 // github.com/vishvananda/netlink, the library hypeman uses today. It is the Go peer in
-// bench/conntrack.sh.
+// benches/conntrack.sh.
 package main
 
 import (

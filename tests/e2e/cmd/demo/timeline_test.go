@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libautostandby/libautostandby/go/e2e/qemustore"
+	"github.com/libautostandby/libautostandby/tests/e2e/qemustore"
 )
 
 // element is any SVG element, with the attributes and text the test looks at.

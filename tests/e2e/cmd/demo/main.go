@@ -17,8 +17,8 @@ import (
 	"time"
 
 	autostandby "github.com/libautostandby/libautostandby/go"
-	"github.com/libautostandby/libautostandby/go/e2e/qemu"
-	"github.com/libautostandby/libautostandby/go/e2e/qemustore"
+	"github.com/libautostandby/libautostandby/tests/e2e/qemu"
+	"github.com/libautostandby/libautostandby/tests/e2e/qemustore"
 )
 
 const (

@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/libautostandby/libautostandby/go/e2e/qemustore"
+	"github.com/libautostandby/libautostandby/tests/e2e/qemustore"
 )
 
 // timeline records what the demo saw (the store's operations, the controller's view

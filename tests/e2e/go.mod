@@ -1,4 +1,4 @@
-module github.com/libautostandby/libautostandby/go/e2e
+module github.com/libautostandby/libautostandby/tests/e2e
 
 go 1.25.4
 
@@ -10,4 +10,4 @@ require (
 	go.opentelemetry.io/otel/trace v1.38.0 // indirect
 )
 
-replace github.com/libautostandby/libautostandby/go => ../
+replace github.com/libautostandby/libautostandby/go => ../../go

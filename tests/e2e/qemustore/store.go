@@ -10,7 +10,7 @@ import (
 	"time"
 
 	autostandby "github.com/libautostandby/libautostandby/go"
-	"github.com/libautostandby/libautostandby/go/e2e/qemu"
+	"github.com/libautostandby/libautostandby/tests/e2e/qemu"
 )
 
 // OpKind names what the store did.

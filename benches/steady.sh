@@ -25,7 +25,7 @@
 # shorter than the kernel's 30/120 so that several expiry rounds fall in a window).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ $(id -u) -eq 0 ]] || { echo "bench/steady.sh: needs root (namespaces, nft, ctnetlink)" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || { echo "benches/steady.sh: needs root (namespaces, nft, ctnetlink)" >&2; exit 1; }
 WINDOW=${WINDOW:-60}
 RUNS=${RUNS:-3}
 WARMUP=${WARMUP:-5}
@@ -98,7 +98,7 @@ start() { # name, command...
   local until=$((SECONDS + 30))
   until grep -q '^ready' "$tmp/$name"; do
     if ! kill -0 "${pids[-1]}" 2>/dev/null || ((SECONDS > until)); then
-      echo "bench/steady.sh: $name did not start:" >&2
+      echo "benches/steady.sh: $name did not start:" >&2
       cat "$tmp/$name.err" >&2
       exit 1
     fi
@@ -125,7 +125,7 @@ run_one() { # run, scenario
   for p in "${pids[@]}"; do wait "$p" || status=1; done
   pids=()
   if ((status)); then
-    echo "bench/steady.sh: a process failed (run $run, $scenario):" >&2
+    echo "benches/steady.sh: a process failed (run $run, $scenario):" >&2
     cat "$tmp"/*.err >&2
     exit 1
   fi

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	autostandby "github.com/libautostandby/libautostandby/go"
-	"github.com/libautostandby/libautostandby/go/e2e/qemu"
+	"github.com/libautostandby/libautostandby/tests/e2e/qemu"
 )
 
 // fakeMachine stands in for a QEMU guest.

@@ -10,7 +10,7 @@
 # Knobs: N (200000), REPEAT (3), CONNS (30000), CONC (8), SECTIONS ("1 2 3 4").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ $(id -u) -eq 0 ]] || { echo "bench/conntrack.sh: needs root (namespaces, ctnetlink)" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || { echo "benches/conntrack.sh: needs root (namespaces, ctnetlink)" >&2; exit 1; }
 N=${N:-200000}
 REPEAT=${REPEAT:-3}
 CONNS=${CONNS:-30000}
@@ -18,13 +18,13 @@ CONC=${CONC:-8}
 SECTIONS=${SECTIONS:-1 2 3 4}
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 TIME=/usr/bin/time
-[[ -x $TIME ]] || { echo "bench/conntrack.sh: /usr/bin/time missing (scripts/install-deps.sh installs it)" >&2; exit 1; }
+[[ -x $TIME ]] || { echo "benches/conntrack.sh: /usr/bin/time missing (scripts/install-deps.sh installs it)" >&2; exit 1; }
 
 echo "== building"
 cargo build --release --example conntrack_probe >/dev/null
 TARGET=$(bash scripts/target-dir.sh) # CARGO_TARGET_DIR or target/
 PROBE=$TARGET/release/examples/conntrack_probe
-(cd bench/ctpeer && go build -o "$TARGET/release/ctpeer" .)
+(cd benches/ctpeer && go build -o "$TARGET/release/ctpeer" .)
 PEER=$TARGET/release/ctpeer
 
 A=as-conntrack-bench-$$-a

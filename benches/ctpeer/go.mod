@@ -1,4 +1,4 @@
-module github.com/libautostandby/bench/ctpeer
+module github.com/libautostandby/libautostandby/benches/ctpeer
 
 go 1.22
 
